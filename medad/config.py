@@ -1,0 +1,52 @@
+"""Settings: where the data lives, which device to use, YAML configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from medad.errors import ConfigError
+
+DATA_ROOT_ENV = "MEDAD_DATA_ROOT"
+
+
+def data_root(explicit: str | Path | None = None, *, required: bool = True) -> Path | None:
+    """Resolve the data root: an explicit value, else ``$MEDAD_DATA_ROOT``, else ``../shared/data``
+    relative to the current directory (the layout of the development checkout).
+
+    Returns ``None`` when nothing exists and ``required`` is False.
+    """
+    candidates = []
+    if explicit is not None:
+        candidates.append(Path(explicit))
+    elif os.environ.get(DATA_ROOT_ENV):
+        candidates.append(Path(os.environ[DATA_ROOT_ENV]))
+    else:
+        candidates.append(Path.cwd().parent / "shared" / "data")
+        candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    if required:
+        raise ConfigError(
+            f"data root not found (tried {', '.join(str(c) for c in candidates)}); "
+            f"pass --data-root or set {DATA_ROOT_ENV}"
+        )
+    return None
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config into a dict, with a clear error naming the file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config file not found", p)
+    try:
+        cfg = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"invalid YAML: {e}", p) from None
+    if not isinstance(cfg, dict):
+        raise ConfigError("config must be a mapping at top level", p)
+    return cfg

@@ -1,0 +1,138 @@
+"""Supervised 2D CNN classifiers (MONAI networks, no pretrained weights), binary or multi-class.
+
+``fit(x, y=labels)`` with integer labels where ``normal_class`` (default 0) is the normal class
+and every other label an abnormal class (e.g. Kvasir-style class sets, or tumour types). The
+cross-entropy is class-weighted (inverse frequency) by default, for imbalanced sets. The anomaly
+score is the abnormal probability ``1 - p(normal_class)``; :meth:`predict_proba` gives every
+class. The classifier makes no map of its own: explanation maps (Grad-CAM, SHAP, LIME) come
+from ``medad.explain``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medad.detectors.torch_base import TorchDetector
+from medad.errors import ConfigError, InputError
+from medad.registry import register
+
+ARCHS = ("densenet_small", "densenet121", "resnet18", "efficientnet-b0")
+
+
+def _build_classifier(arch: str, in_channels: int, n_classes: int, image_size: int | None):
+    from torch import nn
+    from monai.networks import nets as mn
+
+    from medad.nets.image_encoders import ImagePrep
+
+    if arch == "densenet_small":  # a DenseNet small enough for a CPU: 3 short dense blocks
+        body = mn.DenseNet(spatial_dims=2, in_channels=in_channels, out_channels=n_classes, init_features=16,
+                           growth_rate=8, block_config=(2, 3, 4), bn_size=2)
+    elif arch == "densenet121":
+        body = mn.DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=n_classes, pretrained=False)
+    elif arch == "resnet18":
+        body = mn.resnet18(spatial_dims=2, n_input_channels=in_channels, num_classes=n_classes, pretrained=False)
+    elif arch == "efficientnet-b0":
+        body = mn.EfficientNetBN("efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels,
+                                 num_classes=n_classes)
+    else:
+        raise ConfigError(f"unknown classifier arch {arch!r}; choose one of {ARCHS}")
+    return nn.Sequential(ImagePrep(in_channels, image_size), body)
+
+
+@register("classifier")
+class CNNClassifierDetector(TorchDetector):
+    """Supervised image classifier; anomaly score = 1 - p(normal class).
+
+    Args:
+        arch: ``"densenet_small"`` (default, CPU-sized), ``"densenet121"``, ``"resnet18"`` or
+            ``"efficientnet-b0"`` -- all MONAI, randomly initialised.
+        image_size: working side length.
+        normal_class: label of the normal class.
+        class_weight: ``"balanced"`` (inverse class frequency in the loss) or ``None``.
+        augment: random flips during training.
+        epochs, batch_size, lr, seed, device: training settings.
+    """
+
+    input_kind = "image"
+    supervised = True
+    conformance_params = {"image_size": 16, "epochs": 1, "batch_size": 16}
+
+    def __init__(self, arch: str = "densenet_small", image_size: int = 64, normal_class: int = 0,
+                 class_weight: str | None = "balanced", augment: bool = True, epochs: int = 15,
+                 batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
+        self.arch = arch
+        self.image_size = image_size
+        self.normal_class = normal_class
+        self.class_weight = class_weight
+        self.augment = augment
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.seed = seed
+        self.device = device
+
+    def _prepare_fit(self, x: np.ndarray, y) -> None:
+        import torch
+
+        from medad.nets.image_encoders import channel_stats
+
+        y = np.asarray(y)
+        if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
+            raise InputError("classifier labels must be integers (normal_class = normal, others abnormal)")
+        if y.min() < 0:
+            raise InputError(f"classifier labels must be >= 0, got {int(y.min())}")
+        if not (y == int(self.normal_class)).any():
+            raise InputError(f"no training item has the normal class label {self.normal_class}")
+        counts = np.bincount(y.astype(int), minlength=self.n_classes_).astype(np.float64)
+        if self.class_weight == "balanced":
+            w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0.0)
+        elif self.class_weight is None:
+            w = np.ones_like(counts)
+        else:
+            raise ConfigError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
+        self._weights = torch.as_tensor(w, dtype=torch.float32)
+        self._stats = channel_stats(x)
+
+    def _build_net(self):
+        net = _build_classifier(self.arch, int(self.in_shape_[0]), int(self.n_classes_), self.image_size)
+        if getattr(self, "_stats", None) is not None:
+            net[0].set_stats(*self._stats)
+        return net
+
+    def _loss(self, net, batch):
+        import torch
+        import torch.nn.functional as F
+
+        xb, yb = batch
+        if self.augment:
+            if float(torch.rand(1)) < 0.5:
+                xb = xb.flip(-1)
+            if float(torch.rand(1)) < 0.5:
+                xb = xb.flip(-2)
+        return F.cross_entropy(net(xb), yb.long(), weight=self._weights.to(xb.device))
+
+    def _score_batch(self, net, xb):
+        import torch
+
+        p = torch.softmax(net(xb).float(), dim=1)
+        return 1.0 - p[:, int(self.normal_class)], None
+
+    def predict_proba(self, x) -> np.ndarray:
+        """Class probabilities ``(N, n_classes)``."""
+        import torch
+
+        from medad.detectors.base import as_array
+        from medad.utils import get_device
+
+        self._require_fitted()
+        x = as_array(x)
+        self._check_input(x)
+        dev = get_device(self.device)
+        net = self.net_.to(dev).eval()
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(x), int(self.batch_size)):
+                out.append(torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x[i:i + int(self.batch_size)])).to(dev)), 1).cpu())
+        self.net_.to("cpu")
+        return torch.cat(out).numpy()

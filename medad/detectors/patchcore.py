@@ -1,0 +1,213 @@
+"""PatchCore-style patch-feature memory bank (Roth et al., 2022) over features learned here.
+
+Nothing is downloaded: the feature extractor is a small conv encoder trained on the normal
+images themselves. ``backbone`` chooses how:
+
+* ``"cutpaste"`` (default) -- trained to tell normal images from ones with synthetic anomalies
+  (the CutPaste paper's self-supervised representation; corruptions from
+  :func:`medad.detectors.cutpaste.synthesize_anomalies`);
+* ``"ae"`` -- trained as an autoencoder (reconstruct the image);
+* ``"random"`` -- random initialisation, no training: a WEAK reference (random conv features are
+  still local texture descriptors, but nothing about them was learned).
+
+Patch features of two encoder stages are averaged over a 3x3 neighbourhood, brought to one grid
+and concatenated. A random subset of at most ``max_patches`` training patch features is reduced
+by greedy (k-centre) coreset selection to ``ceil(coreset_ratio * n)`` entries. A test patch's
+score is its distance to the nearest bank entry; the map is that, smoothed and upsampled, and the
+image score its maximum.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from medad.detectors.torch_base import TorchDetector
+from medad.errors import ConfigError
+from medad.registry import register
+
+BACKBONES = ("cutpaste", "ae", "random")
+
+
+def greedy_coreset(features, n_select: int, *, proj_dim: int = 128, seed: int = 0):
+    """Indices of ``n_select`` rows of ``features`` ``(n, d)`` chosen by greedy k-centre selection
+    (each step adds the point farthest from those already chosen), on a random projection to
+    ``proj_dim`` dimensions for speed."""
+    import torch
+
+    n, d = features.shape
+    n_select = int(min(max(n_select, 1), n))
+    g = torch.Generator().manual_seed(int(seed))
+    f = features.float()
+    if d > proj_dim:
+        f = f @ (torch.randn(d, proj_dim, generator=g) / math.sqrt(proj_dim)).to(f.device)
+    idx = torch.empty(n_select, dtype=torch.long)
+    idx[0] = int(torch.randint(0, n, (1,), generator=g))
+    min_d = torch.cdist(f, f[idx[0]][None]).squeeze(1)
+    for i in range(1, n_select):
+        nxt = int(torch.argmax(min_d))
+        idx[i] = nxt
+        min_d = torch.minimum(min_d, torch.cdist(f, f[nxt][None]).squeeze(1))
+    return idx
+
+
+def _build_patch_net(in_channels: int, image_size: int | None, channels: Sequence[int], backbone: str):
+    import torch
+    from torch import nn
+
+    from medad.nets.image_encoders import ConvDecoder, ConvEncoder, ImagePrep
+
+    class PatchNet(nn.Module):
+        """Encoder + the head its self-supervised task needs (classifier or decoder)."""
+
+        def __init__(self):
+            super().__init__()
+            self.prep = ImagePrep(in_channels, image_size, multiple=2 ** len(channels))
+            self.encoder = ConvEncoder(in_channels, channels)
+            if backbone == "ae":
+                self.head = ConvDecoder(in_channels, channels)
+            else:
+                self.head = nn.Linear(int(channels[-1]), 2)
+
+        def forward(self, xp):
+            feats = self.encoder(xp)
+            if backbone == "ae":
+                return self.head(feats[-1])
+            return self.head(feats[-1].mean((-2, -1)))
+
+        def patch_features(self, xp, layers: Sequence[int]):
+            """Locally averaged features of ``layers`` on the grid of the first of them."""
+            import torch.nn.functional as F
+
+            feats = self.encoder(xp)
+            out = []
+            size = feats[layers[0]].shape[-2:]
+            for li in layers:
+                f = F.avg_pool2d(feats[li], 3, stride=1, padding=1, count_include_pad=False)
+                if f.shape[-2:] != size:
+                    f = F.interpolate(f, size=size, mode="bilinear", align_corners=False)
+                out.append(f)
+            return torch.cat(out, 1)
+
+    return PatchNet()
+
+
+@register("patchcore")
+class PatchCoreDetector(TorchDetector):
+    """Nearest-neighbour distance of patch features to a coreset memory bank of normal patches.
+
+    Args:
+        backbone: ``"cutpaste"``, ``"ae"`` or ``"random"`` (weak, untrained; see module doc).
+        image_size: working side length (``None``: each input's own size).
+        channels: encoder channels per stage.
+        layers: encoder stages whose features make a patch descriptor.
+        coreset_ratio: memory bank size as a share of the pooled training patches.
+        max_patches: training patches pooled (random subset) before coreset selection.
+        blur_sigma: smoothing of the patch-score map, in feature-grid cells.
+        epochs, batch_size, lr, seed, device: training of the backbone (ignored for ``random``).
+    """
+
+    input_kind = "image"
+    conformance_params = {"image_size": 16, "channels": (4, 8), "layers": (0, 1), "epochs": 1,
+                          "batch_size": 16, "coreset_ratio": 0.1, "max_patches": 2000}
+
+    def __init__(self, backbone: str = "cutpaste", image_size: int | None = 64, channels: Sequence[int] = (32, 64, 128),
+                 layers: Sequence[int] = (1, 2), coreset_ratio: float = 0.1, max_patches: int = 20000,
+                 blur_sigma: float = 1.0, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+                 device: str = "auto"):
+        self.backbone = backbone
+        self.image_size = image_size
+        self.channels = channels
+        self.layers = layers
+        self.coreset_ratio = coreset_ratio
+        self.max_patches = max_patches
+        self.blur_sigma = blur_sigma
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.seed = seed
+        self.device = device
+
+    def _train_config(self):
+        cfg = super()._train_config()
+        if self.backbone == "random":
+            cfg.epochs = 0
+        return cfg
+
+    def _prepare_fit(self, x: np.ndarray, y) -> None:
+        from medad.nets.image_encoders import channel_stats
+
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"patchcore backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if not 0 < float(self.coreset_ratio) <= 1:
+            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        self._stats = channel_stats(x)
+
+    def _build_net(self):
+        net = _build_patch_net(int(self.in_shape_[0]), self.image_size, list(self.channels), self.backbone)
+        if getattr(self, "_stats", None) is not None:
+            net.prep.set_stats(*self._stats)
+        return net
+
+    def _loss(self, net, batch):
+        import torch
+        import torch.nn.functional as F
+
+        from medad.detectors.cutpaste import synthesize_anomalies
+
+        m = getattr(net, "module", net)
+        xp = m.prep(batch[0])
+        if self.backbone == "ae":
+            return F.mse_loss(net(xp), xp)
+        # normal vs corrupted copies of the same images: the encoder has to notice local defects
+        xa, _ = synthesize_anomalies(xp, p_anomaly=1.0)
+        logits = net(torch.cat([xp, xa]))
+        target = torch.cat([torch.zeros(len(xp)), torch.ones(len(xa))]).long().to(logits.device)
+        return F.cross_entropy(logits, target)
+
+    # ------------------------------------------------------------------ memory bank
+    def _fit(self, x, val, y) -> None:
+        import torch
+
+        from medad.utils import get_device
+
+        super()._fit(x, val, y)
+        device = get_device(self.device)
+        net = self.net_.to(device).eval()
+        feats = []
+        with torch.no_grad():
+            for i in range(0, len(x), int(self.batch_size)):
+                xb = torch.from_numpy(np.ascontiguousarray(x[i:i + int(self.batch_size)])).to(device)
+                f = net.patch_features(net.prep(xb), list(self.layers))
+                feats.append(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]).cpu())
+        pool = torch.cat(feats)
+        g = torch.Generator().manual_seed(int(self.seed))
+        if len(pool) > int(self.max_patches):
+            pool = pool[torch.randperm(len(pool), generator=g)[: int(self.max_patches)]]
+        self.n_pooled_ = int(len(pool))
+        n_keep = max(1, math.ceil(float(self.coreset_ratio) * len(pool)))
+        idx = greedy_coreset(pool.to(device), n_keep, seed=int(self.seed))
+        self.bank_ = pool[idx].contiguous()
+        self.net_.to("cpu")
+
+    def _extra_state(self):
+        return {"bank": self.bank_}
+
+    def _load_extra_state(self, arrays) -> None:
+        self.bank_ = arrays["bank"]
+
+    def _score_batch(self, net, xb):
+        import torch
+
+        from medad.nets.image_encoders import gaussian_blur, upsample_map
+
+        f = net.patch_features(net.prep(xb), list(self.layers))
+        b, d, h, w = f.shape
+        q = f.permute(0, 2, 3, 1).reshape(-1, d)
+        bank = self.bank_.to(q.device)
+        dmin = torch.cat([torch.cdist(q[i:i + 4096], bank).min(1).values for i in range(0, len(q), 4096)])
+        m = gaussian_blur(dmin.reshape(b, h, w), float(self.blur_sigma))
+        m = upsample_map(m, xb.shape[-2:])
+        return m.reshape(b, -1).max(1).values, m

@@ -1,0 +1,98 @@
+"""PCA reconstruction on raw (downsampled) pixels: the classical baseline of image screening.
+
+Healthy images are shrunk to ``image_size``, flattened and centred; the top principal components
+span "normal appearance". A new image is projected onto them and back; the residual is the map
+(upsampled to the input grid) and its mean square the score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medad.detectors.base import AnomalyResult, Detector
+from medad.errors import InputError
+from medad.registry import register
+
+
+@register("pca")
+class PCADetector(Detector):
+    """PCA reconstruction error on downsampled pixels.
+
+    Args:
+        n_components: components kept; a float in (0, 1) keeps enough to explain that share
+            of the variance.
+        image_size: side length images are resized to before the PCA (small: it is the
+            dimension of the problem).
+        blur_sigma: Gaussian smoothing of the residual map, in working pixels.
+        batch_size: images scored per step (memory only).
+    """
+
+    input_kind = "image"
+    conformance_params = {"n_components": 4, "image_size": 16}
+
+    def __init__(self, n_components: float | int = 0.95, image_size: int = 32, blur_sigma: float = 1.0,
+                 batch_size: int = 256):
+        self.n_components = n_components
+        self.image_size = image_size
+        self.blur_sigma = blur_sigma
+        self.batch_size = batch_size
+
+    def _flat(self, x: np.ndarray):
+        import torch
+
+        from medad.nets.image_encoders import resize
+
+        t = resize(torch.from_numpy(np.ascontiguousarray(x)), self.image_size)
+        return t.reshape(len(t), -1).double()
+
+    def _fit(self, x, val, y) -> None:
+        import torch
+
+        if x.ndim != 4:
+            raise InputError(f"pca expects 2D images (N, C, H, W), got shape {x.shape}")
+        self.in_channels_ = int(x.shape[1])
+        xf = self._flat(x)
+        mean = xf.mean(0)
+        # economy SVD of the centred data: rows of vh are the principal axes
+        _, s, vh = torch.linalg.svd(xf - mean, full_matrices=False)
+        var = s**2
+        nc = self.n_components
+        if isinstance(nc, float) and 0 < nc < 1:
+            k = int(torch.searchsorted(torch.cumsum(var, 0) / var.sum().clamp_min(1e-12), torch.tensor(nc, dtype=var.dtype)).item()) + 1
+        else:
+            k = int(nc)
+        k = max(1, min(k, vh.shape[0]))
+        self.mean_ = mean.float()
+        self.components_ = vh[:k].float().contiguous()
+        self.explained_variance_ratio_ = float((var[:k].sum() / var.sum().clamp_min(1e-12)).item())
+
+    def _score(self, x: np.ndarray) -> AnomalyResult:
+        import torch
+
+        from medad.nets.image_encoders import gaussian_blur, upsample_map
+
+        if x.ndim != 4 or x.shape[1] != self.in_channels_:
+            raise InputError(f"pca was fitted on {self.in_channels_}-channel images (N, C, H, W), got shape {x.shape}")
+        scores, maps = [], []
+        comp, mean = self.components_.double(), self.mean_.double()
+        s = int(self.image_size)
+        for i in range(0, len(x), int(self.batch_size)):
+            xb = x[i:i + int(self.batch_size)]
+            c = self._flat(xb) - mean
+            resid = c - (c @ comp.T) @ comp
+            r2 = (resid**2).reshape(len(xb), self.in_channels_, s, s).mean(1).float()
+            scores.append(r2.reshape(len(xb), -1).mean(1))
+            maps.append(upsample_map(gaussian_blur(r2, float(self.blur_sigma)), x.shape[-2:]))
+        return AnomalyResult(score=torch.cat(scores).double().numpy(), map=torch.cat(maps).numpy())
+
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        return ({"mean": self.mean_, "components": self.components_},
+                {"in_channels": self.in_channels_, "explained_variance_ratio": self.explained_variance_ratio_})
+
+    def _set_state(self, arrays, extra) -> None:
+        self.mean_ = arrays["mean"]
+        self.components_ = arrays["components"]
+        self.in_channels_ = int(extra["in_channels"])
+        self.explained_variance_ratio_ = float(extra["explained_variance_ratio"])

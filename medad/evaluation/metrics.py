@@ -1,0 +1,135 @@
+"""Metrics for scores and maps. Every function takes "higher score = more abnormal"."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from medad.errors import InputError
+
+
+def _labels_scores(y_true, y_score) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(y_true).ravel().astype(bool)
+    s = np.asarray(y_score, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise InputError(f"{y.size} labels but {s.size} scores")
+    if not np.isfinite(s).all():
+        raise InputError("scores contain NaN or infinite values")
+    return y, s
+
+
+def auroc(y_true, y_score) -> float:
+    """Area under the ROC curve; NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    y, s = _labels_scores(y_true, y_score)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, s))
+
+
+def auprc(y_true, y_score) -> float:
+    """Area under the precision-recall curve (average precision); NaN without positives."""
+    from sklearn.metrics import average_precision_score
+
+    y, s = _labels_scores(y_true, y_score)
+    if not y.any():
+        return float("nan")
+    return float(average_precision_score(y, s))
+
+
+def dice(pred, target) -> float:
+    """Dice overlap of two boolean masks (1.0 when both are empty)."""
+    p = np.asarray(pred, dtype=bool)
+    t = np.asarray(target, dtype=bool)
+    if p.shape != t.shape:
+        raise InputError(f"mask shapes differ: {p.shape} vs {t.shape}")
+    denom = p.sum() + t.sum()
+    return 1.0 if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
+
+
+def best_dice_threshold(y_true, y_score, n_thresholds: int = 200) -> tuple[float, float]:
+    """(best Dice, its threshold) over score quantiles -- chosen on the data it is reported on,
+    so it is OPTIMISTIC: report it only beside a healthy-calibrated figure."""
+    y, s = _labels_scores(y_true, y_score)
+    if not y.any():
+        return float("nan"), float("nan")
+    # candidate thresholds: quantiles of the upper part of the score distribution
+    qs = np.quantile(s, np.linspace(max(0.0, 1.0 - 4.0 * y.mean()), 1.0, n_thresholds, endpoint=False))
+    order = np.argsort(s)
+    s_sorted = s[order]
+    y_sorted = y[order]
+    # positives above each threshold via cumulative sums (fast for millions of voxels)
+    cum_pos = np.cumsum(y_sorted[::-1])[::-1]
+    n_pos = y.sum()
+    best = (0.0, float(qs[0]))
+    for q in np.unique(qs):
+        idx = np.searchsorted(s_sorted, q, side="right")
+        pred_pos = len(s) - idx
+        tp = cum_pos[idx] if idx < len(s) else 0
+        d = 2.0 * tp / (pred_pos + n_pos) if (pred_pos + n_pos) else 1.0
+        if d > best[0]:
+            best = (float(d), float(q))
+    return best
+
+
+def sensitivity_specificity(y_true, y_pred) -> dict[str, float]:
+    """Sensitivity, specificity, precision, accuracy, F1 of boolean decisions."""
+    y = np.asarray(y_true).ravel().astype(bool)
+    p = np.asarray(y_pred).ravel().astype(bool)
+    if y.shape != p.shape:
+        raise InputError(f"{y.size} labels but {p.size} decisions")
+    tp = int(np.sum(p & y)); tn = int(np.sum(~p & ~y)); fp = int(np.sum(p & ~y)); fn = int(np.sum(~p & y))
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    spec = tn / (tn + fp) if tn + fp else float("nan")
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else float("nan")
+    return {"sensitivity": sens, "specificity": spec, "precision": prec,
+            "accuracy": (tp + tn) / len(y), "f1": f1, "tp": tp, "tn": tn, "fp": fp, "fn": fn}
+
+
+def per_subject(subject_ids: Sequence, y_true, y_score, *, reduce: str = "max") -> tuple[list, np.ndarray, np.ndarray]:
+    """Aggregate item scores to one score per subject (``max`` or ``mean``); a subject is
+    abnormal when any of its items is. Returns (subjects, labels, scores)."""
+    ids = np.asarray(subject_ids)
+    y, s = _labels_scores(y_true, y_score)
+    if len(ids) != len(y):
+        raise InputError(f"{len(ids)} subject ids for {len(y)} items")
+    fn = {"max": np.max, "mean": np.mean, "median": np.median}.get(reduce)
+    if fn is None:
+        raise InputError(f"unknown reduction {reduce!r}")
+    subjects = list(dict.fromkeys(ids.tolist()))
+    ys = np.array([y[ids == u].any() for u in subjects])
+    ss = np.array([fn(s[ids == u]) for u in subjects])
+    return subjects, ys, ss
+
+
+def bootstrap_ci(metric: Callable[..., float], *arrays, n_boot: int = 1000, alpha: float = 0.05,
+                 seed: int = 0, groups: Sequence | None = None) -> tuple[float, float, float]:
+    """(estimate, low, high) percentile bootstrap interval of ``metric(*arrays)``.
+
+    With ``groups`` (e.g. subject ids) whole groups are resampled, which is the honest choice
+    when items of one subject are correlated.
+    """
+    arrays = [np.asarray(a) for a in arrays]
+    n = len(arrays[0])
+    est = float(metric(*arrays))
+    rng = np.random.default_rng(seed)
+    vals = []
+    if groups is not None:
+        g = np.asarray(groups)
+        uniq = np.unique(g)
+        members = {u: np.flatnonzero(g == u) for u in uniq}
+    for _ in range(n_boot):
+        if groups is None:
+            idx = rng.integers(0, n, n)
+        else:
+            idx = np.concatenate([members[u] for u in rng.choice(uniq, len(uniq), replace=True)])
+        v = metric(*[a[idx] for a in arrays])
+        if np.isfinite(v):
+            vals.append(v)
+    if not vals:
+        return est, float("nan"), float("nan")
+    lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
+    return est, float(lo), float(hi)

@@ -1,0 +1,182 @@
+"""Turn what the user has -- a classifier ``nn.Module`` or a medad detector -- into one thing every
+explanation method can use: a module whose ``forward(x)`` returns one scalar per item, ``(B,)``.
+
+The protocol for detectors (so their *anomaly score* can be explained):
+
+* A detector may define ``score_module(self) -> nn.Module`` returning a module whose forward maps a
+  batch ``(B, C, *spatial)`` tensor to the ``(B,)`` anomaly scores (differentiable where possible).
+* Otherwise every :class:`medad.detectors.torch_base.TorchDetector` works as it is: its
+  ``net_`` and ``_score_batch(net, xb)`` are wrapped (gradients flow as long as
+  ``_score_batch`` does not detach or use ``no_grad``).
+* Any other detector is wrapped as a black box around ``score()``: only the perturbation
+  methods (KernelSHAP, LIME) and the faithfulness curves can use it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from medad.errors import InputError
+
+
+def _nn():
+    import torch.nn as nn
+
+    return nn
+
+
+class ScalarModel(_nn().Module):  # type: ignore[misc]
+    """``forward(x) -> (B,)``: the explained scalar of each item.
+
+    Attributes:
+        kind: ``"classifier"`` (output is a class logit) or ``"detector"`` (an anomaly score).
+        differentiable: whether gradients w.r.t. the input exist (False for black boxes).
+        inner: the wrapped network (searched for the Grad-CAM layer).
+    """
+
+    def __init__(self, inner, fn, kind: str, differentiable: bool, target: int | None = None):
+        super().__init__()
+        self.inner = inner
+        self._fn = fn
+        self.kind = kind
+        self.differentiable = differentiable
+        self.target = target
+
+    def forward(self, x):
+        return self._fn(x)
+
+    def probability(self, x):
+        """The scalar on a [0, 1] scale for faithfulness curves: softmax/sigmoid of the class logit
+        for classifiers; the raw score for detectors (it has no natural scale)."""
+        import torch
+
+        if self.kind != "classifier":
+            return self.forward(x)
+        out = self.inner(x)
+        if out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1):
+            return torch.sigmoid(out.reshape(len(out)))
+        return torch.softmax(out, dim=1)[:, self.target]
+
+
+def _classifier(model, x_example, target: int | None) -> ScalarModel:
+    """Select one logit of a classifier. ``target=None``: the class the model predicts for
+    ``x_example`` (or the single logit of a binary model)."""
+    import torch
+
+    with torch.no_grad():
+        out = model(x_example)
+    if out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1):
+        if target not in (None, 0, 1):
+            raise InputError(f"model has one output logit; target must be None, 0 or 1, got {target}")
+        sign = -1.0 if target == 0 else 1.0  # explaining class 0 of a one-logit model = minus the logit
+        return ScalarModel(model, lambda x: sign * model(x).reshape(len(x)), "classifier", True, None)
+    if out.ndim != 2:
+        raise InputError(f"classifier output must be (B, classes), got shape {tuple(out.shape)}")
+    if target is None:
+        preds = out.argmax(1).unique()
+        if len(preds) > 1:
+            raise InputError("items of this batch are predicted as different classes: pass target=")
+        target = int(preds[0])
+    if not 0 <= int(target) < out.shape[1]:
+        raise InputError(f"target {target} out of range for {out.shape[1]} classes")
+    t = int(target)
+    return ScalarModel(model, lambda x: model(x)[:, t], "classifier", True, t)
+
+
+def score_module(detector) -> ScalarModel:
+    """The anomaly score of ``detector`` as a module ``(B, C, *spatial) -> (B,)`` (see module doc)."""
+    import torch
+
+    if hasattr(detector, "score_module"):
+        inner = detector.score_module()
+        return ScalarModel(inner, inner, "detector", True)
+    detector._require_fitted()
+    if hasattr(detector, "net_") and hasattr(detector, "_score_batch"):
+        net = detector.net_
+
+        def fn(x):
+            return detector._score_batch(net, x)[0].reshape(len(x))
+
+        return ScalarModel(net, fn, "detector", True)
+
+    def blackbox(x):
+        s = detector.score(x.detach().cpu().numpy()).score
+        return torch.as_tensor(np.asarray(s), dtype=torch.float32, device=x.device)
+
+    return ScalarModel(None, blackbox, "detector", False)
+
+
+def as_scalar_model(model: Any, x_example, target: int | None = None) -> ScalarModel:
+    """Wrap a classifier module or a detector (see module doc) as a :class:`ScalarModel`."""
+    from medad.detectors.base import Detector
+
+    if isinstance(model, ScalarModel):
+        return model
+    if isinstance(model, Detector):
+        if target is not None:
+            raise InputError("detectors explain their anomaly score: target must be None")
+        return score_module(model)
+    if isinstance(model, _nn().Module):
+        return _classifier(model, x_example, target)
+    raise InputError(f"cannot explain a {type(model).__name__}: expected a torch nn.Module or a medad Detector")
+
+
+def spatial_dims_of(model: Any) -> int | None:
+    """How many spatial axes the model's input has (1 signal, 2 image, 3 volume), if it can tell."""
+    from medad.detectors.base import Detector
+
+    if isinstance(model, Detector):
+        if model.input_kind == "signal":
+            return 1
+        shape = getattr(model, "in_shape_", None)
+        if shape:
+            return len(shape) - 1
+        model = getattr(model, "net_", None)
+    if isinstance(model, ScalarModel):
+        model = model.inner
+    nn = _nn()
+    if isinstance(model, nn.Module):
+        for m in model.modules():
+            for d, types in ((1, (nn.Conv1d,)), (2, (nn.Conv2d,)), (3, (nn.Conv3d,))):
+                if isinstance(m, types):
+                    return d
+    return None
+
+
+def last_conv_layer(model: ScalarModel, x):
+    """The convolution executed last in a forward pass of ``x`` whose output still has more than
+    one position (found by hooks, so execution order counts, not registration order)."""
+    import torch
+
+    nn = _nn()
+    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    if model.inner is None:
+        raise InputError("this detector is a black box (no network): Grad-CAM needs a convolutional network")
+    seen: list = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append((mod, o.shape)))
+             for m in model.inner.modules() if isinstance(m, conv)]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    for mod, shape in reversed(seen):
+        if int(np.prod(shape[2:])) > 1:
+            return mod
+    raise InputError("no convolution layer with a spatial output found: pass layer= explicitly")
+
+
+def resolve_layer(model: ScalarModel, layer, x):
+    """``layer`` as a module: None -> automatic, a dotted name inside the network, or a module."""
+    if layer is None:
+        return last_conv_layer(model, x)
+    if isinstance(layer, str):
+        try:
+            return model.inner.get_submodule(layer)
+        except AttributeError:
+            names = [n for n, _ in model.inner.named_modules() if n]
+            raise InputError(f"no layer named {layer!r}; layers: {', '.join(names[:40])}") from None
+    return layer

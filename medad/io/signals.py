@@ -1,0 +1,540 @@
+"""Signal readers: EDF/BDF/FIF (MNE), WFDB (wfdb), WAV (scipy) and plain text.
+
+* :func:`read_signal` -- one file -> :class:`~medad.io.records.SignalRecord` (float32 ``(C, T)``).
+* :func:`read_header` -- what a file holds without reading its samples.
+* :func:`iter_signal_chunks` -- ``(start_s, (C, n) float32)`` pieces of a long recording; EDF/BDF/FIF
+  and WFDB are read piece by piece from disk, never as one float64 array.
+* :func:`read_ucr` -- UCR text (label then samples per line) -> beats and labels.
+* :func:`describe` -- a JSON-able summary for ``medad inspect``.
+
+Every failure (missing, truncated or corrupt file, unknown extension, empty signal, NaN/inf)
+raises :class:`~medad.errors.ReadError` naming the file; library tracebacks and MNE's log
+output never reach the user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from medad.errors import ReadError
+from medad.io.records import Annotation, SignalRecord
+
+MNE_EXTENSIONS = (".edf", ".bdf", ".fif", ".fif.gz")
+WFDB_EXTENSIONS = (".hea", ".dat")
+WAV_EXTENSIONS = (".wav",)
+TEXT_EXTENSIONS = (".txt", ".asc", ".csv")
+SIGNAL_EXTENSIONS = MNE_EXTENSIONS + WFDB_EXTENSIONS + WAV_EXTENSIONS + TEXT_EXTENSIONS
+# WFDB annotation files looked for next to a record, in order of preference
+WFDB_ANNOTATORS = ("atr", "qrs", "ecg")
+# block size when a whole recording is gathered from chunks (keeps the float64 copy small)
+_BLOCK_SECONDS = 60.0
+
+
+@dataclass
+class SignalHeader:
+    """What a recording holds, read without its samples.
+
+    Attributes:
+        path: the file (for WFDB, the ``.hea`` file).
+        format: ``"mne"``, ``"wfdb"``, ``"wav"`` or ``"text"``.
+        sfreq: sampling rate in Hz (``None`` for plain text without a given rate).
+        ch_names: channel names.
+        n_times: samples per channel.
+        annotations: annotations stored with the recording.
+        meta: format facts (units, file type); never patient identity.
+    """
+
+    path: Path
+    format: str
+    sfreq: float | None
+    ch_names: list[str]
+    n_times: int
+    annotations: list[Annotation] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration(self) -> float | None:
+        return None if not self.sfreq else self.n_times / float(self.sfreq)
+
+
+# ---------------------------------------------------------------------------- format detection
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    return ".fif.gz" if name.endswith(".fif.gz") else path.suffix.lower()
+
+
+def signal_format(path: str | Path) -> str:
+    """The reader family for ``path``: ``"mne"``, ``"wfdb"``, ``"wav"`` or ``"text"``.
+
+    A path without extension whose ``.hea`` sibling exists is a WFDB record name.
+    """
+    p = Path(path)
+    sfx = _suffix(p)
+    if sfx in MNE_EXTENSIONS:
+        return "mne"
+    if sfx in WFDB_EXTENSIONS or (sfx == "" and p.with_name(p.name + ".hea").is_file()):
+        return "wfdb"
+    if sfx in WAV_EXTENSIONS:
+        return "wav"
+    if sfx in TEXT_EXTENSIONS:
+        return "text"
+    raise ReadError(
+        f"unsupported signal file extension {sfx or '(none)'!r}; medad reads "
+        f"{', '.join(SIGNAL_EXTENSIONS)} and WFDB record names", p)
+
+
+def is_signal_file(path: str | Path) -> bool:
+    """True for files medad can read as signals (WFDB records count once, by their ``.hea``)."""
+    p = Path(path)
+    if not p.is_file() or p.name.startswith("."):
+        return False
+    sfx = _suffix(p)
+    if sfx == ".dat":  # the header names the record; .dat alone is listed through its .hea
+        return False
+    return sfx in SIGNAL_EXTENSIONS
+
+
+def record_id_from_path(path: str | Path) -> str:
+    """Record id from a file name: the name without its (double) extension."""
+    p = Path(path)
+    name = p.name
+    for sfx in sorted(SIGNAL_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(sfx):
+            return name[: -len(sfx)]
+    return p.stem
+
+
+def subject_id_from_path(path: str | Path) -> str:
+    """Subject id from a file name: the BIDS ``sub-XXX`` entity when present, else the record id."""
+    rid = record_id_from_path(path)
+    m = re.search(r"sub-([A-Za-z0-9]+)", rid)
+    return m.group(1) if m else rid
+
+
+def _check_exists(p: Path, fmt: str) -> None:
+    if fmt == "wfdb":
+        hea = _wfdb_base(p).with_suffix(".hea") if p.suffix else p.with_name(p.name + ".hea")
+        if not hea.is_file():
+            raise ReadError("WFDB header (.hea) not found", hea)
+        return
+    if not p.exists():
+        raise ReadError("file not found", p)
+    if p.is_dir():
+        raise ReadError("is a folder, not a signal file", p)
+    if p.stat().st_size == 0:
+        raise ReadError("file is empty (0 bytes)", p)
+
+
+def _wfdb_base(p: Path) -> Path:
+    return p.with_suffix("") if _suffix(p) in WFDB_EXTENSIONS else p
+
+
+# ---------------------------------------------------------------------------- MNE
+@contextlib.contextmanager
+def _quiet():
+    """Silence library warnings (MNE, wfdb's pandas deprecations): medad reports problems itself."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _wfdb():
+    with _quiet():  # wfdb builds pandas tables at import time (deprecation warnings)
+        import wfdb
+    return wfdb
+
+
+def _check_edf_size(p: Path) -> None:
+    """EDF/BDF: compare the data records the header declares with what the file holds. MNE only
+    warns on a truncated file and silently reads less, which would hide a broken recording."""
+    sfx = _suffix(p)
+    try:
+        with open(p, "rb") as f:
+            head = f.read(256)
+            header_bytes = int(head[184:192].decode("ascii").strip())
+            n_records = int(head[236:244].decode("ascii").strip())
+            n_ch = int(head[252:256].decode("ascii").strip())
+            f.seek(256 + n_ch * 216)
+            n_samps = [int(f.read(8).decode("ascii").strip()) for _ in range(n_ch)]
+    except (ValueError, UnicodeDecodeError, OSError):
+        raise ReadError(f"not a valid {sfx.lstrip('.').upper()} file (unreadable header)", p) from None
+    if n_records < 0:  # -1: length unknown (recording not closed); nothing to compare
+        return
+    expected = header_bytes + n_records * sum(n_samps) * (3 if sfx == ".bdf" else 2)
+    size = p.stat().st_size
+    if size < expected:
+        raise ReadError(f"file is truncated: header declares {n_records} data records "
+                        f"({expected} bytes) but the file has {size} bytes", p)
+
+
+def _open_mne(p: Path):
+    import mne
+
+    sfx = _suffix(p)
+    if sfx in (".edf", ".bdf"):
+        _check_edf_size(p)
+    fn = {".edf": mne.io.read_raw_edf, ".bdf": mne.io.read_raw_bdf}.get(sfx, mne.io.read_raw_fif)
+    try:
+        with _quiet():
+            raw = fn(str(p), preload=False, verbose="error")
+    except Exception as e:  # MNE raises many types (ValueError, RuntimeError, OSError...) on bad files
+        raise ReadError(f"cannot read as {sfx.lstrip('.').upper()}: {_short(e)}", p) from None
+    return raw
+
+
+def _mne_annotations(raw) -> list[Annotation]:
+    out = []
+    for a in raw.annotations:
+        chs = a.get("ch_names") or ()
+        out.append(Annotation(float(a["onset"]), float(a["duration"]), str(a["description"]),
+                              ",".join(chs) if chs else None))
+    return out
+
+
+def _mne_header(p: Path) -> tuple[SignalHeader, Any]:
+    raw = _open_mne(p)
+    meta = {"file_type": _suffix(p).lstrip(".").upper(), "unit": "V (MNE SI units)",
+            "channel_types": sorted(set(raw.get_channel_types()))}
+    hdr = SignalHeader(p, "mne", float(raw.info["sfreq"]), list(raw.ch_names), int(raw.n_times),
+                       _mne_annotations(raw), meta)
+    return hdr, raw
+
+
+# ---------------------------------------------------------------------------- WFDB
+def _wfdb_header(p: Path) -> SignalHeader:
+    wfdb = _wfdb()
+
+    base = _wfdb_base(p)
+    try:
+        with _quiet():
+            h = wfdb.rdheader(str(base))
+    except Exception as e:  # wfdb raises assorted errors on malformed headers
+        raise ReadError(f"cannot read WFDB header: {_short(e)}", base.with_suffix(".hea")) from None
+    if not h.sig_name or not h.sig_len:
+        raise ReadError("WFDB record has no signal (no channels or zero length)", base.with_suffix(".hea"))
+    anns, annotator = _wfdb_annotations(base, float(h.fs))
+    meta = {"file_type": "WFDB", "unit": ",".join(u or "?" for u in (h.units or [])), "annotator": annotator}
+    return SignalHeader(base.with_suffix(".hea"), "wfdb", float(h.fs), list(h.sig_name), int(h.sig_len), anns, meta)
+
+
+def _wfdb_annotations(base: Path, fs: float) -> tuple[list[Annotation], str | None]:
+    wfdb = _wfdb()
+
+    for ext in WFDB_ANNOTATORS:
+        f = base.with_name(base.name + "." + ext)
+        if not f.is_file():
+            continue
+        try:
+            with _quiet():
+                a = wfdb.rdann(str(base), ext)
+        except Exception as e:
+            raise ReadError(f"cannot read WFDB annotations: {_short(e)}", f) from None
+        notes = a.aux_note or [""] * len(a.sample)
+        out = []
+        for s, sym, note in zip(a.sample, a.symbol, notes):
+            note = (note or "").strip("\x00").strip()
+            out.append(Annotation(float(s) / fs, 0.0, f"{sym} {note}".strip() if note else str(sym)))
+        return out, ext
+    return [], None
+
+
+def _wfdb_read(hdr: SignalHeader, start: int, stop: int, picks: list[int]) -> np.ndarray:
+    wfdb = _wfdb()
+
+    base = _wfdb_base(hdr.path)
+    try:
+        with _quiet():
+            rec = wfdb.rdrecord(str(base), sampfrom=start, sampto=stop, channels=picks)
+    except Exception as e:
+        raise ReadError(f"cannot read WFDB samples: {_short(e)}", base.with_suffix(".dat")) from None
+    if rec.p_signal is None:
+        raise ReadError("WFDB record holds no physical signal", hdr.path)
+    return rec.p_signal.T.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- WAV
+def _wav_read(p: Path, mmap: bool = True) -> tuple[int, np.ndarray]:
+    from scipy.io import wavfile
+
+    try:
+        with _quiet():  # WavFileWarning on odd chunks
+            fs, x = wavfile.read(str(p), mmap=mmap)
+    except Exception as e:
+        raise ReadError(f"cannot read as WAV: {_short(e)}", p) from None
+    return int(fs), x
+
+
+def _wav_to_float(x: np.ndarray) -> np.ndarray:
+    """Integer PCM -> float32 in [-1, 1]; float stays float."""
+    if x.dtype == np.uint8:
+        y = (x.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(x.dtype, np.integer):
+        y = x.astype(np.float32) / float(np.iinfo(x.dtype).max + 1)
+    else:
+        y = x.astype(np.float32)
+    return y.reshape(len(y), -1).T  # (T,) or (T, C) -> (C, T)
+
+
+def _wav_header(p: Path) -> SignalHeader:
+    fs, x = _wav_read(p)
+    n_ch = 1 if x.ndim == 1 else x.shape[1]
+    names = ["audio"] if n_ch == 1 else [f"audio{i}" for i in range(n_ch)]
+    return SignalHeader(p, "wav", float(fs), names, int(x.shape[0]), [], {"file_type": "WAV", "dtype": str(x.dtype)})
+
+
+# ---------------------------------------------------------------------------- text
+def _text_read(p: Path) -> np.ndarray:
+    """All numbers of a whitespace/comma separated text file, in file order, as one channel
+    (Bonn: one sample a line; Wang-Chung: several samples a line, row by row)."""
+    try:
+        txt = p.read_text(errors="strict")
+    except UnicodeDecodeError:
+        raise ReadError("not a text file (binary content)", p) from None
+    except OSError as e:
+        raise ReadError(f"cannot read: {e.strerror}", p) from None
+    tokens = txt.replace(",", " ").split()
+    try:
+        x = np.asarray(tokens, dtype=np.float64)
+    except ValueError:
+        bad = next(t for t in tokens if not _is_number(t))
+        raise ReadError(f"plain-text signal holds a non-numeric value {bad[:20]!r}", p) from None
+    return x.astype(np.float32)[None, :]
+
+
+def _is_number(t: str) -> bool:
+    try:
+        float(t)
+        return True
+    except ValueError:
+        return False
+
+
+def _text_header(p: Path, sfreq: float | None) -> tuple[SignalHeader, np.ndarray]:
+    x = _text_read(p)
+    return SignalHeader(p, "text", sfreq, [record_id_from_path(p)], int(x.shape[1]), [],
+                        {"file_type": "text", "sfreq_given": sfreq is not None}), x
+
+
+# ---------------------------------------------------------------------------- public API
+def read_header(path: str | Path, *, sfreq: float | None = None) -> SignalHeader:
+    """Sampling rate, channels, length and annotations of a recording, without its samples
+    (plain text is parsed, having no header)."""
+    p = Path(path)
+    fmt = signal_format(p)
+    _check_exists(p, fmt)
+    if fmt == "mne":
+        return _mne_header(p)[0]
+    if fmt == "wfdb":
+        return _wfdb_header(p)
+    if fmt == "wav":
+        return _wav_header(p)
+    return _text_header(p, sfreq)[0]
+
+
+def _pick_indices(hdr: SignalHeader, channels: Sequence[str | int] | None) -> list[int]:
+    if channels is None:
+        return list(range(len(hdr.ch_names)))
+    idx = []
+    for c in channels:
+        if isinstance(c, (int, np.integer)):
+            if not 0 <= int(c) < len(hdr.ch_names):
+                raise ReadError(f"channel index {c} out of range (recording has {len(hdr.ch_names)})", hdr.path)
+            idx.append(int(c))
+        elif c in hdr.ch_names:
+            idx.append(hdr.ch_names.index(c))
+        else:
+            raise ReadError(f"channel {c!r} not found; channels are: {', '.join(hdr.ch_names)}", hdr.path)
+    if not idx:
+        raise ReadError("no channels selected", hdr.path)
+    return idx
+
+
+def _check_finite(x: np.ndarray, p: Path, start_s: float = 0.0, sfreq: float | None = None) -> None:
+    if not np.isfinite(x).all():
+        bad = np.argwhere(~np.isfinite(x))[0]
+        where = f" at {start_s + bad[1] / sfreq:.2f} s" if sfreq else ""
+        raise ReadError(f"signal contains NaN or infinite values (channel {bad[0]}{where})", p)
+
+
+def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: float = 0.0,
+                       picks: Sequence[str | int] | None = None, *, sfreq: float | None = None,
+                       header: SignalHeader | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield ``(start_seconds, data (C, n) float32)`` pieces of a recording.
+
+    Consecutive chunks start ``chunk_seconds - overlap_seconds`` apart; the last one may be
+    shorter. EDF/BDF/FIF are read with ``preload=False`` and WFDB with ``sampfrom/sampto``, so only
+    one chunk is ever in memory (as float64 only for that chunk). WAV is memory-mapped.
+
+    Args:
+        path: the recording.
+        chunk_seconds: length of each chunk.
+        overlap_seconds: overlap between consecutive chunks (``< chunk_seconds``).
+        picks: channel names or indices (default all).
+        sfreq: sampling rate for plain text (which has none of its own).
+        header: a header already read with :func:`read_header` (saves re-reading it).
+    """
+    p = Path(path)
+    if chunk_seconds <= 0 or not 0 <= overlap_seconds < chunk_seconds:
+        raise ValueError(f"need chunk_seconds > 0 and 0 <= overlap_seconds < chunk_seconds, "
+                         f"got {chunk_seconds}, {overlap_seconds}")
+    fmt = signal_format(p)
+    _check_exists(p, fmt)
+    raw = None
+    whole = None
+    if header is not None:
+        hdr = header
+        if fmt == "mne":
+            raw = _open_mne(p)
+    elif fmt == "mne":
+        hdr, raw = _mne_header(p)
+    elif fmt == "text":
+        hdr, whole = _text_header(p, sfreq)
+    else:
+        hdr = read_header(p)
+    if fmt == "text" and whole is None:
+        whole = _text_read(p)
+    if hdr.sfreq is None:
+        raise ReadError("plain-text signal has no sampling rate: pass sfreq", p)
+    if hdr.n_times == 0:
+        raise ReadError("signal is empty (0 samples)", p)
+    idx = _pick_indices(hdr, picks)
+    fs = float(hdr.sfreq)
+    n_chunk = max(1, int(round(chunk_seconds * fs)))
+    step = max(1, n_chunk - int(round(overlap_seconds * fs)))
+    wav = _wav_read(p)[1] if fmt == "wav" else None
+    start = 0
+    while start < hdr.n_times:
+        stop = min(start + n_chunk, hdr.n_times)
+        if fmt == "mne":
+            try:
+                x = raw.get_data(picks=idx, start=start, stop=stop).astype(np.float32)
+            except Exception as e:  # a file truncated after its header fails here
+                raise ReadError(f"cannot read samples {start}-{stop}: {_short(e)} (truncated or corrupt?)", p) from None
+        elif fmt == "wfdb":
+            x = _wfdb_read(hdr, start, stop, idx)
+        elif fmt == "wav":
+            x = _wav_to_float(np.asarray(wav[start:stop]))[idx]
+        else:
+            x = whole[idx, start:stop]
+        _check_finite(x, p, start / fs, fs)
+        yield start / fs, x
+        if stop >= hdr.n_times:
+            break
+        start += step
+
+
+def read_signal(path: str | Path, *, channels: Sequence[str | int] | None = None, sfreq: float | None = None,
+                record_id: str | None = None, subject_id: str | None = None,
+                label: str | int | None = None) -> SignalRecord:
+    """Read a whole recording into a :class:`SignalRecord` (``(C, T)`` float32).
+
+    Args:
+        path: EDF/BDF/FIF, a WFDB record (``.hea``/``.dat`` or the bare record name), WAV or text.
+        channels: channel names or indices to keep (default all).
+        sfreq: for plain text, its sampling rate (required); for other formats, a rate to
+            resample to (polyphase) when it differs from the file's own.
+        record_id: defaults to the file name without extension.
+        subject_id: defaults to the BIDS ``sub-`` entity of the name, else the record id.
+        label: recording-level label (from a dataset adapter).
+    """
+    p = Path(path)
+    fmt = signal_format(p)
+    _check_exists(p, fmt)
+    if fmt == "text":
+        hdr, whole = _text_header(p, sfreq)
+        if sfreq is None:
+            raise ReadError("plain-text signal has no sampling rate: pass sfreq", p)
+        data = whole[_pick_indices(hdr, channels)]
+        _check_finite(data, p, 0.0, sfreq)
+    else:
+        hdr = read_header(p)
+        idx = _pick_indices(hdr, channels)
+        data = np.empty((len(idx), hdr.n_times), dtype=np.float32)
+        # gathered block by block so a long EDF never exists as one float64 array
+        for start_s, x in iter_signal_chunks(p, _BLOCK_SECONDS, picks=idx, header=hdr):
+            i0 = int(round(start_s * hdr.sfreq))
+            data[:, i0:i0 + x.shape[1]] = x
+    if data.size == 0:
+        raise ReadError("signal is empty (0 samples)", p)
+    fs = float(hdr.sfreq if fmt != "text" else sfreq)
+    meta = dict(hdr.meta, format=fmt)
+    if sfreq is not None and fmt != "text" and abs(float(sfreq) - fs) > 1e-6:
+        from medad.transforms.signal import resample
+
+        data = resample(data, fs, float(sfreq))
+        meta["original_sfreq"] = fs
+        fs = float(sfreq)
+    rid = record_id or record_id_from_path(p if fmt != "wfdb" else _wfdb_base(p))
+    return SignalRecord(
+        data=data, sfreq=fs, ch_names=[hdr.ch_names[i] for i in _pick_indices(hdr, channels)],
+        annotations=list(hdr.annotations), record_id=rid,
+        subject_id=subject_id or (subject_id_from_path(p) if record_id is None else record_id),
+        label=label, path=p, meta=meta,
+    )
+
+
+def read_ucr(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read a UCR text file (one series per line: class label, then samples).
+
+    Returns:
+        ``(series (N, T) float32, labels (N,) int)``.
+    """
+    p = Path(path)
+    _check_exists(p, "text")
+    rows = []
+    try:
+        for i, line in enumerate(p.read_text().splitlines()):
+            if line.strip():
+                rows.append(np.asarray(line.replace(",", " ").split(), dtype=np.float64))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ReadError(f"not a UCR text file (line {len(rows) + 1}: {_short(e)})", p) from None
+    if not rows:
+        raise ReadError("UCR file holds no series", p)
+    lens = {len(r) for r in rows}
+    if len(lens) != 1 or min(lens) < 2:
+        raise ReadError(f"UCR rows differ in length ({sorted(lens)[:5]}); expected label + equal-length series", p)
+    arr = np.stack(rows)
+    labels = arr[:, 0]
+    if not np.allclose(labels, np.round(labels)):
+        raise ReadError("first column of a UCR file must be integer class labels", p)
+    x = arr[:, 1:].astype(np.float32)
+    _check_finite(x, p)
+    return x, np.round(labels).astype(int)
+
+
+def describe(path: str | Path, *, sfreq: float | None = None) -> dict[str, Any]:
+    """A JSON-able summary of a recording for ``medad inspect``: format, sampling rate, channels,
+    duration and the annotations/labels found."""
+    p = Path(path)
+    hdr = read_header(p, sfreq=sfreq)
+    counts: dict[str, int] = {}
+    for a in hdr.annotations:
+        counts[a.description] = counts.get(a.description, 0) + 1
+    return {
+        "path": str(p),
+        "kind": "signal",
+        "format": hdr.meta.get("file_type", hdr.format),
+        "record_id": record_id_from_path(_wfdb_base(p) if hdr.format == "wfdb" else p),
+        "sfreq": hdr.sfreq,
+        "n_channels": len(hdr.ch_names),
+        "channels": hdr.ch_names,
+        "n_times": hdr.n_times,
+        "duration_s": hdr.duration,
+        "n_annotations": len(hdr.annotations),
+        "annotations": counts,
+        "first_annotations": [vars(a) for a in hdr.annotations[:5]],
+        "meta": hdr.meta,
+        **({} if hdr.sfreq else {"note": "plain text has no sampling rate; pass sfreq"}),
+    }
+
+
+def _short(e: BaseException, n: int = 200) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg[:n]

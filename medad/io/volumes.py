@@ -1,0 +1,404 @@
+"""3D volume reading and writing: NIfTI, MGZ, DICOM files and DICOM series.
+
+Every reader returns a :class:`~medad.io.records.VolumeRecord` whose ``data`` is in RAS voxel
+order (closest canonical orientation; no resampling) with its affine, plus the file's own
+``original_affine`` / ``original_shape`` so that maps computed on the RAS grid can be written
+back on the input's exact grid (:func:`write_like`). Every failure raises
+:class:`~medad.errors.ReadError` naming the file; no library traceback reaches the user.
+
+Patient identity (name, id, birth date) is never copied into ``meta``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medad.errors import InputError, ReadError
+from medad.io.records import VolumeRecord
+from medad.utils import atomic_path
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MGH_SUFFIXES = (".mgz", ".mgh")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+VOLUME_SUFFIXES = NIFTI_SUFFIXES + MGH_SUFFIXES + DICOM_SUFFIXES
+
+# DICOM header fields safe to keep (no patient identity).
+_DICOM_META_TAGS = {
+    "modality": "Modality",
+    "series_uid": "SeriesInstanceUID",
+    "series_description": "SeriesDescription",
+    "study_uid": "StudyInstanceUID",
+    "manufacturer": "Manufacturer",
+    "transfer_syntax": None,  # filled from file_meta
+}
+
+# Relative / absolute tolerance on slice spacing within one series.
+_SLICE_REL_TOL = 0.02
+_SLICE_ABS_TOL = 0.01
+
+
+def volume_suffix(path: str | Path) -> str:
+    """Lower-case suffix used for format dispatch (``.nii.gz`` counts as one)."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def is_volume_path(path: str | Path) -> bool:
+    """True for a file with a volume extension, an extension-less DICOM file, or a folder."""
+    p = Path(path)
+    if p.is_dir():
+        return True
+    suf = volume_suffix(p)
+    return suf in VOLUME_SUFFIXES or (suf == "" and p.is_file() and _looks_like_dicom(p))
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' at byte 128; older files may not, so try a header read."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        if len(head) == 132 and head[128:132] == b"DICM":
+            return True
+        import pydicom
+
+        pydicom.dcmread(path, stop_before_pixels=True, force=False)
+        return True
+    except Exception:
+        return False
+
+
+def _subject_from_path(path: Path) -> str:
+    name = path.name
+    for suf in VOLUME_SUFFIXES:
+        if name.lower().endswith(suf):
+            return name[: -len(suf)]
+    return name
+
+
+def _short(e: BaseException) -> str:
+    """One line from a library exception (no traceback, no multi-line ITK dumps)."""
+    msg = " ".join(str(e).split())
+    if len(msg) > 300:
+        msg = msg[:300] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+# ----------------------------------------------------------------------------------- reading
+
+
+def read_volume(path: str | Path, *, series_uid: str | None = None,
+                dtype: Any = np.float32) -> VolumeRecord:
+    """Read a 3D volume and reorient it to RAS.
+
+    Args:
+        path: a NIfTI (.nii/.nii.gz), MGZ/MGH, DICOM file (multi-frame included) or a folder
+            holding one DICOM series.
+        series_uid: which series to read when the folder holds several.
+        dtype: dtype of ``data`` (float32 by default; intensity scaling is applied).
+
+    Raises:
+        ReadError: missing, truncated, corrupt or unsupported file; 4D data; NaN/inf values;
+            a folder with several series and no ``series_uid``; inconsistent slices.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ReadError("file or folder not found", p)
+    if p.is_dir():
+        data, affine, meta = _read_dicom_series(p, series_uid)
+    else:
+        suf = volume_suffix(p)
+        if p.stat().st_size == 0:
+            raise ReadError("file is empty", p)
+        if suf in NIFTI_SUFFIXES or suf in MGH_SUFFIXES:
+            data, affine, meta = _read_nibabel(p)
+        elif suf in DICOM_SUFFIXES or (suf == "" and _looks_like_dicom(p)):
+            data, affine, meta = _read_dicom_file(p)
+        else:
+            raise ReadError(
+                f"unsupported volume format {suf or '(no extension, not DICOM)'}; expected one of "
+                f"{', '.join(VOLUME_SUFFIXES)} or a DICOM series folder", p)
+    return _finish(p, data, affine, meta, dtype)
+
+
+def _finish(p: Path, data: np.ndarray, affine: np.ndarray, meta: dict, dtype: Any) -> VolumeRecord:
+    """Shape checks, finiteness check, RAS reorientation."""
+    import nibabel as nib
+
+    if data.ndim == 2:  # a single slice: keep it as a one-slice volume
+        data = data[..., None]
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ReadError(f"expected a 3D volume, got {data.ndim}D data of shape {tuple(data.shape)}", p)
+    if np.issubdtype(data.dtype, np.complexfloating):
+        raise ReadError("complex-valued data is not supported", p)
+    try:
+        data = np.asarray(data, dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise ReadError(f"cannot convert data to {np.dtype(dtype)}: {_short(e)}", p) from None
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise ReadError(f"{n_bad} voxels are NaN or infinite", p)
+    affine = np.asarray(affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ReadError("the voxel-to-world affine is invalid (singular or not finite)", p)
+    original_shape = tuple(int(s) for s in data.shape)
+    ornt = nib.orientations.io_orientation(affine)
+    ras = nib.orientations.apply_orientation(data, ornt)
+    ras_affine = affine @ nib.orientations.inv_ornt_aff(ornt, original_shape)
+    meta = dict(meta)
+    meta["original_orientation"] = "".join(nib.aff2axcodes(affine))
+    return VolumeRecord(
+        data=np.ascontiguousarray(ras), affine=ras_affine, path=p, original_affine=affine.copy(),
+        original_shape=original_shape, meta=meta, subject_id=_subject_from_path(p),
+    )
+
+
+def _read_nibabel(p: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p))
+        data = np.asanyarray(img.dataobj)
+        affine = img.affine
+    except Exception as e:  # nibabel raises many types for truncated/corrupt files
+        raise ReadError(f"cannot read as {volume_suffix(p)}: {_short(e)}", p) from None
+    if affine is None:
+        raise ReadError("file has no voxel-to-world affine", p)
+    meta: dict[str, Any] = {"format": "nifti" if volume_suffix(p) in NIFTI_SUFFIXES else "mgh",
+                            "file_dtype": str(img.get_data_dtype())}
+    return np.asarray(data), np.asarray(affine), meta
+
+
+def _sitk_to_ras_arrays(img) -> tuple[np.ndarray, np.ndarray]:
+    """SimpleITK image -> (array in (i, j, k) index order, RAS affine)."""
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayFromImage(img)  # (k, j, i) or (k, j, i, components)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        # (k, j, i, c) -> (i, j, k, c); a colour volume is >3D and rejected later
+        arr = np.transpose(arr, (2, 1, 0, 3))
+    else:
+        arr = np.transpose(arr, tuple(range(arr.ndim))[::-1])
+    dim = img.GetDimension()
+    if dim not in (2, 3):
+        raise ValueError(f"{dim}D image")
+    direction = np.asarray(img.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    spacing = np.asarray(img.GetSpacing(), dtype=np.float64)
+    lps = np.eye(4)
+    lps[:dim, :dim] = direction @ np.diag(spacing)
+    lps[:dim, 3] = np.asarray(img.GetOrigin(), dtype=np.float64)
+    # ITK world space is LPS; NIfTI/nibabel world space is RAS
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+    return arr, affine
+
+
+def _dicom_meta(header) -> dict[str, Any]:
+    meta: dict[str, Any] = {"format": "dicom"}
+    for key, kw in _DICOM_META_TAGS.items():
+        if kw is None:
+            continue
+        val = getattr(header, kw, None)
+        if val not in (None, ""):
+            meta[key] = str(val)
+    ts = getattr(getattr(header, "file_meta", None), "TransferSyntaxUID", None)
+    if ts is not None:
+        meta["transfer_syntax"] = getattr(ts, "name", str(ts))
+    return meta
+
+
+def _dicom_header(p: Path):
+    import pydicom
+
+    try:
+        return pydicom.dcmread(str(p), stop_before_pixels=True, force=True)
+    except Exception as e:
+        raise ReadError(f"cannot read DICOM header: {_short(e)}", p) from None
+
+
+def _read_dicom_file(p: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    import SimpleITK as sitk
+
+    header = _dicom_header(p)
+    if "PixelData" not in header and not hasattr(header, "Rows"):
+        raise ReadError("DICOM file holds no image (no pixel data)", p)
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    try:
+        img = sitk.ReadImage(str(p))
+    except Exception as e:
+        raise ReadError(f"cannot decode DICOM image: {_short(e)}", p) from None
+    arr, affine = _sitk_to_ras_arrays(img)
+    meta = _dicom_meta(header)
+    meta["n_files"] = 1
+    return arr, affine, meta
+
+
+def list_dicom_series(folder: str | Path) -> dict[str, list[str]]:
+    """Series UID -> file names (sorted by slice position) of the DICOM series in ``folder``."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    sitk.ProcessObject_SetGlobalWarningDisplay(False)
+    try:
+        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+                for uid in ids}
+    except Exception as e:
+        raise ReadError(f"cannot scan folder for DICOM series: {_short(e)}", folder) from None
+
+
+def _check_slices(folder: Path, files: list[str]) -> None:
+    """Same size and orientation for every slice; evenly spaced positions along the normal."""
+    headers = [_dicom_header(Path(f)) for f in files]
+    sizes = {(int(getattr(h, "Rows", -1)), int(getattr(h, "Columns", -1))) for h in headers}
+    if len(sizes) > 1:
+        raise ReadError(f"inconsistent slices: sizes {sorted(sizes)} in one series", folder)
+    if len(files) < 2:
+        return
+    try:
+        iop = np.array([[float(v) for v in h.ImageOrientationPatient] for h in headers])
+        ipp = np.array([[float(v) for v in h.ImagePositionPatient] for h in headers])
+    except (AttributeError, TypeError, ValueError):
+        raise ReadError("slices lack ImagePositionPatient/ImageOrientationPatient; "
+                        "cannot order them", folder) from None
+    if np.abs(iop - iop[0]).max() > 1e-3:
+        raise ReadError("inconsistent slices: orientations differ within one series", folder)
+    normal = np.cross(iop[0, :3], iop[0, 3:])
+    pos = np.sort(ipp @ normal)
+    gaps = np.diff(pos)
+    if (gaps < _SLICE_ABS_TOL).any():
+        raise ReadError("inconsistent slices: two slices at the same position", folder)
+    med = float(np.median(gaps))
+    worst = float(np.abs(gaps - med).max())
+    if worst > _SLICE_REL_TOL * med + _SLICE_ABS_TOL:
+        raise ReadError(
+            f"inconsistent slice spacing (gaps from {gaps.min():.3g} to {gaps.max():.3g} mm; "
+            "missing or extra slices?)", folder)
+
+
+def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    import SimpleITK as sitk
+
+    series = list_dicom_series(folder)
+    if not series:
+        raise ReadError("folder holds no DICOM series (nor a file medad reads)", folder)
+    if series_uid is None:
+        if len(series) > 1:
+            listing = "; ".join(f"{uid or '(no UID)'} ({len(f)} files)" for uid, f in series.items())
+            raise ReadError(f"folder holds {len(series)} DICOM series, choose one with series_uid: "
+                            f"{listing}", folder)
+        series_uid = next(iter(series))
+    elif series_uid not in series:
+        raise ReadError(f"series {series_uid} not in folder (found: {', '.join(series)})", folder)
+    files = series[series_uid]
+    _check_slices(folder, files)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        img = reader.Execute()
+    except Exception as e:
+        raise ReadError(f"cannot decode DICOM series {series_uid}: {_short(e)}", folder) from None
+    arr, affine = _sitk_to_ras_arrays(img)
+    meta = _dicom_meta(_dicom_header(Path(files[0])))
+    meta["n_files"] = len(files)
+    if series_uid:
+        meta["series_uid"] = series_uid
+    return arr, affine, meta
+
+
+# ----------------------------------------------------------------------------------- writing
+
+
+def to_original_grid(array_ras: np.ndarray, record: VolumeRecord) -> np.ndarray:
+    """Put an array computed on ``record``'s RAS grid back into the file's own voxel order.
+
+    Pure axis permutation/flip (no resampling), so it is exact.
+    """
+    import nibabel as nib
+
+    a = np.asarray(array_ras)
+    if a.shape[:3] != tuple(record.data.shape):
+        raise InputError(f"array shape {a.shape} does not match the volume's RAS grid "
+                         f"{tuple(record.data.shape)}", record.path)
+    if record.original_affine is None or record.original_shape is None:
+        return a
+    ornt = nib.orientations.io_orientation(record.original_affine)
+    ras = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    back = nib.orientations.ornt_transform(ras, ornt)
+    out = nib.orientations.apply_orientation(a, back)
+    if out.shape[:3] != tuple(record.original_shape):  # cannot happen unless the record was edited
+        raise InputError(f"cannot map array back to original shape {record.original_shape}",
+                         record.path)
+    return np.ascontiguousarray(out)
+
+
+def _nifti_ready(array: np.ndarray, dtype: Any) -> np.ndarray:
+    a = np.asarray(array)
+    if dtype is not None:
+        return a.astype(dtype)
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    if a.dtype == np.float64 or a.dtype == np.float16:
+        return a.astype(np.float32)
+    if a.dtype == np.int64:
+        return a.astype(np.int32)
+    return a
+
+
+def write_volume(array: np.ndarray, affine: np.ndarray, path: str | Path, *,
+                 dtype: Any = None) -> Path:
+    """Write ``array`` with ``affine`` as NIfTI (.nii or .nii.gz), atomically."""
+    import nibabel as nib
+
+    p = Path(path)
+    if volume_suffix(p) not in NIFTI_SUFFIXES:
+        raise InputError("output must be a .nii or .nii.gz file", p)
+    a = _nifti_ready(array, dtype)
+    if a.ndim < 3:
+        raise InputError(f"expected at least 3 dimensions, got shape {a.shape}", p)
+    img = nib.Nifti1Image(a, np.asarray(affine, dtype=np.float64))
+    # both codes "scanner" so every viewer uses the same affine
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(p) as tmp:
+        nib.save(img, str(tmp))
+    return p
+
+
+def write_like(array: np.ndarray, record: VolumeRecord, path: str | Path, *,
+               dtype: Any = None) -> Path:
+    """Write a map computed on ``record``'s RAS grid as NIfTI on the input's original grid.
+
+    The file has exactly the input file's shape and affine, so it opens over the scan in
+    3D Slicer / ITK-SNAP.
+    """
+    out = to_original_grid(array, record)
+    affine = record.original_affine if record.original_affine is not None else record.affine
+    return write_volume(out, affine, path, dtype=dtype)
+
+
+def describe_volume(record: VolumeRecord) -> dict[str, Any]:
+    """Facts for ``medad inspect``: shape, spacing, orientation, value range."""
+    d = record.data
+    return {
+        "kind": "volume",
+        "path": str(record.path),
+        "shape": list(record.shape),
+        "spacing_mm": [round(s, 4) for s in record.spacing],
+        "orientation": record.orientation,
+        "original_orientation": record.meta.get("original_orientation"),
+        "original_shape": list(record.original_shape or record.shape),
+        "dtype": str(d.dtype),
+        "file_dtype": record.meta.get("file_dtype"),
+        "min": float(d.min()),
+        "max": float(d.max()),
+        "mean": float(d.mean()),
+        **{k: v for k, v in record.meta.items()
+           if k in ("format", "modality", "series_uid", "series_description", "n_files",
+                    "transfer_syntax")},
+    }

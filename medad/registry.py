@@ -1,0 +1,76 @@
+"""Name -> detector class, looked up lazily so importing medad stays cheap.
+
+A detector module registers itself with :func:`register`; :data:`_KNOWN` lists where each
+built-in name lives so :func:`get` can import only that module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from medad.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from medad.detectors.base import Detector
+
+_REGISTRY: dict[str, type] = {}
+
+# name -> module that defines it (built-ins; imported on first lookup)
+_KNOWN: dict[str, str] = {}
+_MODULES = (
+    "medad.detectors.intensity",
+    "medad.detectors.reconstruction",
+    "medad.detectors.diffusion",
+    "medad.detectors.features",
+    "medad.detectors.signal_models",
+    "medad.detectors.svdd",
+    "medad.detectors.cutpaste",
+    "medad.detectors.patchcore",
+    "medad.detectors.classifier",
+    "medad.detectors.pca",
+)
+
+
+def register(name: str):
+    """Class decorator: ``@register("ae")`` makes the class findable as ``get("ae")``."""
+
+    def deco(cls):
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ConfigError(f"detector name {name!r} registered twice")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def _import_all() -> None:
+    for mod in _MODULES:
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as e:
+            # a built-in module that does not exist (yet) is skipped; a missing dependency
+            # inside an existing module is a real error
+            if e.name != mod:
+                raise
+
+
+def get(name: str) -> type["Detector"]:
+    """The detector class registered under ``name``."""
+    if name not in _REGISTRY:
+        _import_all()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown detector {name!r}; known: {', '.join(available())}")
+    return _REGISTRY[name]
+
+
+def available() -> list[str]:
+    """All registered detector names."""
+    _import_all()
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **params) -> "Detector":
+    """Instantiate detector ``name`` with ``params``."""
+    return get(name)(**params)

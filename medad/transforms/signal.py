@@ -1,0 +1,269 @@
+"""Signal transforms on NumPy arrays whose last axis is time (``(T,)``, ``(C, T)`` or ``(N, C, T)``).
+
+Filters are zero-phase second-order sections (``sosfiltfilt``), resampling is polyphase,
+normalisation is per channel and robust (median / IQR) so that downstream scores do not hinge
+on a recording's amplitude. Spectral features (STFT, mel spectrogram, MFCC) return
+``(..., F, frames)`` arrays: use them as 2D images, or transpose to ``(frames, F)`` sequences.
+Also a :class:`Compose` for chaining these on a :class:`~medad.io.records.SignalRecord`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+from typing import Callable, Sequence
+
+import numpy as np
+
+from medad.errors import InputError
+
+
+# ---------------------------------------------------------------------------- filters
+def _nyq_check(freqs: Sequence[float], sfreq: float) -> None:
+    for f in freqs:
+        if not 0 < f < sfreq / 2:
+            raise InputError(f"filter frequency {f} Hz must lie in (0, {sfreq / 2}) for sampling rate {sfreq} Hz")
+
+
+def bandpass(x: np.ndarray, sfreq: float, low: float | None, high: float | None, *, order: int = 4) -> np.ndarray:
+    """Zero-phase Butterworth band-pass (``low`` or ``high`` may be None for high/low-pass)."""
+    from scipy.signal import butter, sosfiltfilt
+
+    if low is None and high is None:
+        return np.asarray(x, dtype=np.float32)
+    if high is not None and high >= sfreq / 2:
+        high = None  # above Nyquist: nothing to remove on that side
+    if low is None and high is None:
+        return np.asarray(x, dtype=np.float32)
+    if low is not None and high is not None:
+        _nyq_check([low, high], sfreq)
+        sos = butter(order, [low, high], btype="bandpass", fs=sfreq, output="sos")
+    elif low is not None:
+        _nyq_check([low], sfreq)
+        sos = butter(order, low, btype="highpass", fs=sfreq, output="sos")
+    else:
+        _nyq_check([high], sfreq)
+        sos = butter(order, high, btype="lowpass", fs=sfreq, output="sos")
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[-1] <= 3 * (2 * len(sos) + 1):
+        raise InputError(f"signal of {x.shape[-1]} samples is too short to filter")
+    return sosfiltfilt(sos, x, axis=-1).astype(np.float32)
+
+
+def notch(x: np.ndarray, sfreq: float, freq: float = 50.0, *, quality: float = 30.0,
+          harmonics: bool = True) -> np.ndarray:
+    """Zero-phase notch at ``freq`` (mains: 50 or 60 Hz) and, optionally, its harmonics below Nyquist."""
+    from scipy.signal import iirnotch, sosfiltfilt, tf2sos
+
+    y = np.asarray(x, dtype=np.float64)
+    f = freq
+    while f < sfreq / 2:
+        b, a = iirnotch(f, quality, fs=sfreq)
+        y = sosfiltfilt(tf2sos(b, a), y, axis=-1)
+        if not harmonics:
+            break
+        f += freq
+    return y.astype(np.float32)
+
+
+def resample(x: np.ndarray, sfreq: float, new_sfreq: float) -> np.ndarray:
+    """Polyphase resampling along the last axis (anti-aliased), ``sfreq -> new_sfreq``."""
+    from scipy.signal import resample_poly
+
+    if new_sfreq <= 0 or sfreq <= 0:
+        raise InputError(f"sampling rates must be positive, got {sfreq} -> {new_sfreq}")
+    if abs(sfreq - new_sfreq) < 1e-9:
+        return np.asarray(x, dtype=np.float32)
+    frac = Fraction(float(new_sfreq) / float(sfreq)).limit_denominator(1000)
+    return resample_poly(np.asarray(x, dtype=np.float32), frac.numerator, frac.denominator, axis=-1).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- windows
+def window_starts(n_times: int, size: int, step: int, *, pad_last: bool = False) -> np.ndarray:
+    """Sample indices where windows of ``size`` start, every ``step`` samples."""
+    if size <= 0 or step <= 0:
+        raise InputError(f"window size and step must be positive, got {size}, {step}")
+    if n_times < size:
+        return np.zeros(1, dtype=int) if pad_last and n_times > 0 else np.zeros(0, dtype=int)
+    starts = np.arange(0, n_times - size + 1, step)
+    if pad_last and starts[-1] + size < n_times:
+        starts = np.append(starts, starts[-1] + step)
+    return starts
+
+
+def windows(x: np.ndarray, sfreq: float, window_seconds: float, overlap_seconds: float = 0.0,
+            *, pad_last: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Cut ``(C, T)`` into ``(N, C, W)`` windows with overlap.
+
+    Args:
+        x: ``(C, T)`` or ``(T,)`` signal.
+        sfreq: sampling rate.
+        window_seconds: window length.
+        overlap_seconds: overlap of consecutive windows.
+        pad_last: also return a last, zero-padded window covering the tail.
+
+    Returns:
+        ``(windows (N, C, W) float32, start times (N,) in seconds)``.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None]
+    size = int(round(window_seconds * sfreq))
+    step = size - int(round(overlap_seconds * sfreq))
+    if step <= 0:
+        raise InputError(f"overlap {overlap_seconds} s must be shorter than the window {window_seconds} s")
+    starts = window_starts(x.shape[-1], size, step, pad_last=pad_last)
+    if len(starts) == 0:
+        return np.zeros((0, x.shape[0], size), np.float32), np.zeros(0)
+    need = starts[-1] + size
+    if need > x.shape[-1]:
+        x = np.pad(x, ((0, 0), (0, need - x.shape[-1])))
+    view = np.lib.stride_tricks.sliding_window_view(x, size, axis=-1)[:, starts]  # (C, N, W)
+    return np.ascontiguousarray(view.transpose(1, 0, 2)), starts / float(sfreq)
+
+
+# ---------------------------------------------------------------------------- normalisation
+def robust_zscore(x: np.ndarray, *, axis: int = -1, eps: float = 1e-8) -> np.ndarray:
+    """Per-channel robust z-score: ``(x - median) / (IQR / 1.349)`` along ``axis``.
+
+    The IQR scale makes the result invariant to the recording's amplitude and gain, and, unlike
+    the standard deviation, barely moved by a few spikes. A flat channel maps to zeros.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    med = np.median(x, axis=axis, keepdims=True)
+    q75, q25 = np.percentile(x, [75, 25], axis=axis, keepdims=True)
+    scale = (q75 - q25) / 1.349
+    # fall back to the std where the IQR is zero (sparse signals), then to 1 (flat)
+    std = x.std(axis=axis, keepdims=True)
+    scale = np.where(scale > eps, scale, np.where(std > eps, std, 1.0))
+    return ((x - med) / scale).astype(np.float32)
+
+
+def zscore(x: np.ndarray, *, axis: int = -1, eps: float = 1e-8) -> np.ndarray:
+    """Per-channel z-score (mean / std) along ``axis``; flat channels map to zeros."""
+    x = np.asarray(x, dtype=np.float32)
+    std = x.std(axis=axis, keepdims=True)
+    return ((x - x.mean(axis=axis, keepdims=True)) / np.where(std > eps, std, 1.0)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- spectra
+def stft(x: np.ndarray, sfreq: float, *, n_fft: int = 256, hop: int | None = None,
+         power: bool = True, log: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Short-time Fourier transform along the last axis.
+
+    Returns:
+        ``(spectrogram (..., n_fft//2+1, frames) float32, frequencies (n_fft//2+1,))`` -- power (or
+        magnitude) spectrogram, ``log1p``-compressed when ``log``.
+    """
+    from scipy.signal import stft as _stft
+
+    hop = hop or n_fft // 4
+    x = np.asarray(x, dtype=np.float32)
+    if x.shape[-1] < n_fft:
+        raise InputError(f"signal of {x.shape[-1]} samples is shorter than n_fft={n_fft}")
+    f, _, z = _stft(x, fs=sfreq, nperseg=n_fft, noverlap=n_fft - hop, boundary=None, padded=False, axis=-1)
+    s = np.abs(z) ** 2 if power else np.abs(z)
+    return (np.log1p(s) if log else s).astype(np.float32), f
+
+
+def _hz_to_mel(f):
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def _mel_to_hz(m):
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(sfreq: float, n_fft: int, n_mels: int = 40, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
+    """Triangular mel filters ``(n_mels, n_fft//2+1)`` (HTK mel scale, area-normalised)."""
+    fmax = fmax or sfreq / 2
+    freqs = np.linspace(0, sfreq / 2, n_fft // 2 + 1)
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    fb = np.zeros((n_mels, len(freqs)))
+    for i in range(n_mels):
+        lo, c, hi = edges[i], edges[i + 1], edges[i + 2]
+        up = (freqs - lo) / max(c - lo, 1e-9)
+        down = (hi - freqs) / max(hi - c, 1e-9)
+        fb[i] = np.clip(np.minimum(up, down), 0, None)
+        fb[i] *= 2.0 / max(hi - lo, 1e-9)
+    return fb.astype(np.float32)
+
+
+def mel_spectrogram(x: np.ndarray, sfreq: float, *, n_fft: int = 256, hop: int | None = None,
+                    n_mels: int = 40, fmin: float = 0.0, fmax: float | None = None,
+                    log: bool = True) -> np.ndarray:
+    """Mel power spectrogram ``(..., n_mels, frames)``, log-compressed (``log(1e-10 + S)``) when ``log``."""
+    s, _ = stft(x, sfreq, n_fft=n_fft, hop=hop, power=True, log=False)
+    fb = mel_filterbank(sfreq, n_fft, n_mels, fmin, fmax)
+    m = np.einsum("mf,...ft->...mt", fb, s)
+    return (np.log(m + 1e-10) if log else m).astype(np.float32)
+
+
+def mfcc(x: np.ndarray, sfreq: float, *, n_mfcc: int = 13, n_fft: int = 256, hop: int | None = None,
+         n_mels: int = 40, fmin: float = 0.0, fmax: float | None = None) -> np.ndarray:
+    """Mel-frequency cepstral coefficients ``(..., n_mfcc, frames)`` (DCT-II of the log mel spectrogram)."""
+    from scipy.fft import dct
+
+    lm = mel_spectrogram(x, sfreq, n_fft=n_fft, hop=hop, n_mels=n_mels, fmin=fmin, fmax=fmax, log=True)
+    return dct(lm, type=2, axis=-2, norm="ortho")[..., :n_mfcc, :].astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- on records
+class Compose:
+    """Chain functions ``f(data, sfreq) -> (data, sfreq)`` and apply them to a SignalRecord or array.
+
+    Example::
+
+        pre = Compose([Bandpass(0.5, 40), Notch(50), Resample(128), RobustZScore()])
+        rec = pre(rec)
+    """
+
+    def __init__(self, steps: Sequence[Callable]):
+        self.steps = list(steps)
+
+    def apply(self, data: np.ndarray, sfreq: float) -> tuple[np.ndarray, float]:
+        for s in self.steps:
+            data, sfreq = s(data, sfreq)
+        return data, sfreq
+
+    def __call__(self, rec):
+        data, sfreq = self.apply(rec.data, rec.sfreq)
+        return replace(rec, data=data, sfreq=sfreq)
+
+
+class Bandpass:
+    """Step: zero-phase band-pass ``low``-``high`` Hz (either may be None)."""
+
+    def __init__(self, low: float | None, high: float | None, order: int = 4):
+        self.low, self.high, self.order = low, high, order
+
+    def __call__(self, data, sfreq):
+        return bandpass(data, sfreq, self.low, self.high, order=self.order), sfreq
+
+
+class Notch:
+    """Step: mains notch at ``freq`` Hz and harmonics."""
+
+    def __init__(self, freq: float = 50.0, quality: float = 30.0):
+        self.freq, self.quality = freq, quality
+
+    def __call__(self, data, sfreq):
+        return notch(data, sfreq, self.freq, quality=self.quality), sfreq
+
+
+class Resample:
+    """Step: polyphase resampling to ``sfreq`` Hz."""
+
+    def __init__(self, sfreq: float):
+        self.sfreq = sfreq
+
+    def __call__(self, data, sfreq):
+        return resample(data, sfreq, self.sfreq), float(self.sfreq)
+
+
+class RobustZScore:
+    """Step: per-channel robust z-score."""
+
+    def __call__(self, data, sfreq):
+        return robust_zscore(data), sfreq

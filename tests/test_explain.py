@@ -1,0 +1,207 @@
+"""Explanation maps (medad.explain): shapes for 1D/2D/3D, Grad-CAM finds a bright square,
+LIME is not all zeros, detectors' anomaly scores can be explained, faithfulness beats random."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medad.detectors.base import AnomalyResult, Detector
+from medad.detectors.torch_base import TorchDetector
+from medad.errors import InputError
+from medad.explain import METHODS, deletion_insertion, explain, last_conv_layer, segment_mask, share_inside
+from medad.explain.models import as_scalar_model
+
+SIZE = 24
+
+
+def _squares(n: int, rng: np.random.Generator):
+    """Noise images; label 1 items carry a bright 6x6 square at a random place."""
+    x = rng.normal(0, 0.3, (n, 1, SIZE, SIZE)).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    boxes = np.zeros((n, SIZE, SIZE), bool)
+    for i in range(n):
+        r, c = rng.integers(1, SIZE - 7, 2)
+        boxes[i, r:r + 6, c:c + 6] = True
+        if y[i]:
+            x[i, 0, r:r + 6, c:c + 6] += 2.0
+    return x, y, boxes
+
+
+def _cnn(dim: int = 2, cin: int = 1, n_out: int = 2) -> nn.Module:
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dim]
+    pool = {1: nn.AdaptiveMaxPool1d, 2: nn.AdaptiveMaxPool2d, 3: nn.AdaptiveMaxPool3d}[dim]
+    return nn.Sequential(conv(cin, 8, 3, padding=1), nn.ReLU(), conv(8, 8, 3, padding=1), nn.ReLU(),
+                         pool(1), nn.Flatten(), nn.Linear(8, n_out))
+
+
+@pytest.fixture(scope="module")
+def square_model():
+    """A small CNN trained (a few seconds) to tell images with a bright square from noise."""
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x, y, _ = _squares(96, rng)
+    model = _cnn()
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    for _ in range(8):
+        for i in range(0, len(x), 32):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(xt[i:i + 32]), yt[i:i + 32]).backward()
+            opt.step()
+    model.eval()
+    xs, ys, boxes = _squares(16, np.random.default_rng(1))
+    acc = (model(torch.from_numpy(xs)).argmax(1).numpy() == ys).mean()
+    assert acc >= 0.9, f"toy model did not learn the square task (accuracy {acc})"
+    pos = np.flatnonzero(ys == 1)[:2]
+    return model, xs[pos], boxes[pos]
+
+
+def test_gradcam_lights_up_the_square(square_model):
+    model, xs, boxes = square_model
+    for x, box in zip(xs, boxes):
+        m = explain(model, x, "gradcam", target=1)
+        assert m.shape == (SIZE, SIZE)
+        assert m[box].mean() > 3 * m[~box].mean()
+        assert share_inside(m, box) > box.mean() * 2
+
+
+def test_gradcam_batch_and_auto_layer(square_model):
+    model, xs, _ = square_model
+    maps = explain(model, xs, "gradcam", target=1)
+    assert maps.shape == (len(xs), SIZE, SIZE)
+    np.testing.assert_allclose(maps[0], explain(model, xs[0], "gradcam", target=1), rtol=1e-5, atol=1e-7)
+    layer = last_conv_layer(as_scalar_model(model, torch.from_numpy(xs[:1]), 1), torch.from_numpy(xs[:1]))
+    assert layer is model[2]
+    by_name = explain(model, xs[0], "gradcam", target=1, layer="0")  # overridable by name
+    assert by_name.shape == (SIZE, SIZE)
+
+
+def test_lime_is_not_all_zeros_and_points_at_square(square_model):
+    model, xs, boxes = square_model
+    m = explain(model, xs[0], "lime", target=1, n_segments=36, n_samples=160)
+    assert m.shape == (SIZE, SIZE)
+    assert np.abs(m).max() > 0
+    assert m[boxes[0]].mean() > m[~boxes[0]].mean()
+
+
+@pytest.mark.parametrize("method", ["ig", "gradient_shap", "kernel_shap"])
+def test_other_methods_favour_the_square(square_model, method):
+    model, xs, boxes = square_model
+    m = explain(model, xs[0], method, target=1, n_segments=36, n_samples=128 if method == "kernel_shap" else None)
+    assert m.shape == (SIZE, SIZE) and np.isfinite(m).all()
+    assert m[boxes[0]].mean() > m[~boxes[0]].mean()
+
+
+def test_deletion_beats_random(square_model):
+    model, xs, _ = square_model
+    m = explain(model, xs[0], "gradcam", target=1)
+    f = deletion_insertion(model, xs[0], m, target=1, steps=10, n_random=2)
+    assert f["scale"] == "probability"
+    assert f["deletion_auc"] < f["random_deletion_auc"] and f["deletion_margin"] > 0.1
+    assert f["insertion_auc"] > f["random_insertion_auc"]
+    assert len(f["deletion_curve"]) == 11
+    with pytest.raises(InputError, match="does not match"):
+        deletion_insertion(model, xs[0], m[:5], target=1)
+
+
+@pytest.mark.parametrize("dim,item", [(1, (2, 64)), (2, (3, 16, 20)), (3, (1, 8, 10, 6))])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_maps_have_the_input_shape(dim, item, method):
+    torch.manual_seed(0)
+    model = _cnn(dim, item[0], 3)
+    x = np.random.default_rng(0).normal(size=item).astype(np.float32)
+    m = explain(model, x, method, target=2, n_samples=24, n_segments=8, n_steps=8)
+    assert m.shape == item[1:] and m.dtype == np.float32 and np.isfinite(m).all()
+
+
+def test_segment_masks():
+    x = np.random.default_rng(0).random((2, 100)).astype(np.float32)
+    seg = segment_mask(x, 1, 10)
+    assert seg.shape == (100,) and set(np.unique(seg)) == set(range(10))
+    assert segment_mask(x, 1, 10, per_channel=True).max() == 19
+    img = np.random.default_rng(0).random((1, 32, 32)).astype(np.float32)
+    sp = segment_mask(img, 2, 16)
+    assert sp.shape == (32, 32) and sp.min() == 0 and len(np.unique(sp)) == sp.max() + 1 > 4
+    vol = np.random.default_rng(0).random((1, 12, 12, 12)).astype(np.float32)
+    assert len(np.unique(segment_mask(vol, 3, 8))) > 2
+
+
+class _SmoothEnergy(TorchDetector):
+    """A hand-set torch detector: score = mean squared 3x3-smoothed intensity (no training)."""
+
+    input_kind = "image"
+
+    def __init__(self, batch_size: int = 8, device: str = "cpu"):
+        self.batch_size = batch_size
+        self.device = device
+
+    def _build_net(self):
+        conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+        nn.init.constant_(conv.weight, 1 / 9)
+        return conv
+
+    def _score_batch(self, net, xb):
+        m = net(xb)[:, 0] ** 2
+        return m.flatten(1).mean(1), m
+
+
+class _MaxIntensity(Detector):
+    """A non-neural detector: score = the brightest pixel (a black box for explain)."""
+
+    input_kind = "image"
+
+    def _score(self, x):
+        return AnomalyResult(score=x.reshape(len(x), -1).max(1).astype(np.float64))
+
+
+def _square_image():
+    x = np.zeros((1, SIZE, SIZE), np.float32)
+    x[0, 4:10, 12:18] = 3.0
+    box = x[0] > 0
+    return x, box
+
+
+def test_detector_anomaly_score_is_explained():
+    det = _SmoothEnergy()
+    det.in_shape_ = [1, SIZE, SIZE]
+    det.net_ = det._build_net()
+    det.fitted_ = True
+    x, box = _square_image()
+    x = x + np.random.default_rng(0).normal(0, 0.05, x.shape).astype(np.float32)
+    for method in ("gradcam", "ig", "kernel_shap"):
+        m = explain(det, x, method, n_segments=36, n_samples=96)
+        assert m.shape == (SIZE, SIZE)
+        assert m[box].mean() > m[~box].mean(), method
+    f = deletion_insertion(det, x, explain(det, x, "ig"), steps=10, n_random=1)
+    assert f["scale"].startswith("score scaled") and f["deletion_margin"] > 0
+    with pytest.raises(InputError, match="target"):
+        explain(det, x, "gradcam", target=1)
+
+
+def test_blackbox_detector_perturbation_only():
+    det = _MaxIntensity()
+    det.fitted_ = True
+    x, box = _square_image()
+    m = explain(det, x, "kernel_shap", spatial_dims=2, n_segments=16, n_samples=64)
+    assert m.shape == (SIZE, SIZE) and m[box].mean() > m[~box].mean()
+    with pytest.raises(InputError, match="needs gradients"):
+        explain(det, x, "gradcam", spatial_dims=2)
+
+
+def test_bad_requests(square_model):
+    model, xs, _ = square_model
+    with pytest.raises(InputError, match="unknown explanation method"):
+        explain(model, xs[0], "magic")
+    with pytest.raises(InputError, match="neither one item"):
+        explain(model, xs[0, 0, 0], "gradcam")
+    with pytest.raises(InputError, match="out of range"):
+        explain(model, xs[0], "gradcam", target=5)
+    with pytest.raises(InputError, match="no layer named"):
+        explain(model, xs[0], "gradcam", target=1, layer="nope")
+    bad = xs[0].copy()
+    bad[0, 0, 0] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        explain(model, bad, "ig", target=1)
