@@ -7,7 +7,7 @@ import pytest
 
 from medad.config import data_root
 from medad.datasets.signals import (
-    SignalSet, load, load_bonn, load_heart_sounds, load_physionet2016, load_ucr, load_wfdb_beats, rr_features,
+    SignalSet, load, load_bonn, split, load_heart_sounds, load_physionet2016, load_ucr, load_wfdb_beats, rr_features,
     summarize,
 )
 from medad.errors import InputError, ReadError
@@ -95,6 +95,13 @@ def test_splits_have_no_shared_subject_for_recording_kinds():
     sets = [set(np.asarray(ids)[v].tolist()) for v in sp.values()]
     assert sum(len(s) for s in sets) == 200
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    beats = load_wfdb_beats(ROOT / "ecg/mitbih_subset", records=["100", "105", "106", "119", "200", "116"])
+    parts = split(beats, (0.5, 0.5), seed=1)
+    recs = [set(beats.record_ids[v].tolist()) for v in parts.values()]
+    assert len(recs[0]) == len(recs[1]) == 3 and not recs[0] & recs[1]
+    assert all(beats.y[v].sum() > 0 for v in parts.values())  # stratified: PVCs on both sides
+    s = summarize(beats)
+    assert sum(sum(d.values()) for d in s["per_split_label"].values()) == len(beats)
 
 
 def test_rr_features_synthetic():

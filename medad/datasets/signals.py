@@ -14,7 +14,8 @@ Beat-level kinds return a :class:`SignalSet` (equal-length arrays):
   subset): a window around every R peak + RR-interval features; record id = subject id.
 * ``ucr`` -- UCR text files (``ECG200``, ``ECG5000``): label then samples per line.
 
-Bonn, Yaseen and UCR have no subject ids: each recording is its own subject, so splits over
+Loaders take the dataset folder (``None``: the kind's folder under the data root, see
+:data:`medad.datasets.KINDS`). Bonn, Yaseen and UCR have no subject ids: each recording is its own subject, so splits over
 them are by recording (optimistic: two segments of one person may land in different splits).
 """
 
@@ -35,14 +36,6 @@ BONN_SETS = {"A": "A_Z", "B": "B_O", "C": "C_N", "D": "D_F", "E": "E_S"}
 BONN_GROUP = {"A": "healthy", "B": "healthy", "C": "interictal", "D": "interictal", "E": "ictal"}
 HEART_SOUND_NORMAL = ("N", "normal", "Normal")
 
-# where each kind lives under the data root (used when no root is given)
-DEFAULT_SUBDIR = {
-    "bonn": "eeg/bonn",
-    "heart_sounds": "pcg/yaseen",
-    "physionet2016": "pcg/physionet2016_sample",
-    "wfdb_beats": "ecg/mitbih_subset",
-    "ucr": "ecg/ucr/ecg200",
-}
 
 
 @dataclass
@@ -99,15 +92,15 @@ class SignalSet:
 
     def counts(self) -> dict[str, int]:
         """Items per class."""
-        u, c = np.unique(self.classes, return_counts=True)
-        return {str(k): int(v) for k, v in zip(u, c)}
+        return _count(self.classes)
 
 
 def _root(root: str | Path | None, kind: str) -> Path:
+    """The dataset folder: ``root``, or the kind's default folder under the data root."""
     if root is None:
-        from medad.config import data_root
+        from medad.datasets import dataset_root
 
-        root = data_root() / DEFAULT_SUBDIR[kind]
+        return dataset_root(kind)
     root = Path(root)
     if not root.is_dir():
         raise ReadError(f"{kind} dataset folder not found", root)
@@ -324,16 +317,40 @@ def load(kind: str, root: str | Path | None = None, **kwargs):
     return LOADERS[kind](root, **kwargs)
 
 
-def summarize(items: list[SignalRecord] | SignalSet) -> dict[str, Any]:
-    """Counts per label and number of subjects, for ``medad datasets inspect``."""
+def _ids_labels(items: list[SignalRecord] | SignalSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if isinstance(items, SignalSet):
-        return {"n_items": len(items), "per_label": items.counts(), "n_abnormal": int(items.y.sum()),
-                "n_subjects": int(len(set(items.subject_ids.tolist()))), "sfreq": items.sfreq,
-                "item_shape": list(items.x.shape[1:])}
-    per: dict[str, int] = {}
-    for r in items:
-        per[str(r.label)] = per.get(str(r.label), 0) + 1
-    durs = [r.duration for r in items]
-    return {"n_items": len(items), "per_label": per, "n_abnormal": int(sum(r.meta.get("abnormal", 0) for r in items)),
-            "n_subjects": len({r.subject_id for r in items}), "sfreq": sorted({r.sfreq for r in items}),
-            "duration_s": [float(min(durs)), float(max(durs))] if durs else None}
+        return items.subject_ids, items.classes, items.y
+    return (np.array([str(r.subject_id) for r in items]), np.array([str(r.label) for r in items]),
+            np.array([int(r.meta.get("abnormal", 0)) for r in items]))
+
+
+def split(items: list[SignalRecord] | SignalSet, fractions: dict[str, float] | Sequence[float] = (0.7, 0.15, 0.15),
+          *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded subject-wise split (stratified by normal/abnormal): split name -> item indices."""
+    from medad.evaluation.splits import split_by_subject
+
+    subjects, _, y = _ids_labels(items)
+    return split_by_subject(subjects, fractions, seed=seed, stratify=y)
+
+
+def summarize(items: list[SignalRecord] | SignalSet, *, seed: int = 0) -> dict[str, Any]:
+    """Counts per label (overall and per default subject-wise split) and subjects, for
+    ``medad datasets inspect``."""
+    subjects, labels, y = _ids_labels(items)
+    out: dict[str, Any] = {"n_items": len(labels), "per_label": _count(labels), "n_abnormal": int(y.sum()),
+                           "n_subjects": len(set(subjects.tolist()))}
+    parts = split(items, seed=seed) if len(set(subjects.tolist())) >= 3 else {}
+    out["per_split_label"] = {k: _count(labels[v]) for k, v in parts.items()}
+    out["split_protocol"] = f"by subject, seed {seed}, 70/15/15, stratified by abnormal"
+    if isinstance(items, SignalSet):
+        out.update(sfreq=items.sfreq, item_shape=list(items.x.shape[1:]))
+    else:
+        durs = [r.duration for r in items]
+        out.update(sfreq=sorted({r.sfreq for r in items}),
+                   duration_s=[float(min(durs)), float(max(durs))] if durs else None)
+    return out
+
+
+def _count(labels: np.ndarray) -> dict[str, int]:
+    u, c = np.unique(labels, return_counts=True)
+    return {str(k): int(v) for k, v in zip(u, c)}

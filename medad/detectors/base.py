@@ -126,12 +126,16 @@ class Detector:
         input_kind: ``"image"``, ``"signal"`` or ``"features"`` (see module docstring).
         supervised: True when ``fit`` needs labels ``y``.
         conformance_params: small, fast parameters used by the conformance test suite.
+        conformance_shape: item shape ``x.shape[1:]`` for that suite (default per input_kind:
+            image (1, 32, 32), signal (1, 512), features (8,)).
     """
 
     name: ClassVar[str] = "detector"
     input_kind: ClassVar[str] = "image"
     supervised: ClassVar[bool] = False
     conformance_params: ClassVar[dict[str, Any]] = {}
+    #: item shape (without N) used by the conformance suite; None = its default for input_kind
+    conformance_shape: ClassVar[tuple[int, ...] | None] = None
 
     # ------------------------------------------------------------------ parameters
     def get_params(self) -> dict[str, Any]:

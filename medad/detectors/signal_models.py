@@ -350,20 +350,23 @@ class SequenceAEDetector(OneClassSignalDetector):
     Args:
         frame_len: samples per step (at most half the window).
         hidden_size, latent_size, num_layers, cell ("lstm" | "gru"): the autoencoder.
+        code: "step" (a small code per frame) or "sequence" (one code per window); see
+            :class:`medad.nets.recurrent.SequenceAutoencoder`.
         normalize: "window" or "none".
         epochs, batch_size, lr, seed, device: training settings.
     """
 
     conformance_params = {"frame_len": 16, "hidden_size": 8, "latent_size": 4, "epochs": 2, "batch_size": 16}
 
-    def __init__(self, frame_len: int = 32, hidden_size: int = 64, latent_size: int = 16, num_layers: int = 1,
-                 cell: str = "lstm", normalize: str = "window", epochs: int = 20, batch_size: int = 32,
-                 lr: float = 1e-3, seed: int = 0, device: str = "auto"):
+    def __init__(self, frame_len: int = 32, hidden_size: int = 64, latent_size: int = 4, num_layers: int = 1,
+                 cell: str = "lstm", code: str = "step", normalize: str = "window", epochs: int = 20,
+                 batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
         self.frame_len = frame_len
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.num_layers = num_layers
         self.cell = cell
+        self.code = code
         self.normalize = normalize
         self.epochs = epochs
         self.batch_size = batch_size
@@ -375,7 +378,7 @@ class SequenceAEDetector(OneClassSignalDetector):
         from medad.nets.recurrent import SequenceAutoencoder
 
         return SequenceAutoencoder(shape[-1], hidden_size=int(self.hidden_size), latent_size=int(self.latent_size),
-                                   num_layers=int(self.num_layers), cell=self.cell)
+                                   num_layers=int(self.num_layers), cell=self.cell, code=self.code)
 
     def _errors(self, net, x):
         prep, core = net[0], net[1]

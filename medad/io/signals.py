@@ -365,7 +365,8 @@ def _check_finite(x: np.ndarray, p: Path, start_s: float = 0.0, sfreq: float | N
 
 def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: float = 0.0,
                        picks: Sequence[str | int] | None = None, *, sfreq: float | None = None,
-                       header: SignalHeader | None = None) -> Iterator[tuple[float, np.ndarray]]:
+                       header: SignalHeader | None = None, start_seconds: float = 0.0,
+                       stop_seconds: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(start_seconds, data (C, n) float32)`` pieces of a recording.
 
     Consecutive chunks start ``chunk_seconds - overlap_seconds`` apart; the last one may be
@@ -379,6 +380,7 @@ def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: 
         picks: channel names or indices (default all).
         sfreq: sampling rate for plain text (which has none of its own).
         header: a header already read with :func:`read_header` (saves re-reading it).
+        start_seconds / stop_seconds: read only this span of the recording.
     """
     p = Path(path)
     if chunk_seconds <= 0 or not 0 <= overlap_seconds < chunk_seconds:
@@ -409,9 +411,10 @@ def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: 
     n_chunk = max(1, int(round(chunk_seconds * fs)))
     step = max(1, n_chunk - int(round(overlap_seconds * fs)))
     wav = _wav_read(p)[1] if fmt == "wav" else None
-    start = 0
-    while start < hdr.n_times:
-        stop = min(start + n_chunk, hdr.n_times)
+    start = max(0, int(round(start_seconds * fs)))
+    end = hdr.n_times if stop_seconds is None else min(hdr.n_times, int(round(stop_seconds * fs)))
+    while start < end:
+        stop = min(start + n_chunk, end)
         if fmt == "mne":
             try:
                 x = raw.get_data(picks=idx, start=start, stop=stop).astype(np.float32)
@@ -425,7 +428,7 @@ def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: 
             x = whole[idx, start:stop]
         _check_finite(x, p, start / fs, fs)
         yield start / fs, x
-        if stop >= hdr.n_times:
+        if stop >= end:
             break
         start += step
 

@@ -54,7 +54,7 @@ def is_volume_path(path: str | Path) -> bool:
     if p.is_dir():
         return True
     suf = volume_suffix(p)
-    return suf in VOLUME_SUFFIXES or (suf == "" and p.is_file() and _looks_like_dicom(p))
+    return suf in VOLUME_SUFFIXES or (p.is_file() and _looks_like_dicom(p))
 
 
 def _looks_like_dicom(path: Path) -> bool:
@@ -116,7 +116,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None,
             raise ReadError("file is empty", p)
         if suf in NIFTI_SUFFIXES or suf in MGH_SUFFIXES:
             data, affine, meta = _read_nibabel(p)
-        elif suf in DICOM_SUFFIXES or (suf == "" and _looks_like_dicom(p)):
+        elif suf in DICOM_SUFFIXES or _looks_like_dicom(p):  # DICOM names often lack .dcm
             data, affine, meta = _read_dicom_file(p)
         else:
             raise ReadError(
@@ -385,7 +385,7 @@ def write_like(array: np.ndarray, record: VolumeRecord, path: str | Path, *,
 def describe_volume(record: VolumeRecord) -> dict[str, Any]:
     """Facts for ``medad inspect``: shape, spacing, orientation, value range."""
     d = record.data
-    return {
+    info = {
         "kind": "volume",
         "path": str(record.path),
         "shape": list(record.shape),
@@ -402,3 +402,4 @@ def describe_volume(record: VolumeRecord) -> dict[str, Any]:
            if k in ("format", "modality", "series_uid", "series_description", "n_files",
                     "transfer_syntax")},
     }
+    return {k: v for k, v in info.items() if v is not None}

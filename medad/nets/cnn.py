@@ -2,7 +2,8 @@
 (STFT / mel / MFCC, ``spatial_dims=2``), with a classifier head or an embedding output.
 
 One class for both input kinds (MONAI style): convolution, normalisation and pooling layers
-come from MONAI's factories indexed by ``spatial_dims``.
+are looked up by ``spatial_dims`` (plain torch layers; importing MONAI's factories costs
+seconds, which every signal command would pay).
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from monai.networks.layers.factories import Conv, Norm, Pool
 from torch import nn
 
 __all__ = ["ResidualDilatedBlock", "SignalCNN"]
 
 
-def _as_tuple(v: int | Sequence[int], n: int) -> tuple[int, ...]:
-    return tuple(v) if isinstance(v, (tuple, list)) else (int(v),) * n
+_CONV = {1: nn.Conv1d, 2: nn.Conv2d}
+_NORM = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+_POOL = {1: nn.AdaptiveAvgPool1d, 2: nn.AdaptiveAvgPool2d}
 
 
 class ResidualDilatedBlock(nn.Module):
@@ -36,8 +37,7 @@ class ResidualDilatedBlock(nn.Module):
     def __init__(self, spatial_dims: int, in_channels: int, out_channels: int, kernel_size: int = 3,
                  dilation: int = 1, stride: int = 1, dropout: float = 0.0) -> None:
         super().__init__()
-        conv = Conv[Conv.CONV, spatial_dims]
-        norm = Norm[Norm.BATCH, spatial_dims]
+        conv, norm = _CONV[spatial_dims], _NORM[spatial_dims]
         pad = kernel_size // 2
         self.conv1 = conv(in_channels, out_channels, kernel_size, stride=stride, padding=pad, bias=False)
         self.norm1 = norm(out_channels)
@@ -83,8 +83,7 @@ class SignalCNN(nn.Module):
         super().__init__()
         if spatial_dims not in (1, 2):
             raise ValueError(f"spatial_dims must be 1 or 2, got {spatial_dims}")
-        conv = Conv[Conv.CONV, spatial_dims]
-        norm = Norm[Norm.BATCH, spatial_dims]
+        conv, norm = _CONV[spatial_dims], _NORM[spatial_dims]
         self.spatial_dims = spatial_dims
         self.stem = nn.Sequential(
             conv(in_channels, channels[0], stem_kernel, stride=stem_stride, padding=stem_kernel // 2, bias=False),
@@ -98,7 +97,7 @@ class SignalCNN(nn.Module):
                                                    stride=2 if j == 0 else 1, dropout=dropout))
                 c_in = c
         self.blocks = nn.Sequential(*blocks)
-        self.pool = Pool[Pool.ADAPTIVEAVG, spatial_dims](1)
+        self.pool = _POOL[spatial_dims](1)
         self.embedding_size = c_in
         self.head = (nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, out_channels))
                      if out_channels > 0 else None)

@@ -75,11 +75,11 @@ class PlasticLinear(nn.Module):
         if self.plastic:
             if hebb is None:
                 hebb = x.new_zeros((x.shape[0], *self.trace_shape()))
-            y = y + torch.einsum("boi,bi->bo", self.alpha * hebb, x)
+            y = y + torch.bmm(self.alpha * hebb, x.unsqueeze(2)).squeeze(2)
         y = _ACTS[self.activation](y)
         if self.plastic:
             eta = torch.sigmoid(self.eta_logit)
-            hebb = torch.clamp((1 - eta) * hebb + eta * torch.einsum("bo,bi->boi", y, x), -1.0, 1.0)
+            hebb = torch.clamp(hebb + eta * (y.unsqueeze(2) * x.unsqueeze(1) - hebb), -1.0, 1.0)
         return y, hebb
 
 
@@ -118,13 +118,14 @@ class NeuralMemory(nn.Module):
             ``(m_t (B, k), M_t (B, k, l), new hebbs, z_t (B, l))``.
         """
         hebbs = list(hebbs) if hebbs is not None else [None, None, None]
-        q, hebbs[0] = self.f_r(x, hebbs[0])                         # q_t = f_r(x_t)
-        z = torch.softmax(torch.einsum("bk,bkl->bl", q, memory), dim=-1)   # softmax(q_tᵀ M)
-        m_bar = torch.einsum("bl,bkl->bk", z, memory)               # z_t M_{t-1}ᵀ
-        m, hebbs[1] = self.f_o(m_bar, hebbs[1])                     # m_t = f_o(m̄_t)
-        w, hebbs[2] = self.f_w(m, hebbs[2])                         # m'_t = f_w(m_t)
-        zk = z.unsqueeze(1)                                         # (z_t ⊗ e_k)ᵀ as (B, 1, l), broadcast over k
-        new_memory = memory * (1.0 - zk) + w.unsqueeze(2) * zk      # erase then write, slot by slot
+        q, hebbs[0] = self.f_r(x, hebbs[0])                                   # q_t = f_r(x_t)
+        z = torch.softmax(torch.bmm(q.unsqueeze(1), memory).squeeze(1), dim=-1)  # softmax(q_tᵀ M_{t-1})
+        m_bar = torch.bmm(memory, z.unsqueeze(2)).squeeze(2)                  # z_t M_{t-1}ᵀ
+        m, hebbs[1] = self.f_o(m_bar, hebbs[1])                               # m_t = f_o(m̄_t)
+        w, hebbs[2] = self.f_w(m, hebbs[2])                                   # m'_t = f_w(m_t)
+        zk = z.unsqueeze(1)  # (z_t ⊗ e_k)ᵀ as (B, 1, l), broadcast over the k rows
+        # M ∘ (1 − z⊗e_k)ᵀ + (m'⊗e_l) ∘ (z⊗e_k)ᵀ, written with one product fewer
+        new_memory = memory + (w.unsqueeze(2) - memory) * zk
         return m, new_memory, hebbs, z
 
 

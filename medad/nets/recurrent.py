@@ -89,28 +89,38 @@ class RecurrentClassifier(nn.Module):
 
 
 class SequenceAutoencoder(nn.Module):
-    """Recurrent autoencoder: the encoder's final state is a bottleneck code ``(N, latent)``;
-    the decoder unrolls it (repeated at every step) back into the sequence.
+    """Recurrent autoencoder with a small bottleneck code.
 
-    Reconstruction from a small code only works for sequences like the training ones, so the
-    per-step error is an anomaly score.
+    ``code="sequence"`` (Malhotra et al.'s LSTM-AD): the encoder's final state becomes one code
+    ``(N, latent)`` that the decoder unrolls (repeated at every step) back into the sequence.
+    ``code="step"``: a bidirectional encoder gives a code of ``latent_size`` per step, which keeps
+    the timing and trains much faster on long sequences; the bottleneck is the code's width.
+    Either way only sequences like the training ones are reconstructed well, so the per-step
+    error is an anomaly score.
     """
 
     def __init__(self, in_features: int, hidden_size: int = 64, latent_size: int = 16, num_layers: int = 1,
-                 cell: str = "lstm", dropout: float = 0.0, proj_size: int | None = None) -> None:
+                 cell: str = "lstm", dropout: float = 0.0, proj_size: int | None = None, code: str = "step") -> None:
         super().__init__()
-        self.encoder = _Encoder(in_features, hidden_size, num_layers, False, cell, dropout, proj_size)
-        self.to_latent = nn.Linear(hidden_size, latent_size)
+        if code not in ("step", "sequence"):
+            raise ValueError(f"code must be 'step' or 'sequence', got {code!r}")
+        self.code = code
+        self.encoder = _Encoder(in_features, hidden_size, num_layers, code == "step", cell, dropout, proj_size)
+        self.to_latent = nn.Linear(self.encoder.out_size, latent_size)
         self.decoder = make_rnn(cell, latent_size, hidden_size, num_layers, False, dropout)
         self.out = nn.Linear(hidden_size, in_features)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_latent(self.encoder(x)[:, -1])
+        """Codes ``(N, S, latent)`` (step) or ``(N, latent)`` (sequence)."""
+        h = self.encoder(x)
+        return self.to_latent(h if self.code == "step" else h[:, -1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Reconstruction of ``x`` ``(N, S, D)``."""
         z = self.encode(x)
-        h, _ = self.decoder(z.unsqueeze(1).expand(-1, x.shape[1], -1))
+        if self.code == "sequence":
+            z = z.unsqueeze(1).expand(-1, x.shape[1], -1)
+        h, _ = self.decoder(z)
         return self.out(h)
 
 

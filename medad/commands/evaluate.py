@@ -1,0 +1,97 @@
+"""``medad evaluate``: metrics + protocol JSON from a CSV of scores."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from medad.errors import InputError, ReadError
+
+
+def read_scores_csv(path: Path) -> dict[str, list]:
+    """Read a CSV with columns ``score`` and ``label`` (1/true = abnormal) and optionally
+    ``subject`` and ``healthy_val`` (1 for rows of healthy validation data used to calibrate)."""
+    if not path.is_file():
+        raise ReadError("scores file not found", path)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise ReadError(f"not a readable CSV: {e}", path) from None
+    if not rows:
+        raise ReadError("no rows", path)
+    missing = {"score", "label"} - set(rows[0])
+    if missing:
+        raise ReadError(f"missing column(s) {sorted(missing)}; found {sorted(rows[0])}", path)
+    out: dict[str, list] = {"score": [], "label": [], "subject": [], "healthy_val": []}
+    for i, r in enumerate(rows, start=2):
+        try:
+            out["score"].append(float(r["score"]))
+            out["label"].append(str(r["label"]).strip().lower() in ("1", "true", "yes", "abnormal"))
+        except ValueError:
+            raise ReadError(f"line {i}: score {r['score']!r} is not a number", path) from None
+        out["subject"].append(r.get("subject") or f"row{i}")
+        out["healthy_val"].append(str(r.get("healthy_val", "0")).strip() in ("1", "true"))
+    return out
+
+
+def evaluate_scores(data: dict[str, list], *, threshold: float | None = None, fpr: float = 0.05,
+                    n_boot: int = 1000, seed: int = 0) -> dict:
+    """Metrics of scores against labels, with the threshold either given or calibrated on the rows
+    marked ``healthy_val`` (never on the evaluated rows)."""
+    import numpy as np
+
+    from medad.detectors.base import threshold_at_fpr
+    from medad.evaluation import auprc, auroc, bootstrap_ci, per_subject, sensitivity_specificity
+
+    s = np.asarray(data["score"]); y = np.asarray(data["label"], bool)
+    hv = np.asarray(data["healthy_val"], bool); subj = np.asarray(data["subject"])
+    ev = ~hv
+    if not ev.any():
+        raise InputError("every row is marked healthy_val: nothing left to evaluate")
+    if threshold is not None:
+        source = "given by the user"
+    elif hv.any():
+        if y[hv].any():
+            raise InputError("rows marked healthy_val must all be healthy (label 0)")
+        threshold = threshold_at_fpr(s[hv], fpr)
+        source = f"healthy validation rows (n={int(hv.sum())}) at target FPR {fpr}"
+    else:
+        source = None
+    auc, lo, hi = bootstrap_ci(auroc, y[ev], s[ev], n_boot=n_boot, seed=seed, groups=subj[ev])
+    res = {
+        "n_items": int(ev.sum()), "n_abnormal": int(y[ev].sum()), "n_subjects": int(len(set(subj[ev]))),
+        "auroc": auc, "auroc_ci95": [lo, hi], "auprc": auprc(y[ev], s[ev]),
+    }
+    _, ys, ss = per_subject(subj[ev], y[ev], s[ev], reduce="max")
+    res["per_subject"] = {"auroc": auroc(ys, ss), "auprc": auprc(ys, ss), "reduce": "max"}
+    if threshold is not None:
+        res["at_threshold"] = {"threshold": float(threshold), **sensitivity_specificity(y[ev], s[ev] > threshold)}
+    protocol = {"threshold_source": source or "none (threshold-free metrics only)",
+                "bootstrap": {"n": n_boot, "resampled": "subjects", "seed": seed}}
+    return {"metrics": res, "protocol": protocol}
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    @app.command("evaluate")
+    def evaluate(
+        scores: Path = typer.Argument(..., help="CSV with columns score,label[,subject][,healthy_val]"),
+        out: Path = typer.Option(Path("evaluation.json"), "--out", help="where the JSON goes"),
+        threshold: Optional[float] = typer.Option(None, help="decision threshold (else calibrated on healthy_val rows)"),
+        fpr: float = typer.Option(0.05, help="target false-positive rate for calibration"),
+        split: str = typer.Option("unspecified", help="name of the evaluated split, recorded in the protocol"),
+    ):
+        """Compute AUROC/AUPRC (bootstrap CI by subject), per-subject figures and, with a threshold
+        from healthy validation rows, sensitivity/specificity; write them with the protocol."""
+        from medad.utils import write_json
+
+        result = evaluate_scores(read_scores_csv(scores), threshold=threshold, fpr=fpr)
+        result["protocol"]["split"] = split
+        result["protocol"]["source_file"] = str(scores)
+        write_json(out, result)
+        m = result["metrics"]
+        typer.echo(f"AUROC {m['auroc']:.3f} [{m['auroc_ci95'][0]:.3f}, {m['auroc_ci95'][1]:.3f}]  "
+                   f"AUPRC {m['auprc']:.3f}  n={m['n_items']}  -> {out}")

@@ -1,0 +1,61 @@
+"""``medad explain`` (maps + PNG + NIfTI + HTML for one input), ``medad report`` (HTML pages for a
+folder of results) and ``medad bench explain`` (faithfulness and cost of the methods)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    @app.command("explain")
+    def explain_cmd(
+        model: Path = typer.Argument(..., help="folder of a saved medad detector"),
+        input: Path = typer.Argument(..., help="image, volume (NIfTI/MGZ/DICOM), recording, or .npy array"),
+        out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+        method: List[str] = typer.Option([], "--method", "-m",
+                                         help="gradcam, ig, gradient_shap, kernel_shap (shap), lime; repeatable "
+                                              "(default: gradcam for neural detectors, kernel_shap otherwise)"),
+        case_id: Optional[str] = typer.Option(None, help="name shown in the report (default: the file name)"),
+        include_identity: bool = typer.Option(False, "--include-identity",
+                                              help="show patient name/id from the DICOM/EDF header (off by default)"),
+        normalise: str = typer.Option("none", help="none, zscore or minmax (must match training)"),
+        sfreq: Optional[float] = typer.Option(None, help="signals: sampling rate (text files) or resampling rate"),
+        top_k: int = typer.Option(3, help="slices/windows explained by perturbation methods"),
+        n_samples: Optional[int] = typer.Option(None, help="KernelSHAP/LIME evaluations, GradientSHAP samples"),
+        n_segments: Optional[int] = typer.Option(None, help="superpixels/supervoxels/time segments"),
+        device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
+    ) -> None:
+        """Explain a detector's decision on one input: maps, overlays, NIfTI maps and report.html."""
+        from medad.report.cases import explain_file
+
+        kw = {k: v for k, v in dict(n_samples=n_samples, n_segments=n_segments, device=device).items() if v is not None}
+        case = explain_file(model, input, out, methods=method or None, case_id=case_id,
+                            include_identity=include_identity, normalise=normalise, sfreq=sfreq, top_k=top_k, **kw)
+        typer.echo(f"{case.case_id}: {case.decision} (score {case.score:.4g}, threshold {case.threshold})")
+        typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
+
+    @app.command("report")
+    def report_cmd(results_dir: Path = typer.Argument(..., help="folder of results (case folders)")) -> None:
+        """One self-contained HTML page per case under RESULTS_DIR, and RESULTS_DIR/index.html."""
+        from medad.report.folder import build_reports
+
+        index, done, failed = build_reports(results_dir)
+        for name, problem in failed:
+            typer.echo(f"skipped {name}: {problem}", err=True)
+        typer.echo(f"wrote {len(done)} report(s) and {index}")
+
+    @bench_app.command("explain")
+    def bench_explain_cmd(
+        data_root: Optional[Path] = typer.Option(None, help="data folder (default: $MEDAD_DATA_ROOT or ../shared/data)"),
+        out: Path = typer.Option(Path("results/bench"), help="output folder"),
+        quick: bool = typer.Option(False, help="fewer slices, windows and epochs (minutes)"),
+        threads: int = typer.Option(2, help="torch CPU threads"),
+    ) -> None:
+        """Deletion/insertion AUC against random maps, share inside lesion masks (BraTS) and
+        seizure windows (Bonn), and seconds per map, for every explanation method."""
+        from medad.bench.explain import run
+
+        run(data_root=data_root, out=out, quick=quick, threads=threads)

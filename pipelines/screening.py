@@ -1,0 +1,641 @@
+"""Screen a folder of recordings: which recordings, and which time spans in them, are abnormal.
+
+Train on normal recordings only::
+
+    model = train_screening("normals/", "model/", ScreeningConfig(detector="features"))
+
+then screen any folder (EDF/BDF/FIF, WFDB, WAV, text)::
+
+    summary = screen_folder("model/", "new_recordings/", "out/")
+
+Every recording is streamed in chunks (``iter_signal_chunks``): filtered (zero-phase band-pass,
+notch), resampled, normalised per recording (robust scale from snippets spread over the
+recording), cut into overlapping windows and scored by the detector. Windows above the
+threshold (calibrated on held-out normal windows at ``window_fpr``) that form runs of at least
+``min_windows`` become flagged intervals; a recording with any flagged interval is abnormal.
+
+Outputs in ``out/``: ``results.csv`` and ``results.json`` (one row per recording, bad recordings
+reported with their error), and per flagged-or-not recording ``<id>_window_scores.csv``,
+BIDS-style ``<id>_events.tsv``; for MNE formats ``<id>-annot.fif`` (and, if asked, an annotated
+copy of the recording as FIF or EDF+); for WFDB records a ``<id>.medad`` annotation file; one PNG
+per flagged recording with the abnormal spans shaded. The pipeline composes medad pieces; its own
+logic is only the streaming and the interval bookkeeping.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from medad.errors import ConfigError, InputError, MedadError, ReadError
+
+MODEL_CONFIG = "screening.json"
+DETECTOR_DIR = "detector"
+
+
+@dataclass
+class ScreeningConfig:
+    """How recordings are preprocessed, windowed, scored and turned into decisions.
+
+    Attributes:
+        detector: registry name of the window detector (``"features"`` is the classical baseline).
+        detector_params: its parameters (``sfreq`` is filled in when the detector takes one).
+        sfreq: working sampling rate (every recording is resampled to it); ``None``: the rate of
+            the first training recording.
+        bandpass: ``[low, high]`` Hz (either may be null), or null for none.
+        notch: mains frequency to remove (50 or 60), or null.
+        window_seconds / step_seconds: window length and hop (overlap = window - step).
+        normalize: ``"recording"`` (per-channel robust scale of the whole recording, estimated
+            from snippets; keeps "louder than usual" information), ``"window"`` (each window
+            on its own: fully amplitude-blind) or ``"none"``.
+        channels: channel names to use (default: those of the first training recording). A
+            single-channel model uses channel 0 of every recording whatever its name.
+        chunk_seconds: recordings are read and processed this much at a time.
+        window_fpr: share of held-out normal windows above the threshold.
+        min_windows: consecutive flagged windows needed to make a flagged interval.
+        val_fraction: share of training recordings held out for calibration (by recording);
+            with a single training recording, its last ``val_fraction`` of windows.
+        max_train_windows: windows kept for fitting (evenly subsampled beyond that).
+        max_window_bytes: memory cap for the collected training windows.
+        text_sfreq: sampling rate of plain-text recordings (they carry none).
+        seed: seeds the detector and the recording split.
+    """
+
+    detector: str = "features"
+    detector_params: dict[str, Any] = field(default_factory=dict)
+    sfreq: float | None = None
+    bandpass: list[float | None] | None = field(default_factory=lambda: [0.5, 45.0])
+    notch: float | None = 50.0
+    window_seconds: float = 2.0
+    step_seconds: float = 1.0
+    normalize: str = "recording"
+    channels: list[str] | None = None
+    chunk_seconds: float = 300.0
+    window_fpr: float = 0.01
+    min_windows: int = 2
+    val_fraction: float = 0.2
+    max_train_windows: int = 20000
+    max_window_bytes: int = 512 * 2**20
+    text_sfreq: float | None = None
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ScreeningConfig":
+        known = {f.name for f in fields(cls)}
+        bad = set(d) - known
+        if bad:
+            raise ConfigError(f"unknown screening settings {sorted(bad)}; known: {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "ScreeningConfig":
+        from medad.config import load_config
+
+        cfg = load_config(path)
+        return cls.from_dict(cfg.get("screening", cfg))
+
+    def validate(self) -> None:
+        if self.window_seconds <= 0 or not 0 < self.step_seconds <= self.window_seconds:
+            raise ConfigError(f"need 0 < step_seconds <= window_seconds, got {self.step_seconds}, {self.window_seconds}")
+        if self.normalize not in ("recording", "window", "none"):
+            raise ConfigError(f"normalize must be 'recording', 'window' or 'none', got {self.normalize!r}")
+        if not 0 <= self.window_fpr < 1:
+            raise ConfigError(f"window_fpr must be in [0, 1), got {self.window_fpr}")
+        if self.chunk_seconds < 4 * self.window_seconds:
+            raise ConfigError("chunk_seconds must be at least 4 x window_seconds")
+
+
+# ---------------------------------------------------------------------------- files
+def list_recordings(folder: str | Path) -> list[Path]:
+    """Signal files under ``folder`` (recursively; WFDB records once, by their ``.hea``)."""
+    from medad.io.signals import is_signal_file
+
+    folder = Path(folder)
+    if folder.is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise ReadError("folder not found", folder)
+    skip = ("REFERENCE", "results", "_events", "_window_scores", "_beats")  # label/output files, not recordings
+    out = [p for p in sorted(folder.rglob("*")) if is_signal_file(p) and not any(s in p.name for s in skip)]
+    if not out:
+        raise ReadError("no recordings found (EDF/BDF/FIF, WFDB .hea, WAV, text)", folder)
+    return out
+
+
+# ---------------------------------------------------------------------------- preprocessing
+class Preprocessor:
+    """Streams one recording as preprocessed windows on a fixed time grid.
+
+    Chunks are read with enough context (``pad`` seconds each side) that filter and resampling
+    edge effects never reach a window, except at the very start and end of the recording.
+    """
+
+    def __init__(self, cfg: ScreeningConfig, sfreq: float, channels: list[str] | None):
+        self.cfg = cfg
+        self.sfreq = float(sfreq)
+        self.channels = channels
+        low = cfg.bandpass[0] if cfg.bandpass else None
+        self.pad = 4.0 if low is None else float(min(30.0, max(4.0, 3.0 / low)))
+
+    def header(self, path: Path):
+        from medad.io.signals import read_header
+
+        return read_header(path, sfreq=self.cfg.text_sfreq)
+
+    def picks(self, hdr) -> list[int]:
+        if self.channels is None:
+            return list(range(len(hdr.ch_names)))
+        if len(self.channels) == 1:
+            return [0]  # single-channel models take the first channel of any recording
+        missing = [c for c in self.channels if c not in hdr.ch_names]
+        if missing:
+            raise ReadError(f"recording lacks channels the model needs: {', '.join(missing)}", hdr.path)
+        return [hdr.ch_names.index(c) for c in self.channels]
+
+    def filter(self, x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
+        from medad.transforms.signal import bandpass, notch, resample
+
+        cfg = self.cfg
+        if cfg.bandpass:
+            x = bandpass(x, fs, cfg.bandpass[0], cfg.bandpass[1])
+        if cfg.notch and cfg.notch < fs / 2:
+            x = notch(x, fs, cfg.notch)
+        if abs(fs - self.sfreq) > 1e-6:
+            x = resample(x, fs, self.sfreq)
+        return x, self.sfreq
+
+    def scale(self, path: Path, hdr, picks: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (median, robust scale) of the recording from up to 16 snippets of 10 s."""
+        from medad.io.signals import iter_signal_chunks
+
+        if self.cfg.normalize != "recording":
+            return np.zeros((len(picks), 1), np.float32), np.ones((len(picks), 1), np.float32)
+        dur = hdr.n_times / hdr.sfreq
+        snip = min(10.0 + 2 * self.pad, dur)
+        starts = np.linspace(0, max(dur - snip, 0), num=min(16, max(1, int(dur // snip))))
+        parts = []
+        for s in starts:
+            _, x = next(iter_signal_chunks(path, snip, picks=picks, header=hdr, start_seconds=float(s),
+                                           stop_seconds=float(s + snip), sfreq=self.cfg.text_sfreq))
+            y, fs = self.filter(x, hdr.sfreq)
+            e = int(self.pad * fs) if y.shape[1] > 4 * self.pad * fs else 0
+            parts.append(y[:, e: y.shape[1] - e] if e else y)
+        allx = np.concatenate(parts, axis=1)
+        med = np.median(allx, axis=1, keepdims=True)
+        q75, q25 = np.percentile(allx, [75, 25], axis=1, keepdims=True)
+        sc = (q75 - q25) / 1.349
+        sd = allx.std(axis=1, keepdims=True)
+        sc = np.where(sc > 1e-12, sc, np.where(sd > 1e-12, sd, 1.0))
+        return med.astype(np.float32), sc.astype(np.float32)
+
+    def windows(self, path: Path, hdr=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(start times (n,), windows (n, C, W))`` batches for one recording, in order."""
+        from medad.io.signals import iter_signal_chunks
+        from medad.transforms.signal import robust_zscore
+
+        cfg = self.cfg
+        hdr = hdr or self.header(path)
+        if hdr.sfreq is None:
+            raise ReadError("plain-text recording has no sampling rate: set text_sfreq", path)
+        picks = self.picks(hdr)
+        med, sc = self.scale(path, hdr, picks)
+        fs_in = float(hdr.sfreq)
+        dur = hdr.n_times / fs_in
+        W, S, pad = cfg.window_seconds, cfg.step_seconds, self.pad
+        if dur < W:
+            raise ReadError(f"recording of {dur:.2f} s is shorter than one window ({W} s)", path)
+        n_w = int(round(W * self.sfreq))
+        core = max(cfg.chunk_seconds, 4 * W)
+        # chunk = context + core; consecutive chunks overlap so every grid window fits one chunk
+        chunk = core + 2 * pad + W
+        overlap = 2 * pad + W
+        next_j = 0
+        n_total = int(math.floor((dur - W) / S + 1e-9)) + 1
+        for c0, x in iter_signal_chunks(path, chunk, overlap, picks=picks, header=hdr, sfreq=cfg.text_sfreq):
+            c1 = c0 + x.shape[1] / fs_in
+            y, fs = self.filter(x, fs_in)
+            lo = c0 + pad if c0 > 0 else 0.0
+            hi = c1 - pad if c1 < dur - 1e-9 else c1
+            j_last = min(n_total - 1, int(math.floor((hi - W) / S + 1e-9)))
+            if j_last < next_j:
+                continue
+            js = np.arange(next_j, j_last + 1)
+            js = js[js * S >= lo - 1e-9] if next_j == 0 and c0 > 0 else js
+            starts = js * S
+            idx = np.round((starts - c0) * fs).astype(int)
+            idx = np.minimum(idx, max(y.shape[1] - n_w, 0))
+            if y.shape[1] < n_w:
+                y = np.pad(y, ((0, 0), (0, n_w - y.shape[1])))
+            view = np.lib.stride_tricks.sliding_window_view(y, n_w, axis=1)  # (C, n, W)
+            w = np.ascontiguousarray(view[:, idx].transpose(1, 0, 2))
+            if cfg.normalize == "recording":
+                w = (w - med[None]) / sc[None]
+            elif cfg.normalize == "window":
+                w = robust_zscore(w)
+            next_j = j_last + 1
+            yield starts.astype(np.float64), w.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------- training
+def _detector(cfg: ScreeningConfig, sfreq: float):
+    from medad import registry
+
+    cls = registry.get(cfg.detector)
+    params = dict(cfg.detector_params)
+    import inspect
+
+    sig = inspect.signature(cls.__init__).parameters
+    if "sfreq" in sig and "sfreq" not in params:
+        params["sfreq"] = sfreq
+    if "seed" in sig and "seed" not in params:
+        params["seed"] = cfg.seed
+    if cls.input_kind != "signal":
+        raise ConfigError(f"detector {cfg.detector!r} takes {cls.input_kind} input; screening needs a signal detector")
+    return cls(**params)
+
+
+def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_bytes: int) -> np.ndarray:
+    """Windows of ``files``, evenly subsampled to stay under ``max_windows`` and ``max_bytes``."""
+    hdrs = [pre.header(f) for f in files]
+    est = sum(max(1, int((h.n_times / h.sfreq - pre.cfg.window_seconds) / pre.cfg.step_seconds) + 1) for h in hdrs)
+    n_ch = len(pre.picks(hdrs[0]))
+    per = n_ch * int(round(pre.cfg.window_seconds * pre.sfreq)) * 4
+    cap = max(1, min(max_windows, max_bytes // max(per, 1)))
+    every = max(1, int(math.ceil(est / cap)))
+    out, k = [], 0
+    for f, h in zip(files, hdrs):
+        for _, w in pre.windows(f, h):
+            sel = (np.arange(k, k + len(w)) % every) == 0
+            k += len(w)
+            if sel.any():
+                out.append(w[sel])
+    if not out:
+        raise InputError("no windows could be cut from the training recordings")
+    return np.concatenate(out)
+
+
+def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningConfig | None = None,
+                    *, progress: bool = True) -> Path:
+    """Fit a window detector on normal recordings, calibrate its threshold on held-out normal
+    recordings, and save the model folder (detector + ``screening.json``)."""
+    from tqdm.auto import tqdm
+
+    from medad.io.signals import read_header, record_id_from_path
+    from medad.utils import seed_everything, write_json
+
+    cfg = cfg or ScreeningConfig()
+    cfg.validate()
+    seed_everything(cfg.seed)
+    files = list_recordings(normal_folder)
+    bad: list[dict[str, str]] = []
+    good, hdrs = [], []
+    for f in files:
+        try:
+            hdrs.append(read_header(f, sfreq=cfg.text_sfreq))
+            good.append(f)
+        except MedadError as e:
+            bad.append({"file": str(f), "error": e.problem})
+    if not good:
+        raise ReadError(f"no readable normal recordings ({len(bad)} failed: {bad[0]['error'] if bad else ''})",
+                        normal_folder)
+    if hdrs[0].sfreq is None:
+        raise ConfigError("plain-text recordings need text_sfreq in the screening config")
+    sfreq = float(cfg.sfreq or hdrs[0].sfreq)
+    channels = cfg.channels or list(hdrs[0].ch_names)
+    pre = Preprocessor(cfg, sfreq, channels)
+    rng = np.random.default_rng(cfg.seed)
+    order = rng.permutation(len(good))
+    n_val = int(round(cfg.val_fraction * len(good))) if len(good) > 1 else 0
+    n_val = min(max(n_val, 1 if len(good) > 1 else 0), len(good) - 1)
+    val_files = [good[i] for i in sorted(order[:n_val])]
+    train_files = [good[i] for i in sorted(order[n_val:])]
+    if progress:
+        print(f"training on {len(train_files)} normal recording(s), calibrating on {len(val_files)}"
+              + (f"; {len(bad)} unreadable skipped" if bad else ""))
+    x = _collect(pre, train_files, cfg.max_train_windows, cfg.max_window_bytes)
+    if not val_files:  # one recording: calibrate on its last windows (in time), train on the rest
+        n_v = max(1, int(round(cfg.val_fraction * len(x))))
+        x, xv = x[:-n_v], x[-n_v:]
+        val_source = f"last {n_v} windows of the single training recording"
+    else:
+        xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes)
+        val_source = f"{len(val_files)} held-out normal recording(s)"
+    det = _detector(cfg, sfreq)
+    with tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} windows", disable=not progress) as bar:
+        det.fit(x)
+        bar.update()
+    det.calibrate(xv, fpr=cfg.window_fpr)
+    val_scores = np.sort(det.score(xv).score.astype(np.float64))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    det.save(out / DETECTOR_DIR)
+    # reference distribution of held-out normal window scores (for the per-interval percentile)
+    ref = val_scores if len(val_scores) <= 2000 else np.quantile(val_scores, np.linspace(0, 1, 2000))
+    write_json(out / MODEL_CONFIG, {
+        "config": asdict(cfg), "sfreq": sfreq, "channels": channels, "threshold": float(det.threshold_),
+        "calibration": {"source": val_source, "n_windows": int(len(xv)), "window_fpr": cfg.window_fpr},
+        "n_train_windows": int(len(x)),
+        "train_recordings": [record_id_from_path(f) for f in train_files],
+        "val_recordings": [record_id_from_path(f) for f in val_files],
+        "skipped": bad, "val_scores": ref.tolist(),
+    })
+    return out
+
+
+# ---------------------------------------------------------------------------- screening
+@dataclass
+class ScreeningModel:
+    """A trained screening model: detector + preprocessing + threshold."""
+
+    detector: Any
+    cfg: ScreeningConfig
+    sfreq: float
+    channels: list[str]
+    threshold: float
+    val_scores: np.ndarray
+    info: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ScreeningModel":
+        from medad.detectors.base import Detector
+
+        path = Path(path)
+        f = path / MODEL_CONFIG
+        if not f.is_file():
+            raise ReadError(f"not a medad screening model (no {MODEL_CONFIG})", path)
+        try:
+            info = json.loads(f.read_text())
+            cfg = ScreeningConfig.from_dict(info["config"])
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ReadError(f"corrupt {MODEL_CONFIG}: {e}", f) from None
+        det = Detector.load(path / DETECTOR_DIR)
+        return cls(det, cfg, float(info["sfreq"]), list(info["channels"]), float(info["threshold"]),
+                   np.asarray(info["val_scores"], dtype=np.float64), info)
+
+    def percentile(self, s: np.ndarray) -> np.ndarray:
+        """Share of held-out normal windows scoring below ``s`` (an empirical, not a clinical, probability)."""
+        return np.searchsorted(self.val_scores, np.asarray(s, dtype=np.float64), side="left") / max(len(self.val_scores), 1)
+
+
+def flagged_intervals(starts: np.ndarray, scores: np.ndarray, threshold: float, window_seconds: float,
+                      min_windows: int = 1) -> list[tuple[float, float, float, int]]:
+    """Runs of consecutive windows scoring above ``threshold`` -> ``(start_s, end_s, max score,
+    n_windows)``; runs shorter than ``min_windows`` are dropped. Overlapping windows merge."""
+    above = np.asarray(scores) > threshold
+    out = []
+    i, n = 0, len(above)
+    while i < n:
+        if not above[i]:
+            i += 1
+            continue
+        j = i
+        while j + 1 < n and above[j + 1]:
+            j += 1
+        if j - i + 1 >= min_windows:
+            out.append((float(starts[i]), float(starts[j] + window_seconds), float(np.max(scores[i:j + 1])), j - i + 1))
+        i = j + 1
+    return out
+
+
+def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096) -> dict[str, Any]:
+    """Scores of every window of one recording, its flagged intervals and decision."""
+    pre = Preprocessor(model.cfg, model.sfreq, model.channels)
+    hdr = pre.header(path)
+    starts, scores, env = [], [], []
+    for st, w in pre.windows(path, hdr):
+        for i in range(0, len(w), batch):
+            scores.append(model.detector.score(w[i:i + batch]).score.astype(np.float64))
+        starts.append(st)
+        # a small trace summary for the plot (first channels, min/max per window): the
+        # recording itself is never held in memory
+        env.append(np.stack([w[:, :4].min(-1), w[:, :4].max(-1)], axis=-1))
+    s = np.concatenate(scores)
+    t = np.concatenate(starts)
+    ivs = flagged_intervals(t, s, model.threshold, model.cfg.window_seconds, model.cfg.min_windows)
+    prob = model.percentile(np.array([iv[2] for iv in ivs])) if ivs else np.zeros(0)
+    picks = pre.picks(hdr)
+    return {
+        "header": hdr, "starts": t, "scores": s, "envelope": np.concatenate(env),
+        "channels": [hdr.ch_names[i] for i in picks],
+        "intervals": [{"start_s": a, "end_s": b, "max_score": m, "n_windows": k, "probability": float(p)}
+                      for (a, b, m, k), p in zip(ivs, prob)],
+    }
+
+
+def _write_events_tsv(path: Path, intervals: list[dict[str, Any]]) -> None:
+    """BIDS ``*_events.tsv``: onset, duration, trial_type, score, probability."""
+    from medad.utils import write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    w.writerow(["onset", "duration", "trial_type", "score", "probability"])
+    for iv in intervals:
+        w.writerow([f"{iv['start_s']:.3f}", f"{iv['end_s'] - iv['start_s']:.3f}", "medad_abnormal",
+                    f"{iv['max_score']:.6g}", f"{iv['probability']:.4f}"])
+    write_text(path, buf.getvalue())
+
+
+def mne_annotations(intervals: list[dict[str, Any]], orig_time=None):
+    """Flagged intervals as :class:`mne.Annotations` (description ``medad_abnormal``)."""
+    import mne
+
+    return mne.Annotations(onset=[iv["start_s"] for iv in intervals],
+                           duration=[iv["end_s"] - iv["start_s"] for iv in intervals],
+                           description=["medad_abnormal"] * len(intervals), orig_time=orig_time)
+
+
+def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path, rid: str,
+                      annotated_copy: str = "none") -> list[Path]:
+    """``<rid>-annot.fif`` (always) and, with ``annotated_copy`` ``"fif"``/``"edf"``, a copy of
+    the recording carrying the annotations (original annotations kept)."""
+    import mne
+
+    from medad.utils import atomic_path
+
+    written = []
+    raw = mne.io.read_raw(str(src), preload=False, verbose="error")
+    ann = mne_annotations(intervals, orig_time=raw.annotations.orig_time)
+    f = out_dir / f"{rid}-annot.fif"
+    with atomic_path(f, suffix="-annot.fif") as tmp:
+        ann.save(str(tmp), overwrite=True, verbose="error")
+    written.append(f)
+    if annotated_copy in ("fif", "edf"):
+        raw.load_data(verbose="error")
+        raw.set_annotations(raw.annotations + ann, verbose="error")
+        if annotated_copy == "fif":
+            f = out_dir / f"{rid}_screened_raw.fif"
+            with atomic_path(f, suffix="_raw.fif") as tmp:
+                raw.save(str(tmp), overwrite=True, verbose="error")
+        else:
+            f = out_dir / f"{rid}_screened.edf"
+            with atomic_path(f, suffix=".edf") as tmp:
+                mne.export.export_raw(str(tmp), raw, fmt="edf", overwrite=True, verbose="error")
+        written.append(f)
+    elif annotated_copy != "none":
+        raise ConfigError(f"annotated_copy must be 'fif', 'edf' or 'none', got {annotated_copy!r}")
+    return written
+
+
+def write_wfdb_annotations(record: str, intervals: list[dict[str, Any]], sfreq: float, out_dir: Path,
+                           extension: str = "medad") -> Path:
+    """Flagged intervals as a WFDB annotation file ``<record>.<extension>``: a rhythm-change
+    annotation (``+``, aux ``(MEDAD_ABN score=...``) at each start and ``+`` ``(N`` at each end."""
+    from medad.io.signals import _wfdb
+
+    wfdb = _wfdb()
+    samples, symbols, aux = [], [], []
+    for iv in intervals:
+        samples += [int(round(iv["start_s"] * sfreq)), int(round(iv["end_s"] * sfreq))]
+        symbols += ["+", "+"]
+        aux += [f"(MEDAD_ABN score={iv['max_score']:.4g} p={iv['probability']:.3f}", "(N"]
+    f = out_dir / f"{record}.{extension}"
+    if not samples:  # wrann refuses an empty file; an empty annotation file says "nothing flagged"
+        samples, symbols, aux = [0], ["\""], ["medad: nothing flagged"]
+    order = np.argsort(samples, kind="stable")
+    tmpdir = out_dir / f".wfdb_tmp_{record}"
+    tmpdir.mkdir(exist_ok=True)
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            wfdb.wrann(record, extension, np.asarray(samples)[order], np.asarray(symbols)[order],
+                       aux_note=[aux[i] for i in order], fs=sfreq, write_dir=str(tmpdir))
+        (tmpdir / f.name).replace(f)
+    finally:
+        for p in tmpdir.iterdir():
+            p.unlink()
+        tmpdir.rmdir()
+    return f
+
+
+def plot_recording(path: Path, res: dict[str, Any], model: ScreeningModel, title: str) -> Path:
+    """Trace summary (per-window min/max of the first channels) with abnormal spans shaded, and
+    the window scores with the threshold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medad.utils import atomic_path
+
+    t = res["starts"] + model.cfg.window_seconds / 2
+    env = res["envelope"]  # (n, C<=4, 2)
+    n_ch = env.shape[1]
+    fig, axes = plt.subplots(n_ch + 1, 1, figsize=(12, 1.4 * (n_ch + 1) + 0.6), sharex=True)
+    for c in range(n_ch):
+        ax = axes[c]
+        ax.fill_between(t, env[:, c, 0], env[:, c, 1], color="0.25", lw=0, step="mid")
+        ax.set_ylabel(res["channels"][c][:12], rotation=0, ha="right", fontsize=8)
+        ax.set_yticks([])
+    ax = axes[-1]
+    ax.plot(t, res["scores"], lw=0.8, color="C0")
+    ax.axhline(model.threshold, color="C3", ls="--", lw=0.8, label=f"threshold ({model.cfg.window_fpr:g} FPR)")
+    ax.set_ylabel("score")
+    ax.legend(loc="upper right", fontsize=7)
+    for a in axes:
+        for iv in res["intervals"]:
+            a.axvspan(iv["start_s"], iv["end_s"], color="C3", alpha=0.25, lw=0)
+    axes[-1].set_xlabel("time (s)")
+    axes[0].set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path
+
+
+RESULT_FIELDS = ["file", "record_id", "status", "error", "duration_s", "n_windows", "max_score", "decision",
+                 "n_intervals", "flagged_seconds", "threshold"]
+
+
+def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *, annotated_copy: str = "none",
+                  plots: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Screen every recording in ``folder`` and write the outputs (see module docstring) to ``out``.
+
+    A recording that cannot be read or screened is reported (status ``error`` with the reason)
+    and skipped; the others are still screened.
+
+    Returns:
+        The ``results.json`` content.
+    """
+    from tqdm.auto import tqdm
+
+    from medad.io.signals import record_id_from_path, signal_format
+    from medad.utils import write_json, write_text
+
+    model = ScreeningModel.load(model_path)
+    files = list_recordings(folder)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, recs = [], []
+    for f in tqdm(files, desc="screening", disable=not progress, unit="rec"):
+        rid = record_id_from_path(f)
+        try:
+            res = screen_recording(model, f)
+        except MedadError as e:
+            rows.append({"file": str(f), "record_id": rid, "status": "error", "error": e.problem})
+            recs.append(dict(rows[-1]))
+            continue
+        except Exception as e:  # a bug or an unforeseen file problem must not stop the batch
+            rows.append({"file": str(f), "record_id": rid, "status": "error",
+                         "error": f"unexpected {type(e).__name__}: {e}"})
+            recs.append(dict(rows[-1]))
+            continue
+        hdr, ivs = res["header"], res["intervals"]
+        decision = "abnormal" if ivs else "normal"
+        outputs = []
+        _write_events_tsv(out / f"{rid}_events.tsv", ivs)
+        outputs.append(f"{rid}_events.tsv")
+        buf = io.StringIO()
+        buf.write("start_s,score\n")
+        buf.write("".join(f"{a:.3f},{b:.6g}\n" for a, b in zip(res["starts"], res["scores"])))
+        write_text(out / f"{rid}_window_scores.csv", buf.getvalue())
+        outputs.append(f"{rid}_window_scores.csv")
+        fmt = signal_format(f)
+        try:
+            if fmt == "mne":
+                outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy)]
+            elif fmt == "wfdb":
+                outputs.append(write_wfdb_annotations(rid, ivs, float(hdr.sfreq), out).name)
+            if plots and ivs:
+                outputs.append(plot_recording(out / f"{rid}_screening.png", res, model,
+                                              f"{rid}: {len(ivs)} flagged span(s), max score "
+                                              f"{res['scores'].max():.3g} (threshold {model.threshold:.3g})").name)
+        except MedadError as e:
+            outputs.append(f"(output failed: {e.problem})")
+        row = {
+            "file": str(f), "record_id": rid, "status": "ok", "error": "",
+            "duration_s": round(hdr.n_times / hdr.sfreq, 3), "n_windows": int(len(res["scores"])),
+            "max_score": float(res["scores"].max()), "decision": decision, "n_intervals": len(ivs),
+            "flagged_seconds": round(float(sum(iv["end_s"] - iv["start_s"] for iv in ivs)), 3),
+            "threshold": model.threshold,
+        }
+        rows.append(row)
+        recs.append({**row, "intervals": ivs, "outputs": outputs})
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k, "") for k in RESULT_FIELDS})
+    write_text(out / "results.csv", buf.getvalue())
+    summary = {
+        "model": str(model_path), "folder": str(folder), "detector": model.cfg.detector,
+        "threshold": model.threshold, "threshold_source": model.info.get("calibration"),
+        "decision_rule": f"abnormal when >= {model.cfg.min_windows} consecutive windows score above the threshold",
+        "probability_meaning": "share of held-out normal windows scoring below the interval's max score",
+        "n_recordings": len(rows), "n_errors": sum(r["status"] == "error" for r in rows),
+        "n_abnormal": sum(r.get("decision") == "abnormal" for r in rows), "recordings": recs,
+    }
+    write_json(out / "results.json", summary)
+    if progress:
+        print(f"screened {len(rows) - summary['n_errors']} recording(s), {summary['n_abnormal']} abnormal, "
+              f"{summary['n_errors']} could not be read; results in {out / 'results.csv'}")
+    return summary

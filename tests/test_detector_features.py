@@ -1,0 +1,96 @@
+"""The classical signal feature detector."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medad import registry
+from medad.detectors.base import Detector
+from medad.detectors.features import FeatureDetector, default_bands, register_feature_fn, signal_features
+from medad.errors import ConfigError, InputError
+from medad.evaluation import auroc
+
+FS = 128.0
+
+
+def _eeg_like(n, c=2, t=512, seed=0, spikes=False, amp=1.0):
+    """Brown-ish noise + a 10 Hz rhythm; ``spikes`` adds sharp 3-sample transients (abnormal)."""
+    rng = np.random.default_rng(seed)
+    tt = np.arange(t) / FS
+    x = np.cumsum(rng.normal(0, 1, (n, c, t)), axis=-1)
+    x -= x.mean(-1, keepdims=True)
+    x = x / x.std(-1, keepdims=True) + np.sin(2 * np.pi * 10 * tt + rng.uniform(0, 6, (n, c, 1)))
+    if spikes:
+        for i in range(n):
+            for s in rng.choice(t - 5, 6, replace=False):
+                x[i, :, s:s + 3] += np.array([4.0, -6.0, 3.0])
+    return (amp * x).astype(np.float32)
+
+
+def test_feature_shapes_and_amplitude_invariance():
+    x = _eeg_like(5, c=3)
+    f = signal_features(x, FS, amplitude=False)
+    nb = len(default_bands(FS))
+    assert f.shape == (5, 3 * (9 + nb))
+    # without the log-variance feature, a 1000x gain change leaves every feature unchanged
+    np.testing.assert_allclose(signal_features(x * 1e3, FS, amplitude=False), f, rtol=1e-3, atol=1e-3)
+    fa = signal_features(x, FS, amplitude=True)
+    assert fa.shape == (5, 3 * (10 + nb))
+    g = signal_features(x * 1e3, FS, amplitude=True).reshape(5, 3, -1)
+    np.testing.assert_allclose(g[..., -1] - fa.reshape(5, 3, -1)[..., -1], np.log(1e6), rtol=1e-4)
+    fm = signal_features(x, FS, amplitude=False, n_mfcc=4)
+    assert fm.shape == (5, 3 * (9 + nb + 4))
+    with pytest.raises(InputError):
+        signal_features(x[0], FS)
+
+
+def test_band_powers_find_the_rhythm():
+    t = np.arange(512) / FS
+    alpha = np.sin(2 * np.pi * 10 * t)[None, None].astype(np.float32)
+    delta = np.sin(2 * np.pi * 2 * t)[None, None].astype(np.float32)
+    fa = signal_features(alpha, FS, amplitude=False)[0]
+    fd = signal_features(delta, FS, amplitude=False)[0]
+    bands = default_bands(FS)
+    i_alpha = 9 + [b[0] for b in bands].index(8.0)
+    i_delta = 9 + [b[0] for b in bands].index(0.5)
+    assert fa[i_alpha] > -0.1 and fd[i_delta] > -0.1  # log share of power close to 0 (all of it)
+    assert fa[i_delta] < -5 and fd[i_alpha] < -5
+    assert default_bands(8000.0)[-1][1] == pytest.approx(3600.0)
+
+
+@pytest.mark.parametrize("model", ["mahalanobis", "knn"])
+def test_spikes_score_higher_and_roundtrip(model, tmp_path):
+    det = registry.create("features", sfreq=FS, model=model, amplitude=False, k=3)
+    assert isinstance(det, FeatureDetector) and det.input_kind == "signal"
+    det.fit(_eeg_like(200, seed=1))
+    normal, abnormal = _eeg_like(40, seed=2), _eeg_like(40, seed=3, spikes=True)
+    s = det.score(np.concatenate([normal, abnormal])).score
+    assert auroc(np.r_[np.zeros(40), np.ones(40)], s) > 0.95
+    # gain invariance of the scores (amplitude=False): another device's scale changes nothing
+    np.testing.assert_allclose(det.score(abnormal * 50).score, s[40:], rtol=1e-3, atol=1e-3)
+    det.calibrate(_eeg_like(60, seed=4), fpr=0.05)
+    pred = det.predict(abnormal)
+    assert pred.label.mean() > 0.8
+    det.save(tmp_path / "m")
+    assert not any(p.suffix in (".pkl", ".pickle") for p in (tmp_path / "m").iterdir())
+    back = Detector.load(tmp_path / "m")
+    np.testing.assert_allclose(back.score(abnormal).score, s[40:], rtol=1e-5)
+    with pytest.raises(InputError, match="features but the detector was fitted"):
+        det.score(_eeg_like(3, c=3))
+
+
+def test_precomputed_features_and_custom_fn(tmp_path):
+    rng = np.random.default_rng(0)
+    det = FeatureDetector(feature_fn="precomputed").fit(rng.normal(0, 1, (300, 6)))
+    s = det.score(np.r_[rng.normal(0, 1, (20, 6)), rng.normal(0, 1, (20, 6)) + 3]).score
+    assert s[20:].min() > np.median(s[:20])
+    with pytest.raises(InputError, match="precomputed"):
+        det.score(rng.normal(0, 1, (3, 1, 6)))
+    register_feature_fn("energy", lambda x, sfreq, **kw: (x ** 2).mean(-1))
+    d2 = FeatureDetector(feature_fn="energy", model="knn").fit(rng.normal(0, 1, (50, 2, 64)))
+    assert d2.features(np.ones((2, 2, 64))).shape == (2, 2)
+    with pytest.raises(ConfigError):
+        FeatureDetector(feature_fn="nope").fit(rng.normal(0, 1, (5, 1, 64)))
+    with pytest.raises(ConfigError):
+        FeatureDetector(model="forest").fit(rng.normal(0, 1, (5, 1, 64)))

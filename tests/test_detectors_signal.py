@@ -1,0 +1,144 @@
+"""Signal detectors (medad.detectors.signal_models) on small synthetic signals: one-class models
+trained on normal rhythms score inserted spikes higher, supervised models learn them, scores do
+not depend on amplitude, and bad input gives medad errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medad import registry
+from medad.errors import InputError
+from medad.evaluation import auroc
+
+torch.set_num_threads(1)
+T = 256
+
+
+def _normal(n: int, rng: np.random.Generator, channels: int = 1) -> np.ndarray:
+    """Rhythms: two sines with jittered frequency and phase, plus a little noise."""
+    t = np.arange(T) / 64.0
+    f1 = rng.uniform(3.5, 4.5, (n, channels, 1))
+    f2 = rng.uniform(9.0, 11.0, (n, channels, 1))
+    ph = rng.uniform(0, 2 * np.pi, (n, channels, 2))
+    x = np.sin(2 * np.pi * f1 * t + ph[..., :1]) + 0.5 * np.sin(2 * np.pi * f2 * t + ph[..., 1:])
+    return (x + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
+
+
+def _with_spikes(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Insert 3 sharp spikes (epileptiform-like) into every window."""
+    x = x.copy()
+    shape = np.exp(-0.5 * (np.arange(-6, 7) / 2.0) ** 2) * 5.0
+    for i in range(len(x)):
+        for pos in rng.choice(np.arange(10, T - 10), 3, replace=False):
+            x[i, :, pos - 6 : pos + 7] += shape
+    return x
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    train = _normal(96, rng)
+    test_n = _normal(24, rng)
+    test_a = _with_spikes(_normal(24, rng), rng)
+    return train, test_n, test_a, rng
+
+
+def _quiet(det):
+    det.train_options = {"progress": False}
+    return det
+
+
+@pytest.mark.parametrize("name,params", [
+    ("seq_ae", dict(frame_len=16, hidden_size=32, latent_size=4, epochs=10, lr=3e-3)),
+    ("seq_predictor", dict(frame_len=16, hidden_size=32, epochs=20, lr=3e-3)),
+])
+def test_one_class_scores_spikes_higher(data, name, params, tmp_path):
+    train, test_n, test_a, _ = data
+    det = _quiet(registry.create(name, batch_size=16, **params)).fit(train)
+    x = np.concatenate([test_n, test_a])
+    y = np.r_[np.zeros(len(test_n)), np.ones(len(test_a))]
+    res = det.score(x)
+    assert auroc(y, res.score) > 0.9
+    # the map is on the input's time grid and peaks near the spikes of an abnormal window
+    assert res.map.shape == (len(x), T)
+    assert res.map[len(test_n):].mean() > res.map[: len(test_n)].mean()
+    # amplitude does not move the scores
+    assert np.allclose(det.score(3.0 * x).score, res.score, rtol=1e-3, atol=1e-5)
+    det.calibrate(test_n, fpr=0.1)
+    pred = det.predict(x)
+    assert pred.label[len(test_n):].mean() > 0.8
+    assert pred.mask.shape == (len(x), T)
+    det2 = registry.get(name).load(det.save(tmp_path / name))
+    assert np.array_equal(det2.score(x).score, res.score)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("cnn1d", dict(channels=(8, 16), dilations=(1, 2), epochs=8)),
+    ("cnn2d", dict(channels=(8, 16), dilations=(1,), n_fft=32, epochs=8)),
+    ("gru", dict(frame_len=16, hidden_size=16, epochs=15, lr=3e-3)),
+    # the memory network steps through every item in turn: fewer, longer frames keep it quick
+    ("nmn", dict(frame_len=64, hidden_size=16, memory_size=8, slots=4, epochs=8, lr=1e-2, plastic=True)),
+])
+def test_supervised_learns_spikes(data, name, params):
+    train, test_n, test_a, rng = data
+    # imbalanced: 3 normal for every abnormal training window
+    n_ab = 16 if name == "nmn" else 32
+    ab = _with_spikes(_normal(n_ab, rng), rng)
+    x = np.concatenate([train[: 3 * n_ab], ab])
+    y = np.r_[np.zeros(3 * n_ab, int), np.ones(n_ab, int)]
+    det = _quiet(registry.create(name, batch_size=16, **params)).fit(x, y=y)
+    assert det.class_weights_[1] > det.class_weights_[0]
+    xt = np.concatenate([test_n, test_a])
+    yt = np.r_[np.zeros(len(test_n)), np.ones(len(test_a))]
+    s = det.score(xt).score
+    assert ((s >= 0) & (s <= 1)).all()
+    assert auroc(yt, s) > 0.9
+    assert np.allclose(det.score(0.5 * xt).score, s, atol=1e-4)
+
+
+def test_lstm_multiclass_and_bidirectional(data):
+    train, test_n, test_a, rng = data
+    x = np.concatenate([train[:32], _with_spikes(train[32:64], rng), np.flip(train[64:96], -1)])
+    y = np.repeat([0, 1, 2], 32)
+    det = _quiet(registry.create("lstm", frame_len=32, hidden_size=8, bidirectional=True, num_layers=2,
+                                 epochs=1, batch_size=32)).fit(x, y=y)
+    assert det.n_classes_ == 3
+    s = det.score(test_a).score  # 1 - p(normal)
+    assert s.shape == (len(test_a),) and ((s >= 0) & (s <= 1)).all()
+
+
+def test_nmn_memory_is_saved_and_scoring_is_deterministic(data, tmp_path):
+    train, test_n, test_a, _ = data
+    y = np.r_[np.zeros(48, int), np.ones(48, int)]
+    det = _quiet(registry.create("nmn", frame_len=64, hidden_size=8, memory_size=4, slots=3, epochs=2,
+                                 batch_size=32)).fit(train, y=y)
+    core = det.net_[1]
+    assert not torch.equal(core.memory, core.memory_init), "training must write the memory"
+    x = np.concatenate([test_n, test_a])
+    s = det.score(x).score
+    assert np.array_equal(det.score(x[::-1]).score[::-1], s)
+    det2 = registry.get("nmn").load(det.save(tmp_path / "nmn"))
+    assert torch.equal(det2.net_[1].memory, core.memory)
+    assert np.array_equal(det2.score(x).score, s)
+
+
+def test_bad_input(data):
+    train = data[0]
+    det = registry.create("cnn1d", channels=(4,), epochs=1)
+    with pytest.raises(InputError):
+        det.fit(train)  # supervised without labels
+    with pytest.raises(InputError):
+        det.fit(train, y=np.linspace(0, 1, len(train)))  # not classes
+    with pytest.raises(InputError):
+        det.fit(train, y=np.zeros(len(train), int))  # one class only
+    det = _quiet(registry.create("seq_ae", frame_len=32, hidden_size=4, latent_size=2, epochs=1)).fit(train[:16])
+    with pytest.raises(InputError):
+        det.score(train[:4, 0])  # (N, T) instead of (N, C, T)
+    with pytest.raises(InputError):
+        det.score(np.concatenate([train[:4], train[:4]], axis=1))  # 2 channels, fitted on 1
+    bad = train[:4].copy()
+    bad[0, 0, 3] = np.nan
+    with pytest.raises(InputError):
+        det.score(bad)

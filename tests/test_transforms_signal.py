@@ -1,0 +1,121 @@
+"""Signal transforms on synthetic signals with known content."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medad.errors import InputError
+from medad.io.records import SignalRecord
+from medad.transforms.signal import (
+    Bandpass, Compose, Notch, Resample, RobustZScore, bandpass, mel_filterbank, mel_spectrogram, mfcc, notch,
+    resample, robust_zscore, stft, windows, zscore,
+)
+
+FS = 256.0
+
+
+def _tone(freq, seconds=4.0, fs=FS, amp=1.0):
+    t = np.arange(int(seconds * fs)) / fs
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _amp(x):
+    e = x.shape[-1] // 4  # ignore filter edges
+    return float(np.sqrt(2) * x[..., e:-e].std())
+
+
+def test_bandpass_keeps_passband_removes_stopband():
+    x = np.stack([_tone(10), _tone(60), _tone(0.2)])
+    y = bandpass(x, FS, 1.0, 30.0)
+    assert y.dtype == np.float32 and y.shape == x.shape
+    assert _amp(y[0]) == pytest.approx(1.0, abs=0.05)
+    assert _amp(y[1]) < 0.02 and _amp(y[2]) < 0.05
+    # zero phase: the passband tone is not shifted
+    assert np.corrcoef(y[0, 256:-256], x[0, 256:-256])[0, 1] > 0.999
+    assert _amp(bandpass(_tone(60), FS, None, 30.0)) < 0.02   # low-pass
+    assert _amp(bandpass(_tone(0.2), FS, 1.0, None)) < 0.05   # high-pass
+    assert _amp(bandpass(_tone(10), FS, 1.0, 500.0)) == pytest.approx(1.0, abs=0.05)  # high above Nyquist ignored
+    with pytest.raises(InputError):
+        bandpass(_tone(10), FS, 0.0, 30.0)
+
+
+def test_notch_removes_mains_and_harmonic_only():
+    x = _tone(50) + _tone(100) + _tone(20)
+    y = notch(x, FS, 50.0)
+    assert _amp(y - _tone(20)) < 0.05
+
+
+def test_resample_polyphase():
+    x = _tone(5, fs=1000.0)
+    y = resample(x, 1000.0, 250.0)
+    assert y.shape == (1000,)
+    np.testing.assert_allclose(y[50:-50], _tone(5, fs=250.0)[50:-50], atol=0.02)
+    z = resample(_tone(5, fs=173.61), 173.61, 128.0)  # non-integer ratio
+    assert abs(z.shape[-1] - 4 * 128) <= 1
+    # anti-aliasing: a tone above the new Nyquist is removed, not folded
+    assert _amp(resample(_tone(100, fs=1000.0), 1000.0, 128.0)) < 0.05
+
+
+def test_windows_with_overlap_and_start_times():
+    x = np.arange(2 * 1000, dtype=np.float32).reshape(2, 1000)
+    w, t = windows(x, 100.0, 2.0, 1.0)
+    assert w.shape == (9, 2, 200)
+    np.testing.assert_allclose(t, np.arange(9) * 1.0)
+    np.testing.assert_array_equal(w[3, 1], x[1, 300:500])
+    w2, t2 = windows(x[:, :950], 100.0, 2.0, 0.0, pad_last=True)
+    assert w2.shape == (5, 2, 200) and t2[-1] == 8.0 and (w2[-1, :, 150:] == 0).all()
+    assert windows(x[:, :50], 100.0, 2.0)[0].shape == (0, 2, 200)
+    with pytest.raises(InputError):
+        windows(x, 100.0, 2.0, 2.0)
+
+
+def test_robust_zscore_is_amplitude_invariant_and_spike_robust():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, (3, 5000)).astype(np.float32)
+    z = robust_zscore(x)
+    np.testing.assert_allclose(robust_zscore(x * 1e-6 + 5e-6), z, atol=1e-3)
+    assert np.abs(np.median(z, axis=-1)).max() < 0.05
+    assert np.abs(z.std(axis=-1) - 1).max() < 0.05
+    spiked = x.copy()
+    spiked[:, :10] = 1e4
+    # a few huge spikes barely move the robust scale, but wreck the plain z-score
+    assert np.abs(robust_zscore(spiked)[:, 100:] - z[:, 100:]).max() < 0.1
+    assert np.abs(zscore(spiked)[:, 100:] - zscore(x)[:, 100:]).max() > 0.5
+    assert (robust_zscore(np.zeros((2, 100))) == 0).all()
+    wins = rng.normal(0, 1, (4, 2, 300))
+    assert robust_zscore(wins).shape == (4, 2, 300)
+
+
+def test_stft_mel_mfcc_shapes_and_peak():
+    x = np.stack([_tone(32), _tone(80)])
+    s, f = stft(x, FS, n_fft=128, hop=32)
+    assert s.shape[:2] == (2, 65) and f[-1] == FS / 2
+    assert f[s[0].mean(-1).argmax()] == pytest.approx(32, abs=2)
+    assert f[s[1].mean(-1).argmax()] == pytest.approx(80, abs=2)
+    m = mel_spectrogram(x, FS, n_fft=128, hop=32, n_mels=24)
+    assert m.shape == (2, 24, s.shape[-1])
+    assert m[1].mean(-1).argmax() > m[0].mean(-1).argmax()  # higher tone -> higher mel band
+    c = mfcc(x, FS, n_mfcc=13, n_fft=128, hop=32, n_mels=24)
+    assert c.shape == (2, 13, s.shape[-1]) and np.isfinite(c).all()
+    assert not np.allclose(c[0], c[1])
+    seq = c[0].T  # as a 1D sequence (frames, features)
+    assert seq.shape == (s.shape[-1], 13)
+    batch = mfcc(np.stack([x, x]), FS, n_fft=128, hop=32)  # (N, C, T) -> (N, C, 13, frames)
+    assert batch.shape[:3] == (2, 2, 13)
+    fb = mel_filterbank(8000, 256, 40)
+    assert fb.shape == (40, 129) and (fb.sum(1) > 0).all()
+    with pytest.raises(InputError):
+        stft(np.zeros(10), FS, n_fft=128)
+
+
+def test_compose_on_record():
+    rec = SignalRecord(data=np.stack([_tone(10, fs=512.0) * 1e-5 + _tone(50, fs=512.0) * 1e-5]), sfreq=512.0,
+                       ch_names=["c"])
+    out = Compose([Bandpass(1, 40), Notch(50), Resample(128), RobustZScore()])(rec)
+    assert out.sfreq == 128.0 and out.data.shape == (1, 512)
+    assert rec.sfreq == 512.0  # the input record is untouched
+    # a pure sine has IQR = sqrt(2) * amplitude: robust std = (1/sqrt 2) / (sqrt 2 / 1.349) = 0.674
+    assert out.data[0, 64:-64].std() == pytest.approx(0.674, abs=0.03)
+    ref = robust_zscore(_tone(10, seconds=4.0, fs=128.0))
+    assert np.corrcoef(out.data[0, 64:-64], ref[64:-64])[0, 1] > 0.99  # the 50 Hz part is gone
