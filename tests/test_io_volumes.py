@@ -110,7 +110,8 @@ def test_dicom_series_and_no_patient_identity(tmp_path):
     assert rec.meta["n_files"] == 3
     hdr = pydicom.dcmread(str(sorted(folder.glob("*.dcm"))[0]), stop_before_pixels=True)
     text = repr(rec.meta)
-    for kw in ("PatientName", "PatientID", "PatientBirthDate"):
+    assert not any(k.lower().startswith("patient") for k in rec.meta)
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "StudyInstanceUID"):
         val = str(getattr(hdr, kw, "") or "")
         if val:
             assert val not in text, f"{kw} leaked into meta"

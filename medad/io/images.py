@@ -19,6 +19,7 @@ import numpy as np
 
 from medad.errors import InputError, ReadError
 from medad.io.records import ImageRecord
+from medad.io.volumes import _short
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +28,6 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v
 
 # After this many undecodable frames in a row the video is treated as ended (broken tail).
 _MAX_CONSECUTIVE_BAD = 25
-
-
-def _short(e: BaseException) -> str:
-    msg = " ".join(str(e).split())[:300]
-    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
 
 
 def natural_key(name: str) -> list:

@@ -25,14 +25,13 @@ MGH_SUFFIXES = (".mgz", ".mgh")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + MGH_SUFFIXES + DICOM_SUFFIXES
 
-# DICOM header fields safe to keep (no patient identity).
+# DICOM header fields kept in meta: no patient identity (name, id, birth date) and no study
+# UID; the series UID stays because it is how a user picks a series in a folder.
 _DICOM_META_TAGS = {
     "modality": "Modality",
     "series_uid": "SeriesInstanceUID",
     "series_description": "SeriesDescription",
-    "study_uid": "StudyInstanceUID",
     "manufacturer": "Manufacturer",
-    "transfer_syntax": None,  # filled from file_meta
 }
 
 # Relative / absolute tolerance on slice spacing within one series.
@@ -201,8 +200,6 @@ def _sitk_to_ras_arrays(img) -> tuple[np.ndarray, np.ndarray]:
 def _dicom_meta(header) -> dict[str, Any]:
     meta: dict[str, Any] = {"format": "dicom"}
     for key, kw in _DICOM_META_TAGS.items():
-        if kw is None:
-            continue
         val = getattr(header, kw, None)
         if val not in (None, ""):
             meta[key] = str(val)

@@ -28,6 +28,7 @@ from medad.io.records import VolumeRecord
 
 __all__ = [
     "BrainPrepConfig", "SliceGeometry", "PreparedVolume", "preprocess_volume", "register_brain_mask",
+    "crude_head_masks", "brain_mask_for",
     "n4_correct", "normalize_intensity", "robust_zscore", "make_geometry", "to_model_grid",
     "from_model_grid", "volume_to_slices", "slices_to_volume", "postprocess_map",
     "remove_small_components", "resample_to_spacing",
@@ -252,16 +253,50 @@ def _mni_template(resolution: int = 2):
     return _TEMPLATE_CACHE[resolution]
 
 
+def crude_head_masks(data: np.ndarray, affine: np.ndarray, *, erode_mm: float = 10.0,
+                     height_mm: float = 125.0) -> tuple[np.ndarray, np.ndarray]:
+    """Rough masks used to steer registration: the head (largest bright component, holes filled)
+    and an "inner head" (head eroded by ``erode_mm`` -- scalp and skull -- and cut
+    ``height_mm`` below the top of the head, which drops the neck)."""
+    from scipy import ndimage as ndi
+
+    x = np.asarray(data, dtype=np.float32)
+    pos = x[x > 0]
+    if pos.size == 0:
+        raise InputError("the scan is empty (no positive intensities)")
+    head = x > 0.1 * float(np.percentile(pos, 99))
+    lab, n = ndi.label(head)
+    if n > 1:
+        head = lab == (np.argmax(np.bincount(lab.ravel())[1:]) + 1)
+    head = ndi.binary_fill_holes(ndi.binary_closing(head, iterations=2))
+    # fill slice by slice too: the skull base leaves holes open to the neck in 3D
+    head = np.stack([ndi.binary_fill_holes(head[:, :, k]) for k in range(head.shape[2])], axis=2)
+    vox = _voxel_sizes(affine)
+    dist = ndi.distance_transform_edt(head, sampling=vox)
+    inner = dist >= erode_mm
+    zs = np.flatnonzero(head.any(axis=(0, 1)))
+    top = zs.max() if zs.size else head.shape[2] - 1
+    inner[:, :, : max(0, int(top - height_mm / vox[2]))] = False
+    if not inner.any():
+        inner = head
+    return head, inner
+
+
 def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int = 100,
                         seed: int = 0, return_transform: bool = False):
     """Skull-strip by registration: align nilearn's MNI152 template to the scan (rigid, then
     affine; Mattes mutual information, so any contrast works) and carry the template's brain
     mask back onto the scan's grid.
 
+    The template is brain only while the scan still has scalp, skull and neck, so the metric is
+    restricted to a rough "inner head" region of the scan (:func:`crude_head_masks`) and the
+    registration starts from that region's centre; otherwise the template stretches to the
+    whole head.
+
     Args:
         data: the scan on its RAS grid.
         affine: its RAS affine.
-        iterations: optimiser iterations per resolution level (2 levels per stage).
+        iterations: optimiser iterations per resolution level.
         seed: seed of the metric's random sampling (reproducible masks).
 
     Returns:
@@ -270,38 +305,43 @@ def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int
     import SimpleITK as sitk
 
     t_data, t_aff, m_data, m_aff = _mni_template(2)
-    # Register at ~2 mm: enough for a brain outline and a few seconds on a CPU.
+    _, inner = crude_head_masks(data, affine)
     fixed = sitk.Cast(_to_sitk(data, affine), sitk.sitkFloat32)
-    vox = np.asarray(fixed.GetSpacing())
-    if vox.min() < 1.9:
-        factor = [max(1, int(round(2.0 / v))) for v in vox]
-        fixed = sitk.Shrink(sitk.SmoothingRecursiveGaussian(fixed, 1.0), factor)
+    fixed_mask = sitk.Cast(_to_sitk(inner.astype(np.uint8), affine), sitk.sitkUInt8)
     moving = _to_sitk(t_data, t_aff)
-    init = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                             sitk.CenteredTransformInitializerFilter.MOMENTS)
+    # start with the template brain's centre on the inner head's centre
+    c_fix = affine @ np.r_[np.argwhere(inner).mean(0), 1.0]
+    c_mov = m_aff @ np.r_[np.argwhere(m_data > 0.5).mean(0), 1.0]
+    lps = np.array([-1.0, -1.0, 1.0])
+    init = sitk.Euler3DTransform()
+    init.SetCenter(tuple(float(v) for v in c_fix[:3] * lps))
+    init.SetTranslation(tuple(float(v) for v in (c_mov[:3] - c_fix[:3]) * lps))
 
-    def run(initial, transform):
+    def run(transform):
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+        reg.SetMetricFixedMask(fixed_mask)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.15, seed)
+        reg.SetMetricSamplingPercentage(0.1, seed)
         reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
+        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
                                                      numberOfIterations=int(iterations),
                                                      gradientMagnitudeTolerance=1e-6)
         reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([2, 1])
-        reg.SetSmoothingSigmasPerLevel([2.0, 0.0])
+        reg.SetShrinkFactorsPerLevel([4, 2])
+        reg.SetSmoothingSigmasPerLevel([4.0, 2.0])
         reg.SetSmoothingSigmasAreSpecifiedInPhysicalUnits(True)
-        reg.SetMovingInitialTransform(initial)
         reg.SetInitialTransform(transform, inPlace=True)
         reg.Execute(fixed, moving)
-        return sitk.CompositeTransform([initial, transform])
+        return transform
 
     try:
-        rigid = run(sitk.Transform(init), sitk.Euler3DTransform())
+        rigid = run(init)
         aff = sitk.AffineTransform(3)
-        full = run(rigid, aff)
+        aff.SetCenter(rigid.GetCenter())
+        aff.SetMatrix(rigid.GetMatrix())
+        aff.SetTranslation(rigid.GetTranslation())
+        full = run(aff)
     except RuntimeError as e:  # ITK reports failures as RuntimeError with a long dump
         raise InputError(f"registration to the MNI152 template failed: {' '.join(str(e).split())[:200]}") from None
     ref = _to_sitk(np.zeros(data.shape, np.float32), affine)

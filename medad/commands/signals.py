@@ -1,0 +1,76 @@
+"""Signal commands: ``medad screen train|run`` and ``medad bench screening-speed``.
+
+Benchmarks on real signal data (Bonn, Yaseen, MIT-BIH) live in :mod:`medad.bench.signals`; when
+that module exists its ``register_bench(bench_app)`` adds them here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    screen_app = typer.Typer(help="Screen folders of recordings (EDF/BDF/FIF, WFDB, WAV, text) for abnormal spans.",
+                             no_args_is_help=True)
+    app.add_typer(screen_app, name="screen")
+
+    @screen_app.command("train")
+    def screen_train(
+        normals: Path = typer.Argument(..., help="folder (or file) of normal recordings"),
+        out: Path = typer.Option(..., "--out", help="model folder to write"),
+        detector: Optional[str] = typer.Option(None, help="window detector (registry name); default 'features'"),
+        config: Optional[Path] = typer.Option(None, help="screening YAML (see configs/screening-*.yaml)"),
+        sfreq: Optional[float] = typer.Option(None, help="working sampling rate (default: the first recording's)"),
+        text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of plain-text recordings"),
+        window_fpr: Optional[float] = typer.Option(None, help="share of held-out normal windows flagged"),
+    ) -> None:
+        """Learn normal recordings; calibrate the window threshold on held-out normal recordings."""
+        from pipelines.screening import ScreeningConfig, train_screening
+
+        cfg = ScreeningConfig.from_yaml(config) if config else ScreeningConfig()
+        for k, v in {"detector": detector, "sfreq": sfreq, "text_sfreq": text_sfreq, "window_fpr": window_fpr}.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        path = train_screening(normals, out, cfg)
+        typer.echo(f"screening model written to {path}")
+
+    @screen_app.command("run")
+    def screen_run(
+        model: Path = typer.Argument(..., help="model folder from `medad screen train`"),
+        folder: Path = typer.Argument(..., help="folder (or file) of recordings to screen"),
+        out: Path = typer.Option(..., "--out", help="output folder"),
+        annotated_copy: str = typer.Option("none", help="also write the EEG with its annotations: fif, edf or none"),
+        plots: bool = typer.Option(True, help="PNG per flagged recording"),
+    ) -> None:
+        """Screen every recording: results.csv/json, events.tsv, MNE/WFDB annotations, PNGs."""
+        from pipelines.screening import screen_folder
+
+        screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=plots)
+
+    @bench_app.command("screening-speed")
+    def bench_screening_speed(
+        out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
+        hours: float = typer.Option(24.0, help="length of the generated recording"),
+        channels: int = typer.Option(23, help="channels"),
+        sfreq: float = typer.Option(256.0, help="sampling rate"),
+        cache_dir: Optional[Path] = typer.Option(None, help="where the generated EDF is kept (default: temp dir)"),
+        copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
+    ) -> None:
+        """Screen a generated 24-hour, 23-channel, 256 Hz EDF: seconds and peak memory."""
+        from medad.bench.screening_speed import run_screening_speed
+
+        run_screening_speed(out, hours=hours, n_channels=channels, sfreq=sfreq, cache_dir=cache_dir, copy_to=copy_to)
+
+    # ---- C2: Bonn / Yaseen / MIT-BIH benchmarks register themselves here ----
+    try:
+        mod = importlib.import_module("medad.bench.signals")
+    except ModuleNotFoundError as e:
+        if e.name != "medad.bench.signals":
+            raise
+    else:
+        if hasattr(mod, "register_bench"):
+            mod.register_bench(bench_app)

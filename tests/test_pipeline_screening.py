@@ -1,0 +1,225 @@
+"""Screening pipeline: synthetic recordings with inserted spikes, a corrupt file in the folder,
+annotations that round-trip through MNE and wfdb, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.screening import (
+    Preprocessor, ScreeningConfig, ScreeningModel, flagged_intervals, list_recordings, screen_folder,
+    train_screening, write_wfdb_annotations,
+)
+
+FS = 128
+SPIKES = (20.0, 26.0)  # seconds holding inserted spikes in the abnormal recording
+
+
+def _eeg(seconds: float, n_ch: int, seed: int, spikes: tuple[float, float] | None = None) -> np.ndarray:
+    """Brown-ish noise + alpha rhythm in volts; ``spikes`` adds sharp transients in that span."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * FS)
+    t = np.arange(n) / FS
+    x = np.cumsum(rng.normal(0, 1, (n_ch, n)), axis=1)
+    x -= np.convolve(x[0], np.ones(FS) / FS, mode="same")[None]  # remove slow drift
+    x = x / x.std(axis=1, keepdims=True) + 1.5 * np.sin(2 * np.pi * 10 * t + rng.uniform(0, 6, (n_ch, 1)))
+    if spikes:
+        for s in np.arange(spikes[0] + 0.3, spikes[1] - 0.3, 0.4):
+            i = int(s * FS)
+            x[:, i:i + 4] += np.array([6.0, -9.0, 5.0, -2.0])
+    return (x * 20e-6).astype(np.float64)
+
+
+def _write_edf(path: Path, data: np.ndarray, names=None) -> None:
+    import mne
+
+    names = names or [f"EEG{i}" for i in range(len(data))]
+    raw = mne.io.RawArray(data, mne.create_info(names, FS, "eeg"), verbose="error")
+    mne.export.export_raw(str(path), raw, fmt="edf", overwrite=True, verbose="error")
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("screen")
+    normals = root / "normals"
+    normals.mkdir()
+    for i in range(4):
+        _write_edf(normals / f"sub-{i:02d}_eeg.edf", _eeg(60, 3, seed=i))
+    test = root / "test"
+    test.mkdir()
+    _write_edf(test / "sub-10_eeg.edf", _eeg(60, 3, seed=10))
+    _write_edf(test / "sub-11_eeg.edf", _eeg(60, 3, seed=11, spikes=SPIKES) * 3.0)  # another gain, too
+    (test / "sub-12_eeg.edf").write_bytes(b"0       " + b"x" * 500)  # corrupt
+    _write_edf(test / "sub-13_eeg.edf", _eeg(60, 2, seed=13), names=["A", "B"])  # lacks the model's channels
+    cfg = ScreeningConfig(bandpass=[0.5, 40.0], notch=50.0, window_seconds=2.0, step_seconds=1.0,
+                          chunk_seconds=20.0, window_fpr=0.01, min_windows=2, val_fraction=0.25,
+                          detector_params={"amplitude": True})
+    model = train_screening(normals, root / "model", cfg, progress=False)
+    return root, model, test
+
+
+def test_model_folder_and_calibration(folders):
+    root, model, _ = folders
+    info = json.loads((model / "screening.json").read_text())
+    assert info["sfreq"] == FS and info["channels"] == ["EEG0", "EEG1", "EEG2"]
+    assert len(info["val_recordings"]) == 1 and len(info["train_recordings"]) == 3
+    assert not set(info["val_recordings"]) & set(info["train_recordings"])
+    assert "held-out" in info["calibration"]["source"]
+    m = ScreeningModel.load(model)
+    assert m.threshold == pytest.approx(info["threshold"]) and m.detector.name == "features"
+
+
+def test_screen_folder_flags_spikes_and_reports_bad_files(folders):
+    root, model, test = folders
+    out = root / "out"
+    summary = screen_folder(model, test, out, annotated_copy="fif", progress=False)
+    rows = {r["record_id"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert set(rows) == {"sub-10_eeg", "sub-11_eeg", "sub-12_eeg", "sub-13_eeg"}
+    assert rows["sub-12_eeg"]["status"] == "error" and "EDF" in rows["sub-12_eeg"]["error"]
+    assert rows["sub-13_eeg"]["status"] == "error" and "EEG0" in rows["sub-13_eeg"]["error"]
+    assert summary["n_errors"] == 2
+    ab = rows["sub-11_eeg"]
+    assert ab["status"] == "ok" and ab["decision"] == "abnormal"
+    rec = next(r for r in summary["recordings"] if r["record_id"] == "sub-11_eeg")
+    # the flagged time lies inside the spike span (window edges: +- one window)
+    flagged = [(iv["start_s"], iv["end_s"]) for iv in rec["intervals"]]
+    covered = sum(max(0.0, min(b, SPIKES[1] + 2) - max(a, SPIKES[0] - 2)) for a, b in flagged)
+    total = sum(b - a for a, b in flagged)
+    assert covered >= 0.8 * total and covered >= 4.0
+    assert all(0.9 <= iv["probability"] <= 1.0 for iv in rec["intervals"])
+    normal_score = float(rows["sub-10_eeg"]["max_score"])
+    assert float(ab["max_score"]) > 2 * normal_score
+    assert int(rows["sub-11_eeg"]["n_windows"]) == 59  # 60 s, 2 s windows every 1 s
+    assert (out / "sub-11_eeg_screening.png").stat().st_size > 5000
+    # BIDS events.tsv
+    lines = (out / "sub-11_eeg_events.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["onset", "duration", "trial_type", "score", "probability"]
+    assert float(lines[1].split("\t")[0]) == pytest.approx(flagged[0][0], abs=1e-3)
+    # per-window scores on the time grid
+    ws = np.loadtxt(out / "sub-11_eeg_window_scores.csv", delimiter=",", skiprows=1)
+    np.testing.assert_allclose(ws[:, 0], np.arange(59.0))
+
+
+def test_mne_annotations_roundtrip(folders):
+    import mne
+
+    root, model, test = folders
+    out = root / "out"
+    if not (out / "results.json").exists():
+        screen_folder(model, test, out, annotated_copy="fif", progress=False)
+    rec = next(r for r in json.loads((out / "results.json").read_text())["recordings"] if r["record_id"] == "sub-11_eeg")
+    ann = mne.read_annotations(out / "sub-11_eeg-annot.fif")
+    np.testing.assert_allclose(ann.onset, [iv["start_s"] for iv in rec["intervals"]], atol=1e-3)
+    np.testing.assert_allclose(ann.duration, [iv["end_s"] - iv["start_s"] for iv in rec["intervals"]], atol=1e-3)
+    raw = mne.io.read_raw_fif(out / "sub-11_eeg_screened_raw.fif", verbose="error")
+    assert list(raw.annotations.description) == ["medad_abnormal"] * len(rec["intervals"])
+    np.testing.assert_allclose(raw.annotations.onset, ann.onset, atol=1e-2)
+
+
+def test_edf_plus_export_roundtrip(folders, tmp_path):
+    import mne
+
+    from pipelines.screening import write_mne_outputs
+
+    root, _, test = folders
+    ivs = [{"start_s": 3.0, "end_s": 7.5, "max_score": 9.0, "probability": 0.99}]
+    written = write_mne_outputs(test / "sub-10_eeg.edf", ivs, tmp_path, "x", annotated_copy="edf")
+    raw = mne.io.read_raw_edf(written[-1], verbose="error")
+    assert len(raw.annotations) == 1 and raw.annotations.description[0] == "medad_abnormal"
+    assert raw.annotations.onset[0] == pytest.approx(3.0, abs=0.01)
+    assert raw.annotations.duration[0] == pytest.approx(4.5, abs=0.01)
+
+
+@pytest.mark.filterwarnings("ignore")  # wfdb's pandas deprecation warnings
+def test_wfdb_annotations_roundtrip(tmp_path):
+    from medad.io.signals import _wfdb
+
+    wfdb = _wfdb()
+    ivs = [{"start_s": 1.0, "end_s": 2.5, "max_score": 4.2, "probability": 0.999},
+           {"start_s": 10.0, "end_s": 12.0, "max_score": 7.0, "probability": 1.0}]
+    f = write_wfdb_annotations("rec", ivs, 360.0, tmp_path)
+    a = wfdb.rdann(str(tmp_path / "rec"), "medad")
+    assert a.sample.tolist() == [360, 900, 3600, 4320]
+    assert a.symbol == ["+"] * 4
+    assert a.aux_note[0].startswith("(MEDAD_ABN") and a.aux_note[1] == "(N"
+    assert f.name == "rec.medad" and not any(p.name.startswith(".wfdb_tmp") for p in tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_wfdb_and_wav_folders_are_screened(tmp_path):
+    from scipy.io import wavfile
+
+    from medad.io.signals import _wfdb
+
+    wfdb = _wfdb()
+    normals = tmp_path / "n"
+    normals.mkdir()
+    for i in range(3):
+        wfdb.wrsamp(f"r{i}", fs=FS, units=["mV"], sig_name=["ECG"], p_signal=_eeg(40, 1, seed=i).T * 1e4,
+                    fmt=["16"], write_dir=str(normals))
+    test = tmp_path / "t"
+    test.mkdir()
+    wfdb.wrsamp("ab", fs=FS, units=["mV"], sig_name=["ECG"], p_signal=_eeg(40, 1, 5, spikes=(10, 16)).T * 1e4,
+                fmt=["16"], write_dir=str(test))
+    wav = (_eeg(40, 1, 7)[0] / 2e-4 * 8000).astype(np.int16)
+    wavfile.write(test / "w.wav", FS, wav)  # single-channel model: any single-channel file works
+    assert [p.name for p in list_recordings(test)] == ["ab.hea", "w.wav"]
+    cfg = ScreeningConfig(notch=None, chunk_seconds=10.0, window_fpr=0.02, min_windows=2)
+    model = train_screening(normals, tmp_path / "m", cfg, progress=False)
+    s = screen_folder(model, test, tmp_path / "o", progress=False)
+    rows = {r["record_id"]: r for r in s["recordings"]}
+    assert rows["ab"]["decision"] == "abnormal" and rows["w"]["status"] == "ok"
+    a = wfdb.rdann(str(tmp_path / "o" / "ab"), "medad")
+    assert a.aux_note[0].startswith("(MEDAD_ABN")
+    assert 9 * FS <= a.sample[0] <= 16 * FS
+
+
+def test_streaming_windows_match_whole_recording(tmp_path):
+    """Chunked preprocessing gives the same windows as processing the recording in one piece
+    (away from the recording's own ends), on a fixed time grid."""
+    from medad.transforms.signal import bandpass, windows
+
+    f = tmp_path / "long.edf"
+    data = _eeg(120, 2, seed=3)
+    _write_edf(f, data)
+    cfg = ScreeningConfig(bandpass=[1.0, 30.0], notch=None, normalize="none", chunk_seconds=16.0)
+    pre = Preprocessor(cfg, FS, None)
+    parts = list(pre.windows(f))
+    assert len(parts) > 4  # really chunked
+    t = np.concatenate([p[0] for p in parts])
+    w = np.concatenate([p[1] for p in parts])
+    np.testing.assert_allclose(t, np.arange(119.0))
+    from medad.io.signals import read_signal
+
+    whole = read_signal(f).data
+    ref, tref = windows(bandpass(whole, FS, 1.0, 30.0), FS, 2.0, 1.0)
+    np.testing.assert_allclose(tref, t)
+    inner = slice(10, 110)
+    err = np.abs(w[inner] - ref[inner]).max() / np.abs(ref).max()
+    assert err < 1e-3
+
+
+def test_flagged_intervals_rules():
+    starts = np.arange(10.0)
+    s = np.array([0, 5, 0, 5, 5, 5, 0, 5, 5, 0], float)
+    assert flagged_intervals(starts, s, 1.0, 2.0, min_windows=2) == [(3.0, 7.0, 5.0, 3), (7.0, 10.0, 5.0, 2)]
+    assert len(flagged_intervals(starts, s, 1.0, 2.0, min_windows=1)) == 3
+    assert flagged_intervals(starts, s, 9.0, 2.0) == []
+
+
+def test_cli_screen(folders, tmp_path):
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    root, model, test = folders
+    r = CliRunner().invoke(app, ["screen", "run", str(model), str(test), "--out", str(tmp_path / "o"), "--no-plots"])
+    assert r.exit_code == 0, r.output
+    assert "could not be read" in r.output
+    assert (tmp_path / "o" / "results.csv").is_file()
+    r = CliRunner().invoke(app, ["screen", "run", str(tmp_path), str(test), "--out", str(tmp_path / "o2")])
+    assert r.exit_code != 0  # not a model folder
