@@ -30,7 +30,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -65,6 +65,9 @@ class ScreeningConfig:
         max_train_windows: windows kept for fitting (evenly subsampled beyond that).
         max_window_bytes: memory cap for the collected training windows.
         text_sfreq: sampling rate of plain-text recordings (they carry none).
+        filter_method: ``"fft"`` (squared-magnitude response applied in the frequency domain,
+            fast on long chunks) or ``"sos"`` (``sosfiltfilt``); both zero-phase, same filter.
+        workers: threads that read, filter and score chunks in parallel.
         seed: seeds the detector and the recording split.
     """
 
@@ -84,6 +87,8 @@ class ScreeningConfig:
     max_train_windows: int = 20000
     max_window_bytes: int = 512 * 2**20
     text_sfreq: float | None = None
+    filter_method: str = "fft"
+    workers: int = 2
     seed: int = 0
 
     @classmethod
@@ -108,6 +113,8 @@ class ScreeningConfig:
             raise ConfigError(f"normalize must be 'recording', 'window' or 'none', got {self.normalize!r}")
         if not 0 <= self.window_fpr < 1:
             raise ConfigError(f"window_fpr must be in [0, 1), got {self.window_fpr}")
+        if self.filter_method not in ("fft", "sos"):
+            raise ConfigError(f"filter_method must be 'fft' or 'sos', got {self.filter_method!r}")
         if self.chunk_seconds < 4 * self.window_seconds:
             raise ConfigError("chunk_seconds must be at least 4 x window_seconds")
 
@@ -143,6 +150,7 @@ class Preprocessor:
         self.channels = channels
         low = cfg.bandpass[0] if cfg.bandpass else None
         self.pad = 4.0 if low is None else float(min(30.0, max(4.0, 3.0 / low)))
+        self._sos: dict[float, Any] = {}
 
     def header(self, path: Path):
         from medad.io.signals import read_header
@@ -160,13 +168,13 @@ class Preprocessor:
         return [hdr.ch_names.index(c) for c in self.channels]
 
     def filter(self, x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
-        from medad.transforms.signal import bandpass, notch, resample
+        from medad.transforms.signal import filter_sos, resample, zero_phase
 
         cfg = self.cfg
-        if cfg.bandpass:
-            x = bandpass(x, fs, cfg.bandpass[0], cfg.bandpass[1])
-        if cfg.notch and cfg.notch < fs / 2:
-            x = notch(x, fs, cfg.notch)
+        low, high = (cfg.bandpass or [None, None])[:2]
+        if fs not in self._sos:
+            self._sos[fs] = filter_sos(fs, low, high, notch_freq=cfg.notch)
+        x = zero_phase(x, self._sos[fs], fs, method=cfg.filter_method)
         if abs(fs - self.sfreq) > 1e-6:
             x = resample(x, fs, self.sfreq)
         return x, self.sfreq
@@ -195,10 +203,18 @@ class Preprocessor:
         sc = np.where(sc > 1e-12, sc, np.where(sd > 1e-12, sd, 1.0))
         return med.astype(np.float32), sc.astype(np.float32)
 
-    def windows(self, path: Path, hdr=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(start times (n,), windows (n, C, W))`` batches for one recording, in order."""
+    def windows(self, path: Path, hdr=None, fn: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+                workers: int | None = None) -> Iterator[Any]:
+        """Yield ``(start times (n,), windows (n, C, W))`` batches for one recording, in time order,
+        or ``fn(starts, windows)`` of each batch (run in the worker threads: scoring overlaps reading).
+
+        Each chunk owns the grid windows that start in ``[c0 + pad, c0 + step + pad)`` (the first
+        from 0), so chunks are independent and are processed by ``workers`` threads (NumPy, SciPy
+        FFTs and MNE's reading release the GIL).
+        """
+        from concurrent.futures import ThreadPoolExecutor
+
         from medad.io.signals import iter_signal_chunks
-        from medad.transforms.signal import robust_zscore
 
         cfg = self.cfg
         hdr = hdr or self.header(path)
@@ -208,39 +224,63 @@ class Preprocessor:
         med, sc = self.scale(path, hdr, picks)
         fs_in = float(hdr.sfreq)
         dur = hdr.n_times / fs_in
-        W, S, pad = cfg.window_seconds, cfg.step_seconds, self.pad
+        W, pad = cfg.window_seconds, self.pad
         if dur < W:
             raise ReadError(f"recording of {dur:.2f} s is shorter than one window ({W} s)", path)
-        n_w = int(round(W * self.sfreq))
         core = max(cfg.chunk_seconds, 4 * W)
-        # chunk = context + core; consecutive chunks overlap so every grid window fits one chunk
-        chunk = core + 2 * pad + W
-        overlap = 2 * pad + W
-        next_j = 0
-        n_total = int(math.floor((dur - W) / S + 1e-9)) + 1
-        for c0, x in iter_signal_chunks(path, chunk, overlap, picks=picks, header=hdr, sfreq=cfg.text_sfreq):
-            c1 = c0 + x.shape[1] / fs_in
-            y, fs = self.filter(x, fs_in)
-            lo = c0 + pad if c0 > 0 else 0.0
-            hi = c1 - pad if c1 < dur - 1e-9 else c1
-            j_last = min(n_total - 1, int(math.floor((hi - W) / S + 1e-9)))
-            if j_last < next_j:
-                continue
-            js = np.arange(next_j, j_last + 1)
-            js = js[js * S >= lo - 1e-9] if next_j == 0 and c0 > 0 else js
-            starts = js * S
-            idx = np.round((starts - c0) * fs).astype(int)
-            idx = np.minimum(idx, max(y.shape[1] - n_w, 0))
-            if y.shape[1] < n_w:
-                y = np.pad(y, ((0, 0), (0, n_w - y.shape[1])))
-            view = np.lib.stride_tricks.sliding_window_view(y, n_w, axis=1)  # (C, n, W)
-            w = np.ascontiguousarray(view[:, idx].transpose(1, 0, 2))
-            if cfg.normalize == "recording":
-                w = (w - med[None]) / sc[None]
-            elif cfg.normalize == "window":
-                w = robust_zscore(w)
-            next_j = j_last + 1
-            yield starts.astype(np.float64), w.astype(np.float32)
+        n_chunk = int(round((core + 2 * pad + W) * fs_in))
+        step_s = (n_chunk - int(round((2 * pad + W) * fs_in))) / fs_in  # as iter_signal_chunks rounds it
+        chunks = iter_signal_chunks(path, n_chunk / fs_in, (2 * pad + W), picks=picks, header=hdr,
+                                    sfreq=cfg.text_sfreq)
+
+        def work(item):
+            c0, x = item
+            out = self._cut(c0, x, fs_in, dur, step_s, med, sc)
+            return out if fn is None else fn(*out)
+
+        n_workers = max(1, int(workers if workers is not None else cfg.workers))
+        if n_workers == 1:
+            for item in chunks:
+                yield work(item)
+            return
+        with ThreadPoolExecutor(n_workers) as ex:
+            pending = []
+            for item in chunks:  # bounded read-ahead: at most 2 x workers chunks in memory
+                pending.append(ex.submit(work, item))
+                if len(pending) >= 2 * n_workers:
+                    yield pending.pop(0).result()
+            for fut in pending:
+                yield fut.result()
+
+    def _cut(self, c0: float, x: np.ndarray, fs_in: float, dur: float, step_s: float,
+             med: np.ndarray, sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Filter one chunk and cut the grid windows it owns."""
+        from medad.transforms.signal import robust_zscore
+
+        cfg = self.cfg
+        W, S, pad = cfg.window_seconds, cfg.step_seconds, self.pad
+        y, fs = self.filter(x, fs_in)
+        n_w = int(round(W * fs))
+        c1 = c0 + x.shape[1] / fs_in
+        a = 0.0 if c0 <= 0 else c0 + pad
+        b = c0 + step_s + pad if c1 < dur - 1e-9 else dur
+        j0 = int(math.ceil(a / S - 1e-9))
+        j1 = int(math.floor(min((b - 1e-9) / S, (dur - W) / S + 1e-9)))  # start < b and start + W <= dur
+        if c1 >= dur - 1e-9:
+            j1 = int(math.floor((dur - W) / S + 1e-9))
+        starts = np.arange(j0, j1 + 1) * S
+        if len(starts) == 0:
+            return starts.astype(np.float64), np.zeros((0, y.shape[0], n_w), np.float32)
+        if y.shape[1] < n_w:
+            y = np.pad(y, ((0, 0), (0, n_w - y.shape[1])))
+        idx = np.minimum(np.round((starts - c0) * fs).astype(int), y.shape[1] - n_w)
+        view = np.lib.stride_tricks.sliding_window_view(y, n_w, axis=1)  # (C, n, W)
+        w = np.ascontiguousarray(view[:, idx].transpose(1, 0, 2))
+        if cfg.normalize == "recording":
+            w = (w - med[None]) / sc[None]
+        elif cfg.normalize == "window":
+            w = robust_zscore(w)
+        return starts.astype(np.float64), w.astype(np.float32, copy=False)
 
 
 # ---------------------------------------------------------------------------- training
@@ -408,14 +448,19 @@ def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096) ->
     """Scores of every window of one recording, its flagged intervals and decision."""
     pre = Preprocessor(model.cfg, model.sfreq, model.channels)
     hdr = pre.header(path)
-    starts, scores, env = [], [], []
-    for st, w in pre.windows(path, hdr):
-        for i in range(0, len(w), batch):
-            scores.append(model.detector.score(w[i:i + batch]).score.astype(np.float64))
-        starts.append(st)
+
+    def score(st: np.ndarray, w: np.ndarray):
+        sc = [model.detector.score(w[i:i + batch]).score.astype(np.float64) for i in range(0, len(w), batch)]
         # a small trace summary for the plot (first channels, min/max per window): the
         # recording itself is never held in memory
-        env.append(np.stack([w[:, :4].min(-1), w[:, :4].max(-1)], axis=-1))
+        env = np.stack([w[:, :4].min(-1), w[:, :4].max(-1)], axis=-1)
+        return st, np.concatenate(sc) if sc else np.zeros(0), env
+
+    starts, scores, env = [], [], []
+    for st, sc, e in pre.windows(path, hdr, fn=score):
+        starts.append(st)
+        scores.append(sc)
+        env.append(e)
     s = np.concatenate(scores)
     t = np.concatenate(starts)
     ivs = flagged_intervals(t, s, model.threshold, model.cfg.window_seconds, model.cfg.min_windows)

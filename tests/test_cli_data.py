@@ -121,3 +121,20 @@ def test_datasets_inspect_errors(tmp_path, capsys):
     assert code == 2 and "no items" in err
     r = runner.invoke(app, ["datasets", "kinds"])
     assert r.exit_code == 0 and "brats" in r.output and "bonn" in r.output
+
+
+def test_iter_read_reports_bad_files_and_carries_on(tmp_path):
+    import nibabel as nib
+    from PIL import Image
+
+    from medad.io.dispatch import iter_read, kind_of
+
+    nib.save(nib.Nifti1Image(np.ones((3, 4, 5), np.float32), np.eye(4)), str(tmp_path / "a.nii.gz"))
+    Image.fromarray(np.zeros((6, 7), np.uint8)).save(tmp_path / "b.png")
+    (tmp_path / "c.nii.gz").write_bytes(b"corrupt")
+    (tmp_path / "d.unknown").write_bytes(b"?")
+    errors = []
+    got = list(iter_read(sorted(tmp_path.iterdir()), on_error=lambda p, e: errors.append(p.name)))
+    assert [(p.name, r.shape) for p, r in got] == [("a.nii.gz", (3, 4, 5)), ("b.png", (6, 7))]
+    assert errors == ["c.nii.gz", "d.unknown"]
+    assert kind_of(tmp_path) == "folder" and kind_of(tmp_path / "b.png") == "image"

@@ -226,3 +226,23 @@ def test_yolo_boxes(tmp_path):
     bad.write_text("zero 1 2\n")
     with pytest.raises(ReadError, match="line 1"):
         read_yolo_boxes(bad)
+
+
+@needs_data
+def test_item_dataset_with_transforms(loaded):
+    import torch
+
+    from medad.datasets.images import ItemDataset
+    from medad.transforms.image import image_transforms
+
+    t = image_transforms(2, keys=["image"], mask_keys=["mask"], spatial_size=64, resize_mode="resize")
+    ds = ItemDataset(loaded["kvasir_seg"][:3], t)
+    s = ds[0]
+    assert len(ds) == 3 and s["image"].shape == (3, 64, 64) and s["mask"].shape == (1, 64, 64)
+    assert set(torch.unique(s["mask"]).tolist()) <= {0.0, 1.0} and s["mask"].sum() > 0
+    assert s["label"] == "polyp" and s["subject_id"] == loaded["kvasir_seg"][0].subject_id
+    grey = ItemDataset(loaded["brain_tumor_4class"][:1], grey=True)[0]
+    assert grey["image"].shape == (1, 128, 128) and "mask" not in grey
+    vol = ItemDataset(loaded["nichart_flair"][:1])[0]
+    assert vol["image"].shape == vol["mask"].shape == (1, 110, 110, 87)
+    assert torch.allclose(vol["mask"].affine, vol["image"].affine)

@@ -11,7 +11,7 @@ from torch import nn
 from medad.detectors.base import AnomalyResult, Detector
 from medad.detectors.torch_base import TorchDetector
 from medad.errors import InputError
-from medad.explain import METHODS, deletion_insertion, explain, last_conv_layer, segment_mask, share_inside
+from medad.explain import METHODS, deletion_insertion, explain, default_layer, segment_mask, share_inside
 from medad.explain.models import as_scalar_model
 
 SIZE = 24
@@ -73,8 +73,8 @@ def test_gradcam_batch_and_auto_layer(square_model):
     maps = explain(model, xs, "gradcam", target=1)
     assert maps.shape == (len(xs), SIZE, SIZE)
     np.testing.assert_allclose(maps[0], explain(model, xs[0], "gradcam", target=1), rtol=1e-5, atol=1e-7)
-    layer = last_conv_layer(as_scalar_model(model, torch.from_numpy(xs[:1]), 1), torch.from_numpy(xs[:1]))
-    assert layer is model[2]
+    layer = default_layer(as_scalar_model(model, torch.from_numpy(xs[:1]), 1), torch.from_numpy(xs[:1]))
+    assert layer is model[3]  # the activation after the last convolution: the last feature map
     by_name = explain(model, xs[0], "gradcam", target=1, layer="0")  # overridable by name
     assert by_name.shape == (SIZE, SIZE)
 

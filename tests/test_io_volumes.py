@@ -154,6 +154,24 @@ def test_pydicom_ct_small_and_five_slice_series():
     np.testing.assert_allclose(rec5.spacing[2], 2.5, atol=1e-3)
 
 
+def test_pydicom_fallback_agrees_with_simpleitk_and_reads_what_gdcm_cannot():
+    import SimpleITK as sitk
+
+    from medad.io.volumes import _pydicom_volume, _sitk_to_ras_arrays
+
+    p = _pydicom_file("CT_small.dcm")
+    a1, aff1 = _sitk_to_ras_arrays(sitk.ReadImage(str(p)))
+    a2, aff2 = _pydicom_volume(p)
+    np.testing.assert_array_equal(a1, a2)
+    np.testing.assert_allclose(aff1, aff2, atol=1e-6)
+    # RT dose with a header GDCM rejects: decoded by pydicom instead
+    rec = read_volume(_pydicom_file("rtdose_rle_1frame.dcm"))
+    assert rec.meta["decoder"] == "pydicom" and rec.shape == (10, 10, 1)
+    with pytest.raises(ReadError, match="MR_truncated.dcm") as e:
+        read_volume(_pydicom_file("MR_truncated.dcm"))
+    assert "Traceback" not in str(e.value) and "0x" not in str(e.value)
+
+
 # ------------------------------------------------------------------ bad input
 
 

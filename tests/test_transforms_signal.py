@@ -119,3 +119,19 @@ def test_compose_on_record():
     assert out.data[0, 64:-64].std() == pytest.approx(0.674, abs=0.03)
     ref = robust_zscore(_tone(10, seconds=4.0, fs=128.0))
     assert np.corrcoef(out.data[0, 64:-64], ref[64:-64])[0, 1] > 0.99  # the 50 Hz part is gone
+
+
+def test_fft_zero_phase_matches_sosfiltfilt_and_combined_sos():
+    from medad.transforms.signal import filter_sos, zero_phase
+
+    rng = np.random.default_rng(0)
+    x = np.cumsum(rng.normal(size=(3, 6000)), axis=1).astype(np.float32) + 3 * _tone(50, seconds=6000 / FS)
+    sos = filter_sos(FS, 0.5, 45.0, notch_freq=50.0)
+    assert sos.shape == (4 + 2, 6)  # order-4 band-pass (4 sections) + notches at 50 and 100 Hz
+    a = zero_phase(x, sos, FS, method="sos")
+    b = zero_phase(x, sos, FS, method="fft")
+    e = 1000  # away from the ends, where the two edge treatments differ
+    assert np.abs(a - b)[:, e:-e].max() < 1e-3 * np.abs(a).max()
+    assert filter_sos(FS) is None and (zero_phase(x, None, FS) == x).all()
+    with pytest.raises(InputError):
+        zero_phase(x, sos, FS, method="magic")

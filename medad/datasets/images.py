@@ -299,3 +299,44 @@ def load_wce_bleedgen(root: str | Path, *, seed: int = 0, fractions=DEFAULT_FRAC
         it.extra["box_path"] = box if box.is_file() else None
         it.extra["boxes"] = read_yolo_boxes(box) if box.is_file() else []
     return items
+
+
+class ItemDataset:
+    """A map-style dataset (usable by ``torch.utils.data.DataLoader``) over :class:`Item` s.
+
+    Each sample is a dict ``{"image": (C, *spatial) float32, "mask": (1, *spatial) float32
+    (when the item has one), "label", "subject_id", "path"}`` passed through ``transform``
+    (e.g. :func:`medad.transforms.image.image_transforms` with ``keys=["image"],
+    mask_keys=["mask"]``). Volumes come as MetaTensors with their RAS affine so orientation and
+    spacing transforms work. Files are read when a sample is asked for, not before.
+    """
+
+    def __init__(self, items: Sequence[Item], transform: Callable | None = None, *, grey: bool | None = None):
+        self.items = list(items)
+        self.transform = transform
+        self.grey = grey
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        from medad.io.records import VolumeRecord
+        from medad.transforms.image import record_to_tensor
+
+        it = self.items[i]
+        rec = it.load()
+        if self.grey is not None and not isinstance(rec, VolumeRecord):
+            from medad.io.images import read_image
+
+            rec = read_image(it.path, grey=self.grey)
+        sample: dict = {"image": record_to_tensor(rec), "label": it.label, "subject_id": it.subject_id,
+                        "path": str(it.path)}
+        mask = it.load_mask()
+        if mask is not None:
+            if mask.shape != rec.data.shape[: mask.ndim]:
+                raise ReadError(f"mask shape {mask.shape} does not match image shape {rec.data.shape}",
+                                it.mask_path)
+            m = sample["image"][:1].clone()
+            m[0] = m.new_tensor(mask.astype("float32"))
+            sample["mask"] = m  # same MetaTensor metadata (affine) as the image
+        return self.transform(sample) if self.transform is not None else sample

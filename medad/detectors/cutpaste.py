@@ -85,9 +85,12 @@ def synthesize_anomalies(x, *, p_anomaly: float = 0.8, area: tuple[float, float]
             if j == i:
                 fill = fill.flip(-2)
         elif kind == 2:  # intensity / colour shift (in units of the channel std)
+            # from subtle to far outside the normal range, brighter or darker, mostly grey-ish
             scale = 0.5 + torch.rand(c, 1, 1, generator=gen).to(x.device)
-            shift = (torch.rand(c, 1, 1, generator=gen).to(x.device) - 0.5) * 3.0
-            fill = img * scale + shift
+            sign = 1.0 if float(torch.rand(1, generator=gen)) < 0.5 else -1.0
+            amp = 0.5 + 3.5 * float(torch.rand(1, generator=gen))
+            tint = 1.0 + 0.3 * torch.randn(c, 1, 1, generator=gen).to(x.device)
+            fill = img * scale + sign * amp * tint
         elif kind == 3:  # blurred copy: lost texture
             k = 2 * int(torch.randint(1, 4, (1,), generator=gen)) + 1
             fill = F.avg_pool2d(img[None], k, stride=1, padding=k // 2, count_include_pad=False)[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from medad.explain.faithfulness import deletion_insertion, share_inside
 from medad.explain.masks import segment_mask
 from medad.explain.methods import METHODS, canonical_method, explain
-from medad.explain.models import ScalarModel, as_scalar_model, last_conv_layer, score_module
+from medad.explain.models import ScalarModel, as_scalar_model, default_layer, score_module
 
 __all__ = ["explain", "METHODS", "canonical_method", "deletion_insertion", "share_inside", "segment_mask",
-           "ScalarModel", "as_scalar_model", "score_module", "last_conv_layer"]
+           "ScalarModel", "as_scalar_model", "score_module", "default_layer"]

@@ -145,34 +145,47 @@ def spatial_dims_of(model: Any) -> int | None:
     return None
 
 
-def last_conv_layer(model: ScalarModel, x):
-    """The convolution executed last in a forward pass of ``x`` whose output still has more than
-    one position (found by hooks, so execution order counts, not registration order)."""
+def default_layer(model: ScalarModel, x):
+    """The Grad-CAM layer: the module that produced the last feature map in a forward pass of
+    ``x`` -- an output with channels and more than one spatial position that is not shaped like
+    the input (that would be a reconstruction, not features). Found with hooks, so execution
+    order counts, not registration order. For a plain CNN this is the last convolution (or the
+    activation right after it); for DenseNet-style nets it is the final concatenated features,
+    which a 'last Conv layer' rule would miss (there the last convolution sees a few channels).
+    When every feature map is input-shaped, the last convolution is used."""
     import torch
 
-    nn = _nn()
-    conv = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
     if model.inner is None:
         raise InputError("this detector is a black box (no network): Grad-CAM needs a convolutional network")
     seen: list = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: seen.append((mod, o.shape)))
-             for m in model.inner.modules() if isinstance(m, conv)]
+
+    def hook(mod, inp, out):
+        if isinstance(out, torch.Tensor):
+            seen.append((mod, tuple(out.shape)))
+
+    hooks = [m.register_forward_hook(hook) for m in model.inner.modules()]
     try:
         with torch.no_grad():
             model(x[:1])
     finally:
         for h in hooks:
             h.remove()
-    for mod, shape in reversed(seen):
-        if int(np.prod(shape[2:])) > 1:
+    in_shape = tuple(x[:1].shape)
+    spatial = [(m, sh) for m, sh in reversed(seen) if len(sh) == len(in_shape) and int(np.prod(sh[2:])) > 1]
+    for mod, shape in spatial:
+        if shape != in_shape:
             return mod
-    raise InputError("no convolution layer with a spatial output found: pass layer= explicitly")
+    nn = _nn()
+    for mod, _ in spatial:  # only input-shaped maps: fall back to the last convolution
+        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return mod
+    raise InputError("no layer with a spatial feature map found: pass layer= explicitly")
 
 
 def resolve_layer(model: ScalarModel, layer, x):
     """``layer`` as a module: None -> automatic, a dotted name inside the network, or a module."""
     if layer is None:
-        return last_conv_layer(model, x)
+        return default_layer(model, x)
     if isinstance(layer, str):
         try:
             return model.inner.get_submodule(layer)

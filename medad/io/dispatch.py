@@ -109,3 +109,25 @@ def read_any(path: str | Path, **kwargs) -> Any:
     if kind == "video":
         raise ReadError("a video is read frame by frame: use medad.io.images.iter_video_frames", p)
     raise ReadError("folder holds no DICOM series; read its files one by one", p)
+
+
+def iter_read(paths, *, on_error=None, **kwargs):
+    """Read many files for a batch job: yield ``(path, record)`` for each readable one.
+
+    A file that cannot be read is reported as ``on_error(path, MedadError)`` (default: a logged
+    warning) and skipped; the rest are still read.
+    """
+    import logging
+
+    from medad.errors import MedadError
+
+    for p in paths:
+        try:
+            rec = read_any(p, **kwargs)
+        except MedadError as e:
+            if on_error is None:
+                logging.getLogger(__name__).warning("skipped: %s", e)
+            else:
+                on_error(Path(p), e)
+            continue
+        yield Path(p), rec

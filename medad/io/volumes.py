@@ -71,12 +71,17 @@ def _looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def _subject_from_path(path: Path) -> str:
+def subject_from_path(path: str | Path) -> str:
+    """File name without its volume extension (``Subj1_FL.nii.gz`` -> ``Subj1_FL``)."""
+    path = Path(path)
     name = path.name
     for suf in VOLUME_SUFFIXES:
         if name.lower().endswith(suf):
             return name[: -len(suf)]
     return name
+
+
+_subject_from_path = subject_from_path  # old private name, still imported elsewhere
 
 
 def _short(e: BaseException) -> str:
@@ -114,7 +119,7 @@ def read_volume(path: str | Path, *, series_uid: str | None = None,
         if p.stat().st_size == 0:
             raise ReadError("file is empty", p)
         if suf in NIFTI_SUFFIXES or suf in MGH_SUFFIXES:
-            data, affine, meta = _read_nibabel(p)
+            data, affine, meta = _read_nibabel(p, dtype)
         elif suf in DICOM_SUFFIXES or _looks_like_dicom(p):  # DICOM names often lack .dcm
             data, affine, meta = _read_dicom_file(p)
         else:
@@ -154,17 +159,26 @@ def _finish(p: Path, data: np.ndarray, affine: np.ndarray, meta: dict, dtype: An
     meta["original_orientation"] = "".join(nib.aff2axcodes(affine))
     return VolumeRecord(
         data=np.ascontiguousarray(ras), affine=ras_affine, path=p, original_affine=affine.copy(),
-        original_shape=original_shape, meta=meta, subject_id=_subject_from_path(p),
+        original_shape=original_shape, meta=meta, subject_id=subject_from_path(p),
     )
 
 
-def _read_nibabel(p: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+def _read_nibabel(p: Path, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, dict]:
     import nibabel as nib
 
     try:
         img = nib.load(str(p))
-        data = np.asanyarray(img.dataobj)
+        shape = tuple(img.shape)
+        # reject 4D from the header, before loading a possibly huge series into memory
+        if len(shape) > 3 and any(s != 1 for s in shape[3:]):
+            raise ReadError(f"expected a 3D volume, got {len(shape)}D data of shape {shape}", p)
+        if np.dtype(dtype) in (np.float32, np.float64):
+            data = img.get_fdata(dtype=dtype)  # scaled straight into the target precision
+        else:
+            data = np.asanyarray(img.dataobj)
         affine = img.affine
+    except ReadError:
+        raise
     except Exception as e:  # nibabel raises many types for truncated/corrupt files
         raise ReadError(f"cannot read as {volume_suffix(p)}: {_short(e)}", p) from None
     if affine is None:
@@ -226,13 +240,76 @@ def _read_dicom_file(p: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise ReadError("DICOM file holds no image (no pixel data)", p)
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     try:
-        img = sitk.ReadImage(str(p))
+        arr, affine = _sitk_to_ras_arrays(sitk.ReadImage(str(p)))
+        decoder = "gdcm"
     except Exception as e:
-        raise ReadError(f"cannot decode DICOM image: {_short(e)}", p) from None
-    arr, affine = _sitk_to_ras_arrays(img)
+        # GDCM lacks some codecs/IODs that pydicom (+pylibjpeg) handles, and vice versa
+        try:
+            arr, affine = _pydicom_volume(p)
+            decoder = "pydicom"
+        except Exception as e2:
+            raise ReadError(f"cannot decode DICOM image: {_itk_message(e)}; pydicom: {_short(e2)}",
+                            p) from None
     meta = _dicom_meta(header)
     meta["n_files"] = 1
+    meta["decoder"] = decoder
     return arr, affine, meta
+
+
+def _first(ds, keyword: str, groups: tuple[str, ...]):
+    """A geometry attribute from the dataset or its first (shared, then per-frame) functional group."""
+    if keyword in ds:
+        return ds[keyword].value
+    for seq_kw in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        for item in getattr(ds, seq_kw, None) or []:
+            for g in groups:
+                for sub in getattr(item, g, None) or []:
+                    if keyword in sub:
+                        return sub[keyword].value
+    return None
+
+
+def _pydicom_volume(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decode one DICOM file with pydicom and build its RAS affine from the header."""
+    import pydicom
+    from pydicom.pixels import apply_rescale
+
+    ds = pydicom.dcmread(str(p))
+    arr = np.asarray(apply_rescale(ds.pixel_array, ds))
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) > 1:
+        raise ValueError("colour DICOM images are not volumes")
+    arr = arr.reshape((frames,) + arr.shape[-2:])  # (k, rows=j, cols=i)
+    iop = _first(ds, "ImageOrientationPatient", ("PlaneOrientationSequence",))
+    ipp = _first(ds, "ImagePositionPatient", ("PlanePositionSequence",))
+    ps = _first(ds, "PixelSpacing", ("PixelMeasuresSequence",))
+    iop = np.array([float(v) for v in iop]) if iop is not None else np.array([1.0, 0, 0, 0, 1.0, 0])
+    ipp = np.array([float(v) for v in ipp]) if ipp is not None else np.zeros(3)
+    row_sp, col_sp = (float(ps[0]), float(ps[1])) if ps is not None else (1.0, 1.0)
+    offsets = getattr(ds, "GridFrameOffsetVector", None)
+    if offsets is not None and len(offsets) == frames and frames > 1:
+        dz = float(offsets[1]) - float(offsets[0])
+    else:
+        dz = float(_first(ds, "SpacingBetweenSlices", ("PixelMeasuresSequence",))
+                   or _first(ds, "SliceThickness", ("PixelMeasuresSequence",)) or 1.0)
+    lps = np.eye(4)
+    lps[:3, 0] = iop[:3] * col_sp  # i runs along a row (direction cosines of the row)
+    lps[:3, 1] = iop[3:] * row_sp
+    lps[:3, 2] = np.cross(iop[:3], iop[3:]) * dz
+    lps[:3, 3] = ipp
+    return np.transpose(arr, (2, 1, 0)), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _itk_message(e: BaseException) -> str:
+    """The useful part of an ITK exception (without source paths and object addresses)."""
+    import re
+
+    msg = " ".join(str(e).split())
+    msg = msg.split("ERROR:")[-1]
+    msg = re.sub(r"\S+\.(?:cxx|hxx|h|cpp):\d+:?\s*(?:\(\))?:?", "", msg)
+    msg = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", msg)
+    msg = msg.replace("Exception thrown in SimpleITK", "").strip(" :")
+    return (msg[:300] + "...") if len(msg) > 300 else (msg or type(e).__name__)
 
 
 def list_dicom_series(folder: str | Path) -> dict[str, list[str]]:
@@ -299,7 +376,7 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray
     try:
         img = reader.Execute()
     except Exception as e:
-        raise ReadError(f"cannot decode DICOM series {series_uid}: {_short(e)}", folder) from None
+        raise ReadError(f"cannot decode DICOM series {series_uid}: {_itk_message(e)}", folder) from None
     arr, affine = _sitk_to_ras_arrays(img)
     meta = _dicom_meta(_dicom_header(Path(files[0])))
     meta["n_files"] = len(files)

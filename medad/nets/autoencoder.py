@@ -33,7 +33,16 @@ from torch import nn
 
 from medad.nets.memory import MemoryModule
 
-__all__ = ["ConvAutoEncoder", "VarConvAutoEncoder", "MemConvAutoEncoder", "kl_divergence"]
+__all__ = ["ConvAutoEncoder", "VarConvAutoEncoder", "MemConvAutoEncoder", "kl_divergence", "pad_to_multiple"]
+
+
+def pad_to_multiple(x: torch.Tensor, factor: int, mode: str = "replicate") -> torch.Tensor:
+    """Pad the spatial sides of ``(N, C, *spatial)`` at their end up to multiples of ``factor``
+    (crop the output back with ``out[..., :n]``)."""
+    pad: list[int] = []
+    for n in reversed(x.shape[2:]):  # F.pad lists the last axis first
+        pad += [0, -(-int(n) // factor) * factor - int(n)]
+    return F.pad(x, pad, mode=mode) if any(pad) else x
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -112,7 +121,7 @@ class ConvAutoEncoder(nn.Module):
         else:
             if in_shape is None or len(in_shape) != self.spatial_dims:
                 raise ValueError(f"a vector latent (latent_size) needs in_shape with {self.spatial_dims} sides")
-            self.final_shape = [self._padded(int(n)) // self.factor for n in in_shape]
+            self.final_shape = [-(-int(n) // self.factor) for n in in_shape]
             flat = c_last * math.prod(self.final_shape)
             self.to_latent = nn.Linear(flat, self.latent_size * mult)
             self.from_latent = nn.Sequential(nn.Linear(self.latent_size, flat), nn.ReLU())
@@ -130,17 +139,10 @@ class ConvAutoEncoder(nn.Module):
                                 conv_only=True)
 
     # ------------------------------------------------------------------ pieces
-    def _padded(self, n: int) -> int:
-        return -(-n // self.factor) * self.factor
-
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        spatial = x.shape[2:]
-        if len(spatial) != self.spatial_dims:
+        if x.ndim != self.spatial_dims + 2:
             raise ValueError(f"expected (N, C, {self.spatial_dims} spatial sides), got {tuple(x.shape)}")
-        pad: list[int] = []
-        for n in reversed(spatial):  # F.pad lists the last axis first
-            pad += [0, self._padded(int(n)) - int(n)]
-        return F.pad(x, pad, mode="replicate") if any(pad) else x
+        return pad_to_multiple(x, self.factor)
 
     def _encode_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         h = self._pad(x)

@@ -1,0 +1,64 @@
+"""Brain-lesion commands: ``medad brain train``, ``medad brain score`` and
+``medad bench brain-lesions``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    brain_app = typer.Typer(help="Brain lesions from healthy MRI only: train on healthy scans, score new ones.",
+                            no_args_is_help=True)
+    app.add_typer(brain_app, name="brain")
+
+    @brain_app.command("train")
+    def brain_train(
+        healthy: Path = typer.Argument(..., help="folder of healthy scans (NIfTI/MGZ/DICOM), searched recursively"),
+        out: Path = typer.Option(..., "--out", help="model folder to write"),
+        config: Optional[Path] = typer.Option(None, "--config", help="YAML, e.g. configs/brain_intensity.yaml"),
+        detector: Optional[str] = typer.Option(None, help="detector name (overrides the config)"),
+        image_pattern: Optional[str] = typer.Option(None, help="glob of the scans, e.g. 'Flair*.nii.gz'"),
+        mask_pattern: Optional[str] = typer.Option(None, help="glob of each scan's brain mask in its folder"),
+    ) -> None:
+        """Preprocess healthy scans, fit on axial slices, calibrate on held-out healthy subjects."""
+        from pipelines.brain_lesions import BrainLesionConfig, train_brain
+
+        cfg = BrainLesionConfig.from_yaml(config) if config else BrainLesionConfig()
+        for k, v in {"detector": detector, "image_pattern": image_pattern, "mask_pattern": mask_pattern}.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        train_brain(healthy, out, cfg)
+
+    @brain_app.command("score")
+    def brain_score(
+        model: Path = typer.Argument(..., help="model folder from `medad brain train`"),
+        scans: Path = typer.Argument(..., help="folder (or file) of scans to score"),
+        out: Path = typer.Option(..., "--out", help="output folder"),
+        image_pattern: Optional[str] = typer.Option(None, help="glob of the scans (default: the model's)"),
+        mask_pattern: Optional[str] = typer.Option(None, help="glob of each scan's brain mask (default: the model's)"),
+        overlays: bool = typer.Option(True, help="write overlay.png per scan"),
+    ) -> None:
+        """Write anomaly_map.nii.gz, mask.nii.gz (input grid) and overlay.png per scan + summary.csv."""
+        from pipelines.brain_lesions import score_folder
+
+        score_folder(model, scans, out, overlays=overlays, image_pattern=image_pattern, mask_pattern=mask_pattern)
+
+    @bench_app.command("brain-lesions")
+    def bench_brain_lesions(
+        data_root: Optional[Path] = typer.Option(None, "--data-root", help="data root (default: $MEDAD_DATA_ROOT or ../shared/data)"),
+        out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
+        detectors: str = typer.Option("intensity", "--detectors", help="comma-separated detector names"),
+        modalities: str = typer.Option("flair,t1c", "--modalities", help="comma-separated: flair, t1c"),
+        quick: bool = typer.Option(False, "--quick", help="few NiChart subjects and short training (smoke run)"),
+        config_dir: Path = typer.Option(Path("configs"), "--config-dir", help="where configs/brain_<detector>.yaml live"),
+        copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="also copy the JSON/MD here (e.g. benchmarks/)"),
+    ) -> None:
+        """Train on healthy slices, calibrate on held-out healthy ones, test on 4 BraTS patients."""
+        from medad.bench.brain_lesions import run_brain_lesions
+
+        run_brain_lesions(data_root=data_root, out=out, detectors=[d.strip() for d in detectors.split(",") if d.strip()],
+                          modalities=[m.strip().lower() for m in modalities.split(",") if m.strip()], quick=quick,
+                          config_dir=config_dir, copy_to=copy_to)

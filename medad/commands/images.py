@@ -1,0 +1,71 @@
+"""Image-screening commands: ``medad images train|screen`` and ``medad bench image-screening``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    images_app = typer.Typer(help="Flag abnormal endoscopy frames / CT / MRI slices and show where.",
+                             no_args_is_help=True)
+    app.add_typer(images_app, name="images")
+
+    @images_app.command("train")
+    def images_train(
+        normal: Path = typer.Argument(..., help="folder of normal images/frames, or a video of normal frames"),
+        out: Path = typer.Option(..., "--out", help="model folder to write"),
+        detector: Optional[str] = typer.Option(None, help="image detector (registry name); default cutpaste"),
+        config: Optional[Path] = typer.Option(None, help="YAML (see configs/images_*.yaml)"),
+        image_size: Optional[int] = typer.Option(None, help="working side length in pixels"),
+        grey: Optional[bool] = typer.Option(None, "--grey/--rgb", help="one grey channel or RGB"),
+        epochs: Optional[int] = typer.Option(None, help="override the detector's training epochs"),
+        fpr: Optional[float] = typer.Option(None, help="share of held-out normal frames flagged"),
+    ) -> None:
+        """Learn normal frames; calibrate the frame threshold on held-out normal frames."""
+        from pipelines.frames import FramesConfig, train_frames
+
+        cfg = FramesConfig.from_yaml(config) if config else FramesConfig()
+        for k, v in {"detector": detector, "image_size": image_size, "grey": grey, "fpr": fpr}.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        if epochs is not None:
+            cfg.detector_params = {**cfg.detector_params, "epochs": epochs}
+        det = train_frames(normal, out, cfg)
+        typer.echo(f"{det.name} model written to {out} (frame threshold {det.threshold_:.4g}, "
+                   f"from held-out normal frames at fpr={cfg.fpr})")
+
+    @images_app.command("screen")
+    def images_screen(
+        model: Path = typer.Argument(..., help="model folder from `medad images train`"),
+        source: Path = typer.Argument(..., help="video file or folder of frames"),
+        out: Path = typer.Option(..., "--out", help="output folder"),
+        stride: int = typer.Option(1, help="screen every K-th frame"),
+        overlays: bool = typer.Option(True, help="write an overlay PNG per flagged frame"),
+    ) -> None:
+        """Score frames; write frames.csv, summary.json (flagged spans) and overlays/."""
+        from pipelines.frames import screen_frames
+
+        s = screen_frames(model, source, out, stride=stride, overlays=overlays)
+        typer.echo(f"screened {s['n_frames_screened']} frames: {s['n_flagged']} flagged in {len(s['spans'])} spans, "
+                   f"{len(s['unreadable_frames'])} unreadable; results in {out}")
+
+    @bench_app.command("image-screening")
+    def bench_image_screening(
+        data_root: Optional[Path] = typer.Option(None, "--data-root", help="shared data folder"),
+        out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
+        tasks: Optional[List[str]] = typer.Option(None, "--tasks",
+                                                  help="kvasir, wce, brain, covid, ct_tumour (default all)"),
+        detectors: Optional[List[str]] = typer.Option(None, "--detectors", help="subset of detectors"),
+        quick: bool = typer.Option(False, help="small subsets and few epochs (smoke run)"),
+        copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
+    ) -> None:
+        """Kvasir-SEG, WCEBleedGen, brain-tumour MRI, COVID-CT, CT tumour slices: one-class
+        detectors beside PCA and intensity baselines; metrics, training time, images/s."""
+        from medad.bench.image_screening import run_image_screening
+        from medad.config import data_root as _data_root
+
+        run_image_screening(_data_root(data_root), out, tasks=tasks or None, detectors=detectors or None,
+                            quick=quick, copy_to=copy_to)

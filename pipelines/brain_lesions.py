@@ -1,0 +1,471 @@
+"""Brain lesions from healthy scans only: train on a folder of healthy MRI, then score new scans.
+
+Train (healthy scans -> preprocessed axial slices -> fit -> calibrate on held-out subjects)::
+
+    train_brain("healthy/", "model/", BrainLesionConfig.from_yaml("configs/brain_intensity.yaml"))
+
+Score a folder::
+
+    score_folder("model/", "scans/", "out/")
+
+Per scan, ``out/<scan id>/`` gets ``anomaly_map.nii.gz`` and ``mask.nii.gz`` on the input file's
+own grid and affine, and ``overlay.png`` with the most abnormal axial slices; ``out/summary.csv``
+has one row per scan (lesion volume in ml, max and mean score inside the brain, decision) and
+reports scans that could not be read or processed instead of stopping.
+
+The pipeline only composes medad pieces: :mod:`medad.transforms.brain` (preprocessing, way
+back, map post-processing), the detector registry and :mod:`medad.io.volumes`.
+Thresholds come from held-out healthy subjects only: the voxel threshold flags ``pixel_fpr``
+of their brain voxels (after the same post-processing), and a scan is called abnormal when its
+lesion volume exceeds the largest false-positive volume seen on those healthy scans.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from medad.errors import ConfigError, InputError, MedadError, ReadError
+from medad.transforms.brain import (
+    BrainPrepConfig, PreparedVolume, from_model_grid, postprocess_map, preprocess_volume,
+    remove_small_components, slices_to_volume, volume_to_slices,
+)
+
+MODEL_FILE = "brain_model.json"
+DETECTOR_DIR = "detector"
+SUMMARY_FIELDS = ("scan", "path", "status", "lesion_ml", "max_score", "mean_score", "decision",
+                  "brain_ml", "brain_source", "error")
+
+
+# ----------------------------------------------------------------------------------- config
+
+
+@dataclass
+class BrainLesionConfig:
+    """What a brain-lesion model is made of.
+
+    Attributes:
+        detector: registry name (``"intensity"`` is the classical baseline; ``"ae"``, ``"dae"``,
+            ``"vae"``, ``"memae"``, ``"ddpm"`` the pseudo-healthy reconstructions).
+        detector_params: its parameters.
+        preprocessing: :class:`~medad.transforms.brain.BrainPrepConfig` settings.
+        image_pattern: glob (searched recursively) for the scans in a folder.
+        mask_pattern: glob for a scan's own brain mask, looked up next to the scan; when it is
+            absent the brain comes from registration to MNI152.
+        exclude_patterns: file-name globs that are never scans (masks, labels).
+        val_fraction: share of healthy subjects held out for calibration (at least one).
+        pixel_fpr: share of held-out healthy brain voxels above the voxel threshold.
+        slice_fpr: share of held-out healthy slices above the slice threshold.
+        erode: brain-mask erosion (model-grid voxels) before the map is read.
+        median: median filter width applied to the map volume (0 = off).
+        min_lesion_voxels: connected components smaller than this (input-grid voxels) are dropped.
+        batch_size: slices scored at a time.
+        seed: seed of the subject split.
+    """
+
+    detector: str = "intensity"
+    detector_params: dict[str, Any] = field(default_factory=dict)
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    image_pattern: str = "*.nii*"
+    mask_pattern: str | None = None
+    exclude_patterns: list[str] = field(default_factory=lambda: ["*mask*", "*seg*", "*label*", "*OTMultiClass*",
+                                                                 "*DLWMLS*"])
+    val_fraction: float = 0.2
+    pixel_fpr: float = 0.005
+    slice_fpr: float = 0.05
+    erode: int = 2
+    median: int = 5
+    min_lesion_voxels: int = 20
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        for k in ("pixel_fpr", "slice_fpr"):
+            if not 0.0 < getattr(self, k) < 1.0:
+                raise ConfigError(f"{k} must be in (0, 1), got {getattr(self, k)}")
+        self.prep  # validates the preprocessing block early
+
+    @property
+    def prep(self) -> BrainPrepConfig:
+        return BrainPrepConfig.from_dict(self.preprocessing)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BrainLesionConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown brain-lesion settings: {', '.join(sorted(unknown))}; "
+                              f"known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "BrainLesionConfig":
+        from medad.config import load_config
+
+        try:
+            return cls.from_dict(load_config(path))
+        except ConfigError as e:
+            raise ConfigError(e.problem, path) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------- scans
+
+
+@dataclass
+class Scan:
+    """A scan found in a folder: id, image file and (optionally) its brain-mask file."""
+
+    scan_id: str
+    path: Path
+    mask_path: Path | None = None
+
+
+def _scan_id(path: Path, root: Path) -> str:
+    from medad.io.volumes import _subject_from_path
+
+    rel = path.relative_to(root)
+    stem = _subject_from_path(path)
+    # case folders (BraTS) name the subject; a flat folder of files names it by file
+    return stem if len(rel.parts) == 1 else "_".join(rel.parts[:-1] + (stem,))
+
+
+def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: str | None = None,
+               exclude_patterns: Sequence[str] = ()) -> list[Scan]:
+    """Every scan under ``folder`` (recursively), with its brain mask when ``mask_pattern`` finds
+    one in the same folder. A single file is a folder of one scan."""
+    import fnmatch
+
+    root = Path(folder)
+    if not root.exists():
+        raise ReadError("folder not found", root)
+    if root.is_file():
+        return [Scan(_scan_id(root, root.parent), root)]
+    out = []
+    for p in sorted(root.rglob(image_pattern)):
+        if not p.is_file() or any(fnmatch.fnmatch(p.name, e) for e in exclude_patterns):
+            continue
+        if mask_pattern and fnmatch.fnmatch(p.name, mask_pattern):
+            continue
+        mask = None
+        if mask_pattern:
+            cands = sorted(q for q in p.parent.glob(mask_pattern) if q != p)
+            mask = cands[0] if cands else None
+        out.append(Scan(_scan_id(p, root), p, mask))
+    if not out:
+        raise ReadError(f"no scans matching {image_pattern!r} found", root)
+    return out
+
+
+def prepare_scan(scan: Scan, prep: BrainPrepConfig) -> PreparedVolume:
+    """Read a scan (and its brain mask) and preprocess it."""
+    from medad.io.volumes import read_volume
+
+    record = read_volume(scan.path)
+    record.subject_id = scan.scan_id
+    mask = None
+    if scan.mask_path is not None:
+        m = read_volume(scan.mask_path)
+        if m.shape != record.shape or not np.allclose(m.affine, record.affine, atol=1e-3):
+            raise InputError(f"brain mask {scan.mask_path.name} is not on the scan's grid", scan.path)
+        mask = m.data
+    return preprocess_volume(record, prep, brain_mask=mask)
+
+
+# ----------------------------------------------------------------------------------- slices
+
+
+def training_slices(volumes: Sequence[PreparedVolume], *, min_brain_pixels: int = 200,
+                    lesions: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Healthy axial slices of prepared volumes: those with at least ``min_brain_pixels`` brain
+    pixels and, when a lesion mask (record grid) is given for a volume, no lesion voxel.
+
+    Returns:
+        ``(slices (N, 1, S, S), brain (N, 1, S, S) bool, subject id per slice)``.
+    """
+    xs, bs, ids = [], [], []
+    for i, v in enumerate(volumes):
+        keep = v.model_brain.sum(axis=(0, 1)) >= min_brain_pixels
+        les = None if lesions is None else lesions[i]
+        if les is not None:
+            keep &= ~v.labels_to_model_grid(les).any(axis=(0, 1))
+        if keep.any():
+            xs.append(v.slices()[keep])
+            bs.append(v.slice_brain()[keep])
+            ids += [v.record.subject_id] * int(keep.sum())
+    if not xs:
+        raise InputError("no healthy slices with enough brain found")
+    return np.concatenate(xs), np.concatenate(bs), np.asarray(ids)
+
+
+# ----------------------------------------------------------------------------------- model
+
+
+@dataclass
+class BrainModel:
+    """A trained detector plus everything that turns its slice maps into lesion masks."""
+
+    detector: Any
+    config: BrainLesionConfig
+    voxel_threshold: float | None = None
+    decision_ml: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # -- scoring ------------------------------------------------------------------
+    def volume_map(self, vol: PreparedVolume) -> np.ndarray:
+        """Post-processed anomaly map of a prepared scan, on the record's RAS grid."""
+        x = vol.slices()
+        res = [self.detector.score(x[i: i + self.config.batch_size]).map
+               for i in range(0, len(x), self.config.batch_size)]
+        if any(r is None for r in res):
+            raise ConfigError(f"detector {self.config.detector!r} makes no anomaly maps")
+        model_map = postprocess_map(slices_to_volume(np.concatenate(res)), vol.model_brain,
+                                    erode=self.config.erode, median=self.config.median)
+        return from_model_grid(model_map, vol.geometry, order=1)
+
+    def support(self, vol: PreparedVolume) -> np.ndarray:
+        """Record-grid voxels where the map is read (the eroded brain, brought back)."""
+        from scipy import ndimage as ndi
+
+        er = vol.model_brain
+        if self.config.erode > 0:
+            er = ndi.binary_erosion(er, iterations=int(self.config.erode), border_value=0)
+        return (from_model_grid(er.astype(np.float32), vol.geometry, order=1) > 0.5) & vol.brain
+
+    def segment(self, amap: np.ndarray, support: np.ndarray) -> np.ndarray:
+        """Lesion mask: voxels above the calibrated threshold, small components dropped."""
+        if self.voxel_threshold is None:
+            raise ConfigError("the model has no voxel threshold: it was not calibrated")
+        return remove_small_components((amap > self.voxel_threshold) & support, self.config.min_lesion_voxels)
+
+    # -- calibration ----------------------------------------------------------------
+    def calibrate(self, volumes: Sequence[PreparedVolume], *, exclude: Sequence[np.ndarray | None] | None = None,
+                  progress: bool = False) -> "BrainModel":
+        """Voxel threshold at ``pixel_fpr`` of held-out healthy brain voxels and the decision
+        volume (largest lesion volume found on those healthy scans). ``exclude`` (record grid,
+        per volume) removes whole axial slices that hold lesion voxels, for scans that are only
+        partly healthy."""
+        from tqdm.auto import tqdm
+
+        from medad.detectors.base import threshold_at_fpr
+
+        maps, sups = [], []
+        for i, v in enumerate(tqdm(volumes, desc="calibrate", disable=not progress, unit="scan")):
+            amap, sup = self.volume_map(v), self.support(v)
+            ex = None if exclude is None else exclude[i]
+            if ex is not None:
+                sup = sup & ~np.asarray(ex, bool).any(axis=(0, 1))[None, None, :]
+            maps.append(amap)
+            sups.append(sup)
+        vals = np.concatenate([m[s] for m, s in zip(maps, sups)])
+        self.voxel_threshold = threshold_at_fpr(vals, self.config.pixel_fpr)
+        vols_ml = [float(self.segment(m, s).sum()) * _voxel_ml(v) for m, s, v in zip(maps, sups, volumes)]
+        self.decision_ml = max(vols_ml)
+        self.info["calibration"] = {"n_scans": len(volumes), "n_voxels": int(vals.size),
+                                    "pixel_fpr": self.config.pixel_fpr,
+                                    "healthy_lesion_ml": [round(x, 3) for x in vols_ml],
+                                    "source": "held-out healthy subjects"}
+        return self
+
+    # -- persistence ----------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        from medad.utils import write_json
+
+        path = Path(path)
+        self.detector.save(path / DETECTOR_DIR)
+        write_json(path / MODEL_FILE, {"config": self.config.to_dict(), "voxel_threshold": self.voxel_threshold,
+                                       "decision_ml": self.decision_ml, "info": self.info})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BrainModel":
+        from medad.detectors.base import Detector
+
+        path = Path(path)
+        f = path / MODEL_FILE
+        if not f.is_file():
+            raise ReadError(f"not a brain-lesion model folder (no {MODEL_FILE})", path)
+        try:
+            d = json.loads(f.read_text())
+            cfg = BrainLesionConfig.from_dict(d["config"])
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ReadError(f"corrupt {MODEL_FILE}: {e}", f) from None
+        return cls(Detector.load(path / DETECTOR_DIR), cfg, d.get("voxel_threshold"), d.get("decision_ml"),
+                   d.get("info") or {})
+
+
+def _voxel_ml(vol: PreparedVolume) -> float:
+    return float(np.prod(vol.record.spacing)) / 1000.0
+
+
+def fit_brain_model(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Sequence[PreparedVolume], *,
+                    train_lesions: Sequence[np.ndarray | None] | None = None,
+                    val_lesions: Sequence[np.ndarray | None] | None = None, progress: bool = True) -> BrainModel:
+    """Fit ``cfg.detector`` on healthy slices of ``train`` and calibrate on ``val`` (other
+    subjects). Slices holding lesion voxels (record-grid masks in ``*_lesions``) are left out."""
+    from tqdm.auto import tqdm
+
+    from medad import registry
+    from medad.utils import Timer
+
+    prep = cfg.prep
+    x, _, ids = training_slices(train, min_brain_pixels=prep.min_brain_pixels, lesions=train_lesions)
+    xv, bv, _ = training_slices(val, min_brain_pixels=prep.min_brain_pixels, lesions=val_lesions)
+    det = registry.create(cfg.detector, **cfg.detector_params)
+    if hasattr(det, "train_options"):
+        det.train_options = {"progress": progress}
+    with Timer() as t, tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} slices", disable=not progress) as bar:
+        det.fit(x, val=xv)
+        bar.update(1)
+    det.calibrate(xv, fpr=cfg.slice_fpr, pixel_fpr=cfg.pixel_fpr, foreground=bv[:, 0])
+    model = BrainModel(det, cfg, info={"train_subjects": sorted(set(ids.tolist())), "n_train_slices": int(len(x)),
+                                       "val_subjects": [v.record.subject_id for v in val],
+                                       "n_val_slices": int(len(xv)), "train_seconds": round(t.seconds, 2)})
+    return model.calibrate(val, exclude=val_lesions, progress=progress)
+
+
+def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, desc: str
+                 ) -> tuple[list[PreparedVolume], list[dict[str, Any]]]:
+    from tqdm.auto import tqdm
+
+    vols, failed = [], []
+    for s in tqdm(scans, desc=desc, disable=not progress, unit="scan"):
+        try:
+            vols.append(prepare_scan(s, prep))
+        except MedadError as e:
+            failed.append({"scan": s.scan_id, "path": str(s.path), "error": str(e)})
+            print(f"skipped {s.path}: {e}")
+    return vols, failed
+
+
+def train_brain(healthy: str | Path, out: str | Path, cfg: BrainLesionConfig | None = None, *,
+                progress: bool = True) -> Path:
+    """Train and calibrate a brain-lesion model on a folder of healthy scans; writes ``out``
+    (``detector/`` + ``brain_model.json`` with the preprocessing settings and thresholds)."""
+    from medad.evaluation import split_by_subject
+
+    cfg = cfg or BrainLesionConfig()
+    scans = find_scans(healthy, cfg.image_pattern, cfg.mask_pattern, cfg.exclude_patterns)
+    vols, failed = _prepare_all(scans, cfg.prep, progress, "preprocess healthy")
+    if len(vols) < 2:
+        raise InputError(f"need at least 2 readable healthy scans (one to train, one to calibrate), "
+                         f"found {len(vols)}", healthy)
+    ids = [v.record.subject_id for v in vols]
+    split = split_by_subject(ids, {"train": 1 - cfg.val_fraction, "val": cfg.val_fraction}, seed=cfg.seed)
+    tr, va = list(split["train"]), list(split["val"])
+    if not va:  # too few subjects for the fraction to round to one: hold out one anyway
+        va = [tr.pop()]
+    if not tr:
+        tr = [va.pop()]
+    model = fit_brain_model(cfg, [vols[i] for i in tr], [vols[i] for i in va], progress=progress)
+    model.info["skipped"] = failed
+    path = model.save(out)
+    print(f"brain-lesion model ({cfg.detector}) written to {path}: voxel threshold "
+          f"{model.voxel_threshold:.4g}, decision above {model.decision_ml:.3g} ml")
+    return path
+
+
+# ----------------------------------------------------------------------------------- scoring
+
+
+def top_slices(amap: np.ndarray, n: int = 3, min_gap: int = 8) -> list[int]:
+    """Up to ``n`` axial slices (record grid) with the largest summed positive map, at least
+    ``min_gap`` slices apart so the figure shows different levels of the lesion."""
+    s = np.clip(amap, 0, None).sum(axis=(0, 1))
+    picked: list[int] = []
+    for k in np.argsort(s)[::-1]:
+        if all(abs(int(k) - j) >= min_gap for j in picked):
+            picked.append(int(k))
+        if len(picked) == n:
+            break
+    return sorted(picked)
+
+
+def save_scan_overlay(vol: PreparedVolume, amap: np.ndarray, mask: np.ndarray, path: Path, title: str,
+                      n: int = 3) -> Path:
+    """One PNG: the ``n`` most abnormal axial slices side by side (scan, map, blend, mask outline),
+    cropped to the brain."""
+    from medad.report.overlay import save_overlay
+
+    ks = top_slices(amap, n)
+    idx = np.argwhere(vol.brain.any(axis=2))
+    (x0, y0), (x1, y1) = idx.min(0), idx.max(0) + 1
+
+    def disp(a: np.ndarray) -> np.ndarray:  # RAS (x, y) slices -> anterior up, side by side
+        return np.concatenate([np.rot90(a[x0:x1, y0:y1, k]) for k in ks], axis=1)
+
+    return save_overlay(disp(vol.record.data), disp(amap), path, mask=disp(mask),
+                        title=f"{title} (axial slices {', '.join(map(str, ks))})")
+
+
+def score_scan(model: BrainModel, vol: PreparedVolume) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Map and mask (record RAS grid) of a prepared scan, and its summary row."""
+    amap = model.volume_map(vol)
+    sup = model.support(vol)
+    mask = model.segment(amap, sup)
+    vals = amap[sup] if sup.any() else np.zeros(1, np.float32)
+    ml = float(mask.sum()) * _voxel_ml(vol)
+    row = {"scan": vol.record.subject_id, "path": str(vol.record.path), "status": "ok",
+           "lesion_ml": round(ml, 3), "max_score": float(vals.max()), "mean_score": float(vals.mean()),
+           "decision": "abnormal" if ml > (model.decision_ml or 0.0) else "normal",
+           "brain_ml": round(float(vol.brain.sum()) * _voxel_ml(vol), 1), "brain_source": vol.brain_source,
+           "error": ""}
+    return amap, mask, row
+
+
+def write_summary(rows: Iterable[dict[str, Any]], path: Path) -> Path:
+    from medad.utils import write_text
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return write_text(path, buf.getvalue())
+
+
+def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, overlays: bool = True,
+                 image_pattern: str | None = None, mask_pattern: str | None = None,
+                 progress: bool = True) -> list[dict[str, Any]]:
+    """Score every scan of a folder with a trained model (see the module docstring); the scan
+    and brain-mask globs default to the model's."""
+    from tqdm.auto import tqdm
+
+    from medad.io.volumes import write_like
+
+    model = BrainModel.load(model_path)
+    cfg = model.config
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    found = find_scans(scans, image_pattern or cfg.image_pattern, mask_pattern or cfg.mask_pattern,
+                       cfg.exclude_patterns)
+    rows = []
+    for s in tqdm(found, desc="scoring", disable=not progress, unit="scan"):
+        try:
+            vol = prepare_scan(s, cfg.prep)
+            amap, mask, row = score_scan(model, vol)
+            d = out / s.scan_id
+            write_like(amap.astype(np.float32), vol.record, d / "anomaly_map.nii.gz")
+            write_like(mask.astype(np.uint8), vol.record, d / "mask.nii.gz")
+            if overlays:
+                save_scan_overlay(vol, amap, mask, d / "overlay.png",
+                                  f"{s.scan_id}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml")
+        except MedadError as e:  # a bad scan is reported, the rest of the folder is still scored
+            row = {k: "" for k in SUMMARY_FIELDS}
+            row.update(scan=s.scan_id, path=str(s.path), status="error", error=str(e))
+            print(f"skipped {s.path}: {e}")
+        rows.append(row)
+    write_summary(rows, out / "summary.csv")
+    n_bad = sum(r["status"] != "ok" for r in rows)
+    print(f"scored {len(rows) - n_bad} scan(s), {n_bad} skipped; summary: {out / 'summary.csv'}")
+    return rows

@@ -1,0 +1,135 @@
+"""Brain preprocessing: registration skull-stripping on a real scan, the exact way back from
+slices to the scan's grid, intensity normalisation and map post-processing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medad.errors import ConfigError, InputError
+from medad.io.records import VolumeRecord
+from medad.transforms.brain import (
+    BrainPrepConfig, crude_head_masks, from_model_grid, make_geometry, postprocess_map, preprocess_volume,
+    register_brain_mask, remove_small_components, robust_zscore, slices_to_volume, to_model_grid, volume_to_slices,
+)
+
+
+def _ellipsoid(shape, radii, centre=None) -> np.ndarray:
+    c = np.array(shape) / 2.0 if centre is None else np.asarray(centre)
+    g = np.indices(shape).astype(np.float32)
+    return sum(((g[i] - c[i]) / radii[i]) ** 2 for i in range(3)) <= 1.0
+
+
+@pytest.fixture(scope="module")
+def ixi_scan(data_root):
+    from medad.io.volumes import read_volume
+
+    f = data_root / "mri" / "ixi_t1_2mm" / "IXI012-HH-1211_T1.nii.gz"
+    if not f.is_file():
+        pytest.skip(f"{f} not present in the data root")
+    return read_volume(f)
+
+
+def test_registration_skull_strip_keeps_brain_removes_skull(ixi_scan):
+    from scipy import ndimage as ndi
+
+    rec = ixi_scan
+    assert rec.meta["original_orientation"] != "RAS"  # IXI is stored PSR: the reader reoriented it
+    brain = register_brain_mask(rec.data, rec.affine)
+    assert brain.shape == rec.shape
+    ml = brain.sum() * np.prod(rec.spacing) / 1000.0
+    assert 1000 < ml < 2200, f"implausible brain volume {ml:.0f} ml"
+    head, _ = crude_head_masks(rec.data, rec.affine)
+    # the brain lies inside the head ...
+    assert (brain & head).sum() / brain.sum() > 0.97
+    # ... fills a plausible share of it (not the whole head with scalp, skull and neck) ...
+    assert 0.2 < brain.sum() / head.sum() < 0.6
+    # ... and leaves out the outer 6 mm of the head (scalp and skull)
+    shell = head & ~ndi.binary_erosion(head, iterations=3)
+    assert (shell & brain).sum() / shell.sum() < 0.08
+    # the centre of the head is brain
+    idx = np.argwhere(head).mean(0).round().astype(int)
+    assert brain[tuple(idx)]
+
+
+def _record(shape=(60, 64, 50), spacing=1.5, seed=0):
+    rng = np.random.default_rng(seed)
+    aff = np.diag([spacing, spacing, spacing, 1.0])
+    aff[:3, 3] = [-40, -50, -30]
+    brain = _ellipsoid(shape, (22, 26, 18))
+    data = np.where(brain, rng.normal(100, 5, shape), 0).astype(np.float32)
+    return VolumeRecord(data=data, affine=aff, original_affine=aff.copy(), original_shape=shape), brain
+
+
+def test_slicing_round_trip_is_exact_on_whole_voxel_grid():
+    rec, brain = _record()
+    geom = make_geometry(rec.shape, rec.affine, brain, spacing=1.5, slice_spacing=1.5, size=64)
+    assert np.allclose(np.diag(geom.matrix)[:3], 1.0)  # same spacing: a pure crop
+    model = to_model_grid(rec.data, geom)
+    slices = volume_to_slices(model)
+    assert slices.shape == (geom.model_shape[2], 1, 64, 64)
+    back = from_model_grid(slices_to_volume(slices), geom)
+    assert back.shape == rec.shape
+    # exact inside the region the model grid covers (it covers the whole brain)
+    covered = from_model_grid(np.ones(geom.model_shape, np.float32), geom, order=0) > 0
+    assert covered[brain].all()
+    np.testing.assert_array_equal(back[covered], rec.data[covered])
+
+
+def test_slicing_round_trip_with_resampling_keeps_geometry():
+    rec, brain = _record(spacing=1.0, shape=(80, 90, 70))
+    geom = make_geometry(rec.shape, rec.affine, brain, spacing=1.5, slice_spacing=2.0, size=96)
+    # the model affine maps model voxels to the same world points as the record's grid
+    aff = geom.model_affine(rec.affine)
+    assert np.allclose(np.sqrt((aff[:3, :3] ** 2).sum(0)), [1.5, 1.5, 2.0])
+    smooth = np.fromfunction(lambda i, j, k: i + 2 * j - k, rec.shape).astype(np.float32)  # linear: interpolated exactly
+    back = from_model_grid(to_model_grid(smooth, geom), geom)
+    assert back.shape == rec.shape
+    inner = _ellipsoid(rec.shape, (20, 22, 15))
+    np.testing.assert_allclose(back[inner], smooth[inner], atol=1e-3)
+
+
+def test_preprocess_volume_with_given_mask():
+    rec, brain = _record()
+    cfg = BrainPrepConfig(spacing=1.5, slice_spacing=1.5, size=64)
+    vol = preprocess_volume(rec, cfg, brain_mask=brain.astype(np.float32) * 0.99999997)  # BraTS-style float mask
+    assert vol.brain_source == "given"
+    x = vol.slices()
+    assert x.shape[1:] == (1, 64, 64) and x.dtype == np.float32
+    vals = vol.image[vol.model_brain]
+    assert abs(np.median(vals)) < 0.1 and 0.7 < np.subtract(*np.percentile(vals, [75, 25])) / 1.349 < 1.3
+    assert (vol.image[~vol.model_brain] == 0).all()
+    with pytest.raises(InputError):
+        preprocess_volume(rec, BrainPrepConfig(skull_strip="mask"))
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ConfigError):
+        BrainPrepConfig(skull_strip="magic")
+    with pytest.raises(ConfigError):
+        BrainPrepConfig.from_dict({"sizee": 64})
+
+
+def test_robust_zscore_ignores_a_lesion():
+    rng = np.random.default_rng(1)
+    x = rng.normal(50, 10, 10000).astype(np.float32)
+    x[:800] = 200  # an 8 % "tumour"
+    z = robust_zscore(x)
+    assert abs(np.median(z[800:])) < 0.2
+    assert z[:800].min() > 10
+
+
+def test_postprocess_and_components():
+    m = np.zeros((40, 40, 20), np.float32)
+    m[10:20, 10:20, 5:15] = 5.0  # a lesion
+    m[30, 30, 10] = 50.0  # a hot voxel: removed by the median filter
+    brain = np.ones_like(m, bool)
+    brain[:, :, :2] = False
+    out = postprocess_map(m, brain, erode=1, median=5)
+    assert out[30, 30, 10] == 0 and out[15, 15, 10] == 5.0
+    assert (out[:, :, :3] == 0).all()  # outside the eroded brain
+    mk = np.zeros((30, 30), bool)
+    mk[2:8, 2:8] = True
+    mk[20, 20] = True
+    kept = remove_small_components(mk, 5)
+    assert kept[3, 3] and not kept[20, 20]
