@@ -25,7 +25,9 @@ def _smooth_field(shape, rng, scale: float = 0.15, coarse: int = 4) -> np.ndarra
 
 
 def make_brain_demo_data(root: str | Path, *, n_healthy: int = 6, n_test: int = 3, seed: int = 0) -> dict[str, Path]:
-    """Write ``healthy/*.nii.gz``, ``test/*.nii.gz`` and ``truth/*_lesion.nii.gz`` under ``root``."""
+    """Write ``healthy/<id>/{t1,brainmask}.nii.gz`` (healthy scans with their brain masks),
+    ``test/*.nii.gz`` (scans with lesions, no mask: the brain is found by registration to MNI152)
+    and ``truth/*_lesion.nii.gz`` under ``root``."""
     import nibabel as nib
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
     from scipy.ndimage import binary_erosion, shift
@@ -48,7 +50,10 @@ def make_brain_demo_data(root: str | Path, *, n_healthy: int = 6, n_test: int = 
         return (v + rng.normal(0, 0.015, v.shape)).astype(np.float32)
 
     for i in range(n_healthy):
-        nib.save(nib.Nifti1Image(subject(), affine), dirs["healthy"] / f"healthy-{i:02d}.nii.gz")
+        d = dirs["healthy"] / f"healthy-{i:02d}"
+        d.mkdir(exist_ok=True)
+        nib.save(nib.Nifti1Image(subject(), affine), d / "t1.nii.gz")
+        nib.save(nib.Nifti1Image(brain.astype(np.uint8), affine), d / "brainmask.nii.gz")
     zz, yy, xx = np.meshgrid(*[np.arange(s) for s in base.shape], indexing="ij")
     wm_idx = np.argwhere(wm)
     for i in range(n_test):
@@ -56,10 +61,10 @@ def make_brain_demo_data(root: str | Path, *, n_healthy: int = 6, n_test: int = 
         lesion = np.zeros(base.shape, bool)
         for _ in range(rng.integers(1, 3)):
             c = wm_idx[rng.integers(len(wm_idx))]
-            r = rng.uniform(3.0, 6.0, 3)
+            r = rng.uniform(4.0, 7.0, 3)
             lesion |= (((zz - c[0]) / r[0]) ** 2 + ((yy - c[1]) / r[1]) ** 2 + ((xx - c[2]) / r[2]) ** 2) <= 1.0
         lesion &= brain
-        v[lesion] = v[lesion] * rng.uniform(1.35, 1.6)
+        v[lesion] = v[lesion] * rng.uniform(1.6, 1.9)
         aff = affine
         if i == 0:  # store with the first voxel axis flipped: LAS instead of RAS
             v, lesion = v[::-1].copy(), lesion[::-1].copy()
@@ -155,6 +160,41 @@ def run_eeg_demo(out: Path, *, seed: int = 0) -> dict:
         rows.append({"record": rec["record_id"], "truly_abnormal": bool(t), "decision": rec.get("decision"),
                      "bursts": len(t), "bursts_found": hit, "false_intervals": false})
     return {"recordings": rows, "outputs": str(out / "eeg")}
+
+
+def run_brain_demo(out: Path, *, detector: str = "dae", seed: int = 0) -> dict:
+    """Train the intensity baseline and a deep detector on healthy demo scans, score the test scans
+    and compare the masks with the inserted lesions."""
+    import nibabel as nib
+
+    from medad.evaluation import dice
+    from pipelines.brain_lesions import BrainLesionConfig, score_folder, train_brain
+
+    data = make_brain_demo_data(out / "data" / "brain", seed=seed)
+    prep = {"spacing": 2.0, "slice_spacing": 2.0, "size": 96, "skull_strip": "auto", "normalize": "zscore",
+            "registration_iterations": 60}
+    deep_params = {"spatial_dims": 2, "epochs": 6, "batch_size": 16, "seed": seed}
+    configs = {
+        "intensity": BrainLesionConfig(detector="intensity", detector_params={"normalize": "fit", "median_size": 1},
+                                       preprocessing=prep, mask_pattern="brainmask*", val_fraction=0.34, seed=seed),
+        detector: BrainLesionConfig(detector=detector, detector_params=deep_params, preprocessing=prep,
+                                    mask_pattern="brainmask*", val_fraction=0.34, seed=seed),
+    }
+    cases = []
+    for name, cfg in configs.items():
+        model = train_brain(data["healthy"], out / "models" / f"brain-{name}", cfg)
+        rows = score_folder(model, data["test"], out / "brain" / name)
+        for r in rows:
+            if r["status"] != "ok":
+                continue
+            truth_img = nib.load(data["truth"] / f"{r['scan']}_lesion.nii.gz")
+            truth = truth_img.get_fdata() > 0
+            pred = nib.load(out / "brain" / name / r["scan"] / "mask.nii.gz").get_fdata() > 0
+            vox_ml = float(abs(np.linalg.det(truth_img.affine[:3, :3]))) / 1000.0
+            cases.append({"case": r["scan"], "detector": name, "dice": dice(pred, truth),
+                          "lesion_ml": float(r["lesion_ml"]), "true_ml": float(truth.sum() * vox_ml),
+                          "decision": r["decision"]})
+    return {"cases": cases, "outputs": str(out / "brain")}
 
 
 def run_demo(out: str | Path, *, parts: list[str] = ("brain", "eeg"), detector: str = "dae", seed: int = 0) -> dict:

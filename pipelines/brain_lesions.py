@@ -56,8 +56,10 @@ class BrainLesionConfig:
         detector_params: its parameters.
         preprocessing: :class:`~medad.transforms.brain.BrainPrepConfig` settings.
         image_pattern: glob (searched recursively) for the scans in a folder.
-        mask_pattern: glob for a scan's own brain mask, looked up next to the scan; when it is
-            absent the brain comes from registration to MNI152.
+        mask_pattern: glob for a scan's own brain mask, looked up next to the scan (``{stem}``
+            stands for the scan's file name without extension, e.g. ``"{stem}_brainmask.nii.gz"``
+            in a flat folder, ``"brainmask*.nii*"`` in case folders); when it is absent the brain
+            comes from registration to MNI152.
         exclude_patterns: file-name globs that are never scans (masks, labels).
         val_fraction: share of healthy subjects held out for calibration (at least one).
         pixel_fpr: share of held-out healthy brain voxels above the voxel threshold.
@@ -146,6 +148,8 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
     one in the same folder. A single file is a folder of one scan."""
     import fnmatch
 
+    from medad.io.volumes import _subject_from_path
+
     root = Path(folder)
     if not root.exists():
         raise ReadError("folder not found", root)
@@ -155,11 +159,12 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
     for p in sorted(root.rglob(image_pattern)):
         if not p.is_file() or any(fnmatch.fnmatch(p.name, e) for e in exclude_patterns):
             continue
-        if mask_pattern and fnmatch.fnmatch(p.name, mask_pattern):
-            continue
         mask = None
         if mask_pattern:
-            cands = sorted(q for q in p.parent.glob(mask_pattern) if q != p)
+            pat = mask_pattern.format(stem=_subject_from_path(p)) if "{stem}" in mask_pattern else mask_pattern
+            if fnmatch.fnmatch(p.name, mask_pattern.replace("{stem}", "*")):
+                continue  # a mask file, not a scan
+            cands = sorted(q for q in p.parent.glob(pat) if q != p)
             mask = cands[0] if cands else None
         out.append(Scan(_scan_id(p, root), p, mask))
     if not out:

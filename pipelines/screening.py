@@ -15,9 +15,10 @@ threshold (calibrated on held-out normal windows at ``window_fpr``) that form ru
 ``min_windows`` become flagged intervals; a recording with any flagged interval is abnormal.
 
 Outputs in ``out/``: ``results.csv`` and ``results.json`` (one row per recording, bad recordings
-reported with their error), and per flagged-or-not recording ``<id>_window_scores.csv``,
+reported with their error), and per screened recording ``<id>_window_scores.csv``,
 BIDS-style ``<id>_events.tsv``; for MNE formats ``<id>-annot.fif`` (and, if asked, an annotated
-copy of the recording as FIF or EDF+); for WFDB records a ``<id>.medad`` annotation file; one PNG
+copy of the recording as FIF or EDF+); for WFDB records a ``<id>.medad`` annotation file (flagged
+spans, and every detected beat labelled ``N`` or ``Q`` = inside a flagged span); one PNG
 per flagged recording with the abnormal spans shaded. The pipeline composes medad pieces; its own
 logic is only the streaming and the interval bookkeeping.
 """
@@ -68,6 +69,8 @@ class ScreeningConfig:
         filter_method: ``"fft"`` (squared-magnitude response applied in the frequency domain,
             fast on long chunks) or ``"sos"`` (``sosfiltfilt``); both zero-phase, same filter.
         workers: threads that read, filter and score chunks in parallel.
+        ecg_beats: for WFDB input, also find R peaks and annotate every beat (``N``, or ``Q``
+            inside flagged spans) in the output WFDB annotation file.
         seed: seeds the detector and the recording split.
     """
 
@@ -88,6 +91,7 @@ class ScreeningConfig:
     max_window_bytes: int = 512 * 2**20
     text_sfreq: float | None = None
     filter_method: str = "fft"
+    ecg_beats: bool = True
     workers: int = 2
     seed: int = 0
 
@@ -129,8 +133,9 @@ def list_recordings(folder: str | Path) -> list[Path]:
         return [folder]
     if not folder.is_dir():
         raise ReadError("folder not found", folder)
-    skip = ("REFERENCE", "results", "_events", "_window_scores", "_beats")  # label/output files, not recordings
-    out = [p for p in sorted(folder.rglob("*")) if is_signal_file(p) and not any(s in p.name for s in skip)]
+    # documentation next to data (README.txt, SOURCE.txt, ...) is not a recording
+    docs = ("readme", "source", "license", "licence", "notes", "changelog")
+    out = [p for p in sorted(folder.rglob("*")) if is_signal_file(p) and not p.name.lower().startswith(docs)]
     if not out:
         raise ReadError("no recordings found (EDF/BDF/FIF, WFDB .hea, WAV, text)", folder)
     return out
@@ -287,6 +292,9 @@ class Preprocessor:
 def _detector(cfg: ScreeningConfig, sfreq: float):
     from medad import registry
 
+    if cfg.detector == "features":  # registered on import; spares importing every detector module
+        import medad.detectors.features  # noqa: F401
+
     cls = registry.get(cfg.detector)
     params = dict(cfg.detector_params)
     import inspect
@@ -301,24 +309,44 @@ def _detector(cfg: ScreeningConfig, sfreq: float):
     return cls(**params)
 
 
-def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_bytes: int) -> np.ndarray:
-    """Windows of ``files``, evenly subsampled to stay under ``max_windows`` and ``max_bytes``."""
+def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_bytes: int,
+             skipped: list[dict[str, str]]) -> np.ndarray:
+    """Windows of ``files``, evenly subsampled to stay under ``max_windows`` and ``max_bytes``.
+    A recording that fails (corrupt samples, missing channels, too short) is added to ``skipped``."""
     hdrs = [pre.header(f) for f in files]
     est = sum(max(1, int((h.n_times / h.sfreq - pre.cfg.window_seconds) / pre.cfg.step_seconds) + 1) for h in hdrs)
-    n_ch = len(pre.picks(hdrs[0]))
+    n_ch = len(pre.channels) if pre.channels else len(hdrs[0].ch_names)
     per = n_ch * int(round(pre.cfg.window_seconds * pre.sfreq)) * 4
     cap = max(1, min(max_windows, max_bytes // max(per, 1)))
     every = max(1, int(math.ceil(est / cap)))
     out, k = [], 0
     for f, h in zip(files, hdrs):
-        for _, w in pre.windows(f, h):
-            sel = (np.arange(k, k + len(w)) % every) == 0
-            k += len(w)
-            if sel.any():
-                out.append(w[sel])
+        mine = []
+        try:
+            for _, w in pre.windows(f, h):
+                sel = (np.arange(k, k + len(w)) % every) == 0
+                k += len(w)
+                if sel.any():
+                    mine.append(w[sel])
+        except MedadError as e:
+            skipped.append({"file": str(f), "error": e.problem})
+            continue
+        out += mine
     if not out:
-        raise InputError("no windows could be cut from the training recordings")
+        raise InputError("no windows could be cut from the training recordings"
+                         + (f" ({len(skipped)} failed, e.g. {skipped[0]['file']}: {skipped[0]['error']})" if skipped else ""))
     return np.concatenate(out)
+
+
+def _common_channels(hdrs) -> list[str]:
+    """Channels every training recording has (in the first one's order); single-channel
+    recordings are matched by position, whatever their channel is called."""
+    if all(len(h.ch_names) == 1 for h in hdrs):
+        return [hdrs[0].ch_names[0]]
+    common = [c for c in hdrs[0].ch_names if all(c in h.ch_names for h in hdrs)]
+    if not common:
+        raise ConfigError("the normal recordings share no channel name; set `channels` in the screening config")
+    return common
 
 
 def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningConfig | None = None,
@@ -348,7 +376,7 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     if hdrs[0].sfreq is None:
         raise ConfigError("plain-text recordings need text_sfreq in the screening config")
     sfreq = float(cfg.sfreq or hdrs[0].sfreq)
-    channels = cfg.channels or list(hdrs[0].ch_names)
+    channels = cfg.channels or _common_channels(hdrs)
     pre = Preprocessor(cfg, sfreq, channels)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(good))
@@ -359,14 +387,20 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     if progress:
         print(f"training on {len(train_files)} normal recording(s), calibrating on {len(val_files)}"
               + (f"; {len(bad)} unreadable skipped" if bad else ""))
-    x = _collect(pre, train_files, cfg.max_train_windows, cfg.max_window_bytes)
+    x = _collect(pre, train_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
     if not val_files:  # one recording: calibrate on its last windows (in time), train on the rest
         n_v = max(1, int(round(cfg.val_fraction * len(x))))
         x, xv = x[:-n_v], x[-n_v:]
         val_source = f"last {n_v} windows of the single training recording"
     else:
-        xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes)
+        xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
         val_source = f"{len(val_files)} held-out normal recording(s)"
+    failed = {b["file"] for b in bad}
+    train_files = [f for f in train_files if str(f) not in failed]
+    val_files = [f for f in val_files if str(f) not in failed]
+    if progress and bad:
+        print(f"skipped {len(bad)} normal recording(s) that could not be used: "
+              + "; ".join(f"{Path(b['file']).name}: {b['error']}" for b in bad[:5]))
     det = _detector(cfg, sfreq)
     with tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} windows", disable=not progress) as bar:
         det.fit(x)
@@ -415,6 +449,8 @@ class ScreeningModel:
             cfg = ScreeningConfig.from_dict(info["config"])
         except (json.JSONDecodeError, KeyError) as e:
             raise ReadError(f"corrupt {MODEL_CONFIG}: {e}", f) from None
+        if cfg.detector == "features":
+            import medad.detectors.features  # noqa: F401  (registers it; see _detector)
         det = Detector.load(path / DETECTOR_DIR)
         return cls(det, cfg, float(info["sfreq"]), list(info["channels"]), float(info["threshold"]),
                    np.asarray(info["val_scores"], dtype=np.float64), info)
@@ -444,10 +480,16 @@ def flagged_intervals(starts: np.ndarray, scores: np.ndarray, threshold: float, 
     return out
 
 
-def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096) -> dict[str, Any]:
+def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096, progress: bool = False) -> dict[str, Any]:
     """Scores of every window of one recording, its flagged intervals and decision."""
+    from tqdm.auto import tqdm
+
     pre = Preprocessor(model.cfg, model.sfreq, model.channels)
     hdr = pre.header(path)
+    dur = hdr.n_times / hdr.sfreq if hdr.sfreq else 0.0
+    # a bar over recording time for long recordings (hours of EEG)
+    bar = tqdm(total=round(dur), unit="s", desc=f"  {Path(path).name}", leave=False,
+               disable=not progress or dur < 600)
 
     def score(st: np.ndarray, w: np.ndarray):
         sc = [model.detector.score(w[i:i + batch]).score.astype(np.float64) for i in range(0, len(w), batch)]
@@ -461,6 +503,9 @@ def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096) ->
         starts.append(st)
         scores.append(sc)
         env.append(e)
+        if len(st):
+            bar.update(max(0, round(st[-1] + model.cfg.step_seconds) - bar.n))
+    bar.close()
     s = np.concatenate(scores)
     t = np.concatenate(starts)
     ivs = flagged_intervals(t, s, model.threshold, model.cfg.window_seconds, model.cfg.min_windows)
@@ -528,10 +573,36 @@ def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path,
     return written
 
 
+def ecg_beats(path: Path, channel: int = 0, chunk_seconds: float = 600.0) -> tuple[np.ndarray, float]:
+    """R peaks (samples) of one channel of a recording, found chunk by chunk (2 s overlap)."""
+    from medad.io.signals import iter_signal_chunks, read_header
+    from medad.transforms.signal import detect_r_peaks
+
+    hdr = read_header(path)
+    fs = float(hdr.sfreq)
+    out = []
+    for c0, x in iter_signal_chunks(path, chunk_seconds, 2.0, picks=[channel], header=hdr):
+        if x.shape[1] < 2 * fs:
+            continue
+        i0 = int(round(c0 * fs))
+        p = detect_r_peaks(x[0], fs) + i0
+        lo = i0 + (int(fs) if c0 > 0 else 0)  # each chunk keeps beats away from its start edge
+        out.append(p[p >= lo])
+    peaks = np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+    if len(peaks) > 1:  # the same beat found by two overlapping chunks a sample or two apart
+        peaks = peaks[np.r_[True, np.diff(peaks) > int(0.2 * fs)]]
+    return peaks, fs
+
+
 def write_wfdb_annotations(record: str, intervals: list[dict[str, Any]], sfreq: float, out_dir: Path,
-                           extension: str = "medad") -> Path:
-    """Flagged intervals as a WFDB annotation file ``<record>.<extension>``: a rhythm-change
-    annotation (``+``, aux ``(MEDAD_ABN score=...``) at each start and ``+`` ``(N`` at each end."""
+                           extension: str = "medad", beats: np.ndarray | None = None) -> Path:
+    """Screening results as a WFDB annotation file ``<record>.<extension>``.
+
+    Each flagged interval is a rhythm-change annotation (``+``, aux ``(MEDAD_ABN score=...``) at
+    its start and ``+`` ``(N`` at its end. With ``beats`` (R-peak samples), every beat is
+    annotated too: ``N`` outside flagged intervals, ``Q`` (unclassifiable, aux ``medad_abnormal``)
+    inside -- a beat file any WFDB viewer shows alongside the reference annotations.
+    """
     from medad.io.signals import _wfdb
 
     wfdb = _wfdb()
@@ -540,8 +611,16 @@ def write_wfdb_annotations(record: str, intervals: list[dict[str, Any]], sfreq: 
         samples += [int(round(iv["start_s"] * sfreq)), int(round(iv["end_s"] * sfreq))]
         symbols += ["+", "+"]
         aux += [f"(MEDAD_ABN score={iv['max_score']:.4g} p={iv['probability']:.3f}", "(N"]
+    if beats is not None and len(beats):
+        t = np.asarray(beats) / sfreq
+        inside = np.zeros(len(t), bool)
+        for iv in intervals:
+            inside |= (t >= iv["start_s"]) & (t < iv["end_s"])
+        samples += [int(b) for b in beats]
+        symbols += ["Q" if f else "N" for f in inside]
+        aux += ["medad_abnormal" if f else "" for f in inside]
     f = out_dir / f"{record}.{extension}"
-    if not samples:  # wrann refuses an empty file; an empty annotation file says "nothing flagged"
+    if not samples:  # wrann refuses an empty file; a note says "nothing flagged"
         samples, symbols, aux = [0], ["\""], ["medad: nothing flagged"]
     order = np.argsort(samples, kind="stable")
     tmpdir = out_dir / f".wfdb_tmp_{record}"
@@ -597,6 +676,23 @@ def plot_recording(path: Path, res: dict[str, Any], model: ScreeningModel, title
     return path
 
 
+def unique_record_ids(files: Sequence[Path]) -> list[str]:
+    """Record ids from file names, prefixed with parent folders where two files share a name
+    (``N/001.wav`` and ``MR/001.wav`` -> ``N_001``, ``MR_001``), so outputs never overwrite."""
+    from medad.io.signals import record_id_from_path
+
+    rids = [record_id_from_path(f) for f in files]
+    depth = 1
+    while len(set(rids)) < len(rids) and depth < 8:
+        seen: dict[str, int] = {}
+        for r in rids:
+            seen[r] = seen.get(r, 0) + 1
+        rids = [("_".join(f.parts[-1 - depth:-1]) + "_" + record_id_from_path(f)) if seen[r] > 1 else r
+                for f, r in zip(files, rids)]
+        depth += 1
+    return rids
+
+
 RESULT_FIELDS = ["file", "record_id", "status", "error", "duration_s", "n_windows", "max_score", "decision",
                  "n_intervals", "flagged_seconds", "threshold"]
 
@@ -613,18 +709,18 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
     """
     from tqdm.auto import tqdm
 
-    from medad.io.signals import record_id_from_path, signal_format
+    from medad.io.signals import signal_format
     from medad.utils import write_json, write_text
 
     model = ScreeningModel.load(model_path)
     files = list_recordings(folder)
+    rids = unique_record_ids(files)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, recs = [], []
-    for f in tqdm(files, desc="screening", disable=not progress, unit="rec"):
-        rid = record_id_from_path(f)
+    for f, rid in tqdm(list(zip(files, rids)), desc="screening", disable=not progress, unit="rec"):
         try:
-            res = screen_recording(model, f)
+            res = screen_recording(model, f, progress=progress)
         except MedadError as e:
             rows.append({"file": str(f), "record_id": rid, "status": "error", "error": e.problem})
             recs.append(dict(rows[-1]))
@@ -649,7 +745,10 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
             if fmt == "mne":
                 outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy)]
             elif fmt == "wfdb":
-                outputs.append(write_wfdb_annotations(rid, ivs, float(hdr.sfreq), out).name)
+                beats = None
+                if model.cfg.ecg_beats:
+                    beats, _ = ecg_beats(f, channel=Preprocessor(model.cfg, model.sfreq, model.channels).picks(hdr)[0])
+                outputs.append(write_wfdb_annotations(rid, ivs, float(hdr.sfreq), out, beats=beats).name)
             if plots and ivs:
                 outputs.append(plot_recording(out / f"{rid}_screening.png", res, model,
                                               f"{rid}: {len(ivs)} flagged span(s), max score "

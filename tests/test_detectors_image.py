@@ -46,8 +46,8 @@ def _with_defects(x: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # fast but trained enough to see a 7x7 defect on 32x32 images
 FAST = {
     "pca": {"n_components": 0.95, "image_size": 32},
-    "svdd": {"image_size": 32, "channels": (8, 16), "rep_dim": 16, "epochs": 3, "pretrain_epochs": 2,
-             "batch_size": 32},
+    "svdd": {"image_size": 32, "channels": (8, 16), "rep_dim": 16, "epochs": 8, "pretrain_epochs": 3,
+             "batch_size": 16},
     "cutpaste": {"image_size": 32, "channels": (16, 32, 64), "epochs": 25, "batch_size": 16, "lr": 1e-3},
     "patchcore": {"image_size": 32, "channels": (16, 32), "layers": (0, 1), "epochs": 2, "batch_size": 32,
                   "coreset_ratio": 0.1},

@@ -142,3 +142,41 @@ def test_bad_input(data):
     bad[0, 0, 3] = np.nan
     with pytest.raises(InputError):
         det.score(bad)
+
+
+@pytest.mark.parametrize("scoring", ["latent", "combined"])
+def test_one_class_code_scores(data, scoring, tmp_path):
+    """The kNN-on-codes scores: the bank is kept with the model and scores reload identically."""
+    train, test_n, test_a, _ = data
+    det = _quiet(registry.create("seq_predictor", frame_len=16, hidden_size=16, epochs=3, batch_size=32,
+                                 scoring=scoring, k=3, max_bank=50)).fit(train)
+    assert det.bank_.shape[0] == 50
+    x = np.concatenate([test_n, test_a])
+    s = det.score(x).score
+    assert np.isfinite(s).all() and s.std() > 0
+    det2 = registry.get("seq_predictor").load(det.save(tmp_path / "m"))
+    assert np.array_equal(det2.score(x).score, s)
+    det.scoring = "nonsense"
+    with pytest.raises(Exception):
+        det.fit(train)
+
+
+def test_benchmark_window_helpers():
+    from medad.bench.signals import aggregate, record_normalise, windows_of
+
+    recs = [np.arange(10, dtype=np.float32)[None], np.arange(4, dtype=np.float32)[None]]
+    w, owner = windows_of(recs, 4, 2)
+    assert w.shape == (5, 1, 4) and owner.tolist() == [0, 0, 0, 0, 1]
+    assert np.array_equal(w[1, 0], [2, 3, 4, 5])
+    w, owner = windows_of([np.ones((1, 3), np.float32)], 4, 4)  # shorter than a window: padded
+    assert w.shape == (1, 1, 4) and w[0, 0, -1] == 0
+    assert np.allclose(aggregate(np.array([1.0, 3.0, 5.0]), np.array([0, 0, 1])), [2.0, 5.0])
+    # per-record normalisation removes a record's gain but keeps beat-to-beat ratios
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(6, 2, 20)).astype(np.float32)
+    x[3:] *= 7.0
+    x[1] *= 2.0
+    rec = np.array(["a"] * 3 + ["b"] * 3)
+    z = record_normalise(x, rec)
+    assert np.allclose(z[3:], record_normalise(x[3:] / 7.0, rec[3:]), atol=1e-5)
+    assert z[1].std() > 1.5 * z[0].std()

@@ -216,6 +216,8 @@ def test_wfdb_written_record_and_corrupt_dat(tmp_path):
 def test_format_detection(tmp_path):
     assert signal_format("x.EDF") == "mne" and signal_format("x.fif.gz") == "mne"
     assert signal_format("a.wav") == "wav" and signal_format("b.txt") == "text"
+    (tmp_path / "labels.csv").write_text("a,1\n")
+    assert not is_signal_file(tmp_path / "labels.csv")  # tables are not signals
     (tmp_path / "r.hea").write_text("r 1 100 10\n")
     assert signal_format(tmp_path / "r") == "wfdb"
     (tmp_path / "r.dat").write_bytes(b"\x00")

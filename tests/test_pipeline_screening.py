@@ -55,6 +55,8 @@ def folders(tmp_path_factory):
     _write_edf(test / "sub-11_eeg.edf", _eeg(60, 3, seed=11, spikes=SPIKES) * 3.0)  # another gain, too
     (test / "sub-12_eeg.edf").write_bytes(b"0       " + b"x" * 500)  # corrupt
     _write_edf(test / "sub-13_eeg.edf", _eeg(60, 2, seed=13), names=["A", "B"])  # lacks the model's channels
+    (normals / "sub-98_eeg.edf").write_bytes(b"garbage" * 100)  # unreadable: skipped, reported
+    _write_edf(normals / "sub-99_eeg.edf", _eeg(1.0, 3, seed=99))  # shorter than a window: skipped
     cfg = ScreeningConfig(bandpass=[0.5, 40.0], notch=50.0, window_seconds=2.0, step_seconds=1.0,
                           chunk_seconds=20.0, window_fpr=0.01, min_windows=2, val_fraction=0.25,
                           detector_params={"amplitude": True})
@@ -69,6 +71,8 @@ def test_model_folder_and_calibration(folders):
     assert len(info["val_recordings"]) == 1 and len(info["train_recordings"]) == 3
     assert not set(info["val_recordings"]) & set(info["train_recordings"])
     assert "held-out" in info["calibration"]["source"]
+    assert sorted(Path(b["file"]).name for b in info["skipped"]) == ["sub-98_eeg.edf", "sub-99_eeg.edf"]
+    assert "sub-99_eeg" not in info["train_recordings"] + info["val_recordings"]
     m = ScreeningModel.load(model)
     assert m.threshold == pytest.approx(info["threshold"]) and m.detector.name == "features"
 
@@ -147,6 +151,12 @@ def test_wfdb_annotations_roundtrip(tmp_path):
     assert a.symbol == ["+"] * 4
     assert a.aux_note[0].startswith("(MEDAD_ABN") and a.aux_note[1] == "(N"
     assert f.name == "rec.medad" and not any(p.name.startswith(".wfdb_tmp") for p in tmp_path.iterdir())
+    # with beats: every beat labelled, Q inside flagged spans
+    beats = np.array([180, 700, 1000, 3700, 4000, 5000])
+    write_wfdb_annotations("rec", ivs, 360.0, tmp_path, beats=beats)
+    a = wfdb.rdann(str(tmp_path / "rec"), "medad")
+    got = {int(s): sym for s, sym in zip(a.sample, a.symbol) if sym != "+"}
+    assert got == {180: "N", 700: "Q", 1000: "N", 3700: "Q", 4000: "Q", 5000: "N"}
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -174,8 +184,10 @@ def test_wfdb_and_wav_folders_are_screened(tmp_path):
     rows = {r["record_id"]: r for r in s["recordings"]}
     assert rows["ab"]["decision"] == "abnormal" and rows["w"]["status"] == "ok"
     a = wfdb.rdann(str(tmp_path / "o" / "ab"), "medad")
-    assert a.aux_note[0].startswith("(MEDAD_ABN")
-    assert 9 * FS <= a.sample[0] <= 16 * FS
+    spans = [(smp, note) for smp, sym, note in zip(a.sample, a.symbol, a.aux_note) if sym == "+"]
+    assert spans[0][1].startswith("(MEDAD_ABN")
+    assert 9 * FS <= spans[0][0] <= 16 * FS
+    assert set(a.symbol) >= {"+", "N"}  # beats were annotated too (found in this synthetic trace)
 
 
 def test_streaming_windows_match_whole_recording(tmp_path):
@@ -203,6 +215,19 @@ def test_streaming_windows_match_whole_recording(tmp_path):
     assert err < 1e-3
 
 
+def test_listing_skips_docs_and_ids_stay_unique(tmp_path):
+    from pipelines.screening import unique_record_ids
+
+    for d in ("N", "MR"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "001.wav").write_bytes(b"x")
+    (tmp_path / "SOURCE.txt").write_text("where the data came from")
+    (tmp_path / "labels.csv").write_text("a,1")
+    files = list_recordings(tmp_path)
+    assert [f.name for f in files] == ["001.wav", "001.wav"]
+    assert unique_record_ids(files) == ["MR_001", "N_001"]
+
+
 def test_flagged_intervals_rules():
     starts = np.arange(10.0)
     s = np.array([0, 5, 0, 5, 5, 5, 0, 5, 5, 0], float)
@@ -223,3 +248,25 @@ def test_cli_screen(folders, tmp_path):
     assert (tmp_path / "o" / "results.csv").is_file()
     r = CliRunner().invoke(app, ["screen", "run", str(tmp_path), str(test), "--out", str(tmp_path / "o2")])
     assert r.exit_code != 0  # not a model folder
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "screening_eeg.yaml"
+    r = CliRunner().invoke(app, ["screen", "train", str(root / "normals"), "--out", str(tmp_path / "m"),
+                                 "--config", str(cfg), "--window-fpr", "0.05"])
+    assert r.exit_code == 0, r.output
+    info = json.loads((tmp_path / "m" / "screening.json").read_text())
+    assert info["config"]["window_fpr"] == 0.05 and info["config"]["bandpass"] == [0.5, 45.0]
+
+
+def test_streaming_edf_writer_reads_back(tmp_path):
+    """The benchmark's block-by-block EDF writer produces a file MNE and medad read exactly."""
+    from medad.bench.screening_speed import burst_times, eeg_like_blocks, write_edf_streaming
+    from medad.io.signals import read_signal
+
+    blocks = list(eeg_like_blocks(30, 3, 64, seed=0, block_seconds=10, spikes_every_s=20.0))
+    assert [b.shape for b in blocks] == [(3, 640)] * 3
+    f = write_edf_streaming(tmp_path / "g.edf", iter(blocks), n_channels=3, sfreq=64, n_records=30)
+    rec = read_signal(f)
+    assert rec.data.shape == (3, 1920) and rec.sfreq == 64
+    ref = np.concatenate(blocks, axis=1) * 1e-6  # µV -> V
+    np.testing.assert_allclose(rec.data, ref, atol=500e-6 / 32767 * 1.01)  # 16-bit quantisation
+    b = int(burst_times(30, 20.0)[0] * 64)
+    assert np.abs(ref[:, b:b + 64]).max() > 3 * np.abs(ref[:, :b]).max() / 2

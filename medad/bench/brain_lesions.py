@@ -116,10 +116,11 @@ def evaluate_maps(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray,
 class BenchData:
     """Prepared volumes, cached per preprocessing setting (registration masks computed once)."""
 
-    def __init__(self, root: Path, quick: bool, seed: int = 0):
+    def __init__(self, root: Path, quick: bool, seed: int = 0, cache_dir: Path | None = None):
         self.root = root
         self.quick = quick
         self.seed = seed
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.cases = brats_cases(root)
         self._cache: dict[str, Any] = {}
         self._nichart_masks: dict[Path, np.ndarray] = {}
@@ -137,12 +138,31 @@ class BenchData:
             out.append((f, m if m.is_file() else None))
         return out
 
+    def _registered_mask(self, f: Path, rec, iterations: int) -> np.ndarray:
+        """MNI152-registration brain mask of a NiChart scan, kept in ``cache_dir`` (as .npy,
+        no pickle) when one is given so reruns skip the registrations."""
+        from medad.transforms.brain import register_brain_mask
+
+        cached = None if self.cache_dir is None else self.cache_dir / f"{f.name}.it{iterations}.brainmask.npy"
+        if cached is not None and cached.is_file():
+            m = np.load(cached, allow_pickle=False)
+            if m.shape == rec.shape:
+                return m
+        m = register_brain_mask(rec.data, rec.affine, iterations=iterations)
+        if cached is not None:
+            from medad.utils import atomic_path
+
+            with atomic_path(cached) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, m, allow_pickle=False)
+        return m
+
     def prepared(self, modality: str, prep) -> dict[str, Any]:
         """Train / val / test volumes (with lesion masks) for one modality and preprocessing."""
         from tqdm.auto import tqdm
 
         from medad.io.volumes import read_volume
-        from medad.transforms.brain import BrainPrepConfig, preprocess_volume, register_brain_mask
+        from medad.transforms.brain import BrainPrepConfig, preprocess_volume
 
         key = json.dumps([modality, prep.to_dict()], sort_keys=True)
         if key in self._cache:
@@ -173,8 +193,7 @@ class BenchData:
                 rec = read_volume(f)
                 rec.subject_id = sid
                 if f not in self._nichart_masks:  # registration is the slow part: once per scan
-                    self._nichart_masks[f] = register_brain_mask(rec.data, rec.affine,
-                                                                 iterations=prep.registration_iterations)
+                    self._nichart_masks[f] = self._registered_mask(f, rec, prep.registration_iterations)
                 vol = preprocess_volume(rec, nprep, brain_mask=self._nichart_masks[f])
                 wmh = _read_mask(m, rec) if m is not None else None
                 split = "val" if sid in val_ids else "train"
@@ -285,7 +304,7 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detectors: Sequence[str],
                       modalities: Sequence[str] = ("flair", "t1c"), quick: bool = False,
                       config_dir: str | Path = "configs", copy_to: str | Path | None = None,
-                      reference: bool = True) -> dict[str, Any]:
+                      reference: bool = True, cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Run the benchmark and write ``<out>/brain-lesions.json`` and ``.md``."""
     import torch
 
@@ -298,7 +317,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     if bad:
         raise ConfigError(f"unknown modality {', '.join(bad)}; choose from {', '.join(MODALITY_FILES)}")
     root = _root(data_root)
-    data = BenchData(root, quick)
+    data = BenchData(root, quick, cache_dir=cache_dir)
     results, errors = [], []
     for mod in modalities:
         if reference:

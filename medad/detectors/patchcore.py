@@ -130,12 +130,6 @@ class PatchCoreDetector(TorchDetector):
         self.seed = seed
         self.device = device
 
-    def _train_config(self):
-        cfg = super()._train_config()
-        if self.backbone == "random":
-            cfg.epochs = 0
-        return cfg
-
     def _prepare_fit(self, x: np.ndarray, y) -> None:
         from medad.nets.image_encoders import channel_stats
 
@@ -173,9 +167,27 @@ class PatchCoreDetector(TorchDetector):
 
         from medad.utils import get_device
 
-        super()._fit(x, val, y)
+        if self.backbone == "random":  # no training: only the BatchNorm statistics of the data
+            from medad.utils import seed_everything
+
+            seed_everything(int(self.seed))
+            self.in_shape_ = [int(v) for v in x.shape[1:]]
+            self._prepare_fit(x, y)
+            self.net_ = self._build_net()
+        else:
+            super()._fit(x, val, y)
         device = get_device(self.device)
-        net = self.net_.to(device).eval()
+        net = self.net_.to(device)
+        if self.backbone == "random":
+            for mod in net.modules():
+                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                    mod.reset_running_stats()
+                    mod.momentum = None  # cumulative average over the pass below
+            net.train()
+            with torch.no_grad():
+                for i in range(0, len(x), int(self.batch_size)):
+                    net.encoder(net.prep(torch.from_numpy(np.ascontiguousarray(x[i:i + int(self.batch_size)])).to(device)))
+        net.eval()
         feats = []
         with torch.no_grad():
             for i in range(0, len(x), int(self.batch_size)):

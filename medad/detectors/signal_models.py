@@ -314,8 +314,18 @@ class NeuralMemoryDetector(SupervisedSignalDetector):
 
 # ============================================================================ one-class
 class OneClassSignalDetector(_SignalNetDetector):
-    """Base of the normal-only sequence models: score = mean squared error over frames, map =
-    that error per sample on the input's time grid."""
+    """Base of the normal-only sequence models.
+
+    ``scoring="error"``: the mean squared reconstruction / prediction error. It fails when an
+    anomaly is *simpler* than normal data (a wide, smooth PVC or a rhythmic seizure, once its
+    amplitude is normalised, is easier to reconstruct than a sharp normal QRS or irregular
+    background EEG), so two more scores look at what the network encodes instead:
+    ``scoring="latent"``: mean distance of the item's code to its ``k`` nearest training codes (a
+    bank of at most ``max_bank`` normal items kept with the model, deep-kNN style);
+    ``scoring="combined"``: the sum of both, each standardised by its spread over the training
+    items (leave-one-out for the kNN part). The map is always the per-sample error on the
+    input's time grid.
+    """
 
     representation = "frames"
 
@@ -323,9 +333,58 @@ class OneClassSignalDetector(_SignalNetDetector):
         """Per-frame-sample squared errors ``(N, S', D)`` and the index of the first scored frame."""
         raise NotImplementedError
 
+    def _codes(self, net, x):
+        """What the network encodes of each item, ``(N, E)``."""
+        raise NotImplementedError
+
     def _loss(self, net, batch):
         err, _ = self._errors(net, batch[0])
         return err.mean()
+
+    def _check_score_mode(self) -> None:
+        if self.scoring not in ("error", "latent", "combined"):
+            raise ConfigError(f"scoring must be 'error', 'latent' or 'combined', got {self.scoring!r}")
+
+    def _fit(self, x, val, y) -> None:
+        import torch
+
+        self._check_score_mode()
+        super()._fit(x, val, y)
+        if self.scoring == "error":
+            return
+        rng = np.random.default_rng(int(self.seed))
+        keep = np.sort(rng.choice(len(x), min(len(x), int(self.max_bank)), replace=False))
+        errs, codes = [], []
+        with torch.no_grad():
+            for i in range(0, len(keep), 256):
+                xb = torch.from_numpy(np.ascontiguousarray(x[keep[i:i + 256]]))
+                e, _ = self._errors(self.net_, xb)
+                errs.append(e.mean(dim=(1, 2)))
+                codes.append(self._codes(self.net_, xb))
+        self.bank_ = torch.cat(codes)
+        err = torch.cat(errs)
+        d = self._knn(self.bank_, exclude_self=True)
+        self.score_stats_ = torch.stack([err.mean(), err.std() + 1e-12, d.mean(), d.std() + 1e-12])
+
+    def _knn(self, q, exclude_self: bool = False):
+        import torch
+
+        k = max(1, min(int(self.k), len(self.bank_) - int(exclude_self)))
+        out = []
+        for i in range(0, len(q), 1024):
+            d = torch.cdist(q[i:i + 1024], self.bank_)
+            v = torch.topk(d, k + int(exclude_self), dim=1, largest=False).values
+            out.append(v[:, int(exclude_self):].mean(dim=1))
+        return torch.cat(out)
+
+    def _extra_state(self):
+        if getattr(self, "bank_", None) is None:
+            return {}
+        return {"bank": self.bank_, "score_stats": self.score_stats_}
+
+    def _load_extra_state(self, arrays) -> None:
+        self.bank_ = arrays.get("bank")
+        self.score_stats_ = arrays.get("score_stats")
 
     def _score_batch(self, net, xb):
         import torch
@@ -334,6 +393,11 @@ class OneClassSignalDetector(_SignalNetDetector):
 
         err, first = self._errors(net, xb)
         score = err.mean(dim=(1, 2))
+        if self.scoring != "error":
+            self.bank_ = self.bank_.to(xb.device)
+            st = self.score_stats_.to(xb.device)
+            d = self._knn(self._codes(net, xb))
+            score = (d - st[2]) / st[3] if self.scoring == "latent" else (score - st[0]) / st[1] + (d - st[2]) / st[3]
         # per-sample map: unscored leading frames get 0, samples after the last frame the last value
         c, t = xb.shape[1], xb.shape[2]
         full = torch.cat([err.new_zeros(err.shape[0], first, err.shape[2]), err], dim=1)
@@ -341,6 +405,12 @@ class OneClassSignalDetector(_SignalNetDetector):
         if m.shape[1] < t:
             m = torch.cat([m, m[:, -1:].expand(-1, t - m.shape[1])], dim=1)
         return score, m
+
+
+_ONE_CLASS_DOC = """        scoring: "error", "latent" (kNN distance of the code to normal training codes) or
+            "combined"; k: neighbours; max_bank: training items kept for the kNN.
+        normalize: "window" or "none".
+        epochs, batch_size, lr, seed, device: training settings."""
 
 
 @register("seq_ae")
@@ -352,21 +422,24 @@ class SequenceAEDetector(OneClassSignalDetector):
         hidden_size, latent_size, num_layers, cell ("lstm" | "gru"): the autoencoder.
         code: "step" (a small code per frame) or "sequence" (one code per window); see
             :class:`medad.nets.recurrent.SequenceAutoencoder`.
-        normalize: "window" or "none".
-        epochs, batch_size, lr, seed, device: training settings.
+""" + _ONE_CLASS_DOC + """
     """
 
     conformance_params = {"frame_len": 16, "hidden_size": 8, "latent_size": 4, "epochs": 2, "batch_size": 16}
 
     def __init__(self, frame_len: int = 32, hidden_size: int = 64, latent_size: int = 4, num_layers: int = 1,
-                 cell: str = "lstm", code: str = "step", normalize: str = "window", epochs: int = 20,
-                 batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
+                 cell: str = "lstm", code: str = "step", scoring: str = "error", k: int = 5, max_bank: int = 4096,
+                 normalize: str = "window", epochs: int = 20, batch_size: int = 32, lr: float = 1e-3,
+                 seed: int = 0, device: str = "auto"):
         self.frame_len = frame_len
         self.hidden_size = hidden_size
         self.latent_size = latent_size
         self.num_layers = num_layers
         self.cell = cell
         self.code = code
+        self.scoring = scoring
+        self.k = k
+        self.max_bank = max_bank
         self.normalize = normalize
         self.epochs = epochs
         self.batch_size = batch_size
@@ -385,6 +458,9 @@ class SequenceAEDetector(OneClassSignalDetector):
         f = prep(x)
         return (core(f) - f) ** 2, 0
 
+    def _codes(self, net, x):
+        return net[1].encode(net[0](x)).flatten(1)
+
 
 @register("seq_predictor")
 class SequencePredictorDetector(OneClassSignalDetector):
@@ -393,20 +469,23 @@ class SequencePredictorDetector(OneClassSignalDetector):
 
     Args:
         frame_len: samples per step (at most half the window).
-        hidden_size, num_layers, cell ("lstm" | "gru"): the predictor.
-        normalize: "window" or "none".
-        epochs, batch_size, lr, seed, device: training settings.
+        hidden_size, num_layers, cell ("lstm" | "gru"): the predictor (its code for the kNN
+            scores: the mean and last of its hidden states).
+""" + _ONE_CLASS_DOC + """
     """
 
     conformance_params = {"frame_len": 16, "hidden_size": 8, "epochs": 2, "batch_size": 16}
 
     def __init__(self, frame_len: int = 32, hidden_size: int = 64, num_layers: int = 1, cell: str = "lstm",
-                 normalize: str = "window", epochs: int = 20, batch_size: int = 32, lr: float = 1e-3,
-                 seed: int = 0, device: str = "auto"):
+                 scoring: str = "error", k: int = 5, max_bank: int = 4096, normalize: str = "window",
+                 epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
         self.frame_len = frame_len
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.cell = cell
+        self.scoring = scoring
+        self.k = k
+        self.max_bank = max_bank
         self.normalize = normalize
         self.epochs = epochs
         self.batch_size = batch_size
@@ -424,3 +503,9 @@ class SequencePredictorDetector(OneClassSignalDetector):
         prep, core = net[0], net[1]
         f = prep(x)
         return (core(f) - f[:, 1:]) ** 2, 1
+
+    def _codes(self, net, x):
+        import torch
+
+        h = net[1].encoder(net[0](x))
+        return torch.cat([h.mean(dim=1), h[:, -1]], dim=1)

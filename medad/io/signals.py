@@ -29,7 +29,7 @@ from medad.io.records import Annotation, SignalRecord
 MNE_EXTENSIONS = (".edf", ".bdf", ".fif", ".fif.gz")
 WFDB_EXTENSIONS = (".hea", ".dat")
 WAV_EXTENSIONS = (".wav",)
-TEXT_EXTENSIONS = (".txt", ".asc", ".csv")
+TEXT_EXTENSIONS = (".txt", ".asc")  # .csv is left to tables (labels, beat lists), not signals
 SIGNAL_EXTENSIONS = MNE_EXTENSIONS + WFDB_EXTENSIONS + WAV_EXTENSIONS + TEXT_EXTENSIONS
 # WFDB annotation files looked for next to a record, in order of preference
 WFDB_ANNOTATORS = ("atr", "qrs", "ecg")
@@ -299,7 +299,7 @@ def _text_read(p: Path) -> np.ndarray:
         raise ReadError("not a text file (binary content)", p) from None
     except OSError as e:
         raise ReadError(f"cannot read: {e.strerror}", p) from None
-    tokens = txt.replace(",", " ").split()
+    tokens = txt.replace(",", " ").split()  # comma- or whitespace-separated
     try:
         x = np.asarray(tokens, dtype=np.float64)
     except ValueError:

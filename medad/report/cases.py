@@ -157,6 +157,14 @@ def _explain(det, x, method, explain_kw, spatial_dims: int):
     return explain(det, x, method, spatial_dims=spatial_dims, **explain_kw)
 
 
+def _single_item_panels(det, x: np.ndarray, methods, explain_kw):
+    """Score one item ``x`` (1, C, *spatial); its own map (if any) and one map per method."""
+    s, amap = _scores(det, x)
+    panels = ([("anomaly_map", amap[0])] if amap is not None else []) + \
+             [(m, _explain(det, x[0], m, explain_kw, x.ndim - 2)) for m in methods]
+    return float(s[0]), getattr(det, "threshold_", None), panels
+
+
 def _explain_array(det, x, out, *, methods, cid, normalise, top_k, explain_kw) -> CaseReport:
     x = _normalise(x, normalise)
     s, amap = _scores(det, x)
@@ -199,11 +207,8 @@ def _explain_image(det, p, out, *, methods, cid, normalise, top_k, explain_kw) -
     if x0.shape[1] != c:
         raise InputError(f"image has {x0.shape[1]} channels, the model expects {c}", p)
     x = _normalise(_resize(x0, (h, w)), normalise)
-    s, amap = _scores(det, x)
-    score, thr = float(s[0]), getattr(det, "threshold_", None)
+    score, thr, panels = _single_item_panels(det, x, methods, explain_kw)
     figs = []
-    panels = ([("anomaly_map", amap[0])] if amap is not None else []) + \
-             [(m, _explain(det, x[0], m, explain_kw, 2)) for m in methods]
     for name, mp in panels:
         back = _resize(mp[None, None], rec.data.shape[:2])[0, 0]
         np.save(out / f"{name}.npy", back)
@@ -264,11 +269,8 @@ def _explain_volume_3d(det, p, out, *, methods, cid, normalise, top_k, explain_k
     x = _normalise(_resize(rec.data[None, None], size), normalise)
     if c != 1:
         x = np.repeat(x, c, axis=1)
-    s, amap = _scores(det, x)
-    score, thr = float(s[0]), getattr(det, "threshold_", None)
+    score, thr, panels = _single_item_panels(det, x, methods, explain_kw)
     figs = []
-    panels = ([("anomaly_map", amap[0])] if amap is not None else []) + \
-             [(m, _explain(det, x[0], m, explain_kw, 3)) for m in methods]
     for name, mp in panels:
         back = _resize(mp[None, None], rec.data.shape)[0, 0]
         write_like(back.astype(np.float32), rec, out / f"{name}.nii.gz")

@@ -1,0 +1,128 @@
+"""Brain-lesion pipeline: train on healthy scans, score a folder; maps on the input's own grid
+(also for a non-RAS real scan), a corrupt scan reported while the rest are scored, CLI wiring."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pipelines.brain_lesions import BrainLesionConfig, BrainModel, find_scans, score_folder, train_brain
+
+LPS = np.array([[-2.0, 0, 0, 60], [0, -2.0, 0, 70], [0, 0, 2.0, -40], [0, 0, 0, 1]])
+SHAPE = (48, 56, 40)
+
+
+def _ellipsoid(shape, radii, centre) -> np.ndarray:
+    g = np.indices(shape).astype(np.float32)
+    return sum(((g[i] - centre[i]) / radii[i]) ** 2 for i in range(3)) <= 1.0
+
+
+def _write_scan(folder, name, seed, lesion=False):
+    """A non-RAS (LPS) synthetic head: brain ellipsoid, a dimmer 'scalp' ring, its brain mask."""
+    rng = np.random.default_rng(seed)
+    c = np.array(SHAPE) / 2.0
+    brain = _ellipsoid(SHAPE, (17, 21, 14), c)
+    head = _ellipsoid(SHAPE, (21, 25, 18), c)
+    from scipy import ndimage as ndi
+
+    # spatially smooth "anatomy" (std ~6) rather than white noise, as in real tissue
+    tissue = ndi.gaussian_filter(rng.normal(0, 1, SHAPE), 1.5)
+    tissue = 100 + 6 * tissue / tissue.std()
+    data = np.where(head, 40.0, 0.0) + np.where(brain, tissue - 40.0, 0.0)
+    les = _ellipsoid(SHAPE, (4, 4, 4), c + [6, 5, 2]) if lesion else np.zeros(SHAPE, bool)
+    data[les] += 60.0
+    nib.save(nib.Nifti1Image(data.astype(np.float32), LPS), folder / f"{name}.nii.gz")
+    nib.save(nib.Nifti1Image(brain.astype(np.uint8), LPS), folder / f"{name}_brainmask.nii.gz")
+    return les
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("brain")
+    healthy = root / "healthy"
+    healthy.mkdir()
+    for i in range(4):
+        _write_scan(healthy, f"h{i}", seed=i)
+    cfg = BrainLesionConfig(
+        detector="intensity", detector_params={"median_size": 1}, mask_pattern="{stem}_brainmask.nii.gz",
+        preprocessing={"spacing": 2.0, "slice_spacing": 2.0, "size": 48, "min_brain_pixels": 50},
+        val_fraction=0.25, min_lesion_voxels=5)
+    model = train_brain(healthy, root / "model", cfg, progress=False)
+    return root, model
+
+
+def test_train_writes_a_calibrated_model(trained):
+    root, path = trained
+    m = BrainModel.load(path)
+    assert m.voxel_threshold is not None and m.decision_ml is not None
+    assert len(m.info["val_subjects"]) == 1 and len(m.info["train_subjects"]) == 3
+    assert not set(m.info["val_subjects"]) & set(m.info["train_subjects"])
+    assert m.config.prep.size == 48
+
+
+def test_score_folder_maps_on_input_grid_and_bad_scan_reported(trained, data_root):
+    root, model = trained
+    scans = root / "scans"
+    scans.mkdir()
+    les = _write_scan(scans, "patient", seed=10, lesion=True)
+    _write_scan(scans, "control", seed=11)
+    (scans / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08 this is not a NIfTI file")
+    # a real non-RAS scan (NiChart FLAIR, stored LPS), with a crude brain mask on its own grid
+    src = data_root / "mri" / "nichart_flair" / "fl" / "Subj1_FL.nii.gz"
+    if src.is_file():
+        shutil.copy(src, scans / "Subj1_FL.nii.gz")
+        img = nib.load(src)
+        a = np.asarray(img.dataobj, dtype=np.float32)
+        nib.save(nib.Nifti1Image((a > np.percentile(a, 60)).astype(np.uint8), img.affine),
+                 scans / "Subj1_FL_brainmask.nii.gz")
+    out = root / "out"
+    rows = score_folder(model, scans, out, progress=False)
+    by = {r["scan"]: r for r in rows}
+    assert by["broken"]["status"] == "error" and "broken.nii.gz" in by["broken"]["error"]
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) == len(rows) - 1
+    with open(out / "summary.csv") as f:
+        csv_rows = list(csv.DictReader(f))
+    assert [r["scan"] for r in csv_rows] == [r["scan"] for r in rows]
+    for r in ok:
+        name = r["scan"]
+        inp = nib.load(scans / f"{name}.nii.gz")
+        for fname in ("anomaly_map.nii.gz", "mask.nii.gz"):
+            outimg = nib.load(out / name / fname)
+            assert outimg.shape == inp.shape, (name, fname)
+            np.testing.assert_allclose(outimg.affine, inp.affine, atol=1e-5)
+            assert nib.aff2axcodes(outimg.affine) == nib.aff2axcodes(inp.affine)
+        assert (out / name / "overlay.png").stat().st_size > 1000
+    # the inserted lesion is found, on the file's own voxel grid (no flips)
+    pmask = np.asarray(nib.load(out / "patient" / "mask.nii.gz").dataobj).astype(bool)
+    assert (pmask & les).sum() / les.sum() > 0.5
+    assert (pmask & ~les).sum() < les.sum()
+    assert by["patient"]["decision"] == "abnormal" and by["control"]["decision"] == "normal"
+    assert by["patient"]["lesion_ml"] > by["control"]["lesion_ml"]
+    if src.is_file():
+        assert by["Subj1_FL"]["brain_source"] == "given"
+
+
+def test_find_scans_pairs_masks_and_skips_them(tmp_path):
+    _write_scan(tmp_path, "a", seed=0)
+    scans = find_scans(tmp_path, mask_pattern="{stem}_brainmask.nii.gz")
+    assert [s.scan_id for s in scans] == ["a"] and scans[0].mask_path.name == "a_brainmask.nii.gz"
+
+
+def test_cli_train_and_score(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    root, model = trained
+    runner = CliRunner()
+    res = runner.invoke(app, ["brain", "score", str(model), str(root / "healthy" / "h0.nii.gz"),
+                              "--out", str(tmp_path / "o"), "--no-overlays"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "o" / "h0" / "anomaly_map.nii.gz").is_file()
+    bad = runner.invoke(app, ["brain", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "m")])
+    assert bad.exit_code != 0
