@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -33,8 +33,8 @@ import numpy as np
 
 from medad.errors import ConfigError, InputError, MedadError, ReadError
 from medad.transforms.brain import (
-    BrainPrepConfig, PreparedVolume, from_model_grid, postprocess_map, preprocess_volume,
-    remove_small_components, slices_to_volume, volume_to_slices,
+    BrainPrepConfig, PreparedVolume, dataclass_from_dict, from_model_grid, postprocess_map, preprocess_volume,
+    remove_small_components, slices_to_volume,
 )
 
 MODEL_FILE = "brain_model.json"
@@ -93,7 +93,7 @@ class BrainLesionConfig:
         for k in ("pixel_fpr", "slice_fpr"):
             if not 0.0 < getattr(self, k) < 1.0:
                 raise ConfigError(f"{k} must be in (0, 1), got {getattr(self, k)}")
-        self.prep  # validates the preprocessing block early
+        BrainPrepConfig.from_dict(self.preprocessing)  # validates the preprocessing block early
 
     @property
     def prep(self) -> BrainPrepConfig:
@@ -101,12 +101,7 @@ class BrainLesionConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BrainLesionConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown brain-lesion settings: {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "brain-lesion")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "BrainLesionConfig":
@@ -339,6 +334,11 @@ def fit_brain_model(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val
     return model.calibrate(val, exclude=val_lesions, progress=progress)
 
 
+def _error_text(e: Exception, path: Path) -> str:
+    """One line naming the file and the problem (medad errors already name the file)."""
+    return str(e) if isinstance(e, MedadError) else f"{path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
 def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, desc: str
                  ) -> tuple[list[PreparedVolume], list[dict[str, Any]]]:
     from tqdm.auto import tqdm
@@ -347,9 +347,10 @@ def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, d
     for s in tqdm(scans, desc=desc, disable=not progress, unit="scan"):
         try:
             vols.append(prepare_scan(s, prep))
-        except MedadError as e:
-            failed.append({"scan": s.scan_id, "path": str(s.path), "error": str(e)})
-            print(f"skipped {s.path}: {e}")
+        except (MedadError, ValueError, RuntimeError, OSError) as e:
+            msg = _error_text(e, s.path)
+            failed.append({"scan": s.scan_id, "path": str(s.path), "error": msg})
+            print(f"skipped: {msg}")
     return vols, failed
 
 
@@ -465,10 +466,12 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
             if overlays:
                 save_scan_overlay(vol, amap, mask, d / "overlay.png",
                                   f"{s.scan_id}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml")
-        except MedadError as e:  # a bad scan is reported, the rest of the folder is still scored
+        except (MedadError, ValueError, RuntimeError, OSError) as e:
+            # a bad scan is reported, the rest of the folder is still scored
+            msg = _error_text(e, s.path)
             row = {k: "" for k in SUMMARY_FIELDS}
-            row.update(scan=s.scan_id, path=str(s.path), status="error", error=str(e))
-            print(f"skipped {s.path}: {e}")
+            row.update(scan=s.scan_id, path=str(s.path), status="error", error=msg)
+            print(f"skipped: {msg}")
         rows.append(row)
     write_summary(rows, out / "summary.csv")
     n_bad = sum(r["status"] != "ok" for r in rows)

@@ -179,12 +179,14 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     times = np.array([f[1] for f in frames], dtype=np.float64)
     scores, flagged = np.zeros(len(frames)), np.zeros(len(frames), bool)
     overlay_files: list[str] = []
+    has_map = False
     for i in range(0, len(frames), batch_size):
         chunk = frames[i:i + batch_size]
         x = prepare_frames([f[2] for f in chunk], prep["image_size"], prep["grey"])
         res = det.predict(x)
         scores[i:i + len(chunk)] = res.score
         flagged[i:i + len(chunk)] = res.label
+        has_map = res.map is not None
         if not overlays or res.map is None:
             continue
         for j in np.flatnonzero(res.label):
@@ -212,7 +214,8 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         "n_frames_screened": int(len(frames)), "n_flagged": int(flagged.sum()),
         "threshold": float(det.threshold_), "threshold_source": (det.calibration_ or {}).get("source"),
         "spans": spans, "unreadable_frames": errors, "overlays": overlay_files,
-        "overlays_skipped": int(max(0, flagged.sum() - len(overlay_files))) if overlays and overlay_files else 0,
+        # flagged frames beyond max_overlays get no PNG (their rows are in frames.csv)
+        "overlays_not_written": int(flagged.sum() - len(overlay_files)) if overlays and has_map else 0,
     }
     write_json(out / "summary.json", summary)
     return summary

@@ -29,7 +29,7 @@ import csv
 import io
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -69,8 +69,9 @@ class ScreeningConfig:
         filter_method: ``"fft"`` (squared-magnitude response applied in the frequency domain,
             fast on long chunks) or ``"sos"`` (``sosfiltfilt``); both zero-phase, same filter.
         workers: threads that read, filter and score chunks in parallel.
-        ecg_beats: for WFDB input, also find R peaks and annotate every beat (``N``, or ``Q``
-            inside flagged spans) in the output WFDB annotation file.
+        ecg_beats: for WFDB input whose (first used) channel is an ECG lead, also find R peaks
+            and annotate every beat (``N``, or ``Q`` inside flagged spans) in the output WFDB
+            annotation file.
         seed: seeds the detector and the recording split.
     """
 
@@ -97,11 +98,10 @@ class ScreeningConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ScreeningConfig":
-        known = {f.name for f in fields(cls)}
-        bad = set(d) - known
-        if bad:
-            raise ConfigError(f"unknown screening settings {sorted(bad)}; known: {sorted(known)}")
-        return cls(**d)
+        """From a mapping; unknown keys are a clear error."""
+        from medad.transforms.brain import dataclass_from_dict  # the one shared settings helper
+
+        return dataclass_from_dict(cls, d, "screening")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "ScreeningConfig":
@@ -184,28 +184,39 @@ class Preprocessor:
             x = resample(x, fs, self.sfreq)
         return x, self.sfreq
 
-    def scale(self, path: Path, hdr, picks: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (median, robust scale) of the recording from up to 16 snippets of 10 s."""
+    def scale(self, path: Path, hdr, picks: list[int], n_pieces: int = 32) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (center, scale) of the recording for ``normalize="recording"``.
+
+        The recording is cut into window-long pieces (a short recording read whole, a long one as
+        ``n_pieces`` 10 s snippets spread over it); the result is the median over pieces of each
+        piece's median and robust scale, so abnormal stretches -- a minority of pieces -- do not
+        shift it.
+        """
         from medad.io.signals import iter_signal_chunks
+        from medad.transforms.signal import robust_scale
 
         if self.cfg.normalize != "recording":
             return np.zeros((len(picks), 1), np.float32), np.ones((len(picks), 1), np.float32)
         dur = hdr.n_times / hdr.sfreq
-        snip = min(10.0 + 2 * self.pad, dur)
-        starts = np.linspace(0, max(dur - snip, 0), num=min(16, max(1, int(dur // snip))))
-        parts = []
-        for s in starts:
-            _, x = next(iter_signal_chunks(path, snip, picks=picks, header=hdr, start_seconds=float(s),
-                                           stop_seconds=float(s + snip), sfreq=self.cfg.text_sfreq))
+        snippet = 10.0
+        span = snippet + 2 * self.pad
+        n = max(1, int(round(self.cfg.window_seconds * self.sfreq)))  # window-long pieces
+
+        def pieces_of(start: float, stop: float) -> list[np.ndarray]:
+            _, x = next(iter_signal_chunks(path, stop - start + 1.0, picks=picks, header=hdr, start_seconds=start,
+                                           stop_seconds=stop, sfreq=self.cfg.text_sfreq))
             y, fs = self.filter(x, hdr.sfreq)
-            e = int(self.pad * fs) if y.shape[1] > 4 * self.pad * fs else 0
-            parts.append(y[:, e: y.shape[1] - e] if e else y)
-        allx = np.concatenate(parts, axis=1)
-        med = np.median(allx, axis=1, keepdims=True)
-        q75, q25 = np.percentile(allx, [75, 25], axis=1, keepdims=True)
-        sc = (q75 - q25) / 1.349
-        sd = allx.std(axis=1, keepdims=True)
-        sc = np.where(sc > 1e-12, sc, np.where(sd > 1e-12, sd, 1.0))
+            e = int(self.pad * fs)  # drop the filter's edges unless that leaves less than a window
+            y = y[:, e: y.shape[1] - e] if y.shape[1] > 2 * e + n else y
+            return [y[:, i:i + n] for i in range(0, max(y.shape[1] - n, 0) + 1, n)]
+
+        if dur <= n_pieces * span:  # short: all of it
+            pieces = pieces_of(0.0, dur)
+        else:  # long: snippets spread over the recording, never the whole of it
+            pieces = [p for a in np.linspace(0, dur - span, n_pieces) for p in pieces_of(float(a), float(a + span))]
+        stats = [robust_scale(p, axis=1, eps=1e-12) for p in pieces]
+        med = np.median(np.stack([m for m, _ in stats]), axis=0)
+        sc = np.median(np.stack([v for _, v in stats]), axis=0)
         return med.astype(np.float32), sc.astype(np.float32)
 
     def windows(self, path: Path, hdr=None, fn: Callable[[np.ndarray, np.ndarray], Any] | None = None,
@@ -573,6 +584,16 @@ def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path,
     return written
 
 
+_ECG_LEADS = {"i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5", "v6", "mlii", "mli", "mliii",
+              "ml", "v", "x", "y", "z", "vx", "vy", "vz", "d1", "d2", "d3"}
+
+
+def looks_like_ecg(channel: str) -> bool:
+    """True for ECG channel names (``ECG...``, ``EKG...``, limb/precordial/modified leads)."""
+    c = channel.strip().lower()
+    return c.startswith(("ecg", "ekg")) or c in _ECG_LEADS or c.replace("lead", "").strip() in _ECG_LEADS
+
+
 def ecg_beats(path: Path, channel: int = 0, chunk_seconds: float = 600.0) -> tuple[np.ndarray, float]:
     """R peaks (samples) of one channel of a recording, found chunk by chunk (2 s overlap)."""
     from medad.io.signals import iter_signal_chunks, read_header
@@ -640,9 +661,14 @@ def write_wfdb_annotations(record: str, intervals: list[dict[str, Any]], sfreq: 
     return f
 
 
-def plot_recording(path: Path, res: dict[str, Any], model: ScreeningModel, title: str) -> Path:
-    """Trace summary (per-window min/max of the first channels) with abnormal spans shaded, and
-    the window scores with the threshold."""
+PLOT_TRACE_SECONDS = 900.0  # recordings up to this long are re-read to draw the real trace
+
+
+def plot_recording(path: Path, res: dict[str, Any], model: ScreeningModel, title: str,
+                   source: Path | None = None) -> Path:
+    """The first channels (preprocessed) with abnormal spans shaded, and the window scores with
+    the threshold. Recordings up to :data:`PLOT_TRACE_SECONDS` long (given ``source``) show the
+    trace itself; longer ones its per-window min/max envelope (never re-read whole)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -653,10 +679,25 @@ def plot_recording(path: Path, res: dict[str, Any], model: ScreeningModel, title
     t = res["starts"] + model.cfg.window_seconds / 2
     env = res["envelope"]  # (n, C<=4, 2)
     n_ch = env.shape[1]
+    hdr = res["header"]
+    trace = None
+    if source is not None and hdr.n_times / hdr.sfreq <= PLOT_TRACE_SECONDS:
+        from medad.io.signals import iter_signal_chunks
+
+        pre = Preprocessor(model.cfg, model.sfreq, model.channels)
+        picks = pre.picks(hdr)[:n_ch]
+        _, x = next(iter_signal_chunks(source, hdr.n_times / hdr.sfreq + 1, picks=picks, header=hdr,
+                                       sfreq=model.cfg.text_sfreq))
+        y, fs = pre.filter(x, float(hdr.sfreq))
+        step = max(1, y.shape[1] // 20000)  # at most ~20k points a channel
+        trace = (np.arange(0, y.shape[1], step) / fs, y[:, ::step])
     fig, axes = plt.subplots(n_ch + 1, 1, figsize=(12, 1.4 * (n_ch + 1) + 0.6), sharex=True)
     for c in range(n_ch):
         ax = axes[c]
-        ax.fill_between(t, env[:, c, 0], env[:, c, 1], color="0.25", lw=0, step="mid")
+        if trace is not None:
+            ax.plot(trace[0], trace[1][c], color="0.2", lw=0.5)
+        else:
+            ax.fill_between(t, env[:, c, 0], env[:, c, 1], color="0.25", lw=0, step="mid")
         ax.set_ylabel(res["channels"][c][:12], rotation=0, ha="right", fontsize=8)
         ax.set_yticks([])
     ax = axes[-1]
@@ -746,13 +787,15 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
                 outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy)]
             elif fmt == "wfdb":
                 beats = None
-                if model.cfg.ecg_beats:
-                    beats, _ = ecg_beats(f, channel=Preprocessor(model.cfg, model.sfreq, model.channels).picks(hdr)[0])
+                ch = Preprocessor(model.cfg, model.sfreq, model.channels).picks(hdr)[0]
+                if model.cfg.ecg_beats and looks_like_ecg(hdr.ch_names[ch]):
+                    beats, _ = ecg_beats(f, channel=ch)
                 outputs.append(write_wfdb_annotations(rid, ivs, float(hdr.sfreq), out, beats=beats).name)
             if plots and ivs:
                 outputs.append(plot_recording(out / f"{rid}_screening.png", res, model,
                                               f"{rid}: {len(ivs)} flagged span(s), max score "
-                                              f"{res['scores'].max():.3g} (threshold {model.threshold:.3g})").name)
+                                              f"{res['scores'].max():.3g} (threshold {model.threshold:.3g})",
+                                              source=f).name)
         except MedadError as e:
             outputs.append(f"(output failed: {e.problem})")
         row = {

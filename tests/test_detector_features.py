@@ -43,6 +43,15 @@ def test_feature_shapes_and_amplitude_invariance():
     assert fm.shape == (5, 3 * (9 + nb + 4))
     with pytest.raises(InputError):
         signal_features(x[0], FS)
+    # groups: absolute band powers = relative share + log variance (an amplitude-dependent group)
+    ab = signal_features(x, FS, groups=["abs_bands"]).reshape(5, 3, nb)
+    rel = signal_features(x, FS, groups=["rel_bands", "log_var"]).reshape(5, 3, nb + 1)
+    np.testing.assert_allclose(ab, rel[..., :nb] + rel[..., nb:], atol=5e-3)  # up to the log floor
+    assert signal_features(x, FS, groups=["hjorth", "abs_bands"], amplitude=False).shape == (5, 3 * 2)
+    with pytest.raises(ConfigError):
+        signal_features(x, FS, groups=["abs_bands"], amplitude=False)
+    with pytest.raises(ConfigError):
+        signal_features(x, FS, groups=["wavelets"])
 
 
 def test_band_powers_find_the_rhythm():

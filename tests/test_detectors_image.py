@@ -50,7 +50,7 @@ FAST = {
              "batch_size": 16},
     "cutpaste": {"image_size": 32, "channels": (16, 32, 64), "epochs": 25, "batch_size": 16, "lr": 1e-3},
     "patchcore": {"image_size": 32, "channels": (16, 32), "layers": (0, 1), "epochs": 2, "batch_size": 32,
-                  "coreset_ratio": 0.1},
+                  "coreset_ratio": 0.1, "max_patches": 4000},
 }
 
 

@@ -12,7 +12,15 @@ from medad import registry
 from medad.errors import InputError
 from medad.evaluation import auroc
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models on a shared CPU: one thread avoids spin-waiting between threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 T = 256
 
 

@@ -176,7 +176,7 @@ def test_detector_anomaly_score_is_explained():
         assert m.shape == (SIZE, SIZE)
         assert m[box].mean() > m[~box].mean(), method
     f = deletion_insertion(det, x, explain(det, x, "ig"), steps=10, n_random=1)
-    assert f["scale"].startswith("score scaled") and f["deletion_margin"] > 0
+    assert f["scale"].startswith("score relative") and f["deletion_margin"] > 0
     with pytest.raises(InputError, match="target"):
         explain(det, x, "gradcam", target=1)
 

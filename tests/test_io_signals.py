@@ -224,3 +224,16 @@ def test_format_detection(tmp_path):
     assert is_signal_file(tmp_path / "r.hea") and not is_signal_file(tmp_path / "r.dat")
     with pytest.raises(ReadError):
         signal_format("noext")
+
+
+def test_ucr_bad_files(tmp_path):
+    f = tmp_path / "X_TRAIN.txt"
+    f.write_text("1 0.1 0.2 0.3\n\n-1 0.4 oops 0.6\n")
+    with pytest.raises(ReadError, match="line 3"):
+        read_ucr(f)
+    f.write_text("1 0.1 0.2 0.3\n2 0.1 0.2\n")
+    with pytest.raises(ReadError, match="differ in length"):
+        read_ucr(f)
+    f.write_text("1.5 0.1 0.2\n")
+    with pytest.raises(ReadError, match="integer class labels"):
+        read_ucr(f)

@@ -14,7 +14,15 @@ from medad.nets.recurrent import (NextStepPredictor, RecurrentClassifier, Sequen
                                   to_frames)
 from medad.nets.signal_prep import SignalPrep
 
-torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models on a shared CPU: one thread avoids spin-waiting between threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _grads_flow(net: torch.nn.Module, out: torch.Tensor) -> None:
@@ -63,10 +71,11 @@ def test_recurrent_classifier(cell, bidirectional, num_layers):
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_sequence_autoencoder_and_predictor(cell):
     x = torch.randn(4, 6, 10)
-    ae = SequenceAutoencoder(10, hidden_size=8, latent_size=3, cell=cell)
-    rec = ae(x)
-    assert rec.shape == x.shape and ae.encode(x).shape == (4, 3)
-    _grads_flow(ae, rec - x)
+    for code, code_shape in (("step", (4, 6, 3)), ("sequence", (4, 3))):
+        ae = SequenceAutoencoder(10, hidden_size=8, latent_size=3, cell=cell, code=code)
+        rec = ae(x)
+        assert rec.shape == x.shape and ae.encode(x).shape == code_shape
+        _grads_flow(ae, rec - x)
     pred = NextStepPredictor(10, hidden_size=8, cell=cell)
     p = pred(x)
     assert p.shape == (4, 5, 10)

@@ -115,3 +115,24 @@ def test_cli_train_and_screen(normal_dir, tmp_path):
     assert "screened 10 frames" in r.output
     r = runner.invoke(app, ["images", "screen", str(tmp_path / "nope"), str(clip), "--out", str(tmp_path / "o2")])
     assert r.exit_code != 0
+
+
+def test_shipped_configs_build_their_detectors():
+    from pathlib import Path
+
+    from medad import registry
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs").glob("images_*.yaml"))
+    assert files, "configs/images_*.yaml missing"
+    for f in files:
+        cfg = FramesConfig.from_yaml(f)
+        det = registry.create(cfg.detector, **cfg.detector_params)
+        assert det.input_kind == "image" and not det.supervised, f.name
+
+
+def test_bad_model_folder_is_a_clear_error(tmp_path):
+    from medad.errors import ReadError
+
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ReadError, match="frames.json"):
+        screen_frames(tmp_path / "m", tmp_path, tmp_path / "o")

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medad.config import data_root
 from pipelines.screening import (
     Preprocessor, ScreeningConfig, ScreeningModel, flagged_intervals, list_recordings, screen_folder,
     train_screening, write_wfdb_annotations,
@@ -228,6 +229,13 @@ def test_listing_skips_docs_and_ids_stay_unique(tmp_path):
     assert unique_record_ids(files) == ["MR_001", "N_001"]
 
 
+def test_looks_like_ecg():
+    from pipelines.screening import looks_like_ecg
+
+    assert all(looks_like_ecg(c) for c in ["MLII", "V5", "ii", "aVF", "ECG", "EKG lead I", "Lead II"])
+    assert not any(looks_like_ecg(c) for c in ["Fp1", "EEG C3-Ref", "PLETH", "RESP", "audio"])
+
+
 def test_flagged_intervals_rules():
     starts = np.arange(10.0)
     s = np.array([0, 5, 0, 5, 5, 5, 0, 5, 5, 0], float)
@@ -270,3 +278,62 @@ def test_streaming_edf_writer_reads_back(tmp_path):
     np.testing.assert_allclose(rec.data, ref, atol=500e-6 / 32767 * 1.01)  # 16-bit quantisation
     b = int(burst_times(30, 20.0)[0] * 64)
     assert np.abs(ref[:, b:b + 64]).max() > 3 * np.abs(ref[:, :b]).max() / 2
+
+
+@pytest.mark.skipif(data_root(required=False) is None,
+                    reason="shared data root (../shared/data or $MEDAD_DATA_ROOT) absent")
+def test_real_eeg_seizure_is_flagged_after_training_on_its_preictal_start(tmp_path):
+    """Wang-Chung scalp EEG (8 channels, 100 Hz; first half before the seizure, second half
+    during it): trained on the first 40 % of the pre-seizure half only, the screening flags
+    (almost) none of the unseen pre-seizure windows and most seizure windows."""
+    import mne
+
+    from medad.evaluation import auroc
+    from medad.io.signals import read_signal
+
+    root = data_root() / "eeg" / "wang_chung"
+    chs = ["c3", "c4", "cz", "p3", "p4", "t3", "t4", "t5"]
+    data = np.stack([read_signal(root / f"{c}.txt", sfreq=100).data[0] for c in chs]).astype(np.float64)
+    half = data.shape[1] // 2
+    q = int(0.4 * half)
+
+    def edf(path, x):
+        raw = mne.io.RawArray(x * 1e-6, mne.create_info([c.upper() for c in chs], 100.0, "eeg"), verbose="error")
+        mne.export.export_raw(str(path), raw, fmt="edf", overwrite=True, verbose="error")
+
+    (tmp_path / "normal").mkdir()
+    (tmp_path / "new").mkdir()
+    edf(tmp_path / "normal" / "pre_a.edf", data[:, :q])
+    edf(tmp_path / "normal" / "pre_b.edf", data[:, q:2 * q])
+    edf(tmp_path / "new" / "full.edf", data)
+    cfg = ScreeningConfig(bandpass=[0.5, 40.0], notch=None, window_seconds=2.0, step_seconds=1.0, window_fpr=0.01,
+                          min_windows=3, val_fraction=0.5, chunk_seconds=60.0)
+    model = train_screening(tmp_path / "normal", tmp_path / "m", cfg, progress=False)
+    summary = screen_folder(model, tmp_path / "new", tmp_path / "out", progress=False, plots=False)
+    assert summary["recordings"][0]["decision"] == "abnormal"
+    ws = np.loadtxt(tmp_path / "out" / "full_window_scores.csv", delimiter=",", skiprows=1)
+    t, s = ws[:, 0], ws[:, 1]
+    unseen_pre = (t >= 2 * q / 100) & (t + 2 <= half / 100)
+    seizure = t >= half / 100
+    thr = summary["threshold"]
+    assert (s[unseen_pre] > thr).mean() < 0.05  # measured: 0.00
+    assert (s[seizure] > thr).mean() > 0.6  # measured: 0.80
+    m = unseen_pre | seizure
+    assert auroc(seizure[m].astype(int), s[m]) > 0.9  # measured: 0.94
+
+
+def test_recording_scale_ignores_abnormal_stretches(tmp_path):
+    """The per-recording amplitude scale is a median over ~10 s pieces: large bursts in a
+    quarter of the recording leave it (nearly) where the clean recording puts it."""
+    clean = _eeg(120, 2, seed=5)
+    burst = clean.copy()
+    for a in (10, 50, 90):
+        burst[:, a * FS:(a + 10) * FS] *= 6.0
+    _write_edf(tmp_path / "clean.edf", clean)
+    _write_edf(tmp_path / "burst.edf", burst)
+    pre = Preprocessor(ScreeningConfig(notch=None), FS, None)
+    scales = []
+    for name in ("clean", "burst"):
+        hdr = pre.header(tmp_path / f"{name}.edf")
+        scales.append(pre.scale(tmp_path / f"{name}.edf", hdr, [0, 1])[1].ravel())
+    np.testing.assert_allclose(scales[1], scales[0], rtol=0.15)

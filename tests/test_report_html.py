@@ -236,3 +236,30 @@ def test_explain_cli_bad_input(tmp_path, saved_pca):
     assert r.exit_code != 0
     r = _cli(["explain", str(saved_pca), str(bad), "--out", str(tmp_path / "o"), "--method", "magic"])
     assert r.exit_code != 0
+
+
+def test_explain_signal_recording(tmp_path):
+    """A signal detector explains a text recording: flagged windows, attribution plot, report."""
+    import torch
+
+    from medad import registry
+    from medad.report.cases import explain_file
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    win, sf = 128, 64.0
+    x = rng.normal(size=(48, 1, win)).astype(np.float32)
+    y = np.arange(48) % 2
+    x[y == 1, :, 40:80] += 4 * np.sin(np.arange(40) * 1.3)  # abnormal windows: a burst
+    det = registry.create("cnn1d", channels=(4, 8), dilations=(1,), epochs=3, batch_size=16, lr=3e-3)
+    det.fit(x, y=y)
+    det.calibrate(x[y == 0], fpr=0.05)
+    rec = np.concatenate([x[0, 0], x[2, 0], x[1, 0], x[4, 0]])  # normal, normal, burst, normal
+    f = tmp_path / "rec.txt"
+    np.savetxt(f, rec)
+    out = tmp_path / "out"
+    case = explain_file(det, f, out, methods=["gradcam"], sfreq=sf, top_k=2)
+    assert case.details["windows"] == 4
+    assert (out / "gradcam.png").is_file() and (out / "report.html").is_file()
+    assert check_self_contained((out / "report.html").read_text()) == []
+    assert case.score == pytest.approx(float(det.score(x[[0, 2, 1, 4]]).score.max()), rel=1e-5)

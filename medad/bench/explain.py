@@ -143,8 +143,10 @@ def evaluate_methods(det, items: np.ndarray, regions: np.ndarray | None, setting
         agg["all_zero_maps"] = int(sum(r["all_zero"] for r in rows))
         agg["n_items"] = len(rows)
         agg["seconds_per_map_median"] = float(np.median(secs))
-        agg["seconds_per_map_mean"] = float(np.mean(secs))
+        # the fastest map is the one least slowed by other processes on a shared machine
+        agg["seconds_per_map_min"] = float(np.min(secs))
         agg["settings"] = kw
+        agg["per_item"] = rows
         res[method] = agg
     return res
 
@@ -160,6 +162,17 @@ def _save_example(item, m, region, path: Path, title: str) -> None:
             idx = np.flatnonzero(region)
             spans = [(idx[0] / 173.61, (idx[-1] + 1) / 173.61, 1.0)]
         save_signal_plot(item, 173.61, path, spans=spans, attribution=m, ch_names=["EEG"], title=title)
+
+
+def _example_report(out: Path, stem: str, case_id: str, score: float, methods: list[str], what: str) -> None:
+    """An HTML report of the first explained item with every method's figure (as a clinician sees it)."""
+    from medad.report.html import CaseReport, Figure, write_case_report
+
+    figs = [Figure(png=str(out / f"{stem}_{m}.png"), title=m, kind=m) for m in methods
+            if (out / f"{stem}_{m}.png").is_file()]
+    write_case_report(out / f"{stem}_report.html", CaseReport(
+        case_id=case_id, decision="abnormal" if score > 0.5 else "normal", score=score, threshold=0.5,
+        method=", ".join(methods), model=what, figures=figs))
 
 
 def bench_brats(root: Path, out: Path, quick: bool, device: str) -> dict[str, Any]:
@@ -183,6 +196,8 @@ def bench_brats(root: Path, out: Path, quick: bool, device: str) -> dict[str, An
     chosen = rng.choice(confident if len(confident) >= n else pos, size=min(n, len(pos)), replace=False)
     methods = evaluate_methods(det, test["x"][chosen], test["mask"][chosen], METHOD_SETTINGS,
                                steps=20, n_random=2 if quick else 3, out_png=out / "explain_brats.png", label="BraTS")
+    _example_report(out, "explain_brats", f"BraTS slice ({test['subject'][chosen[0]]})", float(scores[chosen[0]]),
+                    list(METHOD_SETTINGS), "lesion probability of the slice classifier; cyan outline = expert lesion mask")
     return {
         "protocol": ("train: axial FLAIR slices of the 2 BraTS train patients (lesion >= 100 voxels vs none); "
                      "test: slices of the 4 validation+test patients; maps on lesion slices predicted as lesion"),
@@ -230,6 +245,8 @@ def bench_bonn(root: Path, out: Path, quick: bool, device: str) -> dict[str, Any
     s_sp = det.score(spliced).score
     res_sp = evaluate_methods(det, spliced, regions, SIGNAL_SETTINGS, steps=20, n_random=2 if quick else 3,
                               out_png=out / "explain_bonn_spliced.png", label="Bonn spliced")
+    _example_report(out, "explain_bonn_spliced", "Bonn spliced window", float(s_sp[0]), list(SIGNAL_SETTINGS),
+                    "seizure probability of the window; red span = the spliced-in seizure part")
     return {
         "protocol": ("cnn1d, A,B vs E, 1024-sample windows, 80/20 split by segment; maps on held-out E windows "
                      "(faithfulness only: E is seizure throughout, so 'share inside the seizure' is 1 by "
@@ -251,12 +268,13 @@ def _rows(methods: dict[str, Any], with_share: bool) -> list[list[Any]]:
                      f"{r['items_better_than_random_deletion']}/{r['n_items']}",
                      r["insertion_auc"], r["insertion_margin"],
                      r.get("share_inside") if with_share else None, r.get("region_share") if with_share else None,
-                     r["all_zero_maps"], r["seconds_per_map_median"] * 1000])
+                     r["all_zero_maps"], r["seconds_per_map_median"] * 1000, r["seconds_per_map_min"] * 1000])
     return rows
 
 
 HEADER = ["method", "deletion AUC", "random", "margin", "margin vs smooth random", "items < random",
-          "insertion AUC", "ins. margin", "share inside", "region share", "all-zero maps", "ms / map (median)"]
+          "insertion AUC", "ins. margin", "share inside", "region share", "all-zero maps", "ms / map (median)",
+          "ms / map (min)"]
 
 
 def run(*, data_root=None, out: Path = Path("results/bench"), quick: bool = False, threads: int = 2,
@@ -281,8 +299,9 @@ def run(*, data_root=None, out: Path = Path("results/bench"), quick: bool = Fals
                          "every_method_better_than_random_deletion": True}}
     g = brats["methods"]
     results["goals_met"] = {
-        "gradcam_ms": g["gradcam"]["seconds_per_map_median"] * 1000 <= 50,
-        "shap_lime_s": all(g[m]["seconds_per_map_median"] <= 3 for m in ("kernel_shap", "lime")),
+        "gradcam_ms (min over maps)": g["gradcam"]["seconds_per_map_min"] * 1000 <= 50,
+        "gradcam_ms (median)": g["gradcam"]["seconds_per_map_median"] * 1000 <= 50,
+        "shap_lime_s (median)": all(g[m]["seconds_per_map_median"] <= 3 for m in ("kernel_shap", "lime")),
         "better_than_random_brats": all(r["deletion_margin"] > 0 for r in g.values()),
         "better_than_random_bonn": all(r["deletion_margin"] > 0 for r in bonn["seizure_windows"].values()),
     }

@@ -107,25 +107,32 @@ def _group_halves(groups: list[str], seed: int) -> tuple[np.ndarray, np.ndarray]
 
 
 # ----------------------------------------------------------------------------- detectors
-def _specs(task: str, quick: bool, channels: int) -> dict[str, tuple[str, dict]]:
-    """Detector name -> (registry name, params) for a task; small for CPUs, smaller with quick."""
-    e = (lambda full, q: q if quick else full)
+def _epochs(steps: int, n: int, batch: int = 32) -> int:
+    """Epochs that give about ``steps`` optimiser steps on ``n`` items (a CPU budget, so that
+    small and large training sets cost about the same)."""
+    return max(1, int(round(steps * batch / max(n, 1))))
+
+
+def _specs(task: str, quick: bool, n_train: int) -> dict[str, tuple[str, dict]]:
+    """Detector name -> (registry name, params) for a task, sized for shared CPUs by a budget of
+    optimiser steps (x 1/10 with quick)."""
+    k = 0.1 if quick else 1.0
+    ep = (lambda steps: _epochs(int(steps * k), n_train))  # noqa: E731
     patch_task = task in ("kvasir", "ct_tumour")
     size = None if patch_task else 64
     specs = {
         "pca": ("pca", {"n_components": 0.95, "image_size": 32}),
-        "cutpaste": ("cutpaste", {"image_size": size, "channels": (16, 32, 64), "epochs": e(30 if not patch_task else 6, 2),
+        "cutpaste": ("cutpaste", {"image_size": size, "channels": (16, 32, 64), "epochs": ep(300),
                                   "batch_size": 32, "lr": 1e-3}),
         "patchcore": ("patchcore", {"image_size": size, "channels": (32, 64, 128), "layers": (1, 2),
-                                    "epochs": e(15 if not patch_task else 3, 1), "coreset_ratio": 0.1,
-                                    "max_patches": e(20000, 3000), "batch_size": 32}),
+                                    "epochs": ep(100), "coreset_ratio": 0.1,
+                                    "max_patches": 3000 if quick else 20000, "batch_size": 32}),
         "svdd": ("svdd", {"image_size": 32 if patch_task else 64, "channels": (16, 32, 64), "rep_dim": 32,
-                          "pretrain_epochs": e(10 if not patch_task else 2, 1), "epochs": e(20 if not patch_task else 4, 1),
-                          "batch_size": 32}),
-        "ae": ("ae", {"spatial_dims": 2, "channels": (32, 64, 128), "strides": (2, 2, 2), "latent_channels": 16,
-                      "epochs": e(30 if not patch_task else 6, 2), "batch_size": 32}),
+                          "pretrain_epochs": ep(60), "epochs": ep(120), "batch_size": 32}),
+        "ae": ("ae", {"spatial_dims": 2, "channels": (16, 32, 64), "strides": (2, 2, 2), "latent_channels": 16,
+                      "epochs": ep(150), "batch_size": 32}),
     }
-    if task == "ct_tumour":
+    if patch_task:  # gradient maps tiled over whole frames are too slow here and say little
         specs.pop("svdd")
     return specs
 
@@ -203,8 +210,8 @@ def _task_kvasir(root: Path, quick: bool, only) -> dict[str, Any]:
     m_te = _load_masks([it.mask_path for it in va], S)
     train = _normal_patches(x_tr[:n_tr], m_tr[:n_tr], P, P // 2, dilate=S // 32)
     cal = _normal_patches(x_tr[n_tr:], m_tr[n_tr:], P, P, dilate=S // 32)
-    if len(train) > 6000:
-        train = train[rng.permutation(len(train))[:6000]]
+    if len(train) > 3000:
+        train = train[rng.permutation(len(train))[:3000]]
 
     # patch labels of the test frames (non-overlapping tiles)
     def patch_eval(maps: np.ndarray) -> dict[str, float]:
@@ -234,7 +241,7 @@ def _task_kvasir(root: Path, quick: bool, only) -> dict[str, Any]:
         res, ips = _score_timed(score, x_te)
         return {**pixel_eval(res.map, det.pixel_threshold_), "images_per_s": round(ips, 2)}
 
-    specs = _specs("kvasir", quick, 3)
+    specs = _specs("kvasir", quick, len(train))
     results: dict[str, Any] = {}
     for name in specs:
         if only and name not in only:
@@ -295,7 +302,7 @@ def _task_wce(root: Path, quick: bool, only) -> dict[str, Any]:
             out["n_flagged_bleeding_with_boxes"] = len(sh)
         return out
 
-    results = _one_class_runs("wce", _specs("wce", quick, 3), train, cal, evaluate, only)
+    results = _one_class_runs("wce", _specs("wce", quick, len(train)), train, cal, evaluate, only)
     red = lambda x: x[:, 0].mean((1, 2)) / np.maximum(x.sum(1).mean((1, 2)), 1e-6)  # noqa: E731
     results["redness_cue"] = {**_image_metrics(red(x_te)[~y_te], red(x_te)[y_te], None), "note": "no learning"}
     return {"protocol": {"image_size": S, "train": int(len(train)), "calibration": int(len(cal)),
@@ -332,7 +339,7 @@ def _task_brain(root: Path, quick: bool, only) -> dict[str, Any]:
         return out
 
     specs = {"intensity": ("intensity", {"median_size": 3, "normalize": "item", "quantile": 0.99}),
-             **_specs("brain", quick, 1)}
+             **_specs("brain", quick, len(x_tr))}
     results = _one_class_runs("brain", specs, x_tr, x_cal, evaluate, only)
     return {"protocol": {"image_size": S, "train": "train/notumor", "n_train": len(tr),
                          "calibration": "validation/notumor", "n_calibration": len(cal),
@@ -369,12 +376,13 @@ def _task_covid(root: Path, quick: bool, only) -> dict[str, Any]:
         return {**_image_metrics(res.score[~y_te], res.score[y_te], det.threshold_), "images_per_s": round(ips, 2)}
 
     specs = {"intensity": ("intensity", {"median_size": 3, "normalize": "item", "quantile": 0.99}),
-             **_specs("covid", quick, 1)}
+             **_specs("covid", quick, len(train))}
     results = _one_class_runs("covid", specs, train, cal, evaluate, only)
     if not only or "classifier" in only:  # supervised, beside: trained on both training halves
         x_sup = np.concatenate([train, x_cov[a_c][: (40 if quick else None)]])
         y_sup = np.r_[np.zeros(len(train), int), np.ones(len(x_sup) - len(train), int)]
-        params = {"arch": "densenet_small", "image_size": S, "epochs": 2 if quick else 25, "batch_size": 32}
+        params = {"arch": "densenet_small", "image_size": S, "epochs": _epochs(30 if quick else 300, len(x_sup)),
+                  "batch_size": 32}
         det = registry.create("classifier", **params)
         print(f"[covid] classifier: fitting on {len(x_sup)} labelled items", flush=True)
         train_s = _fit_timed(det, x_sup, y_sup)
@@ -407,7 +415,8 @@ def _task_ct_tumour(root: Path, quick: bool, only) -> dict[str, Any]:
         a, b = _group_halves(groups, seed=0)
         maps: dict[str, np.ndarray] = {}
         info: dict[str, Any] = {}
-        for name, (reg, params) in _specs("ct_tumour", quick, 1).items():
+        n_patch = len(_normal_patches(x[a], m[a], P, P // 4, dilate=4))
+        for name, (reg, params) in _specs("ct_tumour", quick, n_patch).items():
             if only and name not in only:
                 continue
             full = np.zeros((len(x), S, S), np.float32)
@@ -498,26 +507,40 @@ def _markdown(results: dict[str, Any]) -> str:
 
 def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | None = None,
                         detectors: list[str] | None = None, quick: bool = False,
-                        copy_to: str | Path | None = None) -> dict[str, Any]:
-    """Run the tasks, print progress, write ``<out>/image-screening.{json,md}``."""
+                        copy_to: str | Path | None = None, merge: list[str | Path] | None = None,
+                        threads: int = 2) -> dict[str, Any]:
+    """Run the tasks, print progress, write ``<out>/image-screening.{json,md}``.
+
+    ``merge``: earlier output folders (or JSON files) of runs on other tasks, e.g. made in
+    parallel; their task results are kept where this run has none.
+    """
     import torch
 
     from medad.bench.common import environment, write_benchmark
     from medad.utils import peak_rss_mb, seed_everything
 
-    tasks = list(tasks or ALL_TASKS)
+    tasks = list(ALL_TASKS if tasks is None else tasks)
     bad = [t for t in tasks if t not in TASKS]
     if bad:
         raise ConfigError(f"unknown task(s) {bad}; choose from {', '.join(ALL_TASKS)}")
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(max(1, int(threads)))
     seed_everything(0)
-    results: dict[str, Any] = {"quick": quick, "tasks": {}}
+    results: dict[str, Any] = {"quick": quick, "torch_threads": int(threads), "tasks": {}}
     t0 = time.perf_counter()
     for task in tasks:
         tt = time.perf_counter()
         results["tasks"][task] = TASKS[task](Path(data_root), quick, detectors)
         results["tasks"][task]["wall_seconds"] = round(time.perf_counter() - tt, 1)
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
+    for prev in merge or []:
+        import json
+
+        f = Path(prev) / "image-screening.json" if Path(prev).is_dir() else Path(prev)
+        if not f.is_file():
+            raise ReadError("no image-screening.json to merge", f)
+        old = json.loads(f.read_text())
+        for task, r in old.get("tasks", {}).items():
+            results["tasks"].setdefault(task, {**r, "merged_from": str(f), "run_date": old.get("environment", {}).get("date")})
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
     results["environment"] = environment()
     md = _markdown(results)

@@ -89,7 +89,7 @@ class Split:
     ``aux`` (e.g. RR intervals) that a method's ``prepare`` may combine with the windows."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, owner: np.ndarray | None = None,
-                 aux: np.ndarray | None = None):
+                 aux: Any = None):
         self.x, self.y, self.owner, self.aux = x, np.asarray(y).astype(int), owner, aux
 
     def inputs(self, prepare: Callable | None = None, transform: Callable | None = None) -> np.ndarray:
@@ -147,8 +147,7 @@ def run_method(method: str, params: dict[str, Any], train_x: np.ndarray | Split,
 def _evaluate(det, train_seconds: float, calib: Split, tests: dict[str, Split],
               conditions: dict[str, Callable] | None, prepare: Callable | None) -> dict[str, Any]:
     score_fn = lambda x: det.score(x).score  # noqa: E731
-    cal = calib.recording_scores(score_fn, prepare=prepare)
-    threshold = threshold_at_fpr(cal, FPR)
+    threshold = threshold_at_fpr(calib.recording_scores(score_fn, prepare=prepare), FPR)
     out: dict[str, Any] = {"train_seconds": train_seconds, "threshold": threshold, "tests": {}, "scores": {}}
     n_items, secs = 0, 0.0
     for name, sp in tests.items():

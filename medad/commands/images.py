@@ -57,15 +57,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         data_root: Optional[Path] = typer.Option(None, "--data-root", help="shared data folder"),
         out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
         tasks: Optional[List[str]] = typer.Option(None, "--tasks",
-                                                  help="kvasir, wce, brain, covid, ct_tumour (default all)"),
+                                                  help="kvasir, wce, brain, covid, ct_tumour (default all; 'none' only merges)"),
         detectors: Optional[List[str]] = typer.Option(None, "--detectors", help="subset of detectors"),
         quick: bool = typer.Option(False, help="small subsets and few epochs (smoke run)"),
         copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
+        merge: Optional[List[Path]] = typer.Option(None, "--merge",
+                                                   help="output folder of an earlier run on other tasks to merge in"),
+        threads: int = typer.Option(2, help="torch threads (1 is faster on a crowded machine)"),
     ) -> None:
         """Kvasir-SEG, WCEBleedGen, brain-tumour MRI, COVID-CT, CT tumour slices: one-class
         detectors beside PCA and intensity baselines; metrics, training time, images/s."""
         from medad.bench.image_screening import run_image_screening
         from medad.config import data_root as _data_root
 
-        run_image_screening(_data_root(data_root), out, tasks=tasks or None, detectors=detectors or None,
-                            quick=quick, copy_to=copy_to)
+        chosen = None if not tasks else [t for t in tasks if t != "none"]
+        run_image_screening(_data_root(data_root), out, tasks=chosen, detectors=detectors or None,
+                            quick=quick, copy_to=copy_to, merge=merge or None, threads=threads)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from medad.detectors.torch_base import TorchDetector
+from medad.nets.image_encoders import PrepStatsMixin
 from medad.errors import ConfigError, InputError
 from medad.registry import register
 
@@ -41,7 +42,7 @@ def _build_classifier(arch: str, in_channels: int, n_classes: int, image_size: i
 
 
 @register("classifier")
-class CNNClassifierDetector(TorchDetector):
+class CNNClassifierDetector(PrepStatsMixin, TorchDetector):
     """Supervised image classifier; anomaly score = 1 - p(normal class).
 
     Args:
@@ -75,8 +76,6 @@ class CNNClassifierDetector(TorchDetector):
     def _prepare_fit(self, x: np.ndarray, y) -> None:
         import torch
 
-        from medad.nets.image_encoders import channel_stats
-
         y = np.asarray(y)
         if not np.issubdtype(y.dtype, np.integer) and not np.all(np.mod(y, 1) == 0):
             raise InputError("classifier labels must be integers (normal_class = normal, others abnormal)")
@@ -92,13 +91,11 @@ class CNNClassifierDetector(TorchDetector):
         else:
             raise ConfigError(f"class_weight must be 'balanced' or None, got {self.class_weight!r}")
         self._weights = torch.as_tensor(w, dtype=torch.float32)
-        self._stats = channel_stats(x)
+        super()._prepare_fit(x, y)
 
     def _build_net(self):
         net = _build_classifier(self.arch, int(self.in_shape_[0]), int(self.n_classes_), self.image_size)
-        if getattr(self, "_stats", None) is not None:
-            net[0].set_stats(*self._stats)
-        return net
+        return self._with_stats(net, net[0])
 
     def _loss(self, net, batch):
         import torch

@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from medad.detectors.torch_base import TorchDetector
+from medad.nets.image_encoders import PrepStatsMixin
 from medad.registry import register
 
 
@@ -133,7 +134,7 @@ def _build_seg_net(in_channels: int, image_size: int | None, channels: Sequence[
 
 
 @register("cutpaste")
-class CutPasteDetector(TorchDetector):
+class CutPasteDetector(PrepStatsMixin, TorchDetector):
     """Segmenter of synthetic anomalies, trained on normal 2D images only.
 
     Args:
@@ -167,16 +168,9 @@ class CutPasteDetector(TorchDetector):
         self.seed = seed
         self.device = device
 
-    def _prepare_fit(self, x: np.ndarray, y) -> None:
-        from medad.nets.image_encoders import channel_stats
-
-        self._stats = channel_stats(x)
-
     def _build_net(self):
         net = _build_seg_net(int(self.in_shape_[0]), self.image_size, list(self.channels))
-        if getattr(self, "_stats", None) is not None:
-            net.prep.set_stats(*self._stats)
-        return net
+        return self._with_stats(net, net.prep)
 
     def _loss(self, net, batch):
         import torch

@@ -18,7 +18,7 @@ takes ``(N, F)`` feature arrays instead of windows (e.g. beat shape + RR interva
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -40,16 +40,27 @@ def default_bands(sfreq: float, n_bands: int = 6, fmin: float = 0.5) -> list[tup
     return [(float(a), float(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
+# feature groups in output order; amplitude-dependent ones are dropped by amplitude=False
+FEATURE_GROUPS = ("hjorth", "line_length", "zcr", "moments", "spectral", "rel_bands", "abs_bands", "log_var")
+DEFAULT_GROUPS = ("hjorth", "line_length", "zcr", "moments", "spectral", "rel_bands", "log_var")
+AMPLITUDE_GROUPS = ("abs_bands", "log_var")
+
+
 def signal_features(x: np.ndarray, sfreq: float, *, bands=None, amplitude: bool = True,
-                    n_mfcc: int = 0) -> np.ndarray:
+                    n_mfcc: int = 0, groups: Sequence[str] | None = None) -> np.ndarray:
     """Feature vector of every window.
 
     Args:
         x: ``(N, C, T)`` windows.
         sfreq: sampling rate.
         bands: ``[(low, high), ...]`` Hz; default :func:`default_bands`.
-        amplitude: include log variance (amplitude-dependent) per channel.
+        amplitude: keep the amplitude-dependent groups (``log_var``, ``abs_bands``).
         n_mfcc: also the mean of this many MFCCs per channel (0 = none).
+        groups: feature groups to compute, from :data:`FEATURE_GROUPS` (default
+            :data:`DEFAULT_GROUPS`): ``hjorth`` (mobility, complexity), ``line_length``
+            (/ std), ``zcr``, ``moments`` (skewness, log kurtosis), ``spectral`` (entropy, 95 %
+            edge, peak frequency), ``rel_bands`` (log share of power per band), ``abs_bands``
+            (log power per band), ``log_var``.
 
     Returns:
         ``(N, C * F)`` float32, channel-major (all features of channel 0, then channel 1, ...).
@@ -100,15 +111,21 @@ def signal_features(x: np.ndarray, sfreq: float, *, bands=None, amplitude: bool 
     nyq = sfreq / 2.0
     edge95 = freqs[np.minimum((cum < 0.95).sum(-1), kmax - 1)] / nyq
     peak = freqs[psd.argmax(-1)] / nyq
-    feats = [mobility, complexity, line_length, zcr, skew, np.log(kurt + eps), spec_entropy, edge95, peak]
     cum0 = np.concatenate([np.zeros_like(cum[..., :1]), cum], axis=-1)
+    rel = []
     for lo, hi in bands:
         i0, i1 = np.searchsorted(freqs, lo, side="left"), np.searchsorted(freqs, hi, side="left")
         if i1 <= i0:
             raise InputError(f"band {lo}-{hi} Hz holds no frequency bin for {t}-sample windows at {sfreq} Hz")
-        feats.append(np.log(np.maximum(cum0[..., i1] - cum0[..., i0], 0.0) + 1e-6))
-    if amplitude:
-        feats.append(np.log(var + eps))
+        rel.append(np.maximum(cum0[..., i1] - cum0[..., i0], 0.0))
+    # psd excludes DC, so total ~ T * var * mean(window^2): absolute band power = share x variance
+    by_group = {
+        "hjorth": [mobility, complexity], "line_length": [line_length], "zcr": [zcr],
+        "moments": [skew, np.log(kurt + eps)], "spectral": [spec_entropy, edge95, peak],
+        "rel_bands": [np.log(r + 1e-6) for r in rel],
+        "abs_bands": [np.log(r * var + eps) for r in rel], "log_var": [np.log(var + eps)],
+    }
+    feats = [f for g in _groups(groups, amplitude) for f in by_group[g]]
     out = np.stack(feats, axis=-1)  # (N, C, F)
     if n_mfcc:
         from medad.transforms.signal import mfcc
@@ -119,11 +136,23 @@ def signal_features(x: np.ndarray, sfreq: float, *, bands=None, amplitude: bool 
     return out.reshape(n, -1).astype(np.float32)
 
 
+def _groups(groups: Sequence[str] | None, amplitude: bool) -> list[str]:
+    chosen = list(DEFAULT_GROUPS if groups is None else groups)
+    bad = set(chosen) - set(FEATURE_GROUPS)
+    if bad:
+        raise ConfigError(f"unknown feature groups {sorted(bad)}; known: {', '.join(FEATURE_GROUPS)}")
+    chosen = [g for g in FEATURE_GROUPS if g in chosen and (amplitude or g not in AMPLITUDE_GROUPS)]
+    if not chosen:
+        raise ConfigError("no feature group left (amplitude=False removes abs_bands and log_var)")
+    return chosen
+
+
 def _precomputed(x: np.ndarray, sfreq: float, **_) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
-# name -> f(x, sfreq, bands=, amplitude=, n_mfcc=) -> (N, F). Saved models store the name only.
+# name -> f(x, sfreq, bands=, amplitude=, n_mfcc=, groups=) -> (N, F); functions added with
+# register_feature_fn should accept **kwargs. Saved models store the name only.
 FEATURE_FUNCTIONS: dict[str, Callable[..., np.ndarray]] = {"signal": signal_features, "precomputed": _precomputed}
 
 
@@ -139,7 +168,7 @@ class FeatureDetector(Detector):
     Args:
         sfreq: sampling rate of the windows it will see.
         bands: frequency bands ``[[low, high], ...]`` in Hz (default :func:`default_bands`).
-        amplitude: include per-channel log variance.
+        amplitude: keep the amplitude-dependent feature groups (log variance, absolute band powers).
         n_mfcc: add the mean of this many MFCCs per channel (0 = none).
         model: ``"mahalanobis"`` (Ledoit-Wolf covariance) or ``"knn"`` (mean distance to the
             ``k`` nearest healthy feature vectors).
@@ -148,6 +177,7 @@ class FeatureDetector(Detector):
             features in), or a name added with :func:`register_feature_fn`.
         max_train: at most this many healthy vectors are kept for ``"knn"`` (random, seeded).
         seed: for that subsample.
+        groups: feature groups (see :func:`signal_features`); default all but ``abs_bands``.
     """
 
     input_kind = "signal"
@@ -155,7 +185,7 @@ class FeatureDetector(Detector):
 
     def __init__(self, sfreq: float = 256.0, bands: list | None = None, amplitude: bool = True, n_mfcc: int = 0,
                  model: str = "mahalanobis", k: int = 5, feature_fn: str = "signal", max_train: int = 20000,
-                 seed: int = 0):
+                 seed: int = 0, groups: list[str] | None = None):
         self.sfreq = sfreq
         self.bands = bands
         self.amplitude = amplitude
@@ -165,6 +195,7 @@ class FeatureDetector(Detector):
         self.feature_fn = feature_fn
         self.max_train = max_train
         self.seed = seed
+        self.groups = groups
 
     # ------------------------------------------------------------------ features
     def features(self, x: np.ndarray) -> np.ndarray:
@@ -173,7 +204,7 @@ class FeatureDetector(Detector):
             raise ConfigError(f"unknown feature function {self.feature_fn!r}; known: {', '.join(FEATURE_FUNCTIONS)}")
         bands = [tuple(b) for b in self.bands] if self.bands is not None else None
         f = FEATURE_FUNCTIONS[self.feature_fn](x, float(self.sfreq), bands=bands, amplitude=self.amplitude,
-                                               n_mfcc=self.n_mfcc)
+                                               n_mfcc=self.n_mfcc, groups=self.groups)
         if not np.isfinite(f).all():
             raise InputError("features contain NaN/inf (flat or constant windows?)")
         return f
@@ -198,11 +229,10 @@ class FeatureDetector(Detector):
         self.n_features_ = int(f.shape[1])
         self.in_shape_ = list(x.shape[1:])
         # robust standardisation: median / IQR, so a few odd training windows do not set the scale
-        self.center_ = np.median(f, axis=0)
-        q75, q25 = np.percentile(f, [75, 25], axis=0)
-        scale = (q75 - q25) / 1.349
-        sd = f.std(axis=0)
-        self.scale_ = np.where(scale > 1e-9, scale, np.where(sd > 1e-9, sd, 1.0))
+        from medad.transforms.signal import robust_scale
+
+        center, scale = robust_scale(f, axis=0, eps=1e-9)
+        self.center_, self.scale_ = center[0], scale[0]
         z = self._standardise(f)
         if self.model == "mahalanobis":
             from sklearn.covariance import LedoitWolf

@@ -20,7 +20,7 @@ import numpy as np
 from medad.detectors.base import AnomalyResult, Detector
 from medad.errors import ConfigError, InputError
 from medad.registry import register
-from medad.transforms.brain import robust_zscore
+from medad.transforms.brain import robust_stats, robust_zscore
 
 __all__ = ["IntensityDetector"]
 
@@ -73,13 +73,9 @@ class IntensityDetector(Detector):
     def _fit(self, x: np.ndarray, val, y) -> None:
         self._check_params()
         grey, fg = self._grey_and_foreground(x)
-        vals = grey[fg]
-        if vals.size == 0:
+        if not fg.any():
             raise InputError("the training images have no foreground pixels")
-        q25, med, q75 = np.percentile(vals, [25, 50, 75])
-        sigma = (q75 - q25) / 1.349
-        self.center_ = float(med)
-        self.scale_ = float(sigma) if sigma > 0 else float(vals.std() or 1.0)
+        self.center_, self.scale_ = robust_stats(grey[fg])
 
     def _score(self, x: np.ndarray) -> AnomalyResult:
         from scipy import ndimage as ndi

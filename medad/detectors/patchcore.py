@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from medad.detectors.torch_base import TorchDetector
+from medad.nets.image_encoders import PrepStatsMixin
 from medad.errors import ConfigError
 from medad.registry import register
 
@@ -95,7 +96,7 @@ def _build_patch_net(in_channels: int, image_size: int | None, channels: Sequenc
 
 
 @register("patchcore")
-class PatchCoreDetector(TorchDetector):
+class PatchCoreDetector(PrepStatsMixin, TorchDetector):
     """Nearest-neighbour distance of patch features to a coreset memory bank of normal patches.
 
     Args:
@@ -131,19 +132,15 @@ class PatchCoreDetector(TorchDetector):
         self.device = device
 
     def _prepare_fit(self, x: np.ndarray, y) -> None:
-        from medad.nets.image_encoders import channel_stats
-
         if self.backbone not in BACKBONES:
             raise ConfigError(f"patchcore backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if not 0 < float(self.coreset_ratio) <= 1:
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
-        self._stats = channel_stats(x)
+        super()._prepare_fit(x, y)
 
     def _build_net(self):
         net = _build_patch_net(int(self.in_shape_[0]), self.image_size, list(self.channels), self.backbone)
-        if getattr(self, "_stats", None) is not None:
-            net.prep.set_stats(*self._stats)
-        return net
+        return self._with_stats(net, net.prep)
 
     def _loss(self, net, batch):
         import torch

@@ -36,6 +36,12 @@ class _SignalNetDetector(TorchDetector):
     input_kind = "signal"
     representation = "raw"
 
+    def _store(self, params: dict[str, Any]) -> None:
+        """Keep every constructor argument as the same-named attribute (scikit-learn style)."""
+        for k, v in params.items():
+            if k not in ("self", "__class__"):
+                setattr(self, k, v)
+
     def _prep_kwargs(self) -> dict[str, Any]:
         t = int(self.in_shape_[-1])
         kw: dict[str, Any] = {"normalize": self.normalize, "representation": self._representation()}
@@ -141,19 +147,7 @@ class CNN1DDetector(SupervisedSignalDetector):
                  kernel_size: int = 7, stem_kernel: int = 7, stem_stride: int = 2, dropout: float = 0.1,
                  normalize: str = "window", class_weight: str | None = "balanced", epochs: int = 20,
                  batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
-        self.channels = channels
-        self.dilations = dilations
-        self.kernel_size = kernel_size
-        self.stem_kernel = stem_kernel
-        self.stem_stride = stem_stride
-        self.dropout = dropout
-        self.normalize = normalize
-        self.class_weight = class_weight
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._store(locals())
 
     def _cnn(self, spatial_dims: int, in_channels: int):
         from medad.nets.cnn import SignalCNN
@@ -187,16 +181,7 @@ class CNN2DDetector(CNN1DDetector):
                  stem_stride: int = 1, dropout: float = 0.1, normalize: str = "window",
                  class_weight: str | None = "balanced", epochs: int = 20, batch_size: int = 32,
                  lr: float = 1e-3, seed: int = 0, device: str = "auto"):
-        super().__init__(channels=channels, dilations=dilations, kernel_size=kernel_size, stem_kernel=stem_kernel,
-                         stem_stride=stem_stride, dropout=dropout, normalize=normalize,
-                         class_weight=class_weight, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
-                         device=device)
-        self.representation = representation
-        self.n_fft = n_fft
-        self.hop = hop
-        self.n_mels = n_mels
-        self.n_mfcc = n_mfcc
-        self.sfreq = sfreq
+        self._store(locals())
 
     def _representation(self) -> str:
         if self.representation not in ("stft", "mel", "mfcc"):
@@ -223,18 +208,7 @@ class LSTMDetector(SupervisedSignalDetector):
     def __init__(self, frame_len: int = 64, hidden_size: int = 64, num_layers: int = 1, bidirectional: bool = False,
                  dropout: float = 0.0, normalize: str = "window", class_weight: str | None = "balanced",
                  epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
-        self.frame_len = frame_len
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.bidirectional = bidirectional
-        self.dropout = dropout
-        self.normalize = normalize
-        self.class_weight = class_weight
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._store(locals())
 
     def _build_core(self, shape):
         from medad.nets.recurrent import RecurrentClassifier
@@ -267,28 +241,14 @@ class NeuralMemoryDetector(SupervisedSignalDetector):
 """ + _TRAIN_DOC
 
     representation = "frames"
-    conformance_params = {"frame_len": 16, "hidden_size": 8, "memory_size": 4, "slots": 3, "plastic": True,
+    conformance_params = {"frame_len": 128, "hidden_size": 8, "memory_size": 4, "slots": 3, "plastic": True,
                           "epochs": 2, "batch_size": 16}
 
     def __init__(self, frame_len: int = 64, hidden_size: int = 32, memory_size: int = 16, slots: int = 8,
                  cell: str = "lstm", plastic: bool = False, persistent: bool = True, dropout: float = 0.0,
                  normalize: str = "window", class_weight: str | None = "balanced", epochs: int = 20,
                  batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
-        self.frame_len = frame_len
-        self.hidden_size = hidden_size
-        self.memory_size = memory_size
-        self.slots = slots
-        self.cell = cell
-        self.plastic = plastic
-        self.persistent = persistent
-        self.dropout = dropout
-        self.normalize = normalize
-        self.class_weight = class_weight
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._store(locals())
 
     def _prepare_fit(self, x, y):
         super()._prepare_fit(x, y)
@@ -431,21 +391,7 @@ class SequenceAEDetector(OneClassSignalDetector):
                  cell: str = "lstm", code: str = "step", scoring: str = "error", k: int = 5, max_bank: int = 4096,
                  normalize: str = "window", epochs: int = 20, batch_size: int = 32, lr: float = 1e-3,
                  seed: int = 0, device: str = "auto"):
-        self.frame_len = frame_len
-        self.hidden_size = hidden_size
-        self.latent_size = latent_size
-        self.num_layers = num_layers
-        self.cell = cell
-        self.code = code
-        self.scoring = scoring
-        self.k = k
-        self.max_bank = max_bank
-        self.normalize = normalize
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._store(locals())
 
     def _build_core(self, shape):
         from medad.nets.recurrent import SequenceAutoencoder
@@ -479,19 +425,7 @@ class SequencePredictorDetector(OneClassSignalDetector):
     def __init__(self, frame_len: int = 32, hidden_size: int = 64, num_layers: int = 1, cell: str = "lstm",
                  scoring: str = "error", k: int = 5, max_bank: int = 4096, normalize: str = "window",
                  epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
-        self.frame_len = frame_len
-        self.hidden_size = hidden_size
-        self.num_layers = num_layers
-        self.cell = cell
-        self.scoring = scoring
-        self.k = k
-        self.max_bank = max_bank
-        self.normalize = normalize
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._store(locals())
 
     def _build_core(self, shape):
         from medad.nets.recurrent import NextStepPredictor

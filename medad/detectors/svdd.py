@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 
 from medad.detectors.torch_base import TorchDetector
+from medad.nets.image_encoders import PrepStatsMixin
 from medad.registry import register
 
 
@@ -46,7 +47,7 @@ def _build_svdd_net(in_channels: int, image_size: int, channels: Sequence[int], 
 
 
 @register("svdd")
-class DeepSVDDDetector(TorchDetector):
+class DeepSVDDDetector(PrepStatsMixin, TorchDetector):
     """One-class Deep SVDD on 2D images (grey or RGB).
 
     Args:
@@ -84,10 +85,8 @@ class DeepSVDDDetector(TorchDetector):
 
     # ------------------------------------------------------------------ fitting
     def _prepare_fit(self, x: np.ndarray, y) -> None:
-        from medad.nets.image_encoders import channel_stats
-
         self._fit_x = x
-        self._stats = channel_stats(x)
+        super()._prepare_fit(x, y)
 
     def _fit(self, x, val, y) -> None:
         try:
@@ -98,7 +97,7 @@ class DeepSVDDDetector(TorchDetector):
     def _build_net(self):
         net = _build_svdd_net(int(self.in_shape_[0]), int(self.image_size), list(self.channels), int(self.rep_dim))
         if getattr(self, "_fit_x", None) is not None:  # fitting (not loading): initialise
-            net.prep.set_stats(*self._stats)
+            self._with_stats(net, net.prep)
             if int(self.pretrain_epochs) > 0:
                 self._pretrain(net, self._fit_x)
             net.c.copy_(self._initial_centre(net, self._fit_x))

@@ -8,8 +8,8 @@ RISE) with a random-map control.
 
 The same curves are computed for random maps (independent per position, and spatially smooth
 random maps, which remove contiguous regions like Grad-CAM does) and the margins are reported.
-For classifiers the curve is the class probability; for detectors it is the anomaly score scaled
-so that the input scores 1 and the all-baseline input 0 (raw scores have no common scale).
+For classifiers the curve is the class probability; for detectors it is the anomaly score divided
+by the input's own score (raw scores have no common scale).
 """
 
 from __future__ import annotations
@@ -92,18 +92,19 @@ def deletion_insertion(model: Any, x, attribution: np.ndarray, *, target: int | 
             m.eval().to(dev)
     base = torch.full_like(xt, float(baseline))
     with torch.no_grad():
-        f_x, f_b = (float(wrapped.probability(v)[0]) for v in (xt, base))
+        f_x = float(wrapped.probability(xt)[0])
     if wrapped.kind == "classifier":
         scale, fn = "probability", wrapped.probability
+    elif abs(f_x) < 1e-12:
+        scale, fn = "raw score (the input scores 0)", wrapped.probability
     else:
-        span = f_x - f_b
-        if abs(span) < 1e-12:
-            scale, fn = "raw score (input and baseline score the same)", wrapped.probability
-        else:
-            scale = "score scaled: input = 1, baseline = 0"
+        # Relative to the input's own score. Not (f - f_baseline) / (f_x - f_baseline): the blank
+        # baseline often scores close to the input (e.g. a probability near 1 for both), and that
+        # ratio then explodes.
+        scale = "score relative to the input's score (input = 1)"
 
-            def fn(v):
-                return (wrapped.probability(v) - f_b) / span
+        def fn(v):
+            return wrapped.probability(v) / f_x
 
     rng = np.random.default_rng(seed)
     d, i = _curves(fn, xt, base, _order(attr, rng), steps, batch_size)

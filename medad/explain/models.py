@@ -14,6 +14,7 @@ The protocol for detectors (so their *anomaly score* can be explained):
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -182,10 +183,20 @@ def default_layer(model: ScalarModel, x):
     raise InputError("no layer with a spatial feature map found: pass layer= explicitly")
 
 
+_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def resolve_layer(model: ScalarModel, layer, x):
-    """``layer`` as a module: None -> automatic, a dotted name inside the network, or a module."""
+    """``layer`` as a module: None -> automatic (found once per network and input shape, then
+    cached: finding it costs a forward pass), a dotted name inside the network, or a module."""
     if layer is None:
-        return default_layer(model, x)
+        if model.inner is None:
+            return default_layer(model, x)
+        per_net = _LAYERS.setdefault(model.inner, {})
+        key = tuple(x.shape[1:])
+        if key not in per_net:
+            per_net[key] = default_layer(model, x)
+        return per_net[key]
     if isinstance(layer, str):
         try:
             return model.inner.get_submodule(layer)

@@ -492,12 +492,13 @@ def read_ucr(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     p = Path(path)
     _check_exists(p, "text")
     rows = []
+    lineno = 0
     try:
-        for i, line in enumerate(p.read_text().splitlines()):
+        for lineno, line in enumerate(p.read_text().splitlines(), start=1):
             if line.strip():
                 rows.append(np.asarray(line.replace(",", " ").split(), dtype=np.float64))
     except (UnicodeDecodeError, ValueError) as e:
-        raise ReadError(f"not a UCR text file (line {len(rows) + 1}: {_short(e)})", p) from None
+        raise ReadError(f"not a UCR text file (line {lineno}: {_short(e)})", p) from None
     if not rows:
         raise ReadError("UCR file holds no series", p)
     lens = {len(r) for r in rows}

@@ -148,3 +148,17 @@ def topk_mean(m: torch.Tensor, frac: float) -> torch.Tensor:
     flat = m.reshape(m.shape[0], -1)
     k = max(1, int(round(float(frac) * flat.shape[1])))
     return flat.topk(k, dim=1).values.mean(dim=1)
+
+
+class PrepStatsMixin:
+    """For detectors whose net starts with an :class:`ImagePrep`: learn the per-channel statistics
+    from the training images before the net is built, and put them into each new net (when
+    loading, the saved buffers overwrite them)."""
+
+    def _prepare_fit(self, x: np.ndarray, y) -> None:
+        self._stats = channel_stats(x)
+
+    def _with_stats(self, net: nn.Module, prep: ImagePrep) -> nn.Module:
+        if getattr(self, "_stats", None) is not None:
+            prep.set_stats(*self._stats)
+        return net

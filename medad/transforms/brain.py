@@ -29,13 +29,23 @@ from medad.io.records import VolumeRecord
 __all__ = [
     "BrainPrepConfig", "SliceGeometry", "PreparedVolume", "preprocess_volume", "register_brain_mask",
     "crude_head_masks", "brain_mask_for",
-    "n4_correct", "normalize_intensity", "robust_zscore", "make_geometry", "to_model_grid",
+    "n4_correct", "normalize_intensity", "robust_stats", "robust_zscore", "make_geometry", "to_model_grid",
     "from_model_grid", "volume_to_slices", "slices_to_volume", "postprocess_map",
-    "remove_small_components", "resample_to_spacing",
+    "remove_small_components", "dataclass_from_dict",
 ]
 
 
 # ----------------------------------------------------------------------------------- config
+
+
+def dataclass_from_dict(cls, d: dict[str, Any] | None, what: str):
+    """Build a settings dataclass from a mapping, naming unknown keys in a clear error."""
+    d = dict(d or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"unknown {what} settings: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return cls(**d)
 
 
 @dataclass
@@ -84,13 +94,7 @@ class BrainPrepConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> "BrainPrepConfig":
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown preprocessing settings: {', '.join(sorted(unknown))}; "
-                              f"known: {', '.join(sorted(known))}")
-        return cls(**d)
+        return dataclass_from_dict(cls, d, "preprocessing")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -202,18 +206,6 @@ def slices_to_volume(slices: np.ndarray) -> np.ndarray:
     if s.ndim != 3:
         raise InputError(f"expected (Z, X, Y) slices, got shape {s.shape}")
     return np.ascontiguousarray(np.moveaxis(s, 0, 2))
-
-
-def resample_to_spacing(record: VolumeRecord, spacing: float | tuple[float, float, float], *,
-                        order: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a record's RAS data to an isotropic (or given) spacing in mm over the same field
-    of view; returns ``(data, affine)``."""
-    sp = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
-    step = sp / _voxel_sizes(record.affine)
-    shape = tuple(int(np.floor((n - 1) / s)) + 1 for n, s in zip(record.data.shape, step))
-    mat = np.eye(4)
-    mat[:3, :3] = np.diag(step)
-    return _affine_resample(record.data, mat, shape, order), record.affine @ mat
 
 
 # ----------------------------------------------------------------------------------- SimpleITK
@@ -375,17 +367,24 @@ def n4_correct(data: np.ndarray, affine: np.ndarray, mask: np.ndarray | None = N
 # ----------------------------------------------------------------------------------- intensity
 
 
-def robust_zscore(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """``(x - median) / sigma`` with ``sigma = IQR / 1.349`` computed inside ``mask`` (robust to
-    lesions: a tumour of 10 % of the brain barely moves median and IQR)."""
-    x = np.asarray(x, dtype=np.float32)
-    vals = x[np.asarray(mask, dtype=bool)] if mask is not None else x.ravel()
+def robust_stats(values: np.ndarray) -> tuple[float, float]:
+    """``(median, sigma)`` with ``sigma = IQR / 1.349`` (the standard deviation for Gaussian
+    data; the std, or 1, when the IQR is zero)."""
+    vals = np.asarray(values).ravel()
     if vals.size == 0:
         raise InputError("cannot normalise: the foreground is empty")
     q25, med, q75 = np.percentile(vals, [25, 50, 75])
     sigma = (q75 - q25) / 1.349
     if not sigma > 0:
         sigma = float(vals.std()) or 1.0
+    return float(med), float(sigma)
+
+
+def robust_zscore(x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """``(x - median) / sigma`` computed inside ``mask`` (:func:`robust_stats`; robust to
+    lesions: a tumour of 10 % of the brain barely moves median and IQR)."""
+    x = np.asarray(x, dtype=np.float32)
+    med, sigma = robust_stats(x[np.asarray(mask, dtype=bool)] if mask is not None else x)
     return ((x - med) / sigma).astype(np.float32)
 
 

@@ -166,6 +166,17 @@ def windows(x: np.ndarray, sfreq: float, window_seconds: float, overlap_seconds:
 
 
 # ---------------------------------------------------------------------------- normalisation
+def robust_scale(x: np.ndarray, *, axis: int = -1, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
+    """``(median, IQR / 1.349)`` along ``axis`` (kept as a length-1 axis); where the IQR is zero
+    (sparse signals) the std is used, and 1 where that is zero too (flat)."""
+    x = np.asarray(x)
+    med = np.median(x, axis=axis, keepdims=True)
+    q75, q25 = np.percentile(x, [75, 25], axis=axis, keepdims=True)
+    scale = (q75 - q25) / 1.349
+    std = x.std(axis=axis, keepdims=True)
+    return med, np.where(scale > eps, scale, np.where(std > eps, std, 1.0))
+
+
 def robust_zscore(x: np.ndarray, *, axis: int = -1, eps: float = 1e-8) -> np.ndarray:
     """Per-channel robust z-score: ``(x - median) / (IQR / 1.349)`` along ``axis``.
 
@@ -173,12 +184,7 @@ def robust_zscore(x: np.ndarray, *, axis: int = -1, eps: float = 1e-8) -> np.nda
     the standard deviation, barely moved by a few spikes. A flat channel maps to zeros.
     """
     x = np.asarray(x, dtype=np.float32)
-    med = np.median(x, axis=axis, keepdims=True)
-    q75, q25 = np.percentile(x, [75, 25], axis=axis, keepdims=True)
-    scale = (q75 - q25) / 1.349
-    # fall back to the std where the IQR is zero (sparse signals), then to 1 (flat)
-    std = x.std(axis=axis, keepdims=True)
-    scale = np.where(scale > eps, scale, np.where(std > eps, std, 1.0))
+    med, scale = robust_scale(x, axis=axis, eps=eps)
     return ((x - med) / scale).astype(np.float32)
 
 
