@@ -185,3 +185,22 @@ def test_classifier_rejects_labels_without_normal_class(data):
     det = registry.create("classifier", image_size=32, epochs=1)
     with pytest.raises(InputError):
         det.fit(data[0][:8], y=np.ones(8, int))
+
+
+def test_bench_tiled_scoring_maps_whole_frames(data):
+    """The benchmark scores fixed-size detectors on whole frames by tiling: the map must cover
+    the frame and peak at the defect."""
+    from medad.bench.image_screening import _normal_patches, _tiled_score
+
+    train = data[0]
+    frames = np.concatenate([np.concatenate([train[i], train[i + 1]], axis=2) for i in range(0, 8, 2)], 0)
+    frames = frames.reshape(4, 3, SIZE, 2 * SIZE)
+    masks = np.zeros((4, SIZE, 2 * SIZE), bool)
+    masks[:, 10:20, 40:50] = True
+    frames[:, :, 10:20, 40:50] += 0.35
+    patches = _normal_patches(frames, masks, 16, 8, dilate=2)
+    assert len(patches) > 0
+    det = registry.create("pca", n_components=0.95, image_size=16).fit(patches)
+    res = _tiled_score(det, frames, 16, 8)
+    assert res.map.shape == (4, SIZE, 2 * SIZE) and res.score.shape == (4,)
+    assert auroc(masks.ravel(), res.map.ravel()) > 0.9

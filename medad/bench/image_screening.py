@@ -502,7 +502,43 @@ def _markdown(results: dict[str, Any]) -> str:
                     rows.append([organ, k, v.get("pixel_auroc"), f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "–",
                                  v.get("pixel_auprc"), v.get("train_seconds"), v.get("error", "")])
         lines += [markdown_table(["organ", "method", "pixel AUROC", "95 % CI", "pixel AUPRC", "train s", "error"], rows), ""]
+    lines += ["## Goals (best learned one-class detector per task; AUROC/AUPRC need no threshold)", ""]
+    lines += [f"- {g}" for g in _goal_lines(t)] + [""]
     return "\n".join(lines) + "\n"
+
+
+DEEP = ("cutpaste", "patchcore", "svdd", "ae")
+
+
+def _best(res: dict[str, Any], key: Callable[[dict], float | None]) -> tuple[str | None, float | None]:
+    vals = [(k, key(v)) for k, v in res.items() if k in DEEP and isinstance(v, dict) and key(v) is not None]
+    return max(vals, key=lambda kv: kv[1]) if vals else (None, None)
+
+
+def _goal_lines(t: dict[str, Any]) -> list[str]:
+    """Plain statements of which issue goals this run reached (computed, not written by hand)."""
+    out = []
+
+    def say(task, what, name, val, goal):
+        if val is None:
+            return
+        ok = "REACHED" if val >= goal else "NOT reached"
+        out.append(f"{task}: {what} {val:.3f} ({name}) vs goal {goal} -> {ok}")
+
+    if "kvasir" in t:
+        r = t["kvasir"]["results"]
+        say("Kvasir-SEG", "pixel AUROC", *_best(r, lambda v: v.get("pixel_auroc")), 0.92)
+        say("Kvasir-SEG", "pixel AUPRC", *_best(r, lambda v: v.get("pixel_auprc")), 0.60)
+    if "wce" in t:
+        say("WCEBleedGen", "frame AUROC", *_best(t["wce"]["results"], lambda v: v.get("auroc")), 0.97)
+    if "brain" in t:
+        r = t["brain"]["results"]
+        say("Brain MRI", "AUROC all", *_best(r, lambda v: (v.get("all") or {}).get("auroc")), 0.95)
+        for c in ("glioma", "meningioma", "pituitary"):
+            say("Brain MRI", f"AUROC {c}", *_best(r, lambda v, c=c: (v.get(c) or {}).get("auroc")), 0.90)
+    if "covid" in t:
+        say("COVID-CT", "one-class AUROC", *_best(t["covid"]["results"], lambda v: v.get("auroc")), 0.85)
+    return out
 
 
 def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | None = None,

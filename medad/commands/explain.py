@@ -50,7 +50,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @bench_app.command("explain")
     def bench_explain_cmd(
         data_root: Optional[Path] = typer.Option(None, help="data folder (default: $MEDAD_DATA_ROOT or ../shared/data)"),
-        out: Path = typer.Option(Path("results/bench"), help="output folder"),
+        out: Path = typer.Option(Path("outputs/bench"), help="output folder"),
         quick: bool = typer.Option(False, help="fewer slices, windows and epochs (minutes)"),
         threads: int = typer.Option(2, help="torch CPU threads"),
     ) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medad.errors import InputError
-from medad.explain.models import as_scalar_model, spatial_dims_of
+from medad.explain.models import as_scalar_model, evaluating_on, model_device, spatial_dims_of
 
 
 def _order(attr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -86,10 +86,15 @@ def deletion_insertion(model: Any, x, attribution: np.ndarray, *, target: int | 
         raise InputError(f"attribution shape {attr.shape} does not match the input's spatial shape {tuple(xt.shape[1:])}")
     dev = get_device(device)
     xt = xt[None].to(dev)
-    wrapped = as_scalar_model(model, xt, target)
-    for m in (wrapped.inner, wrapped):
-        if isinstance(m, torch.nn.Module):
-            m.eval().to(dev)
+    wrapped = as_scalar_model(model, xt.to(model_device(model, dev)), target)
+    with evaluating_on(wrapped, dev):
+        return _faithfulness(wrapped, xt, attr, baseline, steps, n_random, batch_size, seed)
+
+
+def _faithfulness(wrapped, xt, attr: np.ndarray, baseline: float, steps: int, n_random: int, batch_size: int,
+                  seed: int) -> dict[str, Any]:
+    import torch
+
     base = torch.full_like(xt, float(baseline))
     with torch.no_grad():
         f_x = float(wrapped.probability(xt)[0])

@@ -14,7 +14,8 @@ import numpy as np
 
 from medad.errors import InputError
 from medad.explain.masks import segment_mask
-from medad.explain.models import ScalarModel, as_scalar_model, resolve_layer, spatial_dims_of
+from medad.explain.models import (ScalarModel, as_scalar_model, evaluating_on, model_device, resolve_layer,
+                                  spatial_dims_of)
 
 #: method name -> (needs gradients, short description shown in reports)
 METHODS: dict[str, tuple[bool, str]] = {
@@ -157,15 +158,11 @@ def explain(model: Any, x, method: str = "gradcam", target: int | None = None, *
         raise InputError("input contains NaN or infinite values")
     dev = get_device(device)
     xt = xt.to(dev)
-    wrapped = as_scalar_model(model, xt[:1].to(_model_device(model, dev)), target)
+    wrapped = as_scalar_model(model, xt[:1].to(model_device(model, dev)), target)
     if METHODS[method][0] and not wrapped.differentiable:
         raise InputError(f"{method} needs gradients but {type(model).__name__} is not a neural network; "
                          "use kernel_shap or lime")
-    nets = [m for m in (wrapped.inner, wrapped) if isinstance(m, torch.nn.Module)]
-    restore = [(m, m.training, _param_device(m)) for m in nets]
-    try:
-        for m in nets:
-            m.eval().to(dev)
+    with evaluating_on(wrapped, dev):
         torch.manual_seed(seed)
         np.random.seed(seed % 2**32)
         maps = []
@@ -177,22 +174,6 @@ def explain(model: Any, x, method: str = "gradcam", target: int | None = None, *
                              n_samples=n_samples, n_segments=n_segments,
                              perturbations_per_eval=max(1, int(perturbations_per_eval)), n_steps=n_steps,
                              per_channel=per_channel, compactness=compactness))
-    finally:
-        for m, training, d in restore:
-            m.train(training)
-            if d is not None:
-                m.to(d)
     out = np.stack(maps).astype(np.float32)
     return out[0] if single else out
 
-
-def _param_device(m):
-    p = next(iter(m.parameters()), None)
-    return None if p is None else p.device
-
-
-def _model_device(model, default):
-    import torch
-
-    net = getattr(model, "net_", model)
-    return (_param_device(net) if isinstance(net, torch.nn.Module) else None) or default

@@ -14,8 +14,9 @@ The protocol for detectors (so their *anomaly score* can be explained):
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -204,3 +205,35 @@ def resolve_layer(model: ScalarModel, layer, x):
             names = [n for n, _ in model.inner.named_modules() if n]
             raise InputError(f"no layer named {layer!r}; layers: {', '.join(names[:40])}") from None
     return layer
+
+
+def _param_device(m):
+    p = next(iter(m.parameters()), None)
+    return None if p is None else p.device
+
+
+def model_device(model: Any, default):
+    """Where a classifier module's or a torch detector's parameters live (``default`` if none)."""
+    import torch
+
+    net = getattr(model, "net_", model)
+    return (_param_device(net) if isinstance(net, torch.nn.Module) else None) or default
+
+
+@contextlib.contextmanager
+def evaluating_on(wrapped: ScalarModel, device) -> Iterator[ScalarModel]:
+    """Put the wrapped network in eval mode on ``device`` for the block, then back where and how
+    it was (a detector's network goes back to the CPU after explaining on the GPU)."""
+    import torch
+
+    nets = [m for m in (wrapped.inner, wrapped) if isinstance(m, torch.nn.Module)]
+    restore = [(m, m.training, _param_device(m)) for m in nets]
+    try:
+        for m in nets:
+            m.eval().to(device)
+        yield wrapped
+    finally:
+        for m, training, d in restore:
+            m.train(training)
+            if d is not None:
+                m.to(d)
