@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medad import registry
-from medad.errors import InputError
+from medad.errors import ConfigError, InputError
 from medad.evaluation import auroc
 
 
@@ -152,20 +152,23 @@ def test_bad_input(data):
         det.score(bad)
 
 
-@pytest.mark.parametrize("scoring", ["latent", "combined"])
-def test_one_class_code_scores(data, scoring, tmp_path):
-    """The kNN-on-codes scores: the bank is kept with the model and scores reload identically."""
+@pytest.mark.parametrize("name,scoring", [("seq_predictor", "latent"), ("seq_ae", "combined")])
+def test_one_class_code_scores(data, name, scoring, tmp_path):
+    """The kNN-on-codes scores: the bank is kept with the model, scores reload identically, and
+    windows of another length can still be compared with the bank."""
     train, test_n, test_a, _ = data
-    det = _quiet(registry.create("seq_predictor", frame_len=16, hidden_size=16, epochs=3, batch_size=32,
+    det = _quiet(registry.create(name, frame_len=16, hidden_size=16, epochs=3, batch_size=32,
                                  scoring=scoring, k=3, max_bank=50)).fit(train)
     assert det.bank_.shape[0] == 50
     x = np.concatenate([test_n, test_a])
     s = det.score(x).score
     assert np.isfinite(s).all() and s.std() > 0
-    det2 = registry.get("seq_predictor").load(det.save(tmp_path / "m"))
+    det2 = registry.get(name).load(det.save(tmp_path / "m"))
     assert np.array_equal(det2.score(x).score, s)
+    half = det.score(np.ascontiguousarray(x[..., : T // 2]))
+    assert half.score.shape == (len(x),) and half.map.shape == (len(x), T // 2)
     det.scoring = "nonsense"
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigError):
         det.fit(train)
 
 

@@ -502,6 +502,15 @@ def _markdown(results: dict[str, Any]) -> str:
                     rows.append([organ, k, v.get("pixel_auroc"), f"[{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "–",
                                  v.get("pixel_auprc"), v.get("train_seconds"), v.get("error", "")])
         lines += [markdown_table(["organ", "method", "pixel AUROC", "95 % CI", "pixel AUPRC", "train s", "error"], rows), ""]
+    lines += ["## Reading these figures", "",
+              "- Learned detectors are trained for a fixed budget of optimiser steps sized for shared CPUs "
+              "(see `params` in the JSON); they are small and undertrained compared with the literature.",
+              "- `sens/spec@healthy thr`: threshold = 95th percentile of held-out healthy items (or pixels), "
+              "never chosen on the test set.",
+              "- An AUROC well below 0.5 means the detector ranks the normal test class as MORE unusual: "
+              "the classes of these sets differ in overall appearance (source, view, contrast), and "
+              "local-irregularity detectors pick that up instead of the lesion.",
+              "- Cues marked `no learning` are reference points, not detectors.", ""]
     lines += ["## Goals (best learned one-class detector per task; AUROC/AUPRC need no threshold)", ""]
     lines += [f"- {g}" for g in _goal_lines(t)] + [""]
     return "\n".join(lines) + "\n"

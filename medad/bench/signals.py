@@ -314,6 +314,16 @@ def _variants(label: str, name: str, params: dict[str, Any], *args, **kwargs) ->
     return [(f"{label} ({sc})", r) for sc, r in res.items()]
 
 
+def _reuse(previous: str | Path | None, task: str) -> tuple[dict[str, Any], str | None]:
+    """The results of ``task`` from an earlier run's JSON (and a note saying so), or nothing."""
+    if previous is None:
+        return {}, None
+    import json
+
+    prev = json.loads(Path(previous).read_text())
+    return prev["results"][task], f"'{task}' results reused from the run of {prev['environment']['date']}"
+
+
 def _set_threads(threads: int = 1) -> None:
     """Torch threads for the benchmark. One by default: on a CPU shared with other jobs, two
     threads that spin-wait for each other made small convolutions 10-20x slower here."""
@@ -349,8 +359,12 @@ def bonn_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict[s
 
 def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = False, folds: int = 10,
              epochs: int | None = None, methods: Sequence[str] | None = None, seed: int = 0,
-             progress: bool = False, threads: int = 1) -> dict[str, Any]:
-    """Bonn EEG: A,B vs E supervised k-fold CV; one-class on A,B (held-out A,B vs E; C,D vs E)."""
+             progress: bool = False, threads: int = 1, reuse_cv: str | Path | None = None) -> dict[str, Any]:
+    """Bonn EEG: A,B vs E supervised k-fold CV; one-class on A,B (held-out A,B vs E; C,D vs E).
+
+    ``reuse_cv``: a ``bonn.json`` of an earlier run whose cross-validation results are copied
+    instead of run again (its date is recorded in the protocol); only the one-class task runs.
+    """
     from medad import registry
     from medad.datasets import dataset_root
     from medad.datasets.signals import BONN_SFREQ, load_bonn
@@ -370,9 +384,9 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     y_rec = (sets[idx] == "E").astype(int)
     win, owner = windows_of([data[i] for i in idx], BONN_WINDOW, BONN_WINDOW)
     task = f"A,B vs E, {folds}-fold CV"
-    results[task] = {}
+    results[task], reused = _reuse(reuse_cv, task)
     for label, (name, params) in chosen.items():
-        if name in ("seq_ae", "seq_predictor"):
+        if name in ("seq_ae", "seq_predictor") or reused:
             continue  # one-class models are evaluated in the one-class task
         print(f"[bonn] {task}: {label}", flush=True)
         results[task][label] = _safe(run_cv, name, params, win, owner, y_rec, folds, seed=seed,
@@ -434,6 +448,8 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
                   "while C,D,E are intracranial, so A,B vs E is nearly trivial",
         "quick": quick,
     }
+    if reused:
+        protocol["reused"] = reused
     md = _markdown("Bonn EEG", protocol, results, goals)
     write_benchmark(out, "bonn", {"protocol": protocol, "results": results, "goals": goals}, md)
     print(md)
@@ -490,9 +506,9 @@ def _load_yaseen(data_root) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
 
 def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = False, folds: int = 10,
                epochs: int | None = None, methods: Sequence[str] | None = None, seed: int = 0,
-               progress: bool = False, threads: int = 1) -> dict[str, Any]:
+               progress: bool = False, threads: int = 1, reuse_cv: str | Path | None = None) -> dict[str, Any]:
     """Yaseen heart sounds: normal vs abnormal (MR, MS, MVP) supervised k-fold CV, and one-class
-    trained on normal recordings only."""
+    trained on normal recordings only. ``reuse_cv``: as in :func:`run_bonn`."""
     from medad import registry
 
     _set_threads(threads)
@@ -503,9 +519,9 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
 
     win, owner = windows_of(data, YASEEN_WINDOW, YASEEN_WINDOW)
     task = f"normal vs abnormal, {folds}-fold CV"
-    results[task] = {}
+    results[task], reused = _reuse(reuse_cv, task)
     for label, (name, params) in chosen.items():
-        if name in ("seq_ae", "seq_predictor"):
+        if name in ("seq_ae", "seq_predictor") or reused:
             continue
         print(f"[yaseen] {task}: {label}", flush=True)
         results[task][label] = _safe(run_cv, name, params, win, owner, y, folds, seed=seed,
@@ -563,6 +579,8 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
                   "and cut differently, so near-perfect figures are a sanity check, not a clinical claim",
         "quick": quick,
     }
+    if reused:
+        protocol["reused"] = reused
     goals = ["- No numeric goal for Yaseen (the issue treats it as a sanity check: classical 10-fold accuracy "
              "0.998)."]
     md = _markdown("Yaseen heart sounds", protocol, results, goals)
@@ -764,10 +782,12 @@ def register_bench(bench_app) -> None:
             threads: int = typer.Option(1, help="torch CPU threads (1 avoids oversubscription on a shared CPU)"),
             progress: bool = typer.Option(False, help="progress bars while training"),
             copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
+            reuse_cv: Optional[Path] = typer.Option(None, help="bonn/yaseen: copy the cross-validation results "
+                                                                "of an earlier <name>.json instead of rerunning"),
         ) -> None:
             kw = dict(quick=quick, epochs=epochs, methods=method or None, threads=threads, progress=progress)
             if has_folds:
-                kw["folds"] = folds
+                kw.update(folds=folds, reuse_cv=reuse_cv)
             fn(data_root, out, **kw)
             _copy(out, name, copy_to)
 

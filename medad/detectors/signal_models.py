@@ -405,7 +405,13 @@ class SequenceAEDetector(OneClassSignalDetector):
         return (core(f) - f) ** 2, 0
 
     def _codes(self, net, x):
-        return net[1].encode(net[0](x)).flatten(1)
+        import torch
+
+        z = net[1].encode(net[0](x))
+        if z.ndim == 2:  # one code per window
+            return z
+        # per-step codes pooled over time, so windows of any length compare with the bank
+        return torch.cat([z.mean(dim=1), z.std(dim=1, unbiased=False)], dim=1)
 
 
 @register("seq_predictor")
