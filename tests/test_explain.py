@@ -187,6 +187,8 @@ def test_blackbox_detector_perturbation_only():
     x, box = _square_image()
     m = explain(det, x, "kernel_shap", spatial_dims=2, n_segments=16, n_samples=64)
     assert m.shape == (SIZE, SIZE) and m[box].mean() > m[~box].mean()
+    # segments that already equal the baseline (the empty background) get exactly zero
+    assert (m[~box] == 0).mean() > 0.5
     with pytest.raises(InputError, match="needs gradients"):
         explain(det, x, "gradcam", spatial_dims=2)
 

@@ -300,7 +300,14 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     rows2 = [[r["modality"], r["detector"], cid, m["lesion_ml"], m["dice"], m["dice_optimistic"], m["auprc"], m["auroc"]]
              for r in results for cid, m in r["per_case"].items()]
     lines += ["## Per case", "", markdown_table(head2, rows2)]
-    lines += ["## Protocol", "", meta["protocol"], ""]
+    lines += ["## Detector settings", ""]
+    for r in results:
+        src = r.get("config", "built in")
+        lines.append(f"- {r['modality']} / {r['detector']} ({src}): `{json.dumps(r.get('params', {}), sort_keys=True)}`"
+                     + (f"; {r['n_train_slices']} training slices from {len(r['train_subjects'])} subjects, "
+                        f"{r['n_val_slices']} calibration slices from {', '.join(r['val_subjects'])}"
+                        if "n_train_slices" in r else ""))
+    lines += ["", "## Protocol", "", meta["protocol"], ""]
     if meta.get("errors"):
         lines += ["## Failed runs", ""] + [f"- {e}" for e in meta["errors"]] + [""]
     return "\n".join(lines)

@@ -278,27 +278,51 @@ def _rows(methods: dict[str, Any], with_share: bool) -> list[list[Any]]:
     return rows
 
 
+READING_NOTE = (
+    "\nHow to read the controls: deleting positions in a random order scatters blanked pixels or samples "
+    "everywhere, which CNNs find very unnatural, so their output often collapses faster than when a "
+    "contiguous region is blanked. Pixel-level maps (IG, GradientSHAP) are compared fairly with that "
+    "control; smooth maps (Grad-CAM, superpixel KernelSHAP/LIME) blank contiguous regions and are compared "
+    "fairly with the smooth random maps (the 'margin vs smooth random' column). A saturated output "
+    "(probability near 1 that stays there while most of the input is blanked) makes deletion curves flat "
+    "for every contiguous order.\n")
+
 HEADER = ["method", "deletion AUC", "random", "margin", "margin vs smooth random", "items < random",
           "insertion AUC", "ins. margin", "share inside", "region share", "all-zero maps", "ms / map (median)",
           "ms / map (min)"]
 
 
 def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = False, threads: int = 2,
-        device: str = "cpu") -> dict[str, Any]:
-    """Run both parts, print the tables and write ``<out>/explain.json`` and ``.md``."""
+        device: str = "cpu", part: str = "all") -> dict[str, Any]:
+    """Run the BraTS and Bonn parts (``part``: all, brats or bonn), print the tables and write
+    ``<out>/explain.json`` and ``.md``. Running one part keeps the other part's results from an
+    existing ``<out>/explain.json`` (marked with the date of the run they came from)."""
+    import json
+
     import torch
 
     from medad.config import data_root as resolve_root
+    from medad.errors import InputError
 
+    if part not in ("all", "brats", "bonn"):
+        raise InputError(f"part must be all, brats or bonn, got {part!r}")
     torch.set_num_threads(int(threads))
     root = resolve_root(data_root)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    previous: dict[str, Any] = {}
+    if part != "all":
+        try:
+            previous = json.loads((out / "explain.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            raise ReadError(f"--part {part} needs the other part's results in an earlier explain.json", out) from None
     load_before = _load_avg()
     t0 = time.perf_counter()
-    brats = bench_brats(root, out, quick, device)
-    bonn = bench_bonn(root, out, quick, device)
-    results = {"quick": quick, "threads": int(threads), "load_average_before": load_before,
+    brats = bench_brats(root, out, quick, device) if part in ("all", "brats") else \
+        {**previous["brats"], "from_run": previous["environment"]["date"]}
+    bonn = bench_bonn(root, out, quick, device) if part in ("all", "bonn") else \
+        {**previous["bonn"], "from_run": previous["environment"]["date"]}
+    results = {"quick": quick, "threads": int(threads), "part_run": part, "load_average_before": load_before,
                "load_average_after": _load_avg(), "total_seconds": time.perf_counter() - t0,
                "brats": brats, "bonn": bonn,
                "goals": {"gradcam_ms_per_128_slice": 50, "shap_lime_s_per_slice": 3,
@@ -312,6 +336,17 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
         "better_than_smooth_random_brats": all(r["smooth_deletion_margin"] > 0 for r in g.values()),
         "better_than_random_bonn": all(r["deletion_margin"] > 0 for r in bonn["seizure_windows"].values()),
     }
+    text = render_markdown(results)
+    print(text)
+    write_benchmark(out, "explain", results, text)
+    return results
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    """The Markdown summary of a results dict (as written to ``explain.json``)."""
+    brats, bonn, quick, threads = results["brats"], results["bonn"], results["quick"], results["threads"]
+    load_before = results["load_average_before"]
+    g = brats["methods"]
     md = [f"# Explanation methods: faithfulness, localisation, cost{' (quick)' if quick else ''}\n",
           f"Torch threads: {threads}; load average before/after: {load_before} / {results['load_average_after']} "
           "(the machine is shared: timings are inflated by other processes).\n",
@@ -319,19 +354,20 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
           "random - method (> 0: better than a random map). Random = independent random ranking per position "
           "(mean of several); smooth random = spatially smooth random maps.\n",
           f"\n## BraTS FLAIR slices (128x128): {brats['protocol']}\n",
+          f"(results of the run of {brats['from_run']})\n" if "from_run" in brats else "",
           f"Classifier: test slice AUROC {brats['model']['test_slice_auroc']:.3f}, trained in "
           f"{brats['model']['train_seconds']:.0f} s; {brats['explained_slices']} lesion slices from "
           f"{len(brats['explained_patients'])} patients explained. 'share inside' = positive attribution inside the "
           "expert lesion mask; 'region share' = the lesion's share of the slice (what a map without information gets).\n\n",
           markdown_table(HEADER, _rows(g, True)),
           f"\n## Bonn EEG: {bonn['protocol']}\n",
+          f"(results of the run of {bonn['from_run']})\n" if "from_run" in bonn else "",
           f"cnn1d: test window AUROC {bonn['model']['test_window_auroc']:.3f}, trained in "
           f"{bonn['model']['train_seconds']:.0f} s.\n\n### Seizure (E) windows\n\n",
           markdown_table(HEADER, _rows(bonn["seizure_windows"], False)),
           "\n### Spliced windows (healthy start, seizure end): share of attribution in the seizure part\n\n",
           markdown_table(HEADER, _rows(bonn["spliced_windows"], True)),
           "\n## Goals\n\n" + "\n".join(f"- {k}: {'met' if v else 'NOT met'}" for k, v in results["goals_met"].items()) + "\n"]
-    text = "".join(md)
-    print(text)
-    write_benchmark(out, "explain", results, text)
-    return results
+    md.insert(3, READING_NOTE)
+    return "".join(md)
+

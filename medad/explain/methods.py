@@ -80,9 +80,10 @@ def _one(model: ScalarModel, x, method: str, *, spatial_dims: int, layer, baseli
         item = x[0].detach().cpu().numpy()
         labels = segment_mask(item, spatial_dims, n_segments or (16 if spatial_dims == 1 else 64),
                               compactness=compactness, per_channel=per_channel)
-        fm = torch.as_tensor(labels, device=x.device)
-        fm = (fm[None] if per_channel else fm[None, None]).expand_as(x).contiguous()
-        n_feat = int(labels.max()) + 1
+        full = np.broadcast_to(labels if per_channel else labels[None], item.shape)
+        labels_full, noop = _merge_noop_segments(full, item, base[0].cpu().numpy())
+        fm = torch.as_tensor(labels_full, device=x.device)[None].contiguous()
+        n_feat = int(labels_full.max()) + 1
         if method == "kernel_shap":
             explainer = ca.KernelShap(model)
         else:
@@ -96,10 +97,27 @@ def _one(model: ScalarModel, x, method: str, *, spatial_dims: int, layer, baseli
         a = explainer.attribute(x, baselines=base, feature_mask=fm,
                                 n_samples=n_samples or max(2 * n_feat + 64, 128),
                                 perturbations_per_eval=perturbations_per_eval)
+        a = a[0].float().detach().cpu().numpy()
+        a[noop] = 0.0  # segments equal to the baseline cannot change the output: exactly zero
         # Every position of a segment carries the segment's weight; averaging over channels keeps
         # that weight (a shared mask repeats it per channel).
-        return a[0].float().mean(0).detach().cpu().numpy()
+        return a.mean(0)
     raise InputError(f"unknown explanation method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def _merge_noop_segments(labels: np.ndarray, item: np.ndarray, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Merge every segment whose values already equal the baseline (e.g. the empty background
+    around a skull-stripped brain) into one feature. Switching such a segment off changes
+    nothing, so its true attribution is zero; leaving it as a feature only adds sampling noise
+    to KernelSHAP / LIME. Returns the relabelled mask and a boolean mask of the no-op positions."""
+    k = int(labels.max()) + 1
+    differs = np.bincount(labels.ravel(), weights=(item != base).ravel().astype(np.float64), minlength=k) > 0
+    if differs.all() or not differs.any():
+        return np.array(labels, dtype=np.int64), np.zeros(labels.shape, bool)  # a writable copy
+    new_id = np.zeros(k, np.int64)
+    new_id[differs] = np.arange(1, int(differs.sum()) + 1)  # 0 = the merged no-op feature
+    relabelled = new_id[labels]
+    return relabelled, relabelled == 0
 
 
 def canonical_method(method: str) -> str:
