@@ -68,7 +68,7 @@ def load_brats_slices(root: Path, split: str, *, min_lesion: int = 100, min_brai
     cases = sorted(d for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
     if not cases:
         raise ReadError("no BraTS case folders", folder)
-    xs, ms, ys, subj = [], [], [], []
+    xs, ms, bs, ys, subj = [], [], [], [], []
     for case in cases:
         flair = read_volume(case / "Flair_subtrMeanDivStd.nii.gz").data
         lesion = read_volume(case / "OTMultiClass.nii.gz").data > 0
@@ -79,11 +79,17 @@ def load_brats_slices(root: Path, split: str, *, min_lesion: int = 100, min_brai
                 continue
             xs.append(flair[..., z].T[::-1])  # display orientation: anterior up
             ms.append(lesion[..., z].T[::-1].astype(np.float32))
+            bs.append(brain[..., z].T[::-1].astype(np.float32))
             ys.append(int(les >= min_lesion))
             subj.append(case.name)
     x = _resize2d(np.stack(xs), SIZE)[:, None]
     m = _resize2d(np.stack(ms), SIZE) > 0.5
-    return {"x": x, "mask": m, "y": np.asarray(ys), "subject": np.asarray(subj)}
+    brain = _resize2d(np.stack(bs), SIZE) > 0.5
+    # "Deleted" = mean brain tissue (0 in these z-scored scans) inside the brain, and the scan's own
+    # background value outside it (-5.3 here, not 0): blanking must not paint the background grey.
+    background = x.reshape(len(x), -1).min(1)
+    baseline = np.where(brain, 0.0, background[:, None, None])[:, None].astype(np.float32)
+    return {"x": x, "mask": m, "brain": brain, "baseline": baseline, "y": np.asarray(ys), "subject": np.asarray(subj)}
 
 
 def load_bonn_windows(root: Path) -> dict[str, np.ndarray]:
@@ -109,9 +115,12 @@ def _load_avg() -> list[float] | None:
 
 
 def evaluate_methods(det, items: np.ndarray, regions: np.ndarray | None, settings: dict[str, dict[str, Any]],
-                     *, steps: int, n_random: int, out_png: Path | None = None, label: str = "") -> dict[str, Any]:
+                     *, steps: int, n_random: int, out_png: Path | None = None, label: str = "",
+                     baselines: np.ndarray | None = None) -> dict[str, Any]:
     """Maps of every method for ``items`` (N, C, *spatial): faithfulness against random maps,
-    share inside ``regions`` (N, *spatial) and seconds per map."""
+    share inside ``regions`` (N, *spatial) and seconds per map. ``baselines`` (N, C, *spatial):
+    the 'absent' value per item for the perturbation/path methods and the deletion curves
+    (default 0)."""
     from tqdm import tqdm
 
     from medad.explain import deletion_insertion, explain, share_inside
@@ -124,9 +133,10 @@ def evaluate_methods(det, items: np.ndarray, regions: np.ndarray | None, setting
         secs, rows = [], []
         for i in tqdm(range(len(items)), desc=f"{label} {name}", leave=False):
             t0 = time.perf_counter()
-            m = explain(det, items[i], method, seed=i, **kw)
+            base = 0.0 if baselines is None else baselines[i]
+            m = explain(det, items[i], method, seed=i, baseline=base, **kw)
             secs.append(time.perf_counter() - t0)
-            f = deletion_insertion(det, items[i], m, steps=steps, n_random=n_random, seed=i)
+            f = deletion_insertion(det, items[i], m, steps=steps, n_random=n_random, seed=i, baseline=base)
             row = {k: f[k] for k in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc",
                                      "smooth_random_deletion_auc", "smooth_random_insertion_auc")}
             row["all_zero"] = bool(not np.any(m))
@@ -184,8 +194,8 @@ def bench_brats(root: Path, out: Path, quick: bool, device: str) -> dict[str, An
     from medad.evaluation import auroc
 
     train = load_brats_slices(root, "train", every=3 if quick else 1)
-    test = {k: np.concatenate([v, w]) for (k, v), w in zip(load_brats_slices(root, "validation").items(),
-                                                           load_brats_slices(root, "test").values())}
+    val_part, test_part = load_brats_slices(root, "validation"), load_brats_slices(root, "test")
+    test = {k: np.concatenate([val_part[k], test_part[k]]) for k in val_part}
     # the classifier works at 64 px inside (its ImagePrep resizes): 4x cheaper to train on a CPU;
     # maps are still computed and compared on the 128 px input grid
     det = registry.create("classifier", arch="densenet_small", image_size=64, epochs=6 if quick else 20,
@@ -201,12 +211,15 @@ def bench_brats(root: Path, out: Path, quick: bool, device: str) -> dict[str, An
     confident = pos[scores[pos] > 0.5]
     chosen = rng.choice(confident if len(confident) >= n else pos, size=min(n, len(pos)), replace=False)
     methods = evaluate_methods(det, test["x"][chosen], test["mask"][chosen], METHOD_SETTINGS,
-                               steps=20, n_random=2, out_png=out / "explain_brats.png", label="BraTS")
+                               steps=20, n_random=2, out_png=out / "explain_brats.png", label="BraTS",
+                               baselines=test["baseline"][chosen])
     _example_report(out, "explain_brats", f"BraTS slice ({test['subject'][chosen[0]]})", float(scores[chosen[0]]),
                     list(METHOD_SETTINGS), "lesion probability of the slice classifier; cyan outline = expert lesion mask")
     return {
         "protocol": ("train: axial FLAIR slices of the 2 BraTS train patients (lesion >= 100 voxels vs none); "
-                     "test: slices of the 4 validation+test patients; maps on lesion slices predicted as lesion"),
+                     "test: slices of the 4 validation+test patients; maps on lesion slices predicted as lesion; "
+                     "deleted pixels take the mean tissue value (0) inside the brain mask and the background "
+                     "value outside it"),
         "model": {"name": "classifier", "params": det.get_params(), "train_seconds": train_s,
                   "n_train_slices": int(len(train["y"])), "n_train_lesion": int(train["y"].sum()),
                   "n_test_slices": int(len(test["y"])), "test_slice_auroc": auroc(test["y"], scores),

@@ -9,7 +9,9 @@ Tasks (``--tasks``):
 * ``wce`` -- WCEBleedGen: train on ``train/non_bleeding`` (20 % held out for the threshold), flag
   ``valid`` frames; share of the map inside the bleeding boxes for flagged bleeding frames.
 * ``brain`` -- brain tumour MRI: train on ``train/notumor``, threshold from
-  ``validation/notumor``, AUROC of ``test/notumor`` vs each tumour class and all.
+  ``validation/notumor``, AUROC of ``test/notumor`` vs each tumour class and all;
+  ``brain_z`` -- the same with every slice z-scored on its own (tumour-class slices are darker
+  and smoother than notumor ones here, which residual-type scores otherwise follow).
 * ``covid`` -- COVID-CT: groups (figure/paper) of each class split in halves; one-class detectors
   train on the non-COVID half; the supervised CNN on both training halves; same test halves.
 * ``ct_tumour`` -- liver / lung tumour slices: 2-fold split by patient, train on tumour-free
@@ -31,7 +33,7 @@ import numpy as np
 
 from medad.errors import ConfigError, ReadError
 
-ALL_TASKS = ("kvasir", "wce", "brain", "covid", "ct_tumour")
+ALL_TASKS = ("kvasir", "wce", "brain", "brain_z", "covid", "ct_tumour")
 
 
 # ----------------------------------------------------------------------------- data helpers
@@ -312,7 +314,14 @@ def _task_wce(root: Path, quick: bool, only) -> dict[str, Any]:
             "results": results}
 
 
-def _task_brain(root: Path, quick: bool, only) -> dict[str, Any]:
+def _zscore_items(x: np.ndarray) -> np.ndarray:
+    """Each image to mean 0, std 1 (removes global brightness/contrast differences)."""
+    m = x.mean(axis=(1, 2, 3), keepdims=True)
+    sd = x.std(axis=(1, 2, 3), keepdims=True)
+    return ((x - m) / np.maximum(sd, 1e-6)).astype(np.float32)
+
+
+def _task_brain(root: Path, quick: bool, only, per_image: bool = False) -> dict[str, Any]:
     from medad.datasets.images import load_class_folders
 
     S = 64
@@ -326,6 +335,8 @@ def _task_brain(root: Path, quick: bool, only) -> dict[str, Any]:
     x_tr = _load_images([it.path for it in tr], S, grey=True)
     x_cal = _load_images([it.path for it in cal], S, grey=True)
     x_te = _load_images([it.path for it in te], S, grey=True)
+    if per_image:
+        x_tr, x_cal, x_te = _zscore_items(x_tr), _zscore_items(x_cal), _zscore_items(x_te)
     lab = np.array([it.label for it in te])
 
     def evaluate(name, det, score):
@@ -340,8 +351,9 @@ def _task_brain(root: Path, quick: bool, only) -> dict[str, Any]:
 
     specs = {"intensity": ("intensity", {"median_size": 3, "normalize": "item", "quantile": 0.99}),
              **_specs("brain", quick, len(x_tr))}
-    results = _one_class_runs("brain", specs, x_tr, x_cal, evaluate, only)
+    results = _one_class_runs("brain_z" if per_image else "brain", specs, x_tr, x_cal, evaluate, only)
     return {"protocol": {"image_size": S, "train": "train/notumor", "n_train": len(tr),
+                         "intensities": "each slice z-scored on its own" if per_image else "[0, 1] as stored",
                          "calibration": "validation/notumor", "n_calibration": len(cal),
                          "test": {c: int((lab == c).sum()) for c in np.unique(lab)},
                          "caveat": "26 test/notumor images are near-copies of training images (known leak; not removed)"},
@@ -449,8 +461,9 @@ def _task_ct_tumour(root: Path, quick: bool, only) -> dict[str, Any]:
     return out
 
 
-TASKS = {"kvasir": _task_kvasir, "wce": _task_wce, "brain": _task_brain, "covid": _task_covid,
-         "ct_tumour": _task_ct_tumour}
+TASKS = {"kvasir": _task_kvasir, "wce": _task_wce, "brain": _task_brain,
+         "brain_z": lambda root, quick, only: _task_brain(root, quick, only, per_image=True),
+         "covid": _task_covid, "ct_tumour": _task_ct_tumour}
 
 
 # ----------------------------------------------------------------------------- report
@@ -475,13 +488,15 @@ def _markdown(results: dict[str, Any]) -> str:
                  v.get("train_seconds"), v.get("images_per_s"), v.get("error", "")] for k, v in t["wce"]["results"].items()]
         lines += [markdown_table(["method", "AUROC", "AUPRC", "sens@healthy thr", "spec@healthy thr", "map share in boxes",
                                   "box area share", "train s", "img/s", "error"], rows), "Goal: frame AUROC >= 0.97.", ""]
-    if "brain" in t:
-        lines += ["## Brain tumour MRI slices (train: notumor)", ""]
+    for key, title in (("brain", ""), ("brain_z", ", each slice z-scored")):
+        if key not in t:
+            continue
+        lines += [f"## Brain tumour MRI slices (train: notumor{title})", ""]
         rows = [[k, (v.get("all") or {}).get("auroc"), (v.get("glioma") or {}).get("auroc"),
                  (v.get("meningioma") or {}).get("auroc"), (v.get("pituitary") or {}).get("auroc"),
                  (v.get("all") or {}).get("sensitivity_at_healthy_threshold"),
                  (v.get("all") or {}).get("specificity_at_healthy_threshold"),
-                 v.get("train_seconds"), v.get("images_per_s"), v.get("error", "")] for k, v in t["brain"]["results"].items()]
+                 v.get("train_seconds"), v.get("images_per_s"), v.get("error", "")] for k, v in t[key]["results"].items()]
         lines += [markdown_table(["method", "AUROC all", "glioma", "meningioma", "pituitary", "sens@healthy thr",
                                   "spec@healthy thr", "train s", "img/s", "error"], rows),
                   "Goal: AUROC >= 0.95 overall, >= 0.90 per class.", ""]
@@ -540,11 +555,13 @@ def _goal_lines(t: dict[str, Any]) -> list[str]:
         say("Kvasir-SEG", "pixel AUPRC", *_best(r, lambda v: v.get("pixel_auprc")), 0.60)
     if "wce" in t:
         say("WCEBleedGen", "frame AUROC", *_best(t["wce"]["results"], lambda v: v.get("auroc")), 0.97)
-    if "brain" in t:
-        r = t["brain"]["results"]
-        say("Brain MRI", "AUROC all", *_best(r, lambda v: (v.get("all") or {}).get("auroc")), 0.95)
+    for key in ("brain", "brain_z"):
+        if key not in t:
+            continue
+        r, label = t[key]["results"], "Brain MRI" + (" (slices z-scored)" if key == "brain_z" else "")
+        say(label, "AUROC all", *_best(r, lambda v: (v.get("all") or {}).get("auroc")), 0.95)
         for c in ("glioma", "meningioma", "pituitary"):
-            say("Brain MRI", f"AUROC {c}", *_best(r, lambda v, c=c: (v.get(c) or {}).get("auroc")), 0.90)
+            say(label, f"AUROC {c}", *_best(r, lambda v, c=c: (v.get(c) or {}).get("auroc")), 0.90)
     if "covid" in t:
         say("COVID-CT", "one-class AUROC", *_best(t["covid"]["results"], lambda v: v.get("auroc")), 0.85)
     return out

@@ -57,7 +57,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         data_root: Optional[Path] = typer.Option(None, "--data-root", help="shared data folder"),
         out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
         tasks: Optional[List[str]] = typer.Option(None, "--tasks",
-                                                  help="kvasir, wce, brain, covid, ct_tumour (default all; 'none' only merges)"),
+                                                  help="kvasir, wce, brain, brain_z, covid, ct_tumour (default all; 'none' only merges)"),
         detectors: Optional[List[str]] = typer.Option(None, "--detectors", help="subset of detectors"),
         quick: bool = typer.Option(False, help="small subsets and few epochs (smoke run)"),
         copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medad.errors import InputError
-from medad.explain.models import as_scalar_model, evaluating_on, model_device, spatial_dims_of
+from medad.explain.models import as_scalar_model, baseline_tensor, evaluating_on, model_device, spatial_dims_of
 
 
 def _order(attr: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -61,11 +61,13 @@ def _smooth_random(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarr
 
 
 def deletion_insertion(model: Any, x, attribution: np.ndarray, *, target: int | None = None,
-                       baseline: float = 0.0, steps: int = 20, spatial_dims: int | None = None,
+                       baseline: float | np.ndarray = 0.0, steps: int = 20, spatial_dims: int | None = None,
                        n_random: int = 3, batch_size: int = 32, seed: int = 0,
                        device: str | None = None) -> dict[str, Any]:
     """Deletion and insertion AUC of ``attribution`` for one item ``x`` ``(C, *spatial)``, beside
-    the mean over ``n_random`` random maps of each kind (see module doc).
+    the mean over ``n_random`` random maps of each kind (see module doc). ``baseline`` is the
+    value a deleted position takes: a scalar, or an array broadcastable to the item (e.g. the
+    mean tissue value inside the brain and the background value outside it).
 
     Returns a dict with ``deletion_auc``, ``insertion_auc``, ``random_deletion_auc``,
     ``random_insertion_auc``, ``smooth_random_deletion_auc``, ``smooth_random_insertion_auc``,
@@ -88,14 +90,13 @@ def deletion_insertion(model: Any, x, attribution: np.ndarray, *, target: int | 
     xt = xt[None].to(dev)
     wrapped = as_scalar_model(model, xt.to(model_device(model, dev)), target)
     with evaluating_on(wrapped, dev):
-        return _faithfulness(wrapped, xt, attr, baseline, steps, n_random, batch_size, seed)
+        return _faithfulness(wrapped, xt, attr, baseline_tensor(xt, baseline), steps, n_random, batch_size, seed)
 
 
-def _faithfulness(wrapped, xt, attr: np.ndarray, baseline: float, steps: int, n_random: int, batch_size: int,
+def _faithfulness(wrapped, xt, attr: np.ndarray, base, steps: int, n_random: int, batch_size: int,
                   seed: int) -> dict[str, Any]:
     import torch
 
-    base = torch.full_like(xt, float(baseline))
     with torch.no_grad():
         f_x = float(wrapped.probability(xt)[0])
     if wrapped.kind == "classifier":

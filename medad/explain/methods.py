@@ -14,8 +14,8 @@ import numpy as np
 
 from medad.errors import InputError
 from medad.explain.masks import segment_mask
-from medad.explain.models import (ScalarModel, as_scalar_model, evaluating_on, model_device, resolve_layer,
-                                  spatial_dims_of)
+from medad.explain.models import (ScalarModel, as_scalar_model, baseline_tensor, evaluating_on, model_device,
+                                  resolve_layer, spatial_dims_of)
 
 #: method name -> (needs gradients, short description shown in reports)
 METHODS: dict[str, tuple[bool, str]] = {
@@ -36,18 +36,6 @@ def _interpolate(attr, size: tuple[int, ...]):
     return F.interpolate(attr, size=size, mode=mode, align_corners=False)
 
 
-def _baseline_tensor(x, baseline):
-    import torch
-
-    if isinstance(baseline, (int, float)):
-        return torch.full_like(x, float(baseline))
-    b = torch.as_tensor(np.asarray(baseline), dtype=x.dtype, device=x.device)
-    try:
-        return b.expand_as(x).clone() if b.ndim < x.ndim else b.reshape(x.shape)
-    except RuntimeError:
-        raise InputError(f"baseline shape {tuple(b.shape)} does not fit the input {tuple(x.shape)}") from None
-
-
 def _one(model: ScalarModel, x, method: str, *, spatial_dims: int, layer, baseline, n_samples: int | None,
          n_segments: int | None, perturbations_per_eval: int, n_steps: int, per_channel: bool,
          compactness: float) -> np.ndarray:
@@ -56,7 +44,7 @@ def _one(model: ScalarModel, x, method: str, *, spatial_dims: int, layer, baseli
     import torch
 
     spatial = tuple(x.shape[2:])
-    base = _baseline_tensor(x, baseline)
+    base = baseline_tensor(x, baseline)
     if method == "gradcam":
         lgc = ca.LayerGradCam(model, resolve_layer(model, layer, x))
         a = lgc.attribute(x, relu_attributions=True)

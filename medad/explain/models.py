@@ -237,3 +237,17 @@ def evaluating_on(wrapped: ScalarModel, device) -> Iterator[ScalarModel]:
             m.train(training)
             if d is not None:
                 m.to(d)
+
+
+def baseline_tensor(x, baseline):
+    """The 'absent' input for a batch ``x`` (B, C, *spatial): a scalar, or an array broadcastable
+    to one item (C, *spatial) or to ``x``."""
+    import torch
+
+    if isinstance(baseline, (int, float)):
+        return torch.full_like(x, float(baseline))
+    b = torch.as_tensor(np.asarray(baseline), dtype=x.dtype, device=x.device)
+    try:
+        return b.expand_as(x).clone()
+    except RuntimeError:
+        raise InputError(f"baseline shape {tuple(b.shape)} does not fit the input {tuple(x.shape)}") from None
