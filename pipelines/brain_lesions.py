@@ -129,10 +129,10 @@ class Scan:
 
 
 def _scan_id(path: Path, root: Path) -> str:
-    from medad.io.volumes import _subject_from_path
+    from medad.io.volumes import subject_from_path
 
     rel = path.relative_to(root)
-    stem = _subject_from_path(path)
+    stem = subject_from_path(path)
     # case folders (BraTS) name the subject; a flat folder of files names it by file
     return stem if len(rel.parts) == 1 else "_".join(rel.parts[:-1] + (stem,))
 
@@ -143,7 +143,7 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
     one in the same folder. A single file is a folder of one scan."""
     import fnmatch
 
-    from medad.io.volumes import _subject_from_path
+    from medad.io.volumes import subject_from_path
 
     root = Path(folder)
     if not root.exists():
@@ -156,7 +156,7 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
             continue
         mask = None
         if mask_pattern:
-            pat = mask_pattern.format(stem=_subject_from_path(p)) if "{stem}" in mask_pattern else mask_pattern
+            pat = mask_pattern.format(stem=subject_from_path(p)) if "{stem}" in mask_pattern else mask_pattern
             if fnmatch.fnmatch(p.name, mask_pattern.replace("{stem}", "*")):
                 continue  # a mask file, not a scan
             cands = sorted(q for q in p.parent.glob(pat) if q != p)

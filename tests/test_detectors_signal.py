@@ -14,13 +14,6 @@ from medad.evaluation import auroc
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU: one thread avoids spin-waiting between threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 T = 256
 
 

@@ -103,6 +103,9 @@ def test_deletion_beats_random(square_model):
     assert f["deletion_auc"] < f["random_deletion_auc"] and f["deletion_margin"] > 0.1
     assert f["insertion_auc"] > f["random_insertion_auc"]
     assert len(f["deletion_curve"]) == 11
+    # an array baseline (e.g. background value outside an organ) gives the same as the equal scalar
+    g = deletion_insertion(model, xs[0], m, target=1, steps=10, n_random=2, baseline=np.zeros_like(xs[0]))
+    assert g["deletion_auc"] == pytest.approx(f["deletion_auc"])
     with pytest.raises(InputError, match="does not match"):
         deletion_insertion(model, xs[0], m[:5], target=1)
 

@@ -16,13 +16,6 @@ from medad.nets.signal_prep import SignalPrep
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared CPU: one thread avoids spin-waiting between threads."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _grads_flow(net: torch.nn.Module, out: torch.Tensor) -> None:

@@ -81,7 +81,6 @@ def subject_from_path(path: str | Path) -> str:
     return name
 
 
-_subject_from_path = subject_from_path  # old private name, still imported elsewhere
 
 
 def _short(e: BaseException) -> str:
