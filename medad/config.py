@@ -50,3 +50,15 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise ConfigError("config must be a mapping at top level", p)
     return cfg
+
+
+def dataclass_from_dict(cls, d: dict[str, Any] | None, what: str):
+    """Build a settings dataclass from a mapping, naming unknown keys in a clear error."""
+    from dataclasses import fields
+
+    d = dict(d or {})
+    known = {f.name for f in fields(cls)}
+    unknown = set(d) - known
+    if unknown:
+        raise ConfigError(f"unknown {what} settings: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+    return cls(**d)

@@ -94,3 +94,21 @@ class Timer:
     def __exit__(self, *exc):
         self.seconds = time.perf_counter() - self.start
         return False
+
+
+def read_model_json(folder: str | Path, filename: str, what: str) -> dict[str, Any]:
+    """Read ``folder/filename`` of a saved model folder, raising a clear :class:`ReadError` when the
+    folder is not such a model (``what`` names the kind) or the JSON is corrupt."""
+    from medad.errors import ReadError
+
+    folder = Path(folder)
+    f = folder / filename
+    if not f.is_file():
+        raise ReadError(f"not a {what} (no {filename})", folder)
+    try:
+        d = json.loads(f.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReadError(f"corrupt {filename}: {e}", f) from None
+    if not isinstance(d, dict):
+        raise ReadError(f"corrupt {filename}: not a JSON object", f)
+    return d

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from medad.config import dataclass_from_dict
 from medad.errors import ConfigError, InputError, MedadError, ReadError
 from medad.transforms.brain import (
-    BrainPrepConfig, PreparedVolume, dataclass_from_dict, from_model_grid, postprocess_map, preprocess_volume,
+    BrainPrepConfig, PreparedVolume, from_model_grid, postprocess_map, preprocess_volume,
     remove_small_components, slices_to_volume,
 )
 
@@ -291,15 +291,14 @@ class BrainModel:
     def load(cls, path: str | Path) -> "BrainModel":
         from medad.detectors.base import Detector
 
+        from medad.utils import read_model_json
+
         path = Path(path)
-        f = path / MODEL_FILE
-        if not f.is_file():
-            raise ReadError(f"not a brain-lesion model folder (no {MODEL_FILE})", path)
+        d = read_model_json(path, MODEL_FILE, "brain-lesion model folder")
         try:
-            d = json.loads(f.read_text())
             cfg = BrainLesionConfig.from_dict(d["config"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ReadError(f"corrupt {MODEL_FILE}: {e}", f) from None
+        except (KeyError, TypeError) as e:
+            raise ReadError(f"corrupt {MODEL_FILE}: {e}", path / MODEL_FILE) from None
         return cls(Detector.load(path / DETECTOR_DIR), cfg, d.get("voxel_threshold"), d.get("decision_ml"),
                    d.get("info") or {})
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -99,7 +98,7 @@ class ScreeningConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ScreeningConfig":
         """From a mapping; unknown keys are a clear error."""
-        from medad.transforms.brain import dataclass_from_dict  # the one shared settings helper
+        from medad.config import dataclass_from_dict
 
         return dataclass_from_dict(cls, d, "screening")
 
@@ -451,15 +450,14 @@ class ScreeningModel:
     def load(cls, path: str | Path) -> "ScreeningModel":
         from medad.detectors.base import Detector
 
+        from medad.utils import read_model_json
+
         path = Path(path)
-        f = path / MODEL_CONFIG
-        if not f.is_file():
-            raise ReadError(f"not a medad screening model (no {MODEL_CONFIG})", path)
+        info = read_model_json(path, MODEL_CONFIG, "medad screening model")
         try:
-            info = json.loads(f.read_text())
             cfg = ScreeningConfig.from_dict(info["config"])
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ReadError(f"corrupt {MODEL_CONFIG}: {e}", f) from None
+        except (KeyError, TypeError) as e:
+            raise ReadError(f"corrupt {MODEL_CONFIG}: {e}", path / MODEL_CONFIG) from None
         if cfg.detector == "features":
             import medad.detectors.features  # noqa: F401  (registers it; see _detector)
         det = Detector.load(path / DETECTOR_DIR)

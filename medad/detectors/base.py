@@ -251,15 +251,14 @@ class Detector:
         """Load a detector saved with :meth:`save` (any registered type when called on ``Detector``)."""
         from medad import registry
 
+        from medad.utils import read_model_json
+
         path = Path(path)
-        cfg_file = path / CONFIG_FILE
-        if not cfg_file.is_file():
-            raise ReadError(f"not a saved medad detector (no {CONFIG_FILE})", path)
+        config = read_model_json(path, CONFIG_FILE, "saved medad detector")
         try:
-            config = json.loads(cfg_file.read_text())
             klass = registry.get(config["name"])
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ReadError(f"corrupt {CONFIG_FILE}: {e}", path) from None
+        except KeyError as e:
+            raise ReadError(f"corrupt {CONFIG_FILE}: missing {e}", path) from None
         if cls is not Detector and not issubclass(klass, cls):
             raise ReadError(f"holds a {klass.__name__}, not a {cls.__name__}", path)
         det = klass(**config["params"])

@@ -18,11 +18,12 @@ Maps are post-processed the same way for every detector (Baur/Behrendt protocol)
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from medad.config import dataclass_from_dict
 from medad.errors import ConfigError, InputError
 from medad.io.records import VolumeRecord
 
@@ -31,21 +32,13 @@ __all__ = [
     "crude_head_masks", "brain_mask_for",
     "n4_correct", "normalize_intensity", "robust_stats", "robust_zscore", "make_geometry", "to_model_grid",
     "from_model_grid", "volume_to_slices", "slices_to_volume", "postprocess_map",
-    "remove_small_components", "dataclass_from_dict",
+    "remove_small_components",
 ]
 
 
 # ----------------------------------------------------------------------------------- config
 
 
-def dataclass_from_dict(cls, d: dict[str, Any] | None, what: str):
-    """Build a settings dataclass from a mapping, naming unknown keys in a clear error."""
-    d = dict(d or {})
-    known = {f.name for f in fields(cls)}
-    unknown = set(d) - known
-    if unknown:
-        raise ConfigError(f"unknown {what} settings: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    return cls(**d)
 
 
 @dataclass
