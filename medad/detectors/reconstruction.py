@@ -170,7 +170,10 @@ class DAEDetector(ReconstructionDetector):
 
     Args:
         noise_res: coarse noise grid per side (Kascenas et al.: 16 for 128-pixel slices).
-        noise_std: standard deviation of the noise (in the data's units).
+        noise_std: standard deviation of the noise (in the data's units). The paper's 0.2 is
+            for mean/std-normalised slices; on robust-z-scored BraTS FLAIR slices it left the
+            U-Net close to the identity (lesions reconstructed), while 1.0 worked (see
+            ``configs/brain_dae.yaml``).
         skip_connections: U-Net skips (the original model has them; noise keeps the network
             from learning the identity).
         Other arguments as for ``"ae"``.
