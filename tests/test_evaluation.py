@@ -66,3 +66,16 @@ def test_group_kfold_keeps_subjects_together():
     assert len(folds) == 5
     for tr, te in folds:
         assert not set(np.asarray(ids)[tr]) & set(np.asarray(ids)[te])
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    from medad.utils import atomic_path, write_json
+
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("{half")
+            raise RuntimeError("crash while writing")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    write_json(target, {"a": np.float32(1.5)})
+    assert target.read_text().strip().startswith("{") and (target.stat().st_mode & 0o044)
