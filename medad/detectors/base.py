@@ -148,6 +148,12 @@ class Detector:
             out[p.name] = getattr(self, p.name)
         return out
 
+    def _set_params(self, params: dict[str, Any]) -> None:
+        """Store constructor arguments as same-named attributes: ``self._set_params(locals())``."""
+        for k, v in params.items():
+            if k not in ("self", "__class__"):
+                setattr(self, k, v)
+
     def __repr__(self) -> str:
         ps = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({ps})"

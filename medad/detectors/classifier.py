@@ -62,16 +62,7 @@ class CNNClassifierDetector(PrepStatsMixin, TorchDetector):
     def __init__(self, arch: str = "densenet_small", image_size: int = 64, normal_class: int = 0,
                  class_weight: str | None = "balanced", augment: bool = True, epochs: int = 15,
                  batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
-        self.arch = arch
-        self.image_size = image_size
-        self.normal_class = normal_class
-        self.class_weight = class_weight
-        self.augment = augment
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._set_params(locals())
 
     def _prepare_fit(self, x: np.ndarray, y) -> None:
         import torch

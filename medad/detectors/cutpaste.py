@@ -156,17 +156,7 @@ class CutPasteDetector(PrepStatsMixin, TorchDetector):
                  p_anomaly: float = 0.8, area: Sequence[float] = (0.01, 0.12), topk: float = 0.01,
                  smooth_sigma: float = 1.0,
                  epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
-        self.image_size = image_size
-        self.channels = channels
-        self.p_anomaly = p_anomaly
-        self.area = area
-        self.topk = topk
-        self.smooth_sigma = smooth_sigma
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._set_params(locals())
 
     def _build_net(self):
         net = _build_seg_net(int(self.in_shape_[0]), self.image_size, list(self.channels))

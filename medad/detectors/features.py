@@ -186,16 +186,7 @@ class FeatureDetector(Detector):
     def __init__(self, sfreq: float = 256.0, bands: list | None = None, amplitude: bool = True, n_mfcc: int = 0,
                  model: str = "mahalanobis", k: int = 5, feature_fn: str = "signal", max_train: int = 20000,
                  seed: int = 0, groups: list[str] | None = None):
-        self.sfreq = sfreq
-        self.bands = bands
-        self.amplitude = amplitude
-        self.n_mfcc = n_mfcc
-        self.model = model
-        self.k = k
-        self.feature_fn = feature_fn
-        self.max_train = max_train
-        self.seed = seed
-        self.groups = groups
+        self._set_params(locals())
 
     # ------------------------------------------------------------------ features
     def features(self, x: np.ndarray) -> np.ndarray:

@@ -45,11 +45,7 @@ class IntensityDetector(Detector):
 
     def __init__(self, median_size: int = 5, normalize: str = "fit", quantile: float = 0.99,
                  background: float | None = 0.0, sign: int = 1):
-        self.median_size = median_size
-        self.normalize = normalize
-        self.quantile = quantile
-        self.background = background
-        self.sign = sign
+        self._set_params(locals())
 
     # ------------------------------------------------------------------ helpers
     def _check_params(self) -> None:

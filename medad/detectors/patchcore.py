@@ -118,18 +118,7 @@ class PatchCoreDetector(PrepStatsMixin, TorchDetector):
                  layers: Sequence[int] = (1, 2), coreset_ratio: float = 0.1, max_patches: int = 20000,
                  blur_sigma: float = 1.0, epochs: int = 10, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                  device: str = "auto"):
-        self.backbone = backbone
-        self.image_size = image_size
-        self.channels = channels
-        self.layers = layers
-        self.coreset_ratio = coreset_ratio
-        self.max_patches = max_patches
-        self.blur_sigma = blur_sigma
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._set_params(locals())
 
     def _prepare_fit(self, x: np.ndarray, y) -> None:
         if self.backbone not in BACKBONES:

@@ -34,10 +34,7 @@ class PCADetector(Detector):
 
     def __init__(self, n_components: float | int = 0.95, image_size: int = 32, blur_sigma: float = 1.0,
                  batch_size: int = 256):
-        self.n_components = n_components
-        self.image_size = image_size
-        self.blur_sigma = blur_sigma
-        self.batch_size = batch_size
+        self._set_params(locals())
 
     def _flat(self, x: np.ndarray):
         import torch

@@ -71,11 +71,6 @@ class ReconstructionDetector(TorchDetector):
 
     input_kind = "image"
 
-    def _set_params(self, params: dict[str, Any]) -> None:
-        for k, v in params.items():
-            if k not in ("self", "__class__"):
-                setattr(self, k, v)
-
     # ------------------------------------------------------------------ checks
     def _check_input(self, x: np.ndarray) -> None:
         super()._check_input(x)

@@ -67,17 +67,7 @@ class DeepSVDDDetector(PrepStatsMixin, TorchDetector):
     def __init__(self, image_size: int = 64, channels: Sequence[int] = (16, 32, 64), rep_dim: int = 32,
                  pretrain_epochs: int = 0, map_sigma: float = 0.03, weight_decay: float = 1e-6,
                  epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
-        self.image_size = image_size
-        self.channels = channels
-        self.rep_dim = rep_dim
-        self.pretrain_epochs = pretrain_epochs
-        self.map_sigma = map_sigma
-        self.weight_decay = weight_decay
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.seed = seed
-        self.device = device
+        self._set_params(locals())
 
     @property
     def train_overrides(self):  # type: ignore[override]
