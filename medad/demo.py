@@ -174,7 +174,7 @@ def run_brain_demo(out: Path, *, detector: str = "dae", seed: int = 0) -> dict:
     prep = {"spacing": 2.0, "slice_spacing": 2.0, "size": 96, "skull_strip": "auto", "normalize": "zscore",
             "registration_iterations": 60}
     # small enough to train in about a minute on 2 CPU cores; the benchmark configs are larger
-    deep_params = {"spatial_dims": 2, "channels": [16, 32, 64], "strides": [2, 2, 2], "epochs": 6,
+    deep_params = {"spatial_dims": 2, "channels": [16, 32, 64], "strides": [2, 2, 2], "epochs": 20,
                    "batch_size": 16, "seed": seed}
     if detector == "dae":
         deep_params.update(noise_res=12, noise_std=1.0, skip_connections=True)

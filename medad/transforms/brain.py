@@ -307,7 +307,8 @@ def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         reg.SetMetricFixedMask(fixed_mask)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.1, seed)
+        # SimpleITK reads seed 0 as "seed from the wall clock" (sitkWallClock): shift by one
+        reg.SetMetricSamplingPercentage(0.1, int(seed) + 1)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
                                                      numberOfIterations=int(iterations),
