@@ -476,3 +476,56 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
     n_bad = sum(r["status"] != "ok" for r in rows)
     print(f"scored {len(rows) - n_bad} scan(s), {n_bad} skipped; summary: {out / 'summary.csv'}")
     return rows
+
+
+# ----------------------------------------------------------------------------------- explain
+
+
+def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, methods: Sequence[str] = ("gradcam",),
+                 top_k: int = 3, case_id: str | None = None, **explain_kw: Any):
+    """Explain a brain-lesion model's decision on one scan, through the model's own preprocessing
+    (as ``score_folder`` does): attribution maps of the ``top_k`` most abnormal slices come back
+    as NIfTI on the scan's own grid, with an overlay PNG each and a ``report.html``."""
+    from medad.explain import canonical_method, explain
+    from medad.io.volumes import write_like
+    from medad.report.html import CaseReport, Figure, write_case, write_case_report
+
+    model = BrainModel.load(model_path)
+    p = Path(scan)
+    if not p.is_file() and not p.is_dir():
+        raise ReadError("scan not found", p)
+    cid = case_id or p.name.split(".")[0]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.config
+    # the scan's own brain mask is found as `medad brain score` finds it (else: registration)
+    found = find_scans(p.parent, p.name, cfg.mask_pattern) if p.is_file() else [Scan(cid, p)]
+    vol = prepare_scan(found[0], cfg.prep)
+    amap, mask, row = score_scan(model, vol)
+    write_like(amap.astype(np.float32), vol.record, out / "anomaly_map.nii.gz")
+    write_like(mask.astype(np.uint8), vol.record, out / "mask.nii.gz")
+    save_scan_overlay(vol, amap, mask, out / "anomaly_map.png", f"{cid}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml")
+    figs = [Figure(png=str(out / "anomaly_map.png"), title="anomaly map and lesion mask (most abnormal slices)",
+                   kind="anomaly_map")]
+    xs = vol.slices()
+    top = np.argsort(-model.detector.score(xs).score)[: max(1, int(top_k))]
+    notes = {}
+    for m in (canonical_method(m) for m in methods):
+        maps = np.zeros(xs.shape, np.float32)[:, 0]
+        maps[top] = explain(model.detector, xs[top], m, spatial_dims=2, **explain_kw)
+        notes[f"{m} computed on"] = f"the {len(top)} highest-scoring axial slices (others left at 0)"
+        back = vol.to_record_grid(slices_to_volume(maps))
+        write_like(back.astype(np.float32), vol.record, out / f"{m}.nii.gz")
+        save_scan_overlay(vol, back, mask, out / f"{m}.png", f"{cid}: {m}", n=1)
+        figs.append(Figure(png=str(out / f"{m}.png"), title=f"{m} on the most abnormal slices; 3D map in {m}.nii.gz",
+                           kind=m))
+    case = CaseReport(case_id=cid, decision=row["decision"], score=row["max_score"], threshold=model.voxel_threshold,
+                      method=", ".join(canonical_method(m) for m in methods), figures=figs,
+                      details={"lesion volume (ml)": row["lesion_ml"], "decision rule":
+                               f"abnormal when the lesion volume exceeds {model.decision_ml:.3g} ml",
+                               "brain mask": vol.brain_source, **notes})
+    case.model = f"brain-lesion model ({model.config.detector})"
+    case.source = p.name
+    write_case(out, case)
+    write_case_report(out / "report.html", case)
+    return case

@@ -126,3 +126,24 @@ def test_cli_train_and_score(trained, tmp_path):
     assert (tmp_path / "o" / "h0" / "anomaly_map.nii.gz").is_file()
     bad = runner.invoke(app, ["brain", "train", str(tmp_path / "missing"), "--out", str(tmp_path / "m")])
     assert bad.exit_code != 0
+
+
+def test_explain_scan_uses_the_model_preprocessing(trained, tmp_path):
+    from pipelines.brain_lesions import explain_scan
+
+    root, path = trained
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    les = _write_scan(scans, "p0", seed=30, lesion=True)
+    out = tmp_path / "explain"
+    case = explain_scan(path, scans / "p0.nii.gz", out, methods=["kernel_shap"], top_k=1,
+                        n_samples=60, n_segments=20)
+    assert case.decision == "abnormal"
+    src = nib.load(scans / "p0.nii.gz")
+    shap_img = nib.load(out / "kernel_shap.nii.gz")
+    assert shap_img.shape == src.shape and np.allclose(shap_img.affine, src.affine)
+    shap = shap_img.get_fdata()
+    assert np.abs(shap).sum() > 0
+    # the attribution of the most abnormal slice sits on the lesion more than elsewhere
+    assert shap[les].mean() > shap[~les & (shap != 0)].mean()
+    assert (out / "report.html").is_file() and (out / "mask.nii.gz").is_file()

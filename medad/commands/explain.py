@@ -12,7 +12,7 @@ import typer
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("explain")
     def explain_cmd(
-        model: Path = typer.Argument(..., help="folder of a saved medad detector"),
+        model: Path = typer.Argument(..., help="folder of a saved medad detector, or of a `medad brain train` model"),
         input: Path = typer.Argument(..., help="image, volume (NIfTI/MGZ/DICOM), recording, or .npy array"),
         out: Path = typer.Option(..., "--out", "-o", help="output folder"),
         method: List[str] = typer.Option([], "--method", "-m",
@@ -32,6 +32,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from medad.report.cases import explain_file
 
         kw = {k: v for k, v in dict(n_samples=n_samples, n_segments=n_segments, device=device).items() if v is not None}
+        if (model / "brain_model.json").is_file():  # a `medad brain train` model: use its preprocessing
+            from pipelines.brain_lesions import explain_scan
+
+            case = explain_scan(model, input, out, methods=method or ["gradcam"], top_k=top_k, case_id=case_id, **kw)
+            typer.echo(f"{case.case_id}: {case.decision} (max score {case.score:.4g}, voxel threshold {case.threshold:.4g})")
+            typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
+            return
         case = explain_file(model, input, out, methods=method or None, case_id=case_id,
                             include_identity=include_identity, normalise=normalise, sfreq=sfreq, top_k=top_k, **kw)
         typer.echo(f"{case.case_id}: {case.decision} (score {case.score:.4g}, threshold {case.threshold})")
