@@ -62,7 +62,7 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically (NumPy scalars and arrays converted)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+        tmp.write_text(json.dumps(obj, indent=2, default=json_default))
     return Path(path)
 
 
@@ -72,7 +72,10 @@ def write_text(path: str | Path, text: str) -> Path:
     return Path(path)
 
 
-def _json_default(o: Any):
+def json_default(o: Any):
+    """``json.dumps(default=...)`` for NumPy scalars/arrays, tuples/sets and paths."""
+    if isinstance(o, (tuple, set)):
+        return list(o)
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

@@ -161,13 +161,10 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     from medad.detectors.base import Detector
     from medad.report.overlay import save_overlay
 
-    model, out = Path(model), Path(out)
-    prep_file = model / PREP_FILE
-    if not prep_file.is_file():
-        raise ReadError(f"not a frame-screening model (no {PREP_FILE}; train it with `medad images train`)", model)
-    import json
+    from medad.utils import read_model_json
 
-    prep = json.loads(prep_file.read_text())
+    model, out = Path(model), Path(out)
+    prep = read_model_json(model, PREP_FILE, "frame-screening model (train it with `medad images train`)")
     det = Detector.load(model)
     if getattr(det, "threshold_", None) is None:
         raise ReadError("model has no calibrated threshold", model)

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medad.errors import InputError, NotFittedError, ReadError
+from medad.utils import json_default
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -242,7 +243,7 @@ class Detector:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=_jsonable))
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=json_default))
             _save_arrays(arrays, tmp / WEIGHTS_FILE)
             if path.exists():
                 shutil.rmtree(path)
@@ -303,16 +304,6 @@ class Detector:
             raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() first")
 
 
-def _jsonable(o):
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (tuple, set)):
-        return list(o)
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON-serialisable in a detector config: {type(o).__name__}")
 
 
 def _save_arrays(arrays: dict[str, Any], file: Path) -> None:
