@@ -64,6 +64,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         merge: Optional[List[Path]] = typer.Option(None, "--merge",
                                                    help="output folder of an earlier run on other tasks to merge in"),
         threads: int = typer.Option(2, help="torch threads (1 is faster on a crowded machine)"),
+        budget: float = typer.Option(1.0, help="multiply every learned detector's optimiser steps (10 on a GPU)"),
     ) -> None:
         """Kvasir-SEG, WCEBleedGen, brain-tumour MRI, COVID-CT, CT tumour slices: one-class
         detectors beside PCA and intensity baselines; metrics, training time, images/s."""
@@ -72,4 +73,5 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         chosen = None if not tasks else [t for t in tasks if t != "none"]
         run_image_screening(_data_root(data_root), out, tasks=chosen, detectors=detectors or None,
-                            quick=quick, copy_to=copy_to, merge=merge or None, threads=threads)
+                            quick=quick, copy_to=copy_to, merge=merge or None, threads=threads,
+                            budget=budget)
