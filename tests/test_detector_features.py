@@ -103,3 +103,58 @@ def test_precomputed_features_and_custom_fn(tmp_path):
         FeatureDetector(feature_fn="nope").fit(rng.normal(0, 1, (5, 1, 64)))
     with pytest.raises(ConfigError):
         FeatureDetector(model="forest").fit(rng.normal(0, 1, (5, 1, 64)))
+
+
+def test_regularity_groups_are_gain_free_and_find_rhythm():
+    from medad.detectors.features import permutation_entropy
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(1, 1, 2048)).astype(np.float32)
+    t = np.arange(2048) / FS
+    sine = np.sin(2 * np.pi * 5.0 * t)[None, None].astype(np.float32)
+    # white noise: every ordinal pattern equally likely; a ramp: one pattern only
+    assert permutation_entropy(noise, order=4, delay=1)[0, 0] > 0.98
+    assert permutation_entropy(np.arange(100.0)[None], order=3)[0] == pytest.approx(0.0, abs=1e-9)
+    assert permutation_entropy(sine, order=4, delay=1)[0, 0] < 0.5
+    with pytest.raises(InputError):
+        permutation_entropy(np.zeros((1, 3)), order=4)
+    g = ["entropy", "autocorr", "teager"]
+    fs, fn = signal_features(sine, FS, groups=g)[0], signal_features(noise, FS, groups=g)[0]
+    assert fs.shape == (3 + 3 + 1,)
+    assert fs[3] > 0.9 and fn[3] < 0.3                     # autocorrelation peak: rhythmic vs not
+    assert fs[4] == pytest.approx(0.2, abs=1.5 / FS)       # at the 5 Hz period
+    x = _eeg_like(4)
+    np.testing.assert_allclose(signal_features(x * 300.0, FS, groups=g), signal_features(x, FS, groups=g),
+                               rtol=1e-3, atol=1e-3)
+
+
+def test_blocks_fuse_standardised_scores_and_roundtrip(tmp_path):
+    rng = np.random.default_rng(0)
+    # 40 shape-like columns and 2 rhythm-like columns; the abnormal items differ in the 2 only
+    train = rng.normal(size=(400, 42))
+    test_n, test_a = rng.normal(size=(50, 42)), rng.normal(size=(50, 42))
+    test_a[:, 40:] += 3.0
+    x, y = np.r_[test_n, test_a], np.r_[np.zeros(50), np.ones(50)]
+    for model in ("knn", "mahalanobis"):
+        one = FeatureDetector(feature_fn="precomputed", model=model).fit(train)
+        fused = FeatureDetector(feature_fn="precomputed", model=model, blocks=[40, 2]).fit(train)
+        a1, a2 = auroc(y, one.score(x).score), auroc(y, fused.score(x).score)
+        assert a2 > 0.95 and a2 > a1 + 0.05, (model, a1, a2)
+        back = Detector.load(fused.save(tmp_path / model))
+        assert back.get_params()["blocks"] == [40, 2]
+        np.testing.assert_allclose(back.score(x).score, fused.score(x).score, rtol=1e-6)
+    with pytest.raises(InputError, match="blocks"):
+        FeatureDetector(feature_fn="precomputed", blocks=[40, 3]).fit(train)
+    with pytest.raises(ConfigError):
+        FeatureDetector(feature_fn="precomputed", blocks=[["hjorth"]]).fit(train)
+    with pytest.raises(ConfigError):
+        FeatureDetector(blocks=[3, ["hjorth"]]).fit(_eeg_like(10))
+    # blocks of feature groups on windows: each block computes its own groups
+    det = FeatureDetector(sfreq=FS, model="knn", k=3, blocks=[["log_var"], ["entropy", "autocorr"]])
+    det.fit(_eeg_like(120, seed=1))
+    assert [(s.start, s.stop) for s in det.slices_] == [(0, 2), (2, 14)]  # 2 channels each
+    s = det.score(np.concatenate([_eeg_like(30, seed=2), _eeg_like(30, seed=3, spikes=True)])).score
+    assert auroc(np.r_[np.zeros(30), np.ones(30)], s) > 0.9
+    back = Detector.load(det.save(tmp_path / "groups"))
+    np.testing.assert_allclose(back.score(_eeg_like(5, seed=4)).score, det.score(_eeg_like(5, seed=4)).score,
+                               rtol=1e-6)

@@ -184,3 +184,70 @@ def test_benchmark_window_helpers():
     z = record_normalise(x, rec)
     assert np.allclose(z[3:], record_normalise(x[3:] / 7.0, rec[3:]), atol=1e-5)
     assert z[1].std() > 1.5 * z[0].std()
+
+
+def test_benchmark_template_features_and_score_fusion():
+    """The MIT-BIH patient-adaptive features and the calibrated score fusion of the benchmark."""
+    from medad.bench.signals import TEMPLATE_BLOCKS, ScoreFusion, Split, template_features, template_residual_beats
+    from medad.detectors.features import FeatureDetector
+
+    rng = np.random.default_rng(0)
+    tt = np.linspace(-1, 1, 252)
+
+    def beats(n, width, gain, rec):
+        b = gain * np.exp(-(tt / width) ** 2)[None] + 0.02 * rng.normal(size=(n, 252))
+        return np.stack([b, 0.1 * rng.normal(size=(n, 252))], axis=1).astype(np.float32), np.array([rec] * n)
+
+    # two records with different normal beats; each has a few wide (ectopic-like) beats
+    xa, ra = beats(60, 0.05, 1.0, "a")
+    xb, rb = beats(60, 0.08, 2.0, "b")
+    xa[:5, 0] = np.exp(-(tt / 0.3) ** 2)
+    xb[:5, 0] = 2 * np.exp(-(tt / 0.3) ** 2)
+    x, rec = np.r_[xa, xb], np.r_[ra, rb]
+    rr = np.tile([0.8, 0.8, 1.0], (120, 1)).astype(np.float32)
+    rr[[0, 60], 0] = 0.5  # premature
+    f = template_features(x, rec, rr)
+    assert f.shape == (120, sum(TEMPLATE_BLOCKS))
+    resid = np.abs(f[:, :TEMPLATE_BLOCKS[0]]).mean(1)
+    odd = np.zeros(120, bool)
+    odd[list(range(5)) + list(range(60, 65))] = True
+    assert resid[odd].min() > resid[~odd].max()  # each record's odd beats stand out of its own template
+    assert f[0, 63] == pytest.approx(0.5 / 0.8) and f[0, 66] == pytest.approx(0.8 / 0.5)
+    assert template_residual_beats(x, rec).shape == (120, 1, 252)
+
+    # fusion: two members on different inputs, standardised on healthy calibration items only
+    tr = rng.normal(size=(300, 6))
+    m1 = FeatureDetector(feature_fn="precomputed").fit(tr[:, :4])
+    m2 = FeatureDetector(feature_fn="precomputed", model="knn").fit(tr[:, 4:])
+    cal = rng.normal(size=(100, 6))
+    fus = ScoreFusion([m1, m2]).set_reference((cal[:, :4], cal[:, 4:]))
+    test = rng.normal(size=(40, 6))
+    test[20:, 4:] += 4.0
+    s = fus.score((test[:, :4], test[:, 4:])).score
+    assert auroc(np.r_[np.zeros(20), np.ones(20)], s) > 0.95
+    z_cal = fus.score((cal[:, :4], cal[:, 4:])).score
+    assert abs(float(np.median(z_cal))) < 0.5
+    sp = Split(test[:, None, :], np.r_[np.zeros(20), np.ones(20)])
+    assert sp.inputs(lambda xx, aux: (xx[:, 0, :4], xx[:, 0, 4:]))[1].shape == (40, 2)
+
+
+def test_benchmark_goal_lines_and_amplitude_reference():
+    from medad.bench.signals import Split, _amplitude_free, _goal_line, amplitude_reference
+
+    res = {"features (x)": {"auroc": 0.99}, "seq_ae (error)": {"auroc": 0.95}, "lstm": {"failed": "boom"},
+           "fusion: a + b": {"auroc": 0.97}}
+    line = _goal_line("task", res, 0.98, 0.9)
+    assert "best classical: features (x) AUROC 0.990 (reached)" in line
+    assert "best deep: seq_ae (error) AUROC 0.950 (NOT reached)" in line
+    assert "best fusion: fusion: a + b AUROC 0.970 (NOT reached)" in line
+    assert _goal_line("task", {}, 0.98, 0.9).endswith("not measured.")
+    assert _amplitude_free("features (no amplitude)") and not _amplitude_free("features")
+    assert _amplitude_free("seq_ae (error)") and not _amplitude_free("seq_ae (per-site amplitude) (error)")
+    # louder-than-its-site recordings score higher, whatever the site's overall gain
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 1, 64)).astype(np.float32)
+    x[4:] *= 3.0       # site b has 3x the gain ...
+    x[[1, 6]] *= 4.0   # ... and one loud recording per site
+    sp = Split(x, np.array([0, 1, 0, 0, 0, 0, 1, 0]), None, {"site": np.array(["a"] * 4 + ["b"] * 4)})
+    assert amplitude_reference(sp) == 1.0
+    assert amplitude_reference(sp, lambda w: w * 0.5) == 1.0

@@ -8,8 +8,8 @@ import pytest
 from medad.errors import InputError
 from medad.io.records import SignalRecord
 from medad.transforms.signal import (
-    Bandpass, Compose, Notch, Resample, RobustZScore, bandpass, mel_filterbank, mel_spectrogram, mfcc, notch,
-    resample, robust_zscore, stft, windows, zscore,
+    Bandpass, Compose, Notch, Resample, RobustZScore, bandpass, group_robust_zscore, group_template, mel_filterbank,
+    mel_spectrogram, mfcc, notch, resample, robust_zscore, stft, windows, zscore,
 )
 
 FS = 256.0
@@ -164,3 +164,26 @@ def test_detect_r_peaks_synthetic_and_real():
         return np.minimum(np.abs(b[i] - a), np.abs(b[i - 1] - a)) <= 0.05 * rec.sfreq
 
     assert near(ref, p).mean() > 0.99 and near(p, ref).mean() > 0.99  # sensitivity, PPV
+
+
+def test_group_template_and_group_robust_zscore():
+    rng = np.random.default_rng(0)
+    beat_a, beat_b = np.sin(np.linspace(0, 3, 30)), np.cos(np.linspace(0, 3, 30))
+    x = np.r_[beat_a + 0.01 * rng.normal(size=(9, 30)), beat_b + 0.01 * rng.normal(size=(9, 30))][:, None]
+    x[4, 0] = 3 * beat_b  # one odd item among the first group's 9
+    groups = np.array(["a"] * 9 + ["b"] * 9)
+    t = group_template(x, groups)
+    assert t.shape == x.shape
+    assert np.abs(t[0, 0] - beat_a).max() < 0.02 and np.abs(t[-1, 0] - beat_b).max() < 0.02  # median: odd one ignored
+    resid = np.abs(x - t).mean(axis=(1, 2))
+    assert resid.argmax() == 4
+    f = rng.normal(size=(40, 3))
+    f[20:] = f[:20] * 10.0 + 5.0  # the same items at a second site with another gain and offset
+    g = np.array([0] * 20 + [1] * 20)
+    z = group_robust_zscore(f, g)
+    np.testing.assert_allclose(z[20:], group_robust_zscore(f[:20], g[:20]), atol=1e-5)
+    np.testing.assert_allclose(np.median(z[:20], axis=0), 0.0, atol=1e-6)
+    with pytest.raises(InputError):
+        group_template(x, groups[:3])
+    with pytest.raises(InputError):
+        group_robust_zscore(f, g[:5])

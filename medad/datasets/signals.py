@@ -34,6 +34,9 @@ from medad.io.signals import read_signal, read_ucr, record_id_from_path
 BONN_SFREQ = 173.61
 BONN_SETS = {"A": "A_Z", "B": "B_O", "C": "C_N", "D": "D_F", "E": "E_S"}
 BONN_GROUP = {"A": "healthy", "B": "healthy", "C": "interictal", "D": "interictal", "E": "ictal"}
+# recording site / electrode type (Andrzejak et al. 2001): A, B surface EEG of volunteers; C, D, E
+# intracranial EEG of epilepsy patients
+BONN_SITE = {"A": "surface", "B": "surface", "C": "intracranial", "D": "intracranial", "E": "intracranial"}
 HEART_SOUND_NORMAL = ("N", "normal", "Normal")
 
 

@@ -6,13 +6,18 @@ Features per channel of each ``(C, T)`` window (:func:`signal_features`):
 * spectral entropy, spectral edge frequency (95 %) and peak frequency (relative to Nyquist),
 * Hjorth mobility and complexity, line length / std, zero-crossing rate (amplitude-invariant),
 * skewness and kurtosis,
+* optional amplitude-invariant groups for seizure-like regularity (off by default: they cost
+  more): permutation entropy (``entropy``), autocorrelation rhythmicity (``autocorr``) and the
+  normalised Teager-Kaiser energy (``teager``),
 * optionally log variance (``amplitude=True``; meaningful only when the input was normalised per
   recording, as the screening pipeline does, so it says "louder than this recording usually is"),
 * optionally MFCC means (``n_mfcc > 0``; heart sounds).
 
 A one-class model learns healthy features: ``"mahalanobis"`` (robustly standardised features,
 Ledoit-Wolf shrunk covariance) or ``"knn"`` (mean distance to the ``k`` nearest healthy feature
-vectors). Both save as plain arrays -- no pickle. With ``feature_fn="precomputed"`` the detector
+vectors). Both save as plain arrays -- no pickle. With ``blocks`` the feature vector is split
+into blocks (e.g. beat shape | RR intervals) scored separately, each standardised on its training
+scores, and averaged. With ``feature_fn="precomputed"`` the detector
 takes ``(N, F)`` feature arrays instead of windows (e.g. beat shape + RR intervals).
 """
 
@@ -41,7 +46,8 @@ def default_bands(sfreq: float, n_bands: int = 6, fmin: float = 0.5) -> list[tup
 
 
 # feature groups in output order; amplitude-dependent ones are dropped by amplitude=False
-FEATURE_GROUPS = ("hjorth", "line_length", "zcr", "moments", "spectral", "rel_bands", "abs_bands", "log_var")
+FEATURE_GROUPS = ("hjorth", "line_length", "zcr", "moments", "spectral", "rel_bands", "entropy", "autocorr",
+                  "teager", "abs_bands", "log_var")
 DEFAULT_GROUPS = ("hjorth", "line_length", "zcr", "moments", "spectral", "rel_bands", "log_var")
 AMPLITUDE_GROUPS = ("abs_bands", "log_var")
 
@@ -60,7 +66,10 @@ def signal_features(x: np.ndarray, sfreq: float, *, bands=None, amplitude: bool 
             :data:`DEFAULT_GROUPS`): ``hjorth`` (mobility, complexity), ``line_length``
             (/ std), ``zcr``, ``moments`` (skewness, log kurtosis), ``spectral`` (entropy, 95 %
             edge, peak frequency), ``rel_bands`` (log share of power per band), ``abs_bands``
-            (log power per band), ``log_var``.
+            (log power per band), ``log_var``; opt-in, amplitude-invariant: ``entropy``
+            (permutation entropy, order 4, delays of 1, 2 and 4 samples), ``autocorr``
+            (height and lag in s of the highest autocorrelation peak at lags of 0.05-1 s, and the
+            decorrelation time in s), ``teager`` (log mean Teager-Kaiser energy / variance).
 
     Returns:
         ``(N, C * F)`` float32, channel-major (all features of channel 0, then channel 1, ...).
@@ -125,7 +134,15 @@ def signal_features(x: np.ndarray, sfreq: float, *, bands=None, amplitude: bool 
         "rel_bands": [np.log(r + 1e-6) for r in rel],
         "abs_bands": [np.log(r * var + eps) for r in rel], "log_var": [np.log(var + eps)],
     }
-    feats = [f for g in _groups(groups, amplitude) for f in by_group[g]]
+    chosen = _groups(groups, amplitude)
+    if "entropy" in chosen:
+        by_group["entropy"] = [permutation_entropy(xc, order=4, delay=d) for d in (1, 2, 4)]
+    if "autocorr" in chosen:
+        by_group["autocorr"] = list(_autocorr_features(xc, sfreq))
+    if "teager" in chosen:
+        te = (xc[..., 1:-1] ** 2 - xc[..., :-2] * xc[..., 2:]).mean(-1)
+        by_group["teager"] = [np.log(np.abs(te) / (var + eps) + 1e-9)]
+    feats = [f for g in chosen for f in by_group[g]]
     out = np.stack(feats, axis=-1)  # (N, C, F)
     if n_mfcc:
         from medad.transforms.signal import mfcc
@@ -134,6 +151,49 @@ def signal_features(x: np.ndarray, sfreq: float, *, bands=None, amplitude: bool 
         m = mfcc(x, sfreq, n_mfcc=n_mfcc, n_fft=n_fft).mean(-1)  # (N, C, n_mfcc)
         out = np.concatenate([out, m], axis=-1)
     return out.reshape(n, -1).astype(np.float32)
+
+
+def permutation_entropy(x: np.ndarray, order: int = 4, delay: int = 1) -> np.ndarray:
+    """Normalised permutation entropy (Bandt & Pompe) of every series along the last axis: the
+    Shannon entropy of the ordinal patterns of ``order`` samples ``delay`` apart, divided by
+    ``log(order!)`` (1 = every pattern equally likely, e.g. white noise; low = regular, e.g. a
+    rhythmic seizure discharge). Scale-free by construction."""
+    from math import factorial
+
+    x = np.asarray(x)
+    lead, t = x.shape[:-1], x.shape[-1]
+    n = t - (order - 1) * delay
+    if n < 1:
+        raise InputError(f"{t} samples are too short for permutation entropy (order {order}, delay {delay})")
+    flat = x.reshape(-1, t)
+    emb = np.stack([flat[:, i * delay: i * delay + n] for i in range(order)], axis=-1)
+    # a pattern's code: its rank vector read as a base-`order` number (unique per permutation)
+    code = (np.argsort(emb, axis=-1, kind="stable") * order ** np.arange(order)).sum(-1)
+    k = order ** order
+    counts = np.bincount((code + k * np.arange(len(flat))[:, None]).ravel(), minlength=k * len(flat))
+    p = counts.reshape(len(flat), k) / n
+    h = -(p * np.log(np.where(p > 0, p, 1.0))).sum(-1) / np.log(factorial(order))
+    return h.reshape(lead).astype(np.float32)
+
+
+def _autocorr_features(xc: np.ndarray, sfreq: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rhythmicity of centred windows ``(N, C, T)``: height and lag (s) of the highest
+    autocorrelation peak at lags of 0.05-1 s (20-1 Hz rhythms), and the decorrelation time (s,
+    first lag where the autocorrelation turns negative)."""
+    from scipy.fft import irfft, rfft
+
+    t = xc.shape[-1]
+    spec = rfft(xc, 2 * t, axis=-1, workers=1)
+    ac = irfft(spec.real ** 2 + spec.imag ** 2, axis=-1, workers=1)[..., :t]
+    ac = ac / np.maximum(ac[..., :1], 1e-20)
+    lo = max(1, int(round(0.05 * sfreq)))
+    hi = max(lo + 1, min(t - 1, int(round(1.0 * sfreq)) + 1))
+    seg = ac[..., lo:hi]
+    height = seg.max(-1)
+    lag = (seg.argmax(-1) + lo) / sfreq
+    neg = ac < 0
+    zero = np.where(neg.any(-1), neg.argmax(-1), t) / sfreq
+    return height.astype(np.float32), lag.astype(np.float32), zero.astype(np.float32)
 
 
 def _groups(groups: Sequence[str] | None, amplitude: bool) -> list[str]:
@@ -178,6 +238,15 @@ class FeatureDetector(Detector):
         max_train: at most this many healthy vectors are kept for ``"knn"`` (random, seeded).
         seed: for that subsample.
         groups: feature groups (see :func:`signal_features`); default all but ``abs_bands``.
+        blocks: score blocks of features separately and fuse them (``None``: one model on all
+            features). Either column counts ``[n1, n2, ...]`` of consecutive feature columns
+            (summing to the feature count, e.g. a beat-shape block and an RR block of
+            precomputed features) or, for ``feature_fn="signal"``, lists of feature groups
+            ``[["log_var"], ["entropy", "autocorr"]]`` (each block computes its own groups;
+            ``groups`` is then ignored). Each block's score is standardised by the median and
+            IQR of its scores on the training items (leave-one-out for ``"knn"``) and the fused
+            score is their mean: a block of 60 shape columns no longer drowns a block of 4 RR
+            columns in one distance, and no test or abnormal item is needed to weigh them.
     """
 
     input_kind = "signal"
@@ -185,20 +254,59 @@ class FeatureDetector(Detector):
 
     def __init__(self, sfreq: float = 256.0, bands: list | None = None, amplitude: bool = True, n_mfcc: int = 0,
                  model: str = "mahalanobis", k: int = 5, feature_fn: str = "signal", max_train: int = 20000,
-                 seed: int = 0, groups: list[str] | None = None):
+                 seed: int = 0, groups: list[str] | None = None, blocks: list | None = None):
         self._set_params(locals())
 
     # ------------------------------------------------------------------ features
+    def _group_blocks(self) -> list[list[str]] | None:
+        """The blocks as lists of feature groups, or None when they are column counts / absent."""
+        if not self.blocks:
+            return None
+        kinds = {isinstance(b, (list, tuple)) for b in self.blocks}
+        if kinds == {True}:
+            if self.feature_fn == "precomputed":
+                raise ConfigError("blocks of feature groups need computed features; with feature_fn='precomputed' "
+                                  "give column counts")
+            return [list(b) for b in self.blocks]
+        if kinds == {False} and all(int(b) > 0 for b in self.blocks):
+            return None
+        raise ConfigError(f"blocks must be all positive column counts or all lists of feature groups, "
+                          f"got {self.blocks!r}")
+
     def features(self, x: np.ndarray) -> np.ndarray:
-        """The raw (unstandardised) feature vectors of ``x``."""
+        """The raw (unstandardised) feature vectors of ``x`` (blocks side by side)."""
         if self.feature_fn not in FEATURE_FUNCTIONS:
             raise ConfigError(f"unknown feature function {self.feature_fn!r}; known: {', '.join(FEATURE_FUNCTIONS)}")
         bands = [tuple(b) for b in self.bands] if self.bands is not None else None
-        f = FEATURE_FUNCTIONS[self.feature_fn](x, float(self.sfreq), bands=bands, amplitude=self.amplitude,
-                                               n_mfcc=self.n_mfcc, groups=self.groups)
+        fn = FEATURE_FUNCTIONS[self.feature_fn]
+        kw = dict(bands=bands, amplitude=self.amplitude, n_mfcc=self.n_mfcc)
+        gb = self._group_blocks()
+        if gb is None:
+            f = fn(x, float(self.sfreq), groups=self.groups, **kw)
+        else:
+            # MFCCs (if any) go with the first block only
+            f = np.concatenate([fn(x, float(self.sfreq), groups=g, **{**kw, "n_mfcc": self.n_mfcc if i == 0 else 0})
+                                for i, g in enumerate(gb)], axis=1)
         if not np.isfinite(f).all():
             raise InputError("features contain NaN/inf (flat or constant windows?)")
         return f
+
+    def _block_slices(self, n_features: int, x: np.ndarray | None = None) -> list[slice]:
+        """Column slices of the blocks (one slice of everything without blocks)."""
+        if not self.blocks:
+            return [slice(0, n_features)]
+        gb = self._group_blocks()
+        if gb is None:
+            sizes = [int(b) for b in self.blocks]
+        else:  # widths of each block's groups: measured on one item (cheap, always consistent)
+            sizes = [FEATURE_FUNCTIONS[self.feature_fn](
+                x[:1], float(self.sfreq), groups=g, amplitude=self.amplitude,
+                bands=[tuple(b) for b in self.bands] if self.bands is not None else None,
+                n_mfcc=self.n_mfcc if i == 0 else 0).shape[1] for i, g in enumerate(gb)]
+        if sum(sizes) != n_features:
+            raise InputError(f"blocks {sizes} cover {sum(sizes)} feature columns, the features have {n_features}")
+        edges = np.cumsum([0] + sizes)
+        return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
     def _check_input(self, x: np.ndarray) -> None:
         if self.feature_fn == "precomputed":
@@ -219,6 +327,7 @@ class FeatureDetector(Detector):
             raise InputError("need at least 2 healthy items to fit the feature model")
         self.n_features_ = int(f.shape[1])
         self.in_shape_ = list(x.shape[1:])
+        self.slices_ = self._block_slices(self.n_features_, x)
         # robust standardisation: median / IQR, so a few odd training windows do not set the scale
         from medad.transforms.signal import robust_scale
 
@@ -228,14 +337,28 @@ class FeatureDetector(Detector):
         if self.model == "mahalanobis":
             from sklearn.covariance import LedoitWolf
 
-            lw = LedoitWolf().fit(z)
-            self.mean_ = lw.location_
-            self.precision_ = lw.precision_
+            self.means_, self.precisions_ = [], []
+            for sl in self.slices_:
+                lw = LedoitWolf().fit(z[:, sl])
+                self.means_.append(lw.location_)
+                self.precisions_.append(lw.precision_)
         else:
             if len(z) > self.max_train:
                 idx = np.random.default_rng(self.seed).choice(len(z), self.max_train, replace=False)
                 z = z[np.sort(idx)]
             self.bank_ = z
+        self.block_stats_ = None
+        if self.blocks:
+            # each block's score on the training items (kNN: leave-one-out) -> median, IQR scale
+            train = [self._block_score(z, b, exclude_self=self.model == "knn") for b in range(len(self.slices_))]
+            self.block_stats_ = np.stack([np.concatenate(robust_scale(t, axis=0, eps=1e-9)) for t in train])
+
+    def _block_score(self, z: np.ndarray, b: int, exclude_self: bool = False) -> np.ndarray:
+        sl = self.slices_[b]
+        if self.model == "mahalanobis":
+            d = z[:, sl] - self.means_[b]
+            return np.sqrt(np.maximum(((d @ self.precisions_[b]) * d).sum(1), 0.0))
+        return self._knn(z[:, sl], self.bank_[:, sl], exclude_self)
 
     def _score(self, x) -> AnomalyResult:
         f = self.features(x).astype(np.float64)
@@ -243,39 +366,50 @@ class FeatureDetector(Detector):
             raise InputError(f"{f.shape[1]} features but the detector was fitted on {self.n_features_} "
                              f"(input shape {list(x.shape[1:])}, fitted on {self.in_shape_})")
         z = self._standardise(f)
-        if self.model == "mahalanobis":
-            d = z - self.mean_
-            s = np.sqrt(np.maximum(((d @ self.precision_) * d).sum(1), 0.0))
+        if self.block_stats_ is None:
+            s = self._block_score(z, 0)
         else:
-            s = self._knn(z)
+            st = self.block_stats_
+            s = np.mean([(self._block_score(z, b) - st[b, 0]) / st[b, 1] for b in range(len(self.slices_))], axis=0)
         return AnomalyResult(score=s.astype(np.float32))
 
-    def _knn(self, z: np.ndarray, batch: int = 2048) -> np.ndarray:
-        k = min(int(self.k), len(self.bank_))
-        bank = self.bank_
+    def _knn(self, z: np.ndarray, bank: np.ndarray, exclude_self: bool = False, batch: int = 2048) -> np.ndarray:
+        """Mean distance to the ``k`` nearest bank rows (``exclude_self``: ``z`` is the bank, each
+        row's own zero distance is skipped)."""
+        k = max(1, min(int(self.k), len(bank) - int(exclude_self)))
+        kk = k + int(exclude_self)
         bn = (bank ** 2).sum(1)
         out = np.empty(len(z))
         for i in range(0, len(z), batch):
             q = z[i:i + batch]
             d2 = (q ** 2).sum(1)[:, None] + bn[None, :] - 2.0 * q @ bank.T
-            part = np.partition(np.maximum(d2, 0.0), k - 1, axis=1)[:, :k]
-            out[i:i + batch] = np.sqrt(part).mean(1)
+            part = np.sort(np.partition(np.maximum(d2, 0.0), kk - 1, axis=1)[:, :kk], axis=1)
+            out[i:i + batch] = np.sqrt(part[:, int(exclude_self):]).mean(1)
         return out
 
     def _get_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         arrays = {"center": self.center_, "scale": self.scale_}
         if self.model == "mahalanobis":
-            arrays.update(mean=self.mean_, precision=self.precision_)
+            for b, (m, p) in enumerate(zip(self.means_, self.precisions_)):
+                sfx = "" if b == 0 else f"_{b}"  # block 0 keeps the names of models saved before blocks
+                arrays.update({f"mean{sfx}": m, f"precision{sfx}": p})
         else:
             arrays["bank"] = self.bank_
-        return arrays, {"n_features": self.n_features_, "in_shape": self.in_shape_}
+        if self.block_stats_ is not None:
+            arrays["block_stats"] = self.block_stats_
+        return arrays, {"n_features": self.n_features_, "in_shape": self.in_shape_,
+                        "slices": [[s.start, s.stop] for s in self.slices_]}
 
     def _set_state(self, arrays: dict[str, Any], extra: dict[str, Any]) -> None:
         a = {k: v.numpy().astype(np.float64) for k, v in arrays.items()}
         self.center_, self.scale_ = a["center"], a["scale"]
-        if self.model == "mahalanobis":
-            self.mean_, self.precision_ = a["mean"], a["precision"]
-        else:
-            self.bank_ = a["bank"]
         self.n_features_ = int(extra["n_features"])
         self.in_shape_ = list(extra["in_shape"])
+        self.slices_ = [slice(int(s0), int(s1)) for s0, s1 in extra.get("slices", [[0, self.n_features_]])]
+        if self.model == "mahalanobis":
+            sfx = ["" if b == 0 else f"_{b}" for b in range(len(self.slices_))]
+            self.means_ = [a[f"mean{s}"] for s in sfx]
+            self.precisions_ = [a[f"precision{s}"] for s in sfx]
+        else:
+            self.bank_ = a["bank"]
+        self.block_stats_ = a.get("block_stats")

@@ -195,6 +195,47 @@ def zscore(x: np.ndarray, *, axis: int = -1, eps: float = 1e-8) -> np.ndarray:
     return ((x - x.mean(axis=axis, keepdims=True)) / np.where(std > eps, std, 1.0)).astype(np.float32)
 
 
+def per_group(x: np.ndarray, groups: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``fn`` applied to the items of every group of ``x (N, ...)`` at once (``fn`` maps ``(n, ...)`` to
+    an array that broadcasts to it), results put back in item order."""
+    x = np.asarray(x)
+    groups = np.asarray(groups)
+    if len(groups) != len(x):
+        raise InputError(f"{len(groups)} group labels for {len(x)} items")
+    out = np.empty_like(x)
+    for g in np.unique(groups):
+        m = groups == g
+        out[m] = fn(x[m])
+    return out
+
+
+def group_template(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Per item, the sample-wise median of all items of its group (e.g. every beat of one ECG
+    record): the group's typical waveform, learnt without labels. While most items of a group
+    are normal (most beats of a record are), the median is the normal template, and ``x -
+    group_template(x, groups)`` leaves what makes an item differ from its own patient's usual
+    beat -- an inter-patient detector then compares those differences, not the patients.
+
+    Args:
+        x: ``(N, ...)`` items.
+        groups: ``(N,)`` group label of every item.
+    """
+    return per_group(x, groups, lambda v: np.median(v, axis=0))
+
+
+def group_robust_zscore(x: np.ndarray, groups: np.ndarray, *, eps: float = 1e-8) -> np.ndarray:
+    """Robust z-score of every column of ``x (N, F)`` within each group of items (median and
+    IQR / 1.349 over that group's items): e.g. window features standardised per recording site,
+    so that a site's gain and electrode type set no feature's level -- what is left is how an
+    item differs from the other items of its own site. Assumes most items of a group are normal."""
+
+    def z(v: np.ndarray) -> np.ndarray:
+        med, scale = robust_scale(v, axis=0, eps=eps)
+        return (v - med) / scale
+
+    return per_group(np.asarray(x, dtype=np.float64), groups, z).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------- spectra
 def stft(x: np.ndarray, sfreq: float, *, n_fft: int = 256, hop: int | None = None,
          power: bool = True, log: bool = True) -> tuple[np.ndarray, np.ndarray]:
