@@ -67,8 +67,14 @@ class BrainLesionConfig:
         erode: brain-mask erosion (model-grid voxels) before the map is read.
         median: median filter width applied to the map volume (0 = off).
         min_lesion_voxels: connected components smaller than this (input-grid voxels) are dropped.
-        batch_size: slices scored at a time.
+        batch_size: slices (or crops) scored at a time.
         seed: seed of the subject split.
+        crop_size: ``None`` = the detector sees 2D axial slices; an integer = it sees cubic 3D
+            crops of that side (model-grid voxels; needs ``spatial_dims: 3``), and a scan's map
+            is assembled from overlapping crops (MONAI sliding-window inference, Gaussian
+            weighting).
+        crop_stride: step between training crops and between scored crops (default half a crop).
+        min_brain_fraction: training crops hold at least this share of brain voxels.
     """
 
     detector: str = "intensity"
@@ -86,8 +92,22 @@ class BrainLesionConfig:
     min_lesion_voxels: int = 20
     batch_size: int = 32
     seed: int = 0
+    crop_size: int | None = None
+    crop_stride: int | None = None
+    min_brain_fraction: float = 0.1
 
     def __post_init__(self) -> None:
+        dims = int(self.detector_params.get("spatial_dims", 2))
+        if self.crop_size is not None:
+            if int(self.crop_size) < 8:
+                raise ConfigError(f"crop_size must be at least 8 voxels, got {self.crop_size}")
+            if dims != 3 and self.detector != "intensity":
+                raise ConfigError(f"crop_size={self.crop_size} (3D crops) needs detector_params.spatial_dims: 3, "
+                                  f"got {dims}")
+            if self.crop_stride is not None and not 0 < int(self.crop_stride) <= int(self.crop_size):
+                raise ConfigError(f"crop_stride must be in (0, crop_size], got {self.crop_stride}")
+        elif dims == 3:
+            raise ConfigError("a 3D detector (spatial_dims: 3) needs crop_size: the side of its cubic crops")
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         for k in ("pixel_fpr", "slice_fpr"):
@@ -208,6 +228,55 @@ def training_slices(volumes: Sequence[PreparedVolume], *, min_brain_pixels: int 
     return np.concatenate(xs), np.concatenate(bs), np.asarray(ids)
 
 
+def _crop_starts(n: int, crop: int, stride: int) -> list[int]:
+    """Start offsets of crops of side ``crop`` every ``stride`` voxels covering ``0..n``."""
+    last = max(n - crop, 0)
+    starts = list(range(0, last + 1, stride))
+    return starts if starts[-1] == last else starts + [last]
+
+
+def _padded(a: np.ndarray, crop: int) -> np.ndarray:
+    """Zero-pad (background) every axis shorter than ``crop``."""
+    pad = [(0, max(crop - n, 0)) for n in a.shape]
+    return np.pad(a, pad) if any(p for _, p in pad) else a
+
+
+def training_crops(volumes: Sequence[PreparedVolume], crop: int, stride: int, *, min_brain_fraction: float = 0.1,
+                   lesions: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Healthy cubic crops of prepared volumes (model grid): at least ``min_brain_fraction``
+    brain voxels and, when a lesion mask (record grid) is given for a volume, no lesion voxel.
+
+    Returns:
+        ``(crops (N, 1, c, c, c), brain (N, 1, c, c, c) bool, subject id per crop)``.
+    """
+    xs, bs, ids = [], [], []
+    for i, v in enumerate(volumes):
+        img, brain = _padded(v.image, crop), _padded(v.model_brain, crop)
+        les = None if lesions is None or lesions[i] is None else _padded(v.labels_to_model_grid(lesions[i]), crop)
+        for a in _crop_starts(img.shape[0], crop, stride):
+            for b in _crop_starts(img.shape[1], crop, stride):
+                for c in _crop_starts(img.shape[2], crop, stride):
+                    sl = (slice(a, a + crop), slice(b, b + crop), slice(c, c + crop))
+                    if brain[sl].mean() < min_brain_fraction or (les is not None and les[sl].any()):
+                        continue
+                    xs.append(img[sl])
+                    bs.append(brain[sl])
+                    ids.append(v.record.subject_id)
+    if not xs:
+        raise InputError(f"no healthy {crop}-voxel crops with enough brain found")
+    return np.stack(xs)[:, None].astype(np.float32), np.stack(bs)[:, None], np.asarray(ids)
+
+
+def healthy_items(cfg: "BrainLesionConfig", volumes: Sequence[PreparedVolume],
+                  lesions: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the configured detector trains and calibrates on: axial slices or 3D crops."""
+    if cfg.crop_size is None:
+        return training_slices(volumes, min_brain_pixels=cfg.prep.min_brain_pixels, lesions=lesions)
+    crop = int(cfg.crop_size)
+    return training_crops(volumes, crop, int(cfg.crop_stride or max(crop // 2, 1)),
+                          min_brain_fraction=cfg.min_brain_fraction, lesions=lesions)
+
+
 # ----------------------------------------------------------------------------------- model
 
 
@@ -222,15 +291,34 @@ class BrainModel:
     info: dict[str, Any] = field(default_factory=dict)
 
     # -- scoring ------------------------------------------------------------------
+    def _detector_maps(self, x: np.ndarray) -> np.ndarray:
+        res = self.detector.score(x).map
+        if res is None:
+            raise ConfigError(f"detector {self.config.detector!r} makes no anomaly maps")
+        return res
+
+    def model_map(self, vol: PreparedVolume) -> np.ndarray:
+        """Raw anomaly map of a prepared scan on the model grid ``(size, size, Z)``."""
+        bs = int(self.config.batch_size)
+        if self.config.crop_size is None:
+            x = vol.slices()
+            return slices_to_volume(np.concatenate([self._detector_maps(x[i: i + bs]) for i in range(0, len(x), bs)]))
+        import torch
+        from monai.inferers import sliding_window_inference
+
+        crop = int(self.config.crop_size)
+        stride = int(self.config.crop_stride or max(crop // 2, 1))
+        with torch.no_grad():
+            out = sliding_window_inference(
+                torch.from_numpy(np.ascontiguousarray(vol.image, np.float32))[None, None], roi_size=(crop,) * 3,
+                sw_batch_size=bs, overlap=1.0 - stride / crop, mode="gaussian",
+                predictor=lambda t: torch.from_numpy(self._detector_maps(t.cpu().numpy()))[:, None])
+        return out[0, 0].numpy()
+
     def volume_map(self, vol: PreparedVolume) -> np.ndarray:
         """Post-processed anomaly map of a prepared scan, on the record's RAS grid."""
-        x = vol.slices()
-        res = [self.detector.score(x[i: i + self.config.batch_size]).map
-               for i in range(0, len(x), self.config.batch_size)]
-        if any(r is None for r in res):
-            raise ConfigError(f"detector {self.config.detector!r} makes no anomaly maps")
-        model_map = postprocess_map(slices_to_volume(np.concatenate(res)), vol.model_brain,
-                                    erode=self.config.erode, median=self.config.median)
+        model_map = postprocess_map(self.model_map(vol), vol.model_brain, erode=self.config.erode,
+                                    median=self.config.median)
         return from_model_grid(model_map, vol.geometry, order=1)
 
     def support(self, vol: PreparedVolume) -> np.ndarray:
@@ -317,19 +405,20 @@ def fit_brain_model(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val
     from medad import registry
     from medad.utils import Timer
 
-    prep = cfg.prep
-    x, _, ids = training_slices(train, min_brain_pixels=prep.min_brain_pixels, lesions=train_lesions)
-    xv, bv, _ = training_slices(val, min_brain_pixels=prep.min_brain_pixels, lesions=val_lesions)
+    x, _, ids = healthy_items(cfg, train, train_lesions)
+    xv, bv, _ = healthy_items(cfg, val, val_lesions)
     det = registry.create(cfg.detector, **cfg.detector_params)
     if hasattr(det, "train_options"):
         det.train_options = {"progress": progress}
-    with Timer() as t, tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} slices", disable=not progress) as bar:
+    unit = "slices" if cfg.crop_size is None else f"{cfg.crop_size}-voxel crops"
+    with Timer() as t, tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} {unit}", disable=not progress) as bar:
         det.fit(x, val=xv)
         bar.update(1)
     det.calibrate(xv, fpr=cfg.slice_fpr, pixel_fpr=cfg.pixel_fpr, foreground=bv[:, 0])
     model = BrainModel(det, cfg, info={"train_subjects": sorted(set(ids.tolist())), "n_train_slices": int(len(x)),
                                        "val_subjects": [v.record.subject_id for v in val],
-                                       "n_val_slices": int(len(xv)), "train_seconds": round(t.seconds, 2)})
+                                       "n_val_slices": int(len(xv)), "item_unit": unit,
+                                       "train_seconds": round(t.seconds, 2)})
     return model.calibrate(val, exclude=val_lesions, progress=progress)
 
 

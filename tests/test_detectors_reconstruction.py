@@ -129,3 +129,19 @@ def test_residual_and_ssim_maps():
     # 3D works through the same code
     v = torch.randn(1, 1, 6, 6, 6)
     assert ssim_map(v, v + 0.5).shape == v.shape
+
+
+def test_residual_map_polarity():
+    from medad.errors import ConfigError
+
+    x = torch.zeros(1, 1, 4, 4)
+    recon = torch.zeros(1, 1, 4, 4)
+    x[0, 0, 0, 0] = 2.0   # brighter than the reconstruction (hyperintense lesion)
+    x[0, 0, 3, 3] = -1.0  # darker
+    assert residual_map(x, recon)[0, 0, 0] == 2.0 and residual_map(x, recon)[0, 3, 3] == 1.0
+    pos = residual_map(x, recon, polarity="positive")
+    assert pos[0, 0, 0] == 2.0 and pos[0, 3, 3] == 0.0
+    neg = residual_map(x, recon, polarity="negative")
+    assert neg[0, 0, 0] == 0.0 and neg[0, 3, 3] == 1.0
+    with pytest.raises(ConfigError, match="polarity"):
+        residual_map(x, recon, polarity="up")

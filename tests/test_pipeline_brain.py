@@ -147,3 +147,40 @@ def test_explain_scan_uses_the_model_preprocessing(trained, tmp_path):
     # the attribution of the most abnormal slice sits on the lesion more than elsewhere
     assert shap[les].mean() > shap[~les & (shap != 0)].mean()
     assert (out / "report.html").is_file() and (out / "mask.nii.gz").is_file()
+
+
+def test_3d_crops_model_maps_on_input_grid(tmp_path):
+    """A 3D detector (spatial_dims 3) trained on healthy cubic crops; the scan's map is put
+    together from overlapping crops, comes back on the input grid and finds the lesion."""
+    from pipelines.brain_lesions import prepare_scan, training_crops
+
+    from medad.errors import ConfigError
+
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    for i in range(4):
+        _write_scan(healthy, f"h{i}", seed=i)
+    cfg = BrainLesionConfig(
+        detector="ae", detector_params={"spatial_dims": 3, "channels": [8, 16], "strides": [2, 2],
+                                        "latent_channels": 8, "epochs": 2, "batch_size": 8, "lr": 3e-3,
+                                        "device": "cpu"},
+        mask_pattern="{stem}_brainmask.nii.gz", crop_size=16, crop_stride=8,
+        preprocessing={"spacing": 2.0, "slice_spacing": 2.0, "size": 48, "min_brain_pixels": 50},
+        val_fraction=0.25, min_lesion_voxels=5)
+    model = BrainModel.load(train_brain(healthy, tmp_path / "model", cfg, progress=False))
+    assert model.info["item_unit"] == "16-voxel crops" and model.info["n_train_slices"] > 20
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    les = _write_scan(scans, "patient", seed=10, lesion=True)
+    vol = prepare_scan(find_scans(scans, mask_pattern=cfg.mask_pattern)[0], cfg.prep)
+    crops, brain, ids = training_crops([vol], 16, 8, min_brain_fraction=0.1)
+    assert crops.shape[1:] == (1, 16, 16, 16) and brain.dtype == bool and len(ids) == len(crops)
+    amap = model.volume_map(vol)
+    assert amap.shape == vol.record.shape
+    ras_les = np.flip(les, axis=(0, 1))  # LPS voxel order -> RAS
+    inside = model.support(vol) & ~ras_les
+    assert amap[ras_les].mean() > 2 * amap[inside].mean()
+    with pytest.raises(ConfigError, match="spatial_dims: 3"):
+        BrainLesionConfig(detector="ae", detector_params={"spatial_dims": 2}, crop_size=16)
+    with pytest.raises(ConfigError, match="crop_size"):
+        BrainLesionConfig(detector="ae", detector_params={"spatial_dims": 3})

@@ -68,7 +68,8 @@ def _read_mask(path: Path, like) -> np.ndarray:
 
 def _detector_config(name: str, config_dir: Path, quick: bool):
     """The detector's brain config (``configs/brain_<name>.yaml``); accepts a full pipeline
-    config or a bare mapping of detector parameters."""
+    config or a bare mapping of detector parameters. ``name`` labels the run; a config file may
+    name another registered detector (e.g. ``brain_dae3d.yaml`` -> ``dae`` on 3D crops)."""
     from medad.config import load_config
     from pipelines.brain_lesions import BrainLesionConfig
 
@@ -77,8 +78,6 @@ def _detector_config(name: str, config_dir: Path, quick: bool):
     if raw and "detector" not in raw and "detector_params" not in raw:
         raw = {"detector": name, "detector_params": raw}
     raw.setdefault("detector", name)
-    if raw["detector"] != name:
-        raise ConfigError(f"config names detector {raw['detector']!r}, expected {name!r}", path)
     cfg = BrainLesionConfig.from_dict(raw)
     if quick and "epochs" in cfg.detector_params:
         cfg.detector_params["epochs"] = min(int(cfg.detector_params["epochs"]), QUICK_EPOCHS)
@@ -232,6 +231,7 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
         "voxel_threshold": model.voxel_threshold, "pixel_fpr": cfg.pixel_fpr,
         "train_subjects": model.info["train_subjects"], "val_subjects": model.info["val_subjects"],
         "n_train_slices": model.info["n_train_slices"], "n_val_slices": model.info["n_val_slices"],
+        "item_unit": model.info.get("item_unit", "slices"),
         "train_seconds": round(model.info["train_seconds"], 2), "fit_and_calibrate_seconds": round(t_fit.seconds, 2),
         "inference_seconds_per_volume": round(float(np.mean(infer)), 2), "peak_memory_mb": round(peak_rss_mb(), 1),
     })
@@ -304,8 +304,9 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     for r in results:
         src = r.get("config", "built in")
         lines.append(f"- {r['modality']} / {r['detector']} ({src}): `{json.dumps(r.get('params', {}), sort_keys=True)}`"
-                     + (f"; {r['n_train_slices']} training slices from {len(r['train_subjects'])} subjects, "
-                        f"{r['n_val_slices']} calibration slices from {', '.join(r['val_subjects'])}"
+                     + (f"; {r['n_train_slices']} training {r.get('item_unit', 'slices')} from "
+                        f"{len(r['train_subjects'])} subjects, {r['n_val_slices']} calibration "
+                        f"{r.get('item_unit', 'slices')} from {', '.join(r['val_subjects'])}"
                         if "n_train_slices" in r else ""))
     lines += ["", "## Protocol", "", meta["protocol"], ""]
     if meta.get("errors"):

@@ -68,7 +68,7 @@ class DDPMDetector(ReconstructionDetector):
         n_reconstructions: reconstructions (different noise) averaged per item.
         train_t_max: train on timesteps below this only (``None``: all 1000); inference never
             goes above ``t0``, so ``train_t_max ~ t0`` spends a small CPU budget where it is used.
-        ssim_weight, top_frac: map and score (as for ``"ae"``).
+        ssim_weight, polarity, top_frac: map and score (as for ``"ae"``).
         epochs, batch_size, lr, seed, device: training settings.
 
     Inputs are rescaled internally so the 0.5th-99.5th percentile range of the training data
@@ -84,6 +84,7 @@ class DDPMDetector(ReconstructionDetector):
                  norm_num_groups: int = 16, num_head_channels: int = 32, noise: str = "gaussian",
                  noise_res: int = 8, noise_octaves: int = 4, t0: int = 300, inference_steps: int = 10,
                  n_reconstructions: int = 1, train_t_max: int | None = None, ssim_weight: float = 0.0,
+                 polarity: str = "abs",
                  top_frac: float = 0.01, epochs: int = 50, batch_size: int = 32, lr: float = 2e-4, seed: int = 0,
                  device: str = "auto"):
         self._set_params(locals())

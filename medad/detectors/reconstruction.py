@@ -54,9 +54,27 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 7) -> torch.Tensor:
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
 
 
-def residual_map(x: torch.Tensor, recon: torch.Tensor, ssim_weight: float = 0.0, ssim_window: int = 7) -> torch.Tensor:
-    """Anomaly map ``(N, *spatial)``: channel-mean ``|x - x_hat|`` (+ ``ssim_weight * (1 - SSIM)``)."""
-    m = (x - recon).abs().mean(dim=1)
+POLARITIES = ("abs", "positive", "negative")
+
+
+def residual_map(x: torch.Tensor, recon: torch.Tensor, ssim_weight: float = 0.0, ssim_window: int = 7,
+                 polarity: str = "abs") -> torch.Tensor:
+    """Anomaly map ``(N, *spatial)``: channel-mean ``|x - x_hat|`` (+ ``ssim_weight * (1 - SSIM)``).
+
+    ``polarity="positive"`` keeps only ``x > x_hat`` (brighter than the pseudo-healthy
+    reconstruction: hyperintense lesions such as FLAIR white-matter lesions and tumour oedema),
+    ``"negative"`` only ``x < x_hat``; a dark reconstruction error then no longer counts.
+    """
+    d = x - recon
+    if polarity == "abs":
+        d = d.abs()
+    elif polarity == "positive":
+        d = d.clamp_min(0)
+    elif polarity == "negative":
+        d = (-d).clamp_min(0)
+    else:
+        raise ConfigError(f"unknown residual polarity {polarity!r}; use one of {', '.join(POLARITIES)}")
+    m = d.mean(dim=1)
     if ssim_weight:
         m = m + float(ssim_weight) * (1.0 - ssim_map(x, recon, ssim_window)).clamp_min(0).mean(dim=1)
     return m
@@ -113,7 +131,7 @@ class ReconstructionDetector(TorchDetector):
 
     def _score_batch(self, net, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         recon = self._reconstruct(net, xb, self._generator)
-        m = residual_map(xb, recon, float(self.ssim_weight))
+        m = residual_map(xb, recon, float(self.ssim_weight), polarity=str(self.polarity))
         return topk_mean(m, float(self.top_frac)), m
 
 
@@ -131,6 +149,8 @@ class AEDetector(ReconstructionDetector):
         norm: MONAI norm name (``"batch"``, ``"instance"``, ...).
         loss: ``"mse"`` or ``"l1"``.
         ssim_weight: weight of ``1 - SSIM`` added to the residual map.
+        polarity: ``"abs"`` residual, or only ``"positive"`` (input brighter than its
+            reconstruction: hyperintense lesions) or ``"negative"`` differences.
         top_frac: share of the highest map values averaged into the item score.
         epochs, batch_size, lr, seed, device: training settings.
     """
@@ -139,7 +159,7 @@ class AEDetector(ReconstructionDetector):
 
     def __init__(self, spatial_dims: int = 2, channels: Sequence[int] = (32, 64, 128), strides: Sequence[int] = (2, 2, 2),
                  latent_channels: int = 16, latent_size: int | None = None, num_res_units: int = 1,
-                 norm: str = "batch", loss: str = "mse", ssim_weight: float = 0.0, top_frac: float = 0.01,
+                 norm: str = "batch", loss: str = "mse", ssim_weight: float = 0.0, polarity: str = "abs", top_frac: float = 0.01,
                  epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
         self._set_params(locals())
 
@@ -179,7 +199,7 @@ class DAEDetector(ReconstructionDetector):
     def __init__(self, spatial_dims: int = 2, channels: Sequence[int] = (32, 64, 128, 256),
                  strides: Sequence[int] = (2, 2, 2, 2), latent_channels: int = 64, latent_size: int | None = None,
                  num_res_units: int = 1, norm: str = "batch", skip_connections: bool = True, noise_res: int = 16,
-                 noise_std: float = 0.2, loss: str = "mse", ssim_weight: float = 0.0, top_frac: float = 0.01,
+                 noise_std: float = 0.2, loss: str = "mse", ssim_weight: float = 0.0, polarity: str = "abs", top_frac: float = 0.01,
                  epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
         self._set_params(locals())
 
@@ -215,7 +235,7 @@ class VAEDetector(ReconstructionDetector):
 
     def __init__(self, spatial_dims: int = 2, channels: Sequence[int] = (32, 64, 128), strides: Sequence[int] = (2, 2, 2),
                  latent_channels: int = 16, latent_size: int | None = None, num_res_units: int = 1,
-                 norm: str = "batch", kl_weight: float = 1.0, loss: str = "mse", ssim_weight: float = 0.0,
+                 norm: str = "batch", kl_weight: float = 1.0, loss: str = "mse", ssim_weight: float = 0.0, polarity: str = "abs",
                  top_frac: float = 0.01, epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
                  device: str = "auto"):
         self._set_params(locals())
@@ -254,7 +274,7 @@ class MemAEDetector(ReconstructionDetector):
     def __init__(self, spatial_dims: int = 2, channels: Sequence[int] = (32, 64, 128), strides: Sequence[int] = (2, 2, 2),
                  latent_channels: int = 16, latent_size: int | None = None, num_res_units: int = 1,
                  norm: str = "batch", memory_slots: int = 256, shrink_threshold: float | None = None,
-                 entropy_weight: float = 0.0002, loss: str = "mse", ssim_weight: float = 0.0, top_frac: float = 0.01,
+                 entropy_weight: float = 0.0002, loss: str = "mse", ssim_weight: float = 0.0, polarity: str = "abs", top_frac: float = 0.01,
                  epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
         self._set_params(locals())
 
