@@ -147,7 +147,12 @@ def train(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[torch.nn.
     distributed, rank, world = _dist_info()
     device = get_device(cfg.device)
     if distributed and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ConfigError(f"process {local} of this node has no GPU of its own ({torch.cuda.device_count()} "
+                              "visible): start torchrun with --nproc_per_node at most the GPU count, or set "
+                              "device='cpu'")
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     seed_everything(cfg.seed)
     model.to(device)

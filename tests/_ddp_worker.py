@@ -16,7 +16,7 @@ def main(out: str) -> None:
     x = torch.randn(64, 4)
     y = x @ torch.tensor([1.0, -2.0, 0.5, 3.0]) + 0.1
     model = torch.nn.Linear(4, 1)
-    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, checkpoint_dir=out, progress=False)
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, checkpoint_dir=out, progress=False, device="cpu")
     res = train(model, TensorDataset(x, y), lambda m, b: torch.nn.functional.mse_loss(m(b[0]).squeeze(-1), b[1]), cfg)
     rank = dist.get_rank()
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])

@@ -119,7 +119,9 @@ def test_nmn_memory_is_saved_and_scoring_is_deterministic(data, tmp_path):
     assert not torch.equal(core.memory, core.memory_init), "training must write the memory"
     x = np.concatenate([test_n, test_a])
     s = det.score(x).score
-    assert np.array_equal(det.score(x[::-1]).score[::-1], s)
+    # the memory is read, not written, while scoring: order does not matter (up to float
+    # rounding, which depends on the batch composition on a GPU)
+    np.testing.assert_allclose(det.score(x[::-1]).score[::-1], s, rtol=1e-5, atol=1e-6)
     det2 = registry.get("nmn").load(det.save(tmp_path / "nmn"))
     assert torch.equal(det2.net_[1].memory, core.memory)
     assert np.array_equal(det2.score(x).score, s)
