@@ -36,8 +36,20 @@ def data_root(explicit: str | Path | None = None, *, required: bool = True) -> P
     return None
 
 
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config into a dict, with a clear error naming the file."""
+def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on top of ``base``; nested mappings are merged key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config into a dict, with a clear error naming the file.
+
+    A top-level ``base: other.yaml`` (relative to this file) reads that config first and lays
+    this one over it, nested mappings merged key by key: a variant names only what differs.
+    """
     import yaml
 
     p = Path(path)
@@ -49,6 +61,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"invalid YAML: {e}", p) from None
     if not isinstance(cfg, dict):
         raise ConfigError("config must be a mapping at top level", p)
+    base = cfg.pop("base", None)
+    if base is not None:
+        bp = (p.parent / str(base)).resolve()
+        if bp in _seen or bp == p.resolve():
+            raise ConfigError(f"config 'base' chain loops back to {bp.name}", p)
+        if not bp.is_file():
+            raise ConfigError(f"base config {base!r} not found next to it", p)
+        cfg = _merged(load_config(bp, _seen + (p.resolve(),)), cfg)
     return cfg
 
 

@@ -66,14 +66,18 @@ def _read_mask(path: Path, like) -> np.ndarray:
     return m.data > 0.5
 
 
-def _detector_config(name: str, config_dir: Path, quick: bool):
-    """The detector's brain config (``configs/brain_<name>.yaml``); accepts a full pipeline
-    config or a bare mapping of detector parameters. ``name`` labels the run; a config file may
-    name another registered detector (e.g. ``brain_dae3d.yaml`` -> ``dae`` on 3D crops)."""
+def _detector_config(name: str, config_dir: Path, quick: bool, modality: str | None = None):
+    """The detector's brain config: ``configs/brain_<name>_<modality>.yaml`` when there is one
+    (settings that depend on the contrast, e.g. the residual polarity), else
+    ``configs/brain_<name>.yaml``; accepts a full pipeline config or a bare mapping of detector
+    parameters. ``name`` labels the run; a config file may name another registered detector
+    (e.g. ``brain_dae3d.yaml`` -> ``dae`` on 3D crops)."""
     from medad.config import load_config
     from pipelines.brain_lesions import BrainLesionConfig
 
     path = Path(config_dir) / f"brain_{name}.yaml"
+    if modality is not None and (Path(config_dir) / f"brain_{name}_{modality}.yaml").is_file():
+        path = Path(config_dir) / f"brain_{name}_{modality}.yaml"
     raw: dict[str, Any] = load_config(path) if path.is_file() else {}
     if raw and "detector" not in raw and "detector_params" not in raw:
         raw = {"detector": name, "detector_params": raw}
@@ -211,7 +215,7 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
     from medad.utils import Timer, peak_rss_mb
     from pipelines.brain_lesions import fit_brain_model
 
-    cfg, cfg_src = _detector_config(name, config_dir, quick)
+    cfg, cfg_src = _detector_config(name, config_dir, quick, modality)
     d = data.prepared(modality, cfg.prep)
     sets, les = d["sets"], d["lesions"]
     with Timer() as t_fit:

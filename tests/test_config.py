@@ -1,0 +1,40 @@
+"""YAML configs: a variant names a ``base`` config and only what differs; loops and missing
+bases are clear errors naming the file."""
+
+from __future__ import annotations
+
+import pytest
+
+from medad.config import load_config
+from medad.errors import ConfigError
+
+
+def test_base_config_is_merged_key_by_key(tmp_path):
+    (tmp_path / "a.yaml").write_text("detector: dae\ndetector_params:\n  epochs: 12\n  polarity: positive\nerode: 2\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\ndetector_params:\n  polarity: abs\n")
+    cfg = load_config(tmp_path / "b.yaml")
+    assert cfg == {"detector": "dae", "detector_params": {"epochs": 12, "polarity": "abs"}, "erode": 2}
+
+
+def test_base_config_errors_name_the_file(tmp_path):
+    (tmp_path / "loop1.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop1.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "loop1.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml") as e:
+        load_config(tmp_path / "c.yaml")
+    assert "c.yaml" in str(e.value)
+
+
+def test_every_shipped_brain_config_loads():
+    from pathlib import Path
+
+    from pipelines.brain_lesions import BrainLesionConfig
+
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("brain_*.yaml"))
+    assert len(configs) >= 12
+    for p in configs:
+        cfg = BrainLesionConfig.from_dict(load_config(p))
+        if p.stem.endswith("_t1c"):
+            assert cfg.detector_params["polarity"] == "abs"
