@@ -1,4 +1,4 @@
-"""Image-screening detectors (pca, svdd, cutpaste, patchcore, classifier) on small synthetic
+"""Image-screening detectors (pca, svdd, cutpaste, patchcore, patchstats, classifier) on small synthetic
 images: each must find an inserted defect; structural checks for Deep SVDD and PatchCore."""
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ FAST = {
     "cutpaste": {"image_size": 32, "channels": (16, 32, 64), "epochs": 25, "batch_size": 16, "lr": 1e-3},
     "patchcore": {"image_size": 32, "channels": (16, 32), "layers": (0, 1), "epochs": 2, "batch_size": 32,
                   "coreset_ratio": 0.1, "max_patches": 4000},
+    "patchstats": {"image_size": 32, "scales": (2, 4, 8), "stride": 2, "max_patches": 4000, "top_fraction": 0.1},
 }
 
 
@@ -68,7 +69,7 @@ def data():
 @pytest.mark.parametrize("name", sorted(FAST))
 def test_one_class_detector_finds_inserted_defect(name, data, tmp_path):
     train, normal_test, abnormal, masks = data
-    det = registry.create(name, **FAST[name], **({"device": "cpu"} if name != "pca" else {}))
+    det = registry.create(name, **FAST[name], **({"device": "cpu"} if name not in ("pca", "patchstats") else {}))
     if hasattr(det, "train_options"):
         det.train_options = {"progress": False}
     det.fit(train)

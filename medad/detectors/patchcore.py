@@ -24,9 +24,10 @@ from typing import Sequence
 
 import numpy as np
 
+from medad.detectors.base import AnomalyResult, Detector
 from medad.detectors.torch_base import TorchDetector
 from medad.nets.image_encoders import PrepStatsMixin
-from medad.errors import ConfigError
+from medad.errors import ConfigError, InputError
 from medad.registry import register
 
 BACKBONES = ("cutpaste", "ae", "random")
@@ -209,3 +210,132 @@ class PatchCoreDetector(PrepStatsMixin, TorchDetector):
         m = gaussian_blur(dmin.reshape(b, h, w), float(self.blur_sigma))
         m = upsample_map(m, xb.shape[-2:])
         return m.reshape(b, -1).max(1).values, m
+
+
+@register("patchstats")
+class PatchStatsDetector(Detector):
+    """Memory bank of hand-crafted multi-scale patch descriptors (no network, no downloads).
+
+    Descriptors (see :mod:`medad.detectors.handcrafted`): Lab colour (or grey intensity) and
+    gradient/Laplacian texture, each relative to its own frame's robust statistics and/or as it
+    is, box mean and std at several window sizes. They are standardised with the training
+    patches' statistics; a random subset of at most ``max_patches`` is reduced by greedy coreset
+    selection to ``coreset_ratio`` of it. A patch's score is its mean distance to its ``k``
+    nearest bank entries; the map is that, smoothed and upsampled; the image score is the mean of
+    the highest ``top_fraction`` of the image's patch scores (1.0: the mean of all, which suits
+    diffuse findings; small: close to the maximum, which suits small lesions).
+
+    Args:
+        image_size: working side length (``None``: the input size).
+        relative: ``"frame"``, ``"absolute"`` or ``"both"`` (see module doc of handcrafted).
+        texture: add gradient-magnitude and Laplacian channels.
+        scales: box window sizes, working pixels.
+        stride: grid step of the patch descriptors, working pixels.
+        position_weight: > 0 appends the patch's position in the foreground's bounding box with
+            this weight (standardised units), making the bank position-aware.
+        fg_threshold: channel-mean intensity below which a pixel is background (frame statistics
+            ignore it).
+        k: nearest neighbours averaged.
+        coreset_ratio, max_patches: bank size.
+        top_fraction: share of the highest patch scores averaged into the image score.
+        blur_sigma: smoothing of the patch-score map, in grid cells.
+        batch_size: images described per step (memory only).
+        seed: random subset / coreset seed.
+    """
+
+    input_kind = "image"
+    conformance_params = {"image_size": 16, "scales": (2, 4), "stride": 2, "max_patches": 500}
+
+    def __init__(self, image_size: int | None = 64, relative: str = "both", texture: bool = True,
+                 scales: Sequence[int] = (4, 8, 16), stride: int = 4, position_weight: float = 0.0,
+                 fg_threshold: float = 0.05, k: int = 1, coreset_ratio: float = 1.0, max_patches: int = 20000,
+                 top_fraction: float = 1.0, blur_sigma: float = 1.0, batch_size: int = 64, seed: int = 0):
+        self._set_params(locals())
+
+    def _describe(self, x: np.ndarray):
+        """Images -> ``(N, h, w, D)`` raw descriptors (torch, float32) and whether each cell's
+        centre is foreground ``(N, h, w)``."""
+        import torch
+
+        from medad.detectors.handcrafted import patch_descriptors, pixel_channels
+        from medad.nets.image_encoders import resize
+
+        if self.image_size:
+            x = resize(torch.from_numpy(np.ascontiguousarray(x)), int(self.image_size)).numpy()
+        f, fg = pixel_channels(x, str(self.relative), bool(self.texture), float(self.fg_threshold))
+        o, st = int(self.stride) // 2, int(self.stride)
+        d = patch_descriptors(f, fg, list(self.scales), st, position=float(self.position_weight) > 0)
+        return d, torch.from_numpy(fg[:, o::st, o::st])
+
+    def _standardise(self, d):
+        z = (d - self.mean_.to(d.dtype)) / self.std_.to(d.dtype)
+        if float(self.position_weight) > 0:  # position columns: raw coordinates times the weight
+            z[..., -2:] = d[..., -2:] * float(self.position_weight)
+        return z
+
+    def _fit(self, x, val, y) -> None:
+        import torch
+
+        from medad.detectors.handcrafted import RELATIVE_MODES
+
+        if x.ndim != 4:
+            raise InputError(f"patchstats expects 2D images (N, C, H, W), got shape {x.shape}")
+        if self.relative not in RELATIVE_MODES:
+            raise ConfigError(f"patchstats relative must be one of {RELATIVE_MODES}, got {self.relative!r}")
+        if not 0 < float(self.coreset_ratio) <= 1 or not 0 < float(self.top_fraction) <= 1:
+            raise ConfigError("patchstats coreset_ratio and top_fraction must be in (0, 1]")
+        self.in_channels_ = int(x.shape[1])
+        g = torch.Generator().manual_seed(int(self.seed))
+        per_image = None
+        feats = []
+        for i in range(0, len(x), int(self.batch_size)):
+            d, fgc = self._describe(x[i:i + int(self.batch_size)])
+            per_image = d.shape[1] * d.shape[2]
+            # background cells (black borders, or regions blacked out to exclude them from
+            # training, e.g. a known lesion) stay out of the bank
+            flat = d[fgc]
+            # subsample while describing so memory stays bounded on large training sets
+            keep = max(1, int(math.ceil(int(self.max_patches) * len(d) / len(x))))
+            if len(flat) > keep:
+                flat = flat[torch.randperm(len(flat), generator=g)[:keep]]
+            feats.append(flat)
+        pool = torch.cat(feats)[: int(self.max_patches)]
+        self.mean_ = pool.mean(0)
+        self.std_ = pool.std(0).clamp_min(1e-6)
+        z = self._standardise(pool)
+        self.n_pooled_ = int(len(z))
+        n_keep = max(1, math.ceil(float(self.coreset_ratio) * len(z)))
+        idx = greedy_coreset(z, n_keep, seed=int(self.seed)) if n_keep < len(z) else torch.arange(len(z))
+        self.bank_ = z[idx].contiguous()
+        self.patches_per_image_ = int(per_image)
+
+    def _score(self, x: np.ndarray) -> AnomalyResult:
+        import torch
+
+        from medad.nets.image_encoders import gaussian_blur, topk_mean, upsample_map
+
+        if x.ndim != 4 or x.shape[1] != self.in_channels_:
+            raise InputError(f"patchstats was fitted on {self.in_channels_}-channel images (N, C, H, W), got shape {x.shape}")
+        k = min(int(self.k), len(self.bank_))
+        scores, maps = [], []
+        for i in range(0, len(x), int(self.batch_size)):
+            d = self._standardise(self._describe(x[i:i + int(self.batch_size)])[0])
+            b, h, w, D = d.shape
+            q = d.reshape(-1, D)
+            dist = torch.cat([torch.cdist(q[j:j + 4096], self.bank_).topk(k, dim=1, largest=False).values.mean(1)
+                              for j in range(0, len(q), 4096)])
+            m = dist.reshape(b, h, w)
+            scores.append(topk_mean(m, float(self.top_fraction)))
+            maps.append(upsample_map(gaussian_blur(m, float(self.blur_sigma)), x.shape[-2:]))
+        return AnomalyResult(score=torch.cat(scores).double().numpy(), map=torch.cat(maps).numpy())
+
+    def _get_state(self):
+        return ({"mean": self.mean_, "std": self.std_, "bank": self.bank_},
+                {"in_channels": self.in_channels_, "n_pooled": self.n_pooled_,
+                 "patches_per_image": self.patches_per_image_})
+
+    def _set_state(self, arrays, extra) -> None:
+        self.mean_, self.std_, self.bank_ = arrays["mean"], arrays["std"], arrays["bank"]
+        self.in_channels_ = int(extra["in_channels"])
+        self.n_pooled_ = int(extra["n_pooled"])
+        self.patches_per_image_ = int(extra["patches_per_image"])

@@ -1,0 +1,143 @@
+"""Classical image detectors without networks. ``patchstats`` (hand-crafted multi-scale patch
+descriptors in a memory bank): frame-relative colour ignores a whole-frame colour cast, background
+cells stay out of the bank, the position feature makes the bank position-aware. ``pca`` with
+``method="knn"`` and ``normalize="robust"``: nearest normal image, blind to brightness/contrast.
+Also the benchmark's merge of partial runs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("cv2")
+
+from medad import registry  # noqa: E402
+from medad.evaluation import auroc  # noqa: E402
+
+SIZE = 32
+FAST = {"image_size": SIZE, "scales": (2, 4, 8), "stride": 2, "max_patches": 3000}
+
+
+def _tissue(n: int, seed: int) -> np.ndarray:
+    """Pinkish RGB 'mucosa' with low-frequency blobs and fine noise."""
+    rng = np.random.default_rng(seed)
+    base = np.array([0.7, 0.45, 0.4], np.float32)[None, :, None, None]
+    blob = np.kron(rng.normal(size=(n, 1, 4, 4)), np.ones((1, 1, SIZE // 4, SIZE // 4)))
+    return (base + 0.03 * blob + rng.normal(0, 0.015, (n, 3, SIZE, SIZE))).astype(np.float32)
+
+
+def _add_lesion(x: np.ndarray, seed: int, rc: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A dark red 6x6 spot (bleeding-like) per image; returns (images, masks)."""
+    rng = np.random.default_rng(seed)
+    x = x.copy()
+    masks = np.zeros((len(x), SIZE, SIZE), bool)
+    for i in range(len(x)):
+        r, c = rc if rc is not None else rng.integers(4, SIZE - 10, size=2)
+        x[i, :, r:r + 6, c:c + 6] = np.array([0.55, 0.12, 0.12])[:, None, None]
+        masks[i, r:r + 6, c:c + 6] = True
+    return x, masks
+
+
+def test_frame_relative_colour_ignores_a_global_cast_but_finds_lesions():
+    train, normal = _tissue(40, 0), _tissue(12, 1)
+    cast = normal.copy()
+    cast[:, 2] += 0.12  # another camera/light: the whole frame bluer
+    lesion, masks = _add_lesion(cast, seed=2)
+    y = np.r_[np.zeros(12), np.ones(12)]
+    s_abs = registry.create("patchstats", relative="absolute", texture=False, **FAST).fit(train)
+    s_rel = registry.create("patchstats", relative="frame", texture=False, **FAST).fit(train)
+    # absolute colour flags every cast frame; frame-relative colour does not
+    assert auroc(y, np.r_[s_abs.score(normal).score, s_abs.score(cast).score]) > 0.95
+    assert auroc(y, np.r_[s_rel.score(normal).score, s_rel.score(cast).score]) < 0.8
+    # ... and frame-relative colour still finds and localises lesions on cast frames
+    r = s_rel.score(lesion)
+    assert auroc(y, np.r_[s_rel.score(cast).score, r.score]) >= 0.9
+    assert auroc(masks.ravel(), r.map.ravel()) >= 0.85
+
+
+def test_background_cells_stay_out_of_the_bank():
+    train = _tissue(10, 3)
+    train[:, :, :, : SIZE // 2] = 0.0  # left half blacked out (e.g. a known lesion removed)
+    det = registry.create("patchstats", **{**FAST, "max_patches": 10**6}).fit(train)
+    cells_per_image = (SIZE // 2) ** 2
+    assert det.patches_per_image_ == cells_per_image
+    assert det.n_pooled_ == len(train) * cells_per_image // 2
+    assert len(det.bank_) == det.n_pooled_  # coreset_ratio 1: every pooled cell kept
+
+
+def test_position_feature_makes_the_bank_position_aware():
+    # normal: a lesion-like spot always top-left; test: the same spot bottom-right
+    train, _ = _add_lesion(_tissue(30, 4), seed=0, rc=(2, 2))
+    normal, _ = _add_lesion(_tissue(10, 5), seed=0, rc=(2, 2))
+    moved, _ = _add_lesion(_tissue(10, 6), seed=0, rc=(SIZE - 8, SIZE - 8))
+    y = np.r_[np.zeros(10), np.ones(10)]
+    params = {**FAST, "top_fraction": 0.1}
+    plain = registry.create("patchstats", **params).fit(train)
+    posed = registry.create("patchstats", position_weight=3.0, **params).fit(train)
+    assert auroc(y, np.r_[posed.score(normal).score, posed.score(moved).score]) >= 0.95
+    assert auroc(y, np.r_[plain.score(normal).score, plain.score(moved).score]) < 0.8
+
+
+def test_bad_options_are_config_errors():
+    from medad.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        registry.create("patchstats", relative="sideways", **FAST).fit(_tissue(4, 0))
+    with pytest.raises(ConfigError):
+        registry.create("patchstats", top_fraction=0.0, **FAST).fit(_tissue(4, 0))
+
+
+def test_bench_merge_keeps_other_methods_of_a_task():
+    """A benchmark run of one detector merged with an earlier full run keeps the earlier run's
+    other detectors (and whole tasks it did not run); its own figures win."""
+    from medad.bench.image_screening import merge_tasks
+
+    old = {"environment": {"date": "D0"},
+           "tasks": {"wce": {"results": {"pca": {"auroc": 0.8}, "ae": {"auroc": 0.85}}},
+                     "covid": {"results": {"pca": {"auroc": 0.6}}}}}
+    tasks = {"wce": {"results": {"pca": {"auroc": 0.81}, "patchstats": {"auroc": 0.97}}}}
+    merge_tasks(tasks, old, "old.json")
+    assert list(tasks["wce"]["results"]) == ["pca", "ae", "patchstats"]
+    assert tasks["wce"]["results"]["pca"] == {"auroc": 0.81}
+    assert tasks["wce"]["merged_from"]["old.json"] == {"methods": ["ae"], "run_date": "D0"}
+    assert tasks["covid"]["results"] == {"pca": {"auroc": 0.6}} and tasks["covid"]["merged_from"] == "old.json"
+
+
+def _views(n: int, seed: int) -> np.ndarray:
+    """Grey 'scans' of two kinds of view (a disc or a bar on a dark background) plus pixel noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    out = np.zeros((n, 1, SIZE, SIZE), np.float32)
+    for i in range(n):
+        cy, cx = SIZE / 2, SIZE / 2
+        if i % 2:
+            shape = (yy - cy) ** 2 + (xx - cx) ** 2 < (SIZE * 0.35) ** 2
+        else:
+            shape = (np.abs(yy - cy) < SIZE * 0.15) & (np.abs(xx - cx) < SIZE * 0.4)
+        tissue = 0.3 + 0.4 * (0.5 + 0.5 * np.sin(xx / 3.0))  # grey/white-matter-like bands
+        out[i, 0] = shape * (tissue + rng.normal(0, 0.02, (SIZE, SIZE)))
+    return out
+
+
+def test_pca_knn_finds_defects_and_ignores_brightness_with_robust_normalisation(tmp_path):
+    from medad.detectors.base import Detector
+
+    train, normal = _views(40, 0), _views(12, 1)
+    lesion = normal.copy()
+    masks = np.zeros((12, SIZE, SIZE), bool)
+    masks[:, 14:18, 14:18] = True
+    lesion[:, 0][masks] = 0.95  # a bright spot inside either view
+    brighter = normal * 1.6  # another scanner: same anatomy, other gain
+    y = np.r_[np.zeros(12), np.ones(12)]
+    det = registry.create("pca", image_size=SIZE, normalize="robust", method="knn").fit(train)
+    r = det.score(lesion)
+    assert auroc(y, np.r_[det.score(normal).score, r.score]) >= 0.95
+    assert auroc(masks.ravel(), r.map.ravel()) >= 0.9
+    assert auroc(y, np.r_[det.score(normal).score, det.score(brighter).score]) < 0.75
+    plain = registry.create("pca", image_size=SIZE, method="knn").fit(train)
+    assert auroc(y, np.r_[plain.score(normal).score, plain.score(brighter).score]) > 0.95
+    det.save(tmp_path / "m")
+    np.testing.assert_allclose(Detector.load(tmp_path / "m").score(lesion).score, r.score, rtol=1e-5)
+    with pytest.raises(Exception):
+        registry.create("pca", method="nearest").fit(train)
