@@ -294,6 +294,10 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "240x240x155 volume from its preprocessed slices to the post-processed map and mask on the 1 mm grid; "
              "peak MB = peak resident memory of the benchmark process up to that row (cumulative: it includes "
              "all data held).", ""]
+    merged = [r for r in results if r.get("merged_from")]
+    if merged:
+        lines += ["Rows kept from an earlier run of the same benchmark (`--merge`): "
+                  + "; ".join(f"{r['modality']} / {r['detector']} (run {r.get('run_date')})" for r in merged), ""]
     head = ["modality", "detector", "Dice (calibrated)", "Dice (optimistic)", "AUPRC", "pixel AUROC",
             "mean case Dice", "train s", "infer s/vol", "peak MB"]
     rows = [[r["modality"], r["detector"], r["pooled"]["dice"], r["pooled"]["dice_optimistic"], r["pooled"]["auprc"],
@@ -321,8 +325,13 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detectors: Sequence[str],
                       modalities: Sequence[str] = ("flair", "t1c"), quick: bool = False,
                       config_dir: str | Path = "configs", copy_to: str | Path | None = None,
-                      reference: bool = True, cache_dir: str | Path | None = None) -> dict[str, Any]:
-    """Run the benchmark and write ``<out>/brain-lesions.json`` and ``.md``."""
+                      reference: bool = True, cache_dir: str | Path | None = None,
+                      merge: Sequence[str | Path] | None = None) -> dict[str, Any]:
+    """Run the benchmark and write ``<out>/brain-lesions.json`` and ``.md``.
+
+    ``merge``: earlier output folders (or JSON files); their (modality, detector) rows that
+    this run does not have are kept, marked with where they come from.
+    """
     import torch
 
     from medad.bench.common import environment, write_benchmark
@@ -347,6 +356,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
             except (MedadError, RuntimeError, ValueError) as e:  # one failing detector does not sink the run
                 errors.append(f"{name} / {mod}: {type(e).__name__}: {e}")
                 print(f"FAILED {name} / {mod}: {e}")
+    results = _merge_rows(results, merge or [], order=list(modalities))
     protocol = (__doc__ or "").split("Protocol (issue 3, section 4):", 1)[-1].strip()
     meta = {"date": environment()["date"], "quick": quick, "errors": errors, "protocol": protocol,
             "cpu_note": (f"{environment()['cpu_count']} CPU cores shared with other jobs: times are inflated by "
@@ -359,6 +369,29 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
         shutil.copy(j, Path(copy_to) / j.name)
         shutil.copy(m, Path(copy_to) / m.name)
     return payload
+
+
+def _merge_rows(results: list[dict[str, Any]], merge: Sequence[str | Path], order: list[str]) -> list[dict[str, Any]]:
+    """This run's rows, replacing or followed by the rows of earlier runs it does not have."""
+    new = {(r["modality"], r["detector"]): r for r in results}
+    rows: list[dict[str, Any]] = []
+    for prev in merge:
+        f = Path(prev) / "brain-lesions.json" if Path(prev).is_dir() else Path(prev)
+        if not f.is_file():
+            raise ReadError("no brain-lesions.json to merge", f)
+        try:
+            old = json.loads(f.read_text())
+            old_rows, date = old["results"], old.get("environment", {}).get("date")
+        except (ValueError, KeyError, TypeError) as e:
+            raise ReadError(f"not a brain-lesions benchmark file: {e}", f) from None
+        for r in old_rows:
+            key = (r["modality"], r["detector"])
+            if all((x["modality"], x["detector"]) != key for x in rows):  # an earlier --merge file wins
+                rows.append({**r, "merged_from": str(f), "run_date": r.get("run_date", date)})
+    seen = {(r["modality"], r["detector"]) for r in rows}
+    rows = [new.get((r["modality"], r["detector"]), r) for r in rows] + [r for k, r in new.items() if k not in seen]
+    rank = {m: i for i, m in enumerate(order)}
+    return sorted(rows, key=lambda r: rank.get(r["modality"], len(rank)))  # stable: run order within a modality
 
 
 def _print(r: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -56,10 +56,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         config_dir: Path = typer.Option(Path("configs"), "--config-dir", help="where configs/brain_<detector>.yaml live"),
         copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="also copy the JSON/MD here (e.g. benchmarks/)"),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="keep registration brain masks here for reruns"),
+        merge: Optional[List[Path]] = typer.Option(None, "--merge",
+                                                   help="earlier output folder: keep its rows this run does not redo"),
     ) -> None:
         """Train on healthy slices, calibrate on held-out healthy ones, test on 4 BraTS patients."""
         from medad.bench.brain_lesions import run_brain_lesions
 
         run_brain_lesions(data_root=data_root, out=out, detectors=[d.strip() for d in detectors.split(",") if d.strip()],
                           modalities=[m.strip().lower() for m in modalities.split(",") if m.strip()], quick=quick,
-                          config_dir=config_dir, copy_to=copy_to, cache_dir=cache_dir)
+                          config_dir=config_dir, copy_to=copy_to, cache_dir=cache_dir, merge=merge or None)

@@ -1,0 +1,32 @@
+"""``medad bench brain-lesions --merge``: rows of an earlier run are kept where this run has
+none, replaced where it redid them, in the earlier run's order; a bad file is a clear error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medad.bench.brain_lesions import _merge_rows
+from medad.errors import ReadError
+
+
+def test_merge_keeps_order_and_replaces_redone_rows(tmp_path):
+    old = {"environment": {"date": "2026-01-01"},
+           "results": [{"modality": "flair", "detector": d, "v": 1} for d in ("intensity", "ae", "dae")]
+           + [{"modality": "t1c", "detector": "ae", "v": 1}]}
+    (tmp_path / "brain-lesions.json").write_text(json.dumps(old))
+    new = [{"modality": "t1c", "detector": "ae", "v": 2}, {"modality": "flair", "detector": "ae", "v": 2},
+           {"modality": "flair", "detector": "vae", "v": 2}]
+    rows = _merge_rows(new, [tmp_path], order=["flair", "t1c"])
+    assert [(r["modality"], r["detector"], r["v"]) for r in rows] == [
+        ("flair", "intensity", 1), ("flair", "ae", 2), ("flair", "dae", 1), ("flair", "vae", 2), ("t1c", "ae", 2)]
+    assert rows[0]["run_date"] == "2026-01-01" and "merged_from" not in rows[1]
+
+
+def test_merge_rejects_a_file_that_is_not_a_benchmark(tmp_path):
+    (tmp_path / "brain-lesions.json").write_text("{\"something\": 1}")
+    with pytest.raises(ReadError, match="not a brain-lesions benchmark"):
+        _merge_rows([], [tmp_path], order=["flair"])
+    with pytest.raises(ReadError, match="no brain-lesions.json"):
+        _merge_rows([], [tmp_path / "missing"], order=["flair"])
