@@ -22,6 +22,12 @@ def test_merge_keeps_order_and_replaces_redone_rows(tmp_path):
     assert [(r["modality"], r["detector"], r["v"]) for r in rows] == [
         ("flair", "intensity", 1), ("flair", "ae", 2), ("flair", "dae", 1), ("flair", "vae", 2), ("t1c", "ae", 2)]
     assert rows[0]["run_date"] == "2026-01-01" and "merged_from" not in rows[1]
+    # two earlier runs: the later one replaces rows in place
+    later = tmp_path / "later"
+    later.mkdir()
+    (later / "brain-lesions.json").write_text(json.dumps({"results": [{"modality": "flair", "detector": "ae", "v": 3}]}))
+    rows = _merge_rows([], [tmp_path, later], order=["flair", "t1c"])
+    assert [(r["detector"], r["v"]) for r in rows] == [("intensity", 1), ("ae", 3), ("dae", 1), ("ae", 1)]
 
 
 def test_merge_rejects_a_file_that_is_not_a_benchmark(tmp_path):

@@ -345,7 +345,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     root = _root(data_root)
     data = BenchData(root, quick, cache_dir=cache_dir)
     results, errors = [], []
-    for mod in modalities:
+    for mod in (modalities if detectors or not merge else []):  # no detectors + --merge: only merge
         if reference:
             results.append(run_reference(mod, data))
             _print(results[-1])
@@ -372,9 +372,9 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
 
 
 def _merge_rows(results: list[dict[str, Any]], merge: Sequence[str | Path], order: list[str]) -> list[dict[str, Any]]:
-    """This run's rows, replacing or followed by the rows of earlier runs it does not have."""
-    new = {(r["modality"], r["detector"]): r for r in results}
-    rows: list[dict[str, Any]] = []
+    """Rows of earlier runs (in the order given) with this run's rows on top: a later source
+    replaces a (modality, detector) row where it first appeared; new rows come after."""
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
     for prev in merge:
         f = Path(prev) / "brain-lesions.json" if Path(prev).is_dir() else Path(prev)
         if not f.is_file():
@@ -382,16 +382,14 @@ def _merge_rows(results: list[dict[str, Any]], merge: Sequence[str | Path], orde
         try:
             old = json.loads(f.read_text())
             old_rows, date = old["results"], old.get("environment", {}).get("date")
+            for r in old_rows:
+                rows[(r["modality"], r["detector"])] = {**r, "merged_from": str(f), "run_date": r.get("run_date", date)}
         except (ValueError, KeyError, TypeError) as e:
             raise ReadError(f"not a brain-lesions benchmark file: {e}", f) from None
-        for r in old_rows:
-            key = (r["modality"], r["detector"])
-            if all((x["modality"], x["detector"]) != key for x in rows):  # an earlier --merge file wins
-                rows.append({**r, "merged_from": str(f), "run_date": r.get("run_date", date)})
-    seen = {(r["modality"], r["detector"]) for r in rows}
-    rows = [new.get((r["modality"], r["detector"]), r) for r in rows] + [r for k, r in new.items() if k not in seen]
+    for r in results:
+        rows[(r["modality"], r["detector"])] = r
     rank = {m: i for i, m in enumerate(order)}
-    return sorted(rows, key=lambda r: rank.get(r["modality"], len(rank)))  # stable: run order within a modality
+    return sorted(rows.values(), key=lambda r: rank.get(r["modality"], len(rank)))  # stable within a modality
 
 
 def _print(r: dict[str, Any]) -> None:

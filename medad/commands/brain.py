@@ -50,7 +50,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_brain_lesions(
         data_root: Optional[Path] = typer.Option(None, "--data-root", help="data root (default: $MEDAD_DATA_ROOT or ../shared/data)"),
         out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
-        detectors: str = typer.Option("intensity", "--detectors", help="comma-separated detector names"),
+        detectors: str = typer.Option("intensity", "--detectors", help="comma-separated detector names ('none' with --merge: only merge)"),
         modalities: str = typer.Option("flair,t1c", "--modalities", help="comma-separated: flair, t1c"),
         quick: bool = typer.Option(False, "--quick", help="few NiChart subjects and short training (smoke run)"),
         config_dir: Path = typer.Option(Path("configs"), "--config-dir", help="where configs/brain_<detector>.yaml live"),
@@ -62,6 +62,6 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Train on healthy slices, calibrate on held-out healthy ones, test on 4 BraTS patients."""
         from medad.bench.brain_lesions import run_brain_lesions
 
-        run_brain_lesions(data_root=data_root, out=out, detectors=[d.strip() for d in detectors.split(",") if d.strip()],
+        run_brain_lesions(data_root=data_root, out=out, detectors=[d.strip() for d in detectors.split(",") if d.strip() not in ("", "none")],
                           modalities=[m.strip().lower() for m in modalities.split(",") if m.strip()], quick=quick,
                           config_dir=config_dir, copy_to=copy_to, cache_dir=cache_dir, merge=merge or None)
