@@ -99,10 +99,19 @@ def test_deletion_beats_random(square_model):
     model, xs, _ = square_model
     m = explain(model, xs[0], "gradcam", target=1)
     f = deletion_insertion(model, xs[0], m, target=1, steps=10, n_random=2)
-    assert f["scale"] == "probability"
+    assert f["scale"].startswith("log-odds")  # default: the curves follow the logits, not a saturating probability
     assert f["deletion_auc"] < f["random_deletion_auc"] and f["deletion_margin"] > 0.1
     assert f["insertion_auc"] > f["random_insertion_auc"]
     assert len(f["deletion_curve"]) == 11
+    # the probability-scale figures come from the same forward passes and agree with output="probability"
+    p = deletion_insertion(model, xs[0], m, target=1, steps=10, n_random=2, output="probability")
+    assert p["scale"] == "probability" and p["deletion_auc"] == pytest.approx(f["probability"]["deletion_auc"], abs=1e-5)
+    assert 0.0 <= p["deletion_auc"] <= 1.0 and p["deletion_margin"] > 0
+    # region perturbation: 4x4 blocks ranked by their mean attribution, random block orders as the control
+    b = deletion_insertion(model, xs[0], m, target=1, steps=10, n_random=2, patch=4)
+    assert len(b["deletion_curve"]) == 11 and b["deletion_margin"] > 0
+    with pytest.raises(InputError, match="output"):
+        deletion_insertion(model, xs[0], m, target=1, output="softmax")
     # an array baseline (e.g. background value outside an organ) gives the same as the equal scalar
     g = deletion_insertion(model, xs[0], m, target=1, steps=10, n_random=2, baseline=np.zeros_like(xs[0]))
     assert g["deletion_auc"] == pytest.approx(f["deletion_auc"])
@@ -210,3 +219,62 @@ def test_bad_requests(square_model):
     bad[0, 0, 0] = np.nan
     with pytest.raises(InputError, match="NaN"):
         explain(model, bad, "ig", target=1)
+
+
+def test_block_ids_cover_the_grid():
+    from medad.explain.faithfulness import _block_ids
+
+    ids, n = _block_ids((8, 6), 4)
+    assert n == 4 and ids.shape == (8, 6)
+    assert np.bincount(ids.ravel()).tolist() == [16, 8, 16, 8]  # edge blocks are smaller
+    ids1, n1 = _block_ids((5,), 1)
+    assert n1 == 5 and ids1.tolist() == [0, 1, 2, 3, 4]
+
+
+class _Scaled(nn.Module):
+    def __init__(self, net: nn.Module, factor: float):
+        super().__init__()
+        self.net, self.factor = net, factor
+
+    def forward(self, x):
+        return self.net(x) * self.factor
+
+
+class _SaturatedClassifier(TorchDetector):
+    """A supervised torch detector whose abnormal probability (1 - softmax[normal]) is 1.0 in
+    float32 on the square items: the square CNN with its logits scaled up."""
+
+    input_kind = "image"
+    supervised = True
+
+    def __init__(self, batch_size: int = 8, device: str = "cpu"):
+        self.batch_size = batch_size
+        self.device = device
+
+    def _score_batch(self, net, xb):
+        return 1.0 - torch.softmax(net(xb), dim=1)[:, 0], None
+
+
+def test_saturated_probability_detector_is_explained_through_log_odds(square_model):
+    model, xs, boxes = square_model
+    det = _SaturatedClassifier()
+    det.in_shape_ = [1, SIZE, SIZE]
+    det.net_ = _Scaled(model, 200.0)
+    det.fitted_ = True
+    x = xs[0]
+    assert det.score(x[None]).score[0] == 1.0  # saturated: its gradient is exactly zero
+    wrapped = as_scalar_model(det, torch.from_numpy(x[None]))
+    assert wrapped.explained.startswith("log-odds") and wrapped.is_probability
+    with torch.no_grad():
+        lo = float(wrapped(torch.from_numpy(x[None]))[0])
+    assert lo > 20  # far beyond what float32 probabilities resolve
+    m = explain(det, x, "gradcam")
+    assert np.abs(m).max() > 0 and m[boxes[0]].mean() > m[~boxes[0]].mean()
+    f = deletion_insertion(det, x, m, steps=10, n_random=2)
+    assert f["scale"].startswith("log-odds") and f["deletion_margin"] > 0
+    # an unbounded anomaly score is not mistaken for a probability
+    energy = _SmoothEnergy()
+    energy.in_shape_ = [1, SIZE, SIZE]
+    energy.net_ = energy._build_net()
+    energy.fitted_ = True
+    assert not as_scalar_model(energy, torch.from_numpy(x[None])).is_probability

@@ -2,18 +2,23 @@
 real data.
 
 * BraTS 2015 (``mri/brats2015``): a supervised 2D slice classifier (the ``classifier`` detector,
-  MONAI DenseNet, no pretrained weights) learns lesion vs no lesion on axial FLAIR slices
-  (128x128) of the 2 ``train`` patients; maps are computed for lesion slices of the 4
-  ``validation``/``test`` patients. Measured: deletion / insertion AUC of the lesion probability
-  against random maps (independent per pixel and spatially smooth), the share of positive
-  attribution inside the expert lesion mask (beside the lesion's share of the slice, the level
-  a map without information reaches), and seconds per map.
+  MONAI DenseNet, no pretrained weights) learns lesion vs no lesion on axial FLAIR slices of the
+  2 ``train`` patients, preprocessed like the brain-lesion pipeline (1.5 mm, 128x128 centred on
+  the brain); settings were chosen on the 2 ``validation`` patients and maps are computed for
+  lesion slices of the 2 ``test`` patients. Measured: deletion / insertion AUC of the lesion
+  log-odds against random maps (random block orders and spatially smooth random maps), the
+  share of positive attribution inside the expert lesion mask (beside the lesion's share of the
+  slice, the level a map without information reaches), and seconds per map.
 * Bonn EEG (``eeg/bonn``): the ``cnn1d`` detector learns A,B (healthy) vs E (seizure) on
   1024-sample windows (5.9 s), split by segment. Set E segments are seizure from start to
   end, so "share inside the seizure" is not meaningful on them (it is 1 by construction); we
   measure localisation instead on spliced windows -- a healthy window (held-out A/B) whose
   tail from a random point on is replaced by a held-out seizure window -- and report the share
   of attribution in the seizure part beside that part's length share.
+
+Faithfulness follows the log-odds of the model's probability (it saturates at 1.0, which makes
+every deletion curve flat) and deletes blocks (region perturbation), with a bootstrap interval
+over items for every margin; see ``READING_NOTE``.
 
 Timings are wall-clock on this machine with ``--threads`` torch threads; on a shared machine
 they are inflated by other processes (the JSON records the load average).
@@ -31,10 +36,17 @@ import numpy as np
 from medad.bench.common import markdown_table, write_benchmark
 from medad.errors import ReadError
 
-SIZE = 128
 WIN = 1024
+#: lesion pixels (1.5 mm grid, about 110 mm2) for a slice to count as a lesion slice
+MIN_LESION_PX = 50
+#: region-perturbation block side (Samek et al. 2017) for the deletion / insertion curves, fixed on
+#: validation data (BraTS validation patients; Bonn segments held out inside the training split)
+PATCH_2D = 16
+PATCH_1D = 32
+# Settings fixed on validation data (BraTS: the 2 validation patients; Bonn: segments held out
+# inside the training split), never on the test items reported.
 METHOD_SETTINGS: dict[str, dict[str, Any]] = {
-    "gradcam": {},
+    "gradcam": {},  # automatic layer: the classifier's last feature map (4x4 at its 64 px)
     # Grad-CAM on an earlier, finer feature map (8x8 instead of 4x4 at the classifier's 64 px)
     "gradcam@denseblock2": {"method": "gradcam", "layer": "1.features.denseblock2"},
     "ig": {"n_steps": 32},
@@ -43,53 +55,54 @@ METHOD_SETTINGS: dict[str, dict[str, Any]] = {
     "lime": {"n_segments": 50, "n_samples": 200},
 }
 SIGNAL_SETTINGS: dict[str, dict[str, Any]] = {
-    "gradcam": {}, "ig": {"n_steps": 32}, "gradient_shap": {"n_samples": 32},
-    "kernel_shap": {"n_segments": 32, "n_samples": 200}, "lime": {"n_segments": 32, "n_samples": 200},
+    "gradcam": {},  # automatic layer: the last residual stage (64 positions for 1024 samples)
+    "ig": {"n_steps": 32}, "gradient_shap": {"n_samples": 32},
+    # 32 segments of 0.18 s (half a 3 Hz spike-wave cycle); 400 evaluations: 11/12 validation
+    # items beat random, 10/12 with 200 (measured with the default cnn1d, before the change below)
+    "kernel_shap": {"n_segments": 32, "n_samples": 400}, "lime": {"n_segments": 32, "n_samples": 400},
 }
 
 
-def _resize2d(a: np.ndarray, size: int) -> np.ndarray:
-    from medad.report.cases import _resize
+def load_brats_slices(root: Path, split: str, *, min_lesion: int = MIN_LESION_PX,
+                      min_brain: int = 200) -> dict[str, np.ndarray]:
+    """Axial FLAIR slices (N, 1, 128, 128) of one BraTS split with lesion masks and labels,
+    preprocessed exactly like the brain-lesion pipeline does (:func:`medad.transforms.brain.
+    preprocess_volume` with default :class:`~medad.transforms.brain.BrainPrepConfig`: the scan's
+    brain mask, 1.5 mm in-plane grid of 128 x 128 centred on the brain, robust z-score inside the
+    brain, 0 outside).
 
-    return _resize(a[:, None].astype(np.float32), (size, size))[:, 0]
-
-
-def load_brats_slices(root: Path, split: str, *, min_lesion: int = 100, min_brain: float = 0.05,
-                      every: int = 1) -> dict[str, np.ndarray]:
-    """Axial FLAIR slices (N, 1, 128, 128) of one BraTS split with lesion masks and labels.
-
-    A slice is used when at least ``min_brain`` of it is brain; label 1 when it holds at least
-    ``min_lesion`` lesion voxels (at 1 mm), 0 when none; slices with a few lesion voxels are left
-    out (ambiguous). Masks are resized with the image (> 0.5).
+    A slice is used when it holds at least ``min_brain`` brain pixels; label 1 when it holds at
+    least ``min_lesion`` lesion pixels on that grid, 0 when none; slices with a few lesion pixels
+    are left out (ambiguous).
     """
     from medad.io.volumes import read_volume
+    from medad.transforms.brain import BrainPrepConfig, preprocess_volume
 
     folder = root / "mri" / "brats2015" / split
     cases = sorted(d for d in folder.iterdir() if d.is_dir()) if folder.is_dir() else []
     if not cases:
         raise ReadError("no BraTS case folders", folder)
+    prep = BrainPrepConfig()
     xs, ms, bs, ys, subj = [], [], [], [], []
     for case in cases:
-        flair = read_volume(case / "Flair_subtrMeanDivStd.nii.gz").data
-        lesion = read_volume(case / "OTMultiClass.nii.gz").data > 0
-        brain = read_volume(case / "brainmask.nii.gz").data > 0.5
-        for z in range(0, flair.shape[2], every):
-            b, les = brain[..., z].mean(), int(lesion[..., z].sum())
-            if b < min_brain or 0 < les < min_lesion:
-                continue
-            xs.append(flair[..., z].T[::-1])  # display orientation: anterior up
-            ms.append(lesion[..., z].T[::-1].astype(np.float32))
-            bs.append(brain[..., z].T[::-1].astype(np.float32))
-            ys.append(int(les >= min_lesion))
-            subj.append(case.name)
-    x = _resize2d(np.stack(xs), SIZE)[:, None]
-    m = _resize2d(np.stack(ms), SIZE) > 0.5
-    brain = _resize2d(np.stack(bs), SIZE) > 0.5
-    # "Deleted" = mean brain tissue (0 in these z-scored scans) inside the brain, and the scan's own
-    # background value outside it (-5.3 here, not 0): blanking must not paint the background grey.
-    background = x.reshape(len(x), -1).min(1)
-    baseline = np.where(brain, 0.0, background[:, None, None])[:, None].astype(np.float32)
-    return {"x": x, "mask": m, "brain": brain, "baseline": baseline, "y": np.asarray(ys), "subject": np.asarray(subj)}
+        rec = read_volume(case / "Flair_subtrMeanDivStd.nii.gz")
+        vol = preprocess_volume(rec, prep, brain_mask=read_volume(case / "brainmask.nii.gz").data)
+        lesion = np.moveaxis(vol.labels_to_model_grid(read_volume(case / "OTMultiClass.nii.gz").data > 0), -1, 0)
+        x, brain = vol.slices(), vol.slice_brain()[:, 0]
+        n_brain, n_les = brain.reshape(len(x), -1).sum(1), lesion.reshape(len(x), -1).sum(1)
+        keep = (n_brain >= min_brain) & ((n_les == 0) | (n_les >= min_lesion))
+        xs.append(x[keep])
+        ms.append(lesion[keep])
+        bs.append(brain[keep])
+        ys.append((n_les[keep] >= min_lesion).astype(int))
+        subj += [case.name] * int(keep.sum())
+    # model-grid slices are RAS (x, y): rotated to anterior up so the example PNGs read as usual
+    x, les, brain = (np.ascontiguousarray(np.rot90(np.concatenate(a), axes=(-2, -1))) for a in (xs, ms, bs))
+    x = x.astype(np.float32)
+    # "Deleted" = the median brain tissue value (0 after the robust z-score) inside the brain; the
+    # background is already 0, so deleting it changes nothing.
+    return {"x": x, "mask": les, "brain": brain, "baseline": np.zeros_like(x),
+            "y": np.concatenate(ys), "subject": np.asarray(subj)}
 
 
 def load_bonn_windows(root: Path) -> dict[str, np.ndarray]:
@@ -114,9 +127,25 @@ def _load_avg() -> list[float] | None:
         return None
 
 
+def margin_summary(rows: list[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
+    """Per-item deletion margins (random minus map, against both random controls): how many items
+    beat the control, the mean margin with a 95 % bootstrap interval over items, and whether the
+    map is *clearly* better than the control: the interval's lower end above 0."""
+    from medad.evaluation import bootstrap_ci
+
+    out: dict[str, Any] = {}
+    for ctrl, key in (("random", "random_deletion_auc"), ("smooth_random", "smooth_random_deletion_auc")):
+        m = np.asarray([r[key] - r["deletion_auc"] for r in rows])
+        _, lo, hi = bootstrap_ci(np.mean, m, n_boot=2000, seed=seed)
+        out[f"items_better_than_{ctrl}_deletion"] = int((m > 0).sum())
+        out[f"{ctrl}_deletion_margin_ci"] = [float(lo), float(hi)]
+        out[f"clearly_better_than_{ctrl}"] = bool(lo > 0)
+    return out
+
+
 def evaluate_methods(det, items: np.ndarray, regions: np.ndarray | None, settings: dict[str, dict[str, Any]],
                      *, steps: int, n_random: int, out_png: Path | None = None, label: str = "",
-                     baselines: np.ndarray | None = None) -> dict[str, Any]:
+                     baselines: np.ndarray | None = None, patch: int = 1) -> dict[str, Any]:
     """Maps of every method for ``items`` (N, C, *spatial): faithfulness against random maps,
     share inside ``regions`` (N, *spatial) and seconds per map. ``baselines`` (N, C, *spatial):
     the 'absent' value per item for the perturbation/path methods and the deletion curves
@@ -132,13 +161,16 @@ def evaluate_methods(det, items: np.ndarray, regions: np.ndarray | None, setting
         method = kw.pop("method", name)
         secs, rows = [], []
         for i in tqdm(range(len(items)), desc=f"{label} {name}", leave=False):
-            t0 = time.perf_counter()
             base = 0.0 if baselines is None else baselines[i]
+            t0 = time.perf_counter()
             m = explain(det, items[i], method, seed=i, baseline=base, **kw)
             secs.append(time.perf_counter() - t0)
-            f = deletion_insertion(det, items[i], m, steps=steps, n_random=n_random, seed=i, baseline=base)
-            row = {k: f[k] for k in ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc",
-                                     "smooth_random_deletion_auc", "smooth_random_insertion_auc")}
+            f = deletion_insertion(det, items[i], m, steps=steps, n_random=n_random, seed=i, baseline=base,
+                                   patch=patch)
+            keys = ("deletion_auc", "insertion_auc", "random_deletion_auc", "random_insertion_auc",
+                    "smooth_random_deletion_auc", "smooth_random_insertion_auc")
+            row = {k: f[k] for k in keys}
+            row.update({f"prob_{k}": f["probability"][k] for k in keys if "probability" in f})
             row["all_zero"] = bool(not np.any(m))
             if regions is not None:
                 row["share_inside"] = share_inside(m, regions[i])
@@ -148,12 +180,16 @@ def evaluate_methods(det, items: np.ndarray, regions: np.ndarray | None, setting
                 _save_example(items[0], m, regions[0] if regions is not None else None,
                               out_png.parent / f"{out_png.stem}_{name}.png", f"{label} {name}")
         agg = {k: float(np.nanmean([r[k] for r in rows])) for k in rows[0] if k != "all_zero"}
-        agg["deletion_margin"] = agg["random_deletion_auc"] - agg["deletion_auc"]
-        agg["smooth_deletion_margin"] = agg["smooth_random_deletion_auc"] - agg["deletion_auc"]
-        agg["insertion_margin"] = agg["insertion_auc"] - agg["random_insertion_auc"]
-        agg["items_better_than_random_deletion"] = int(sum(r["deletion_auc"] < r["random_deletion_auc"] for r in rows))
-        agg["items_better_than_smooth_random_deletion"] = int(
-            sum(r["deletion_auc"] < r["smooth_random_deletion_auc"] for r in rows))
+        for pre in ("", "prob_"):
+            if f"{pre}deletion_auc" not in agg:
+                continue
+            agg[f"{pre}deletion_margin"] = agg[f"{pre}random_deletion_auc"] - agg[f"{pre}deletion_auc"]
+            agg[f"{pre}smooth_deletion_margin"] = agg[f"{pre}smooth_random_deletion_auc"] - agg[f"{pre}deletion_auc"]
+            agg[f"{pre}insertion_margin"] = agg[f"{pre}insertion_auc"] - agg[f"{pre}random_insertion_auc"]
+        agg.update(margin_summary(rows))
+        agg["curve_scale"] = f["scale"]
+        agg["patch"] = int(patch)
+        agg["n_random"] = int(n_random)
         agg["all_zero_maps"] = int(sum(r["all_zero"] for r in rows))
         agg["n_items"] = len(rows)
         agg["seconds_per_map_median"] = float(np.median(secs))
@@ -193,12 +229,12 @@ def bench_brats(root: Path, out: Path, quick: bool, device: str) -> dict[str, An
     from medad import registry
     from medad.evaluation import auroc
 
-    train = load_brats_slices(root, "train", every=3 if quick else 1)
-    val_part, test_part = load_brats_slices(root, "validation"), load_brats_slices(root, "test")
-    test = {k: np.concatenate([val_part[k], test_part[k]]) for k in val_part}
-    # the classifier works at 64 px inside (its ImagePrep resizes): 4x cheaper to train on a CPU;
-    # maps are still computed and compared on the 128 px input grid
-    det = registry.create("classifier", arch="densenet_small", image_size=64, epochs=6 if quick else 20,
+    train, test = load_brats_slices(root, "train"), load_brats_slices(root, "test")
+    # The classifier works at 64 px inside (its ImagePrep resizes): 4x cheaper to train on a CPU;
+    # maps are still computed and compared on the 128 px input grid. Settings (this model, the
+    # deletion block size, the method settings) were chosen on the 2 validation patients; the
+    # figures below are on the 2 test patients only.
+    det = registry.create("classifier", arch="densenet_small", image_size=64, epochs=8 if quick else 20,
                           batch_size=32, lr=1e-3, seed=0, device=device)
     t0 = time.perf_counter()
     det.fit(train["x"], y=train["y"])
@@ -206,20 +242,21 @@ def bench_brats(root: Path, out: Path, quick: bool, device: str) -> dict[str, An
     scores = det.score(test["x"]).score
     pos = np.flatnonzero(test["y"] == 1)
     rng = np.random.default_rng(0)
-    n = 3 if quick else 8
+    n = 3 if quick else 10
     # lesion slices the model calls lesion, spread over the test patients
     confident = pos[scores[pos] > 0.5]
     chosen = rng.choice(confident if len(confident) >= n else pos, size=min(n, len(pos)), replace=False)
     methods = evaluate_methods(det, test["x"][chosen], test["mask"][chosen], METHOD_SETTINGS,
                                steps=20, n_random=2, out_png=out / "explain_brats.png", label="BraTS",
-                               baselines=test["baseline"][chosen])
+                               baselines=test["baseline"][chosen], patch=PATCH_2D)
     _example_report(out, "explain_brats", f"BraTS slice ({test['subject'][chosen[0]]})", float(scores[chosen[0]]),
                     list(METHOD_SETTINGS), "lesion probability of the slice classifier; cyan outline = expert lesion mask")
     return {
-        "protocol": ("train: axial FLAIR slices of the 2 BraTS train patients (lesion >= 100 voxels vs none); "
-                     "test: slices of the 4 validation+test patients; maps on lesion slices predicted as lesion; "
-                     "deleted pixels take the mean tissue value (0) inside the brain mask and the background "
-                     "value outside it"),
+        "protocol": ("train: axial FLAIR slices of the 2 BraTS train patients (lesion >= 50 pixels on the 1.5 mm grid "
+                     "vs none), preprocessed like the brain-lesion pipeline (brain mask, 1.5 mm, 128x128 centred on "
+                     "the brain, robust z-score); settings chosen on the 2 validation patients; maps on lesion "
+                     "slices of the 2 test patients that the model calls lesion; deleted pixels take the median "
+                     f"tissue value (0; the background is 0 already); deletion in {PATCH_2D}x{PATCH_2D}-pixel blocks"),
         "model": {"name": "classifier", "params": det.get_params(), "train_seconds": train_s,
                   "n_train_slices": int(len(train["y"])), "n_train_lesion": int(train["y"].sum()),
                   "n_test_slices": int(len(test["y"])), "test_slice_auroc": auroc(test["y"], scores),
@@ -230,6 +267,15 @@ def bench_brats(root: Path, out: Path, quick: bool, device: str) -> dict[str, An
     }
 
 
+def healthy_reference(det, x: np.ndarray) -> np.ndarray:
+    """The healthy training window with the median score among healthy training windows ``x``: the
+    'absent' signal for the Bonn maps and curves. Zeros are no neutral input for a model that
+    normalises each window (an all-zero window scores as seizure with high confidence), so
+    'deleting' a segment means putting typical healthy EEG in its place."""
+    s = det.score(x).score
+    return x[np.argsort(s)[len(s) // 2]]
+
+
 def bench_bonn(root: Path, out: Path, quick: bool, device: str) -> dict[str, Any]:
     from medad import registry
     from medad.evaluation import auroc, split_by_subject
@@ -237,18 +283,25 @@ def bench_bonn(root: Path, out: Path, quick: bool, device: str) -> dict[str, Any
     data = load_bonn_windows(root)
     split = split_by_subject(data["segment"], {"train": 0.8, "test": 0.2}, seed=0, stratify=data["y"])
     tr, te = np.asarray(split["train"]), np.asarray(split["test"])
-    det = registry.create("cnn1d", epochs=2 if quick else 5, batch_size=64, seed=0, device=device)
+    # kernel 3 and one block per stage (the default has kernel 7 and dilations 1, 2) keep the last
+    # stage's receptive field near half a second: with the default net, whose last features each
+    # see most of the window, Grad-CAM could not localise the seizure part of the validation
+    # spliced windows (share 0.60 for a part covering 0.59 of the window, 7/12 items better than
+    # random); with this one, 0.71 and 10/12, at the same validation AUROC (1.000 vs 0.999).
+    det = registry.create("cnn1d", kernel_size=3, dilations=(1,), epochs=2 if quick else 10, batch_size=64,
+                          seed=0, device=device)
     t0 = time.perf_counter()
     det.fit(data["x"][tr], y=data["y"][tr])
     train_s = time.perf_counter() - t0
     s_te = det.score(data["x"][te]).score
+    ref = healthy_reference(det, data["x"][tr][data["y"][tr] == 0])
     rng = np.random.default_rng(1)
-    n = 3 if quick else 8
+    n = 3 if quick else 12
     ictal = te[data["y"][te] == 1]
     healthy = te[data["y"][te] == 0]
     whole = rng.choice(ictal, size=min(n, len(ictal)), replace=False)
-    res_whole = evaluate_methods(det, data["x"][whole], None, SIGNAL_SETTINGS, steps=20, n_random=2,
-                                 label="Bonn E")
+    res_whole = evaluate_methods(det, data["x"][whole], None, SIGNAL_SETTINGS, steps=20, n_random=3,
+                                 label="Bonn E", baselines=np.repeat(ref[None], len(whole), 0), patch=PATCH_1D)
     # spliced: healthy start, seizure from a random point on (real signals, synthetic montage)
     spliced, regions = [], []
     for k in range(n):
@@ -262,47 +315,69 @@ def bench_bonn(root: Path, out: Path, quick: bool, device: str) -> dict[str, Any
         regions.append(reg)
     spliced, regions = np.stack(spliced), np.stack(regions)
     s_sp = det.score(spliced).score
-    res_sp = evaluate_methods(det, spliced, regions, SIGNAL_SETTINGS, steps=20, n_random=2,
-                              out_png=out / "explain_bonn_spliced.png", label="Bonn spliced")
+    res_sp = evaluate_methods(det, spliced, regions, SIGNAL_SETTINGS, steps=20, n_random=3,
+                              out_png=out / "explain_bonn_spliced.png", label="Bonn spliced",
+                              baselines=np.repeat(ref[None], len(spliced), 0), patch=PATCH_1D)
     _example_report(out, "explain_bonn_spliced", "Bonn spliced window", float(s_sp[0]), list(SIGNAL_SETTINGS),
                     "seizure probability of the window; red span = the spliced-in seizure part")
     return {
-        "protocol": ("cnn1d, A,B vs E, 1024-sample windows, 80/20 split by segment; maps on held-out E windows "
-                     "(faithfulness only: E is seizure throughout, so 'share inside the seizure' is 1 by "
-                     "construction and not reported) and on spliced windows (held-out A/B start, E from a random "
-                     "point on) for the share inside the seizure part"),
+        "protocol": ("cnn1d (kernel 3, one block per stage), A,B vs E, 1024-sample windows, 80/20 split by segment (settings chosen on segments held "
+                     "out inside the training split); maps on held-out E windows (faithfulness only: E is seizure "
+                     "throughout, so 'share inside the seizure' is 1 by construction and not reported) and on spliced "
+                     "windows (held-out A/B start, E from a random point on) for the share inside the seizure part; "
+                     "'absent' signal = a typical healthy training window (the median-scored A/B window), not zeros; "
+                     f"deletion in blocks of {PATCH_1D} samples ({PATCH_1D / 173.61:.2f} s)"),
         "model": {"name": "cnn1d", "params": det.get_params(), "train_seconds": train_s,
                   "n_train_windows": int(len(tr)), "n_test_windows": int(len(te)),
                   "test_window_auroc": auroc(data["y"][te], s_te),
-                  "spliced_mean_score": float(np.mean(s_sp))},
+                  "spliced_mean_score": float(np.mean(s_sp)),
+                  "reference_window_score": float(det.score(ref[None]).score[0]),
+                  "all_zero_window_score": float(det.score(np.zeros_like(ref)[None]).score[0])},
         "seizure_windows": res_whole,
         "spliced_windows": res_sp,
     }
 
 
+def _ci(r: dict[str, Any], ctrl: str) -> str:
+    lo, hi = r[f"{ctrl}_deletion_margin_ci"]
+    return f"[{lo:.2f}, {hi:.2f}]"
+
+
 def _rows(methods: dict[str, Any], with_share: bool) -> list[list[Any]]:
     rows = []
     for m, r in methods.items():
-        rows.append([m, r["deletion_auc"], r["random_deletion_auc"], r["deletion_margin"], r["smooth_deletion_margin"],
+        rows.append([m, r["deletion_auc"], r["random_deletion_auc"], r["deletion_margin"], _ci(r, "random"),
+                     "yes" if r["clearly_better_than_random"] else "no",
                      f"{r['items_better_than_random_deletion']}/{r['n_items']}",
-                     r["insertion_auc"], r["insertion_margin"],
+                     r["smooth_deletion_margin"], _ci(r, "smooth_random"),
+                     "yes" if r["clearly_better_than_smooth_random"] else "no",
+                     r.get("prob_deletion_margin"), r["insertion_auc"], r["insertion_margin"],
                      r.get("share_inside") if with_share else None, r.get("region_share") if with_share else None,
                      r["all_zero_maps"], r["seconds_per_map_median"] * 1000, r["seconds_per_map_min"] * 1000])
     return rows
 
 
 READING_NOTE = (
-    "\nHow to read the controls: deleting positions in a random order scatters blanked pixels or samples "
-    "everywhere, which CNNs find very unnatural, so their output often collapses faster than when a "
-    "contiguous region is blanked. Pixel-level maps (IG, GradientSHAP) are compared fairly with that "
-    "control; smooth maps (Grad-CAM, superpixel KernelSHAP/LIME) blank contiguous regions and are compared "
-    "fairly with the smooth random maps (the 'margin vs smooth random' column). A saturated output "
-    "(probability near 1 that stays there while most of the input is blanked) makes deletion curves flat "
-    "for every contiguous order.\n")
+    "\nWhat the curves follow: the log-odds of the lesion / seizure probability, computed from the network's "
+    "logits (log p/(1-p)), not the probability itself. The probability saturates at 1.0: it stays there while "
+    "most of the input is deleted, so every deletion order gives the same flat curve and the test cannot tell a "
+    "good map from a random one (the previous run of this benchmark, on probabilities, showed exactly that on "
+    "Bonn). The log-odds rank inputs like the probability but keep falling. The maps explain the same log-odds "
+    "(a saturated probability has almost no gradient). 'prob. margin' = the same margin on the probability "
+    "scale, from the same forward passes.\n\n"
+    "How positions are deleted: in square blocks (images) or time blocks (signals), ranked by the map's mean "
+    "in the block (region perturbation, Samek et al. 2017); the random control deletes the same blocks in a "
+    "random order. Deleting single pixels or samples at random scatters holes everywhere, an unnatural input "
+    "under which a CNN's output collapses whatever the order, a control a map of regions cannot fairly be held "
+    "to. 'smooth random' = spatially smooth random maps (contiguous random regions), a second control.\n\n"
+    "'Clearly better' = the 95 % bootstrap interval (over explained items) of the mean margin lies above 0. "
+    "Units of AUC and margins: log-odds (the area under the log-odds curve over the deleted fraction 0..1).\n\n"
+    "Cost: wall-clock time per map (median and fastest map). With a load average above the 2 cores, other "
+    "processes inflate these times several-fold (and torch's waiting threads lose their cores too).\n")
 
-HEADER = ["method", "deletion AUC", "random", "margin", "margin vs smooth random", "items < random",
-          "insertion AUC", "ins. margin", "share inside", "region share", "all-zero maps", "ms / map (median)",
-          "ms / map (min)"]
+HEADER = ["method", "deletion AUC", "random", "margin", "95% CI", "clearly better", "items < random",
+          "margin vs smooth random", "95% CI", "clearly better", "prob. margin", "insertion AUC", "ins. margin",
+          "share inside", "region share", "all-zero maps", "ms / map (median)", "ms / map (min)"]
 
 
 def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = False, threads: int = 2,
@@ -329,6 +404,11 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
             previous = json.loads((out / "explain.json").read_text())
         except (OSError, json.JSONDecodeError):
             raise ReadError(f"--part {part} needs the other part's results in an earlier explain.json", out) from None
+        other = previous.get("bonn" if part == "brats" else "brats", {})
+        first = next(iter((other.get("methods") or other.get("seizure_windows") or {}).values()), {})
+        if "clearly_better_than_random" not in first:
+            raise ReadError("the earlier explain.json comes from an older version of this benchmark: run --part all",
+                            out / "explain.json")
     load_before = _load_avg()
     t0 = time.perf_counter()
     brats = bench_brats(root, out, quick, device) if part in ("all", "brats") else \
@@ -345,10 +425,11 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
         "gradcam_ms (min over maps)": g["gradcam"]["seconds_per_map_min"] * 1000 <= 50,
         "gradcam_ms (median)": g["gradcam"]["seconds_per_map_median"] * 1000 <= 50,
         "shap_lime_s (median)": all(g[m]["seconds_per_map_median"] <= 3 for m in ("kernel_shap", "lime")),
-        "better_than_random_brats": all(r["deletion_margin"] > 0 for r in g.values()),
-        "better_than_smooth_random_brats": all(r["smooth_deletion_margin"] > 0 for r in g.values()),
-        "better_than_random_bonn": all(r["deletion_margin"] > 0 for r in bonn["seizure_windows"].values()),
     }
+    for name, group in (("brats", g), ("bonn_seizure", bonn["seizure_windows"]), ("bonn_spliced", bonn["spliced_windows"])):
+        for ctrl in ("random", "smooth_random"):
+            results["goals_met"][f"every method clearly better than {ctrl.replace('_', ' ')} ({name})"] = all(
+                r[f"clearly_better_than_{ctrl}"] for r in group.values())
     text = render_markdown(results)
     print(text)
     write_benchmark(out, "explain", results, text)
@@ -363,20 +444,23 @@ def render_markdown(results: dict[str, Any]) -> str:
     md = [f"# Explanation methods: faithfulness, localisation, cost{' (quick)' if quick else ''}\n",
           f"Torch threads: {threads}; load average before/after: {load_before} / {results['load_average_after']} "
           "(the machine is shared: timings are inflated by other processes).\n",
-          "Deletion AUC: lower is better (probability falls fast when the top-ranked pixels are blanked); margin = "
-          "random - method (> 0: better than a random map). Random = independent random ranking per position "
-          "(mean of several); smooth random = spatially smooth random maps.\n",
+          "Deletion AUC: lower is better (the output falls fast when the top-ranked regions are deleted); margin = "
+          "random - method (> 0: better than a random map; mean over items, each item's control being the mean "
+          "of a few random maps, n_random in the JSON).\n",
           f"\n## BraTS FLAIR slices (128x128): {brats['protocol']}\n",
           f"(results of the run of {brats['from_run']})\n" if "from_run" in brats else "",
           f"Classifier: test slice AUROC {brats['model']['test_slice_auroc']:.3f}, trained in "
-          f"{brats['model']['train_seconds']:.0f} s; {brats['explained_slices']} lesion slices from "
+          f"{brats['model']['train_seconds']:.0f} s on {brats['model']['n_train_slices']} slices; "
+          f"{brats['explained_slices']} lesion slices from "
           f"{len(brats['explained_patients'])} patients explained. 'share inside' = positive attribution inside the "
           "expert lesion mask; 'region share' = the lesion's share of the slice (what a map without information gets).\n\n",
           markdown_table(HEADER, _rows(g, True)),
           f"\n## Bonn EEG: {bonn['protocol']}\n",
           f"(results of the run of {bonn['from_run']})\n" if "from_run" in bonn else "",
           f"cnn1d: test window AUROC {bonn['model']['test_window_auroc']:.3f}, trained in "
-          f"{bonn['model']['train_seconds']:.0f} s.\n\n### Seizure (E) windows\n\n",
+          f"{bonn['model']['train_seconds']:.0f} s. Seizure probability of the healthy reference window "
+          f"{bonn['model'].get('reference_window_score', float('nan')):.3g}; of an all-zero window "
+          f"{bonn['model'].get('all_zero_window_score', float('nan')):.3g}.\n\n### Seizure (E) windows\n\n",
           markdown_table(HEADER, _rows(bonn["seizure_windows"], False)),
           "\n### Spliced windows (healthy start, seizure end): share of attribution in the seizure part\n\n",
           markdown_table(HEADER, _rows(bonn["spliced_windows"], True)),

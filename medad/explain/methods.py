@@ -2,8 +2,8 @@
 LIME, for 1D signal, 2D image and 3D volume models, classifiers and anomaly detectors alike.
 
 One entry point, :func:`explain`, returns a map with the input's spatial shape (channels summed
-or averaged away). Every method explains one scalar per item (a class logit or an anomaly
-score; see :mod:`medad.explain.models`).
+or averaged away). Every method explains one scalar per item (a class logit, the log-odds of a
+supervised detector's abnormal probability, or an anomaly score; see :mod:`medad.explain.models`).
 """
 
 from __future__ import annotations
@@ -120,7 +120,8 @@ def explain(model: Any, x, method: str = "gradcam", target: int | None = None, *
             n_samples: int | None = None, n_segments: int | None = None,
             perturbations_per_eval: int = 32, n_steps: int = 32, per_channel: bool = False,
             compactness: float = 1.0, device: str | None = None, seed: int = 0) -> np.ndarray:
-    """Explain a classifier's class logit or a detector's anomaly score.
+    """Explain a classifier's class logit or a detector's anomaly score (for supervised detectors
+    whose score is a probability, its log-odds from the logits: same ranking, no saturation).
 
     Args:
         model: a classifier ``nn.Module`` (output ``(B, classes)`` or ``(B,)``/``(B, 1)`` logits)

@@ -8,6 +8,13 @@ The protocol for detectors (so their *anomaly score* can be explained):
 * Otherwise every :class:`medad.detectors.torch_base.TorchDetector` works as it is: its
   ``net_`` and ``_score_batch(net, xb)`` are wrapped (gradients flow as long as
   ``_score_batch`` does not detach or use ``no_grad``).
+* Supervised torch detectors whose score is a probability made from their network's logits
+  (``sigmoid(logit)`` or ``1 - softmax(logits)[normal]``) are explained through the *log-odds*
+  of that probability, read from the logits (checked to reproduce the score on the example).
+  The log-odds rank inputs exactly like the probability, but do not saturate: a probability
+  stuck at 1.0 has (almost) zero gradient, which leaves Grad-CAM and the perturbation methods
+  with nothing to explain. Explaining the pre-sigmoid/pre-softmax score is the standard choice
+  (Grad-CAM explains the class score before the softmax).
 * Any other detector is wrapped as a black box around ``score()``: only the perturbation
   methods (KernelSHAP, LIME) and the faithfulness curves can use it.
 """
@@ -36,30 +43,57 @@ class ScalarModel(_nn().Module):  # type: ignore[misc]
         kind: ``"classifier"`` (output is a class logit) or ``"detector"`` (an anomaly score).
         differentiable: whether gradients w.r.t. the input exist (False for black boxes).
         inner: the wrapped network (searched for the Grad-CAM layer).
+        explained: what ``forward`` returns, in words (shown in reports and benchmarks).
+        log_odds_fn: ``x -> (B,)`` log-odds of the explained probability, or None when the output
+            is not a probability (an unbounded anomaly score).
     """
 
-    def __init__(self, inner, fn, kind: str, differentiable: bool, target: int | None = None):
+    def __init__(self, inner, fn, kind: str, differentiable: bool, target: int | None = None, *,
+                 explained: str = "", log_odds_fn=None):
         super().__init__()
         self.inner = inner
         self._fn = fn
         self.kind = kind
         self.differentiable = differentiable
         self.target = target
+        self.explained = explained
+        self.log_odds_fn = log_odds_fn
 
     def forward(self, x):
         return self._fn(x)
 
+    @property
+    def is_probability(self) -> bool:
+        """Whether the model's decision is a probability (classifiers, supervised detectors)."""
+        return self.log_odds_fn is not None
+
     def probability(self, x):
-        """The scalar on a [0, 1] scale for faithfulness curves: softmax/sigmoid of the class logit
-        for classifiers; the raw score for detectors (it has no natural scale)."""
+        """The scalar on a [0, 1] scale for faithfulness curves: the class / abnormal probability
+        when there is one; otherwise the raw anomaly score (it has no natural scale)."""
         import torch
 
-        if self.kind != "classifier":
+        if self.log_odds_fn is None:
             return self.forward(x)
-        out = self.inner(x)
-        if out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1):
-            return torch.sigmoid(out.reshape(len(out)))
-        return torch.softmax(out, dim=1)[:, self.target]
+        return torch.sigmoid(self.log_odds_fn(x))
+
+    def log_odds(self, x):
+        """log(p / (1 - p)) of the explained probability, computed from the logits (no rounding
+        of p to 1.0), or the raw score when the output is not a probability."""
+        return self.forward(x) if self.log_odds_fn is None else self.log_odds_fn(x)
+
+
+def _log_odds(logits, positive: int | None, negative: int | None):
+    """log-odds of a class probability from logits ``(B, K)`` (``(B, 1)``: the logit itself).
+    ``positive``: log p(positive) / (1 - p(positive)); ``negative``: log (1 - p(neg)) / p(neg)."""
+    import torch
+
+    if logits.shape[1] == 1:
+        z = logits[:, 0]
+        return -z if negative == 1 or positive == 0 else z
+    k = positive if positive is not None else negative
+    others = torch.cat([logits[:, :k], logits[:, k + 1:]], dim=1)
+    lo = logits[:, k] - torch.logsumexp(others, dim=1)
+    return lo if positive is not None else -lo
 
 
 def _classifier(model, x_example, target: int | None) -> ScalarModel:
@@ -73,7 +107,8 @@ def _classifier(model, x_example, target: int | None) -> ScalarModel:
         if target not in (None, 0, 1):
             raise InputError(f"model has one output logit; target must be None, 0 or 1, got {target}")
         sign = -1.0 if target == 0 else 1.0  # explaining class 0 of a one-logit model = minus the logit
-        return ScalarModel(model, lambda x: sign * model(x).reshape(len(x)), "classifier", True, None)
+        return ScalarModel(model, lambda x: sign * model(x).reshape(len(x)), "classifier", True, None,
+                           explained="class logit", log_odds_fn=lambda x: sign * model(x).reshape(len(x)))
     if out.ndim != 2:
         raise InputError(f"classifier output must be (B, classes), got shape {tuple(out.shape)}")
     if target is None:
@@ -84,16 +119,19 @@ def _classifier(model, x_example, target: int | None) -> ScalarModel:
     if not 0 <= int(target) < out.shape[1]:
         raise InputError(f"target {target} out of range for {out.shape[1]} classes")
     t = int(target)
-    return ScalarModel(model, lambda x: model(x)[:, t], "classifier", True, t)
+    return ScalarModel(model, lambda x: model(x)[:, t], "classifier", True, t, explained=f"logit of class {t}",
+                       log_odds_fn=lambda x: _log_odds(model(x), t, None))
 
 
-def score_module(detector) -> ScalarModel:
-    """The anomaly score of ``detector`` as a module ``(B, C, *spatial) -> (B,)`` (see module doc)."""
+def score_module(detector, x_example=None) -> ScalarModel:
+    """The anomaly score of ``detector`` as a module ``(B, C, *spatial) -> (B,)`` (see module doc):
+    its log-odds when the score is a probability made from the network's logits (checked on
+    ``x_example``), else the score itself."""
     import torch
 
     if hasattr(detector, "score_module"):
         inner = detector.score_module()
-        return ScalarModel(inner, inner, "detector", True)
+        return ScalarModel(inner, inner, "detector", True, explained="anomaly score")
     detector._require_fitted()
     if hasattr(detector, "net_") and hasattr(detector, "_score_batch"):
         net = detector.net_
@@ -101,13 +139,54 @@ def score_module(detector) -> ScalarModel:
         def fn(x):
             return detector._score_batch(net, x)[0].reshape(len(x))
 
-        return ScalarModel(net, fn, "detector", True)
+        lo = _detector_log_odds(detector, net, fn, x_example)
+        if lo is not None:
+            return ScalarModel(net, lo, "detector", True, explained="log-odds of the abnormal probability",
+                               log_odds_fn=lo)
+        return ScalarModel(net, fn, "detector", True, explained="anomaly score")
 
     def blackbox(x):
         s = detector.score(x.detach().cpu().numpy()).score
         return torch.as_tensor(np.asarray(s), dtype=torch.float32, device=x.device)
 
-    return ScalarModel(None, blackbox, "detector", False)
+    return ScalarModel(None, blackbox, "detector", False, explained="anomaly score")
+
+
+def _detector_log_odds(detector, net, score_fn, x_example):
+    """For a supervised detector whose score is ``sigmoid(logit)`` or ``1 - softmax(logits)[normal]``:
+    ``x -> log-odds`` from the logits; None when the score is something else (the check: the
+    sigmoid of the candidate reproduces the detector's own score on ``x_example``)."""
+    if not getattr(detector, "supervised", False) or x_example is None:
+        return None
+    normal = int(getattr(detector, "normal_class", 0))
+
+    def lo(x):
+        return _log_odds(net(x), None, normal)
+
+    key = (type(detector), normal, tuple(x_example.shape[1:]))
+    checked = _LOG_ODDS_CHECKED.setdefault(net, {})
+    if key not in checked:  # the check costs forward passes: once per network and input shape
+        checked[key] = _reproduces_score(net, lo, score_fn, x_example, normal)
+    return lo if checked[key] else None
+
+
+def _reproduces_score(net, lo, score_fn, x_example, normal: int) -> bool:
+    """Whether ``sigmoid(lo(x))`` equals the detector's score on one example."""
+    import torch
+
+    was_training = net.training
+    try:
+        net.eval()  # dropout would make the two outputs differ
+        with torch.no_grad():
+            x0 = x_example[:1].to(model_device(net, x_example.device))
+            out = net(x0)
+            if out.ndim != 2 or not 0 <= normal < max(2, out.shape[1]):
+                return False
+            return bool(torch.allclose(torch.sigmoid(lo(x0)).float(), score_fn(x0).float(), atol=1e-4, rtol=1e-3))
+    except (RuntimeError, TypeError, ValueError, IndexError):  # the net is not a plain logit model
+        return False
+    finally:
+        net.train(was_training)
 
 
 def as_scalar_model(model: Any, x_example, target: int | None = None) -> ScalarModel:
@@ -119,7 +198,7 @@ def as_scalar_model(model: Any, x_example, target: int | None = None) -> ScalarM
     if isinstance(model, Detector):
         if target is not None:
             raise InputError("detectors explain their anomaly score: target must be None")
-        return score_module(model)
+        return score_module(model, x_example)
     if isinstance(model, _nn().Module):
         return _classifier(model, x_example, target)
     raise InputError(f"cannot explain a {type(model).__name__}: expected a torch nn.Module or a medad Detector")
@@ -185,6 +264,7 @@ def default_layer(model: ScalarModel, x):
 
 
 _LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_LOG_ODDS_CHECKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def resolve_layer(model: ScalarModel, layer, x):
