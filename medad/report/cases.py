@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medad.errors import InputError, ReadError
-from medad.report.html import CaseReport, Figure, identity_from_file, write_case, write_case_report
+from medad.report.html import MAP_NOTES, CaseReport, Figure, identity_from_file, write_case, write_case_report
 from medad.report.overlay import save_overlay, save_signal_plot
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -114,6 +114,8 @@ def explain_file(model: Any, input_path: str | Path, out_dir: str | Path, *, met
         raise InputError(f"cannot explain a {det.input_kind} detector with input shape {in_shape} on {p.name}")
     case.model = type(det).__name__
     case.source = p.name
+    if getattr(det, "supervised", False) and methods:
+        case.details["what the maps explain"] = MAP_NOTES["score_scale"]
     if include_identity:
         case.identity = identity_from_file(p)
     write_case(out, case)

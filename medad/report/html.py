@@ -55,6 +55,10 @@ MAP_NOTES: dict[str, str] = {
         "Limits: valid only near this input, depends on the regions and the random samples, and the "
         "imitation can be poor."),
     "figure": "A figure written by the pipeline that produced these results.",
+    "score_scale": (
+        "For a classifier whose score is a probability, the attribution maps explain the score's "
+        "log-odds (its value before the final squashing to 0-1): the same ranking, but it keeps "
+        "changing near 0 % and 100 %, where a probability would no longer move."),
     "signal": (
         "Signal plot: shaded red spans are the time intervals flagged as abnormal (darker = more probable); "
         "green shading behind a trace is the attribution (where along time the model found evidence)."),
