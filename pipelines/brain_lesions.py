@@ -580,6 +580,10 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
     from medad.report.html import CaseReport, Figure, write_case, write_case_report
 
     model = BrainModel.load(model_path)
+    if model.config.crop_size is not None:
+        raise ConfigError(f"explain_scan supports slice models only; {model_path} was trained on 3D crops "
+                          "(explaining a crop model's scan is not implemented yet: explain a crop with "
+                          "medad.explain.explain(model.detector, crop, method, spatial_dims=3))")
     p = Path(scan)
     if not p.is_file() and not p.is_dir():
         raise ReadError("scan not found", p)

@@ -167,7 +167,8 @@ def test_3d_crops_model_maps_on_input_grid(tmp_path):
         mask_pattern="{stem}_brainmask.nii.gz", crop_size=16, crop_stride=8,
         preprocessing={"spacing": 2.0, "slice_spacing": 2.0, "size": 48, "min_brain_pixels": 50},
         val_fraction=0.25, min_lesion_voxels=5)
-    model = BrainModel.load(train_brain(healthy, tmp_path / "model", cfg, progress=False))
+    model_dir = train_brain(healthy, tmp_path / "model", cfg, progress=False)
+    model = BrainModel.load(model_dir)
     assert model.info["item_unit"] == "16-voxel crops" and model.info["n_train_slices"] > 20
     scans = tmp_path / "scans"
     scans.mkdir()
@@ -180,6 +181,10 @@ def test_3d_crops_model_maps_on_input_grid(tmp_path):
     ras_les = np.flip(les, axis=(0, 1))  # LPS voxel order -> RAS
     inside = model.support(vol) & ~ras_les
     assert amap[ras_les].mean() > 2 * amap[inside].mean()
+    from pipelines.brain_lesions import explain_scan
+
+    with pytest.raises(ConfigError, match="3D crops"):
+        explain_scan(model_dir, scans / "patient.nii.gz", tmp_path / "explain")
     with pytest.raises(ConfigError, match="spatial_dims: 3"):
         BrainLesionConfig(detector="ae", detector_params={"spatial_dims": 2}, crop_size=16)
     with pytest.raises(ConfigError, match="crop_size"):
