@@ -36,3 +36,18 @@ def test_merge_rejects_a_file_that_is_not_a_benchmark(tmp_path):
         _merge_rows([], [tmp_path], order=["flair"])
     with pytest.raises(ReadError, match="no brain-lesions.json"):
         _merge_rows([], [tmp_path / "missing"], order=["flair"])
+
+
+def test_goal_lines_name_the_best_deep_detector():
+    from medad.bench.brain_lesions import _goal_lines
+
+    def row(mod, det, dice, auprc, train=10.0, infer=5.0):
+        return {"modality": mod, "detector": det, "pooled": {"dice": dice, "auprc": auprc},
+                "train_seconds": train, "inference_seconds_per_volume": infer}
+
+    lines = _goal_lines([row("flair", "intensity", 0.95, 0.99), row("flair", "dae", 0.9, 0.94),
+                         row("flair", "vae", 0.8, 0.96, train=2000.0), row("t1c", "dae", 0.2, 0.3, infer=30.0)])
+    assert lines[0].endswith("(dae) vs goal 0.89 -> reached")  # the intensity row is not deep
+    assert "0.960 (vae)" in lines[1] and lines[1].endswith("-> reached")
+    assert lines[2].endswith("NOT reached")
+    assert "NOT for flair/vae" in lines[3] and "NOT for t1c/dae" in lines[4]

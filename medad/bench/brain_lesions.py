@@ -316,6 +316,8 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                         f"{len(r['train_subjects'])} subjects, {r['n_val_slices']} calibration "
                         f"{r.get('item_unit', 'slices')} from {', '.join(r['val_subjects'])}"
                         if "n_train_slices" in r else ""))
+    lines += ["", "## Goals (issue 3; deep = every detector but the intensity rows)", ""] + \
+        [f"- {g}" for g in _goal_lines(results)]
     lines += ["", "## Protocol", "", meta["protocol"], ""]
     if meta.get("errors"):
         lines += ["## Failed runs", ""] + [f"- {e}" for e in meta["errors"]] + [""]
@@ -369,6 +371,26 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
         shutil.copy(j, Path(copy_to) / j.name)
         shutil.copy(m, Path(copy_to) / m.name)
     return payload
+
+
+def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
+    """Best deep detector per modality against the issue's goals, and the cost limits."""
+    out = []
+    deep = [r for r in results if not r["detector"].startswith("intensity")]
+    for mod, goals in (("flair", (("dice", 0.89), ("auprc", 0.95))), ("t1c", (("dice", 0.5),))):
+        rows = [r for r in deep if r["modality"] == mod]
+        for key, goal in goals if rows else ():
+            best = max(rows, key=lambda r: r["pooled"][key])
+            v = best["pooled"][key]
+            out.append(f"{mod} {'Dice (calibrated)' if key == 'dice' else key.upper()}: best deep {v:.3f} "
+                       f"({best['detector']}) vs goal {goal} -> {'reached' if v >= goal else 'NOT reached'}")
+    slow = [f"{r['modality']}/{r['detector']} {r['train_seconds']:.0f} s" for r in deep if r["train_seconds"] > 1800]
+    out.append("training under 30 min on 2 CPU cores: " + ("all deep detectors" if not slow else "NOT for " + ", ".join(slow)))
+    slow = [f"{r['modality']}/{r['detector']} {r['inference_seconds_per_volume']:.1f} s"
+            for r in results if r["inference_seconds_per_volume"] > 20]
+    out.append("a volume scored in under 20 s: " + ("all detectors" if not slow else "NOT for " + ", ".join(slow))
+               + " (times on a shared CPU)")
+    return out
 
 
 def _merge_rows(results: list[dict[str, Any]], merge: Sequence[str | Path], order: list[str]) -> list[dict[str, Any]]:
