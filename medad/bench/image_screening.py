@@ -118,11 +118,15 @@ def _epochs(steps: int, n: int, batch: int = 32) -> int:
 BUDGET = {"value": 1.0}  # optimiser-step multiplier of the current run (``--budget``)
 
 
+def _budget_epochs(steps: int, quick: bool, n_train: int) -> int:
+    """Epochs for a CPU budget of ``steps`` optimiser steps, x 1/10 with quick and x ``--budget``."""
+    return _epochs(int(steps * (0.1 if quick else 1.0) * BUDGET["value"]), n_train)
+
+
 def _specs(task: str, quick: bool, n_train: int) -> dict[str, tuple[str, dict]]:
     """Detector name -> (registry name, params) for a task, sized for shared CPUs by a budget of
-    optimiser steps (x 1/10 with quick, x ``--budget`` on faster hardware)."""
-    k = (0.1 if quick else 1.0) * BUDGET["value"]
-    ep = (lambda steps: _epochs(int(steps * k), n_train))  # noqa: E731
+    optimiser steps (:func:`_budget_epochs`)."""
+    ep = (lambda steps: _budget_epochs(steps, quick, n_train))  # noqa: E731
     patch_task = task in ("kvasir", "ct_tumour")
     size = None if patch_task else 64
     specs = {
@@ -423,7 +427,7 @@ def _task_covid(root: Path, quick: bool, only) -> dict[str, Any]:
     if not only or "classifier" in only:  # supervised, beside: trained on both training halves
         x_sup = np.concatenate([train, x_cov[a_c][: (40 if quick else None)]])
         y_sup = np.r_[np.zeros(len(train), int), np.ones(len(x_sup) - len(train), int)]
-        params = {"arch": "densenet_small", "image_size": S, "epochs": _epochs(int((30 if quick else 300) * BUDGET["value"]), len(x_sup)),
+        params = {"arch": "densenet_small", "image_size": S, "epochs": _budget_epochs(300, quick, len(x_sup)),
                   "batch_size": 32}
         det = registry.create("classifier", **params)
         print(f"[covid] classifier: fitting on {len(x_sup)} labelled items", flush=True)

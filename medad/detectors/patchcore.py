@@ -55,6 +55,26 @@ def greedy_coreset(features, n_select: int, *, proj_dim: int = 128, seed: int = 
     return idx
 
 
+def coreset_bank(pool, ratio: float, *, seed: int = 0, device=None):
+    """The memory bank: ``ceil(ratio * n)`` rows of the patch features ``pool`` ``(n, d)`` chosen by
+    :func:`greedy_coreset` (computed on ``device`` when given), or every row when that is all."""
+    n_keep = max(1, math.ceil(float(ratio) * len(pool)))
+    if n_keep >= len(pool):
+        return pool.contiguous()
+    idx = greedy_coreset(pool if device is None else pool.to(device), n_keep, seed=int(seed))
+    return pool[idx].contiguous()
+
+
+def knn_distance(q, bank, k: int = 1, chunk: int = 4096):
+    """Mean distance of every row of ``q`` to its ``k`` nearest rows of ``bank``, in chunks of
+    ``chunk`` query rows so the distance matrix stays small."""
+    import torch
+
+    k = min(int(k), len(bank))
+    return torch.cat([torch.cdist(q[i:i + chunk], bank).topk(k, dim=1, largest=False).values.mean(1)
+                      for i in range(0, len(q), chunk)])
+
+
 def _build_patch_net(in_channels: int, image_size: int | None, channels: Sequence[int], backbone: str):
     import torch
     from torch import nn
@@ -186,9 +206,7 @@ class PatchCoreDetector(PrepStatsMixin, TorchDetector):
         if len(pool) > int(self.max_patches):
             pool = pool[torch.randperm(len(pool), generator=g)[: int(self.max_patches)]]
         self.n_pooled_ = int(len(pool))
-        n_keep = max(1, math.ceil(float(self.coreset_ratio) * len(pool)))
-        idx = greedy_coreset(pool.to(device), n_keep, seed=int(self.seed))
-        self.bank_ = pool[idx].contiguous()
+        self.bank_ = coreset_bank(pool, self.coreset_ratio, seed=int(self.seed), device=device)
         self.net_.to("cpu")
 
     def _extra_state(self):
@@ -198,15 +216,12 @@ class PatchCoreDetector(PrepStatsMixin, TorchDetector):
         self.bank_ = arrays["bank"]
 
     def _score_batch(self, net, xb):
-        import torch
-
         from medad.nets.image_encoders import gaussian_blur, upsample_map
 
         f = net.patch_features(net.prep(xb), list(self.layers))
         b, d, h, w = f.shape
         q = f.permute(0, 2, 3, 1).reshape(-1, d)
-        bank = self.bank_.to(q.device)
-        dmin = torch.cat([torch.cdist(q[i:i + 4096], bank).min(1).values for i in range(0, len(q), 4096)])
+        dmin = knn_distance(q, self.bank_.to(q.device))
         m = gaussian_blur(dmin.reshape(b, h, w), float(self.blur_sigma))
         m = upsample_map(m, xb.shape[-2:])
         return m.reshape(b, -1).max(1).values, m
@@ -304,9 +319,7 @@ class PatchStatsDetector(Detector):
         self.std_ = pool.std(0).clamp_min(1e-6)
         z = self._standardise(pool)
         self.n_pooled_ = int(len(z))
-        n_keep = max(1, math.ceil(float(self.coreset_ratio) * len(z)))
-        idx = greedy_coreset(z, n_keep, seed=int(self.seed)) if n_keep < len(z) else torch.arange(len(z))
-        self.bank_ = z[idx].contiguous()
+        self.bank_ = coreset_bank(z, self.coreset_ratio, seed=int(self.seed))
         self.patches_per_image_ = int(per_image)
 
     def _score(self, x: np.ndarray) -> AnomalyResult:
@@ -316,15 +329,12 @@ class PatchStatsDetector(Detector):
 
         if x.ndim != 4 or x.shape[1] != self.in_channels_:
             raise InputError(f"patchstats was fitted on {self.in_channels_}-channel images (N, C, H, W), got shape {x.shape}")
-        k = min(int(self.k), len(self.bank_))
         scores, maps = [], []
         for i in range(0, len(x), int(self.batch_size)):
             d = self._standardise(self._describe(x[i:i + int(self.batch_size)])[0])
             b, h, w, D = d.shape
             q = d.reshape(-1, D)
-            dist = torch.cat([torch.cdist(q[j:j + 4096], self.bank_).topk(k, dim=1, largest=False).values.mean(1)
-                              for j in range(0, len(q), 4096)])
-            m = dist.reshape(b, h, w)
+            m = knn_distance(q, self.bank_, int(self.k)).reshape(b, h, w)
             scores.append(topk_mean(m, float(self.top_fraction)))
             maps.append(upsample_map(gaussian_blur(m, float(self.blur_sigma)), x.shape[-2:]))
         return AnomalyResult(score=torch.cat(scores).double().numpy(), map=torch.cat(maps).numpy())
