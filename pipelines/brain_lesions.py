@@ -39,6 +39,8 @@ from medad.transforms.brain import (
 
 MODEL_FILE = "brain_model.json"
 DETECTOR_DIR = "detector"
+MEMBERS_DIR = "members"
+ENSEMBLE = "ensemble"
 SUMMARY_FIELDS = ("scan", "path", "status", "lesion_ml", "max_score", "mean_score", "decision",
                   "brain_ml", "brain_source", "error")
 
@@ -75,6 +77,12 @@ class BrainLesionConfig:
             weighting).
         crop_stride: step between training crops and between scored crops (default half a crop).
         min_brain_fraction: training crops hold at least this share of brain voxels.
+        members: for ``detector: ensemble``, the member models' configs (mappings, or in a
+            YAML file paths of config files relative to it). Each member is trained and
+            calibrated on its own; the ensemble's map is the mean of the members'
+            post-processed maps, each divided by its own healthy-calibrated voxel threshold
+            (so every member weighs the same), and is calibrated again on the same held-out
+            healthy subjects. Members share the ensemble's preprocessing.
     """
 
     detector: str = "intensity"
@@ -95,8 +103,11 @@ class BrainLesionConfig:
     crop_size: int | None = None
     crop_stride: int | None = None
     min_brain_fraction: float = 0.1
+    members: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.detector == ENSEMBLE or self.members:
+            self._check_members()
         dims = int(self.detector_params.get("spatial_dims", 2))
         if self.crop_size is not None:
             if int(self.crop_size) < 8:
@@ -115,6 +126,32 @@ class BrainLesionConfig:
                 raise ConfigError(f"{k} must be in (0, 1), got {getattr(self, k)}")
         BrainPrepConfig.from_dict(self.preprocessing)  # validates the preprocessing block early
 
+    def _check_members(self) -> None:
+        if self.detector != ENSEMBLE:
+            raise ConfigError(f"'members' is only for detector: {ENSEMBLE}, got detector {self.detector!r}")
+        if len(self.members) < 2:
+            raise ConfigError(f"an ensemble needs at least 2 members, got {len(self.members)}")
+        cfgs = []
+        for i, m in enumerate(self.members):
+            if not isinstance(m, dict):
+                raise ConfigError(f"ensemble member {i} must be a config mapping (or, in a YAML file, a config "
+                                  f"path), got {type(m).__name__}")
+            try:
+                cfgs.append(BrainLesionConfig.from_dict(m))
+            except ConfigError as e:
+                raise ConfigError(f"ensemble member {i}: {e.problem}") from None
+            if cfgs[-1].detector == ENSEMBLE:
+                raise ConfigError(f"ensemble member {i} is itself an ensemble")
+        if not self.preprocessing:  # the members' preprocessing is the ensemble's
+            self.preprocessing = cfgs[0].prep.to_dict()
+        for i, c in enumerate(cfgs):
+            if c.prep.to_dict() != self.prep.to_dict():
+                raise ConfigError(f"ensemble member {i} ({c.detector}) preprocesses differently from the ensemble; "
+                                  "members must share one preprocessing")
+
+    def member_configs(self) -> list["BrainLesionConfig"]:
+        return [BrainLesionConfig.from_dict(m) for m in self.members]
+
     @property
     def prep(self) -> BrainPrepConfig:
         return BrainPrepConfig.from_dict(self.preprocessing)
@@ -125,15 +162,36 @@ class BrainLesionConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "BrainLesionConfig":
-        from medad.config import load_config
-
         try:
-            return cls.from_dict(load_config(path))
+            return cls.from_dict(read_brain_config(path))
         except ConfigError as e:
             raise ConfigError(e.problem, path) from None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def read_brain_config(path: str | Path) -> dict[str, Any]:
+    """A brain-lesion YAML as a mapping, with ensemble ``members`` given as paths (relative to
+    the file) read in place."""
+    from medad.config import load_config
+
+    path = Path(path)
+    raw = load_config(path)
+    members = raw.get("members") or []
+    if not isinstance(members, list):
+        raise ConfigError("'members' must be a list of config paths or mappings", path)
+    for m in members:
+        if isinstance(m, str) and (path.parent / m).resolve() == path.resolve():
+            raise ConfigError("an ensemble config lists itself as a member", path)
+    out = []
+    for m in members:
+        try:
+            out.append(read_brain_config(path.parent / m) if isinstance(m, str) else m)
+        except ConfigError as e:
+            raise ConfigError(f"ensemble member {m!r}: {e.problem}", path) from None
+    raw["members"] = out
+    return raw
 
 
 # ----------------------------------------------------------------------------------- scans
@@ -289,9 +347,12 @@ class BrainModel:
     voxel_threshold: float | None = None
     decision_ml: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    members: list["BrainModel"] = field(default_factory=list)  # an ensemble's calibrated members
 
     # -- scoring ------------------------------------------------------------------
     def _detector_maps(self, x: np.ndarray) -> np.ndarray:
+        if self.members:
+            raise ConfigError("an ensemble has no single detector: its members' maps are combined on the scan grid")
         res = self.detector.score(x).map
         if res is None:
             raise ConfigError(f"detector {self.config.detector!r} makes no anomaly maps")
@@ -316,7 +377,10 @@ class BrainModel:
         return out[0, 0].numpy()
 
     def volume_map(self, vol: PreparedVolume) -> np.ndarray:
-        """Post-processed anomaly map of a prepared scan, on the record's RAS grid."""
+        """Post-processed anomaly map of a prepared scan, on the record's RAS grid (for an
+        ensemble: the mean of the members' maps in units of their own voxel thresholds)."""
+        if self.members:
+            return np.mean([m.volume_map(vol) / m.voxel_threshold for m in self.members], axis=0, dtype=np.float32)
         model_map = postprocess_map(self.model_map(vol), vol.model_brain, erode=self.config.erode,
                                     median=self.config.median)
         return from_model_grid(model_map, vol.geometry, order=1)
@@ -370,7 +434,11 @@ class BrainModel:
         from medad.utils import write_json
 
         path = Path(path)
-        self.detector.save(path / DETECTOR_DIR)
+        if self.members:
+            for i, m in enumerate(self.members):
+                m.save(path / MEMBERS_DIR / str(i))
+        else:
+            self.detector.save(path / DETECTOR_DIR)
         write_json(path / MODEL_FILE, {"config": self.config.to_dict(), "voxel_threshold": self.voxel_threshold,
                                        "decision_ml": self.decision_ml, "info": self.info})
         return path
@@ -387,6 +455,9 @@ class BrainModel:
             cfg = BrainLesionConfig.from_dict(d["config"])
         except (KeyError, TypeError) as e:
             raise ReadError(f"corrupt {MODEL_FILE}: {e}", path / MODEL_FILE) from None
+        if cfg.detector == ENSEMBLE:
+            members = [cls.load(path / MEMBERS_DIR / str(i)) for i in range(len(cfg.members))]
+            return cls(None, cfg, d.get("voxel_threshold"), d.get("decision_ml"), d.get("info") or {}, members)
         return cls(Detector.load(path / DETECTOR_DIR), cfg, d.get("voxel_threshold"), d.get("decision_ml"),
                    d.get("info") or {})
 
@@ -397,9 +468,42 @@ def _voxel_ml(vol: PreparedVolume) -> float:
 
 def fit_brain_model(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Sequence[PreparedVolume], *,
                     train_lesions: Sequence[np.ndarray | None] | None = None,
-                    val_lesions: Sequence[np.ndarray | None] | None = None, progress: bool = True) -> BrainModel:
+                    val_lesions: Sequence[np.ndarray | None] | None = None, progress: bool = True,
+                    fitted: dict[str, BrainModel] | None = None) -> BrainModel:
     """Fit ``cfg.detector`` on healthy slices of ``train`` and calibrate on ``val`` (other
-    subjects). Slices holding lesion voxels (record-grid masks in ``*_lesions``) are left out."""
+    subjects). Slices holding lesion voxels (record-grid masks in ``*_lesions``) are left out.
+
+    ``fitted``: already fitted models by :func:`config_key` (same ``train``/``val``), reused
+    instead of fitted again -- e.g. a benchmark that runs an ensemble beside its members.
+    """
+    key = config_key(cfg)
+    if fitted is not None and key in fitted:
+        return fitted[key]
+    if cfg.detector == ENSEMBLE:
+        members = [fit_brain_model(c, train, val, train_lesions=train_lesions, val_lesions=val_lesions,
+                                   progress=progress, fitted=fitted) for c in cfg.member_configs()]
+        info = {k: members[0].info[k] for k in ("train_subjects", "val_subjects", "n_train_slices", "n_val_slices",
+                                                "item_unit")}
+        info.update(members=[m.config.detector for m in members],
+                    train_seconds=round(sum(m.info["train_seconds"] for m in members), 2))
+        model = BrainModel(None, cfg, info=info, members=members).calibrate(val, exclude=val_lesions, progress=progress)
+    else:
+        model = _fit_single(cfg, train, val, train_lesions, val_lesions, progress)
+    if fitted is not None:
+        fitted[key] = model
+    return model
+
+
+def config_key(cfg: BrainLesionConfig) -> str:
+    """What identifies a fitted model for the same data: its whole config."""
+    import json
+
+    return json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+
+
+def _fit_single(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Sequence[PreparedVolume],
+                train_lesions: Sequence[np.ndarray | None] | None, val_lesions: Sequence[np.ndarray | None] | None,
+                progress: bool) -> BrainModel:
     from tqdm.auto import tqdm
 
     from medad import registry
@@ -573,17 +677,16 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
 def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, methods: Sequence[str] = ("gradcam",),
                  top_k: int = 3, case_id: str | None = None, **explain_kw: Any):
     """Explain a brain-lesion model's decision on one scan, through the model's own preprocessing
-    (as ``score_folder`` does): attribution maps of the ``top_k`` most abnormal slices come back
-    as NIfTI on the scan's own grid, with an overlay PNG each and a ``report.html``."""
+    (as ``score_folder`` does): the anomaly scores of the ``top_k`` most abnormal items -- axial
+    slices for a slice model, cubic crops for a 3D crop model -- are explained; the attribution
+    maps come back as NIfTI on the scan's own grid, with an overlay PNG each and a ``report.html``."""
     from medad.explain import canonical_method, explain
     from medad.io.volumes import write_like
     from medad.report.html import CaseReport, Figure, write_case, write_case_report
 
     model = BrainModel.load(model_path)
-    if model.config.crop_size is not None:
-        raise ConfigError(f"explain_scan supports slice models only; {model_path} was trained on 3D crops "
-                          "(explaining a crop model's scan is not implemented yet: explain a crop with "
-                          "medad.explain.explain(model.detector, crop, method, spatial_dims=3))")
+    if model.members:
+        raise ConfigError(f"{model_path} is an ensemble: explain one of its members (folders under {MEMBERS_DIR}/)")
     p = Path(scan)
     if not p.is_file() and not p.is_dir():
         raise ReadError("scan not found", p)
@@ -600,17 +703,15 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
     save_scan_overlay(vol, amap, mask, out / "anomaly_map.png", f"{cid}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml")
     figs = [Figure(png=str(out / "anomaly_map.png"), title="anomaly map and lesion mask (most abnormal slices)",
                    kind="anomaly_map")]
-    xs = vol.slices()
-    top = np.argsort(-model.detector.score(xs).score)[: max(1, int(top_k))]
+    items = _explained_items(model, vol, top_k)
     notes = {}
     for m in (canonical_method(m) for m in methods):
-        maps = np.zeros(xs.shape, np.float32)[:, 0]
-        maps[top] = explain(model.detector, xs[top], m, spatial_dims=2, **explain_kw)
-        notes[f"{m} computed on"] = f"the {len(top)} highest-scoring axial slices (others left at 0)"
-        back = vol.to_record_grid(slices_to_volume(maps))
+        maps = explain(model.detector, items.x, m, spatial_dims=items.spatial_dims, **explain_kw)
+        notes[f"{m} computed on"] = items.note
+        back = vol.to_record_grid(items.to_model_grid(maps))
         write_like(back.astype(np.float32), vol.record, out / f"{m}.nii.gz")
-        save_scan_overlay(vol, back, mask, out / f"{m}.png", f"{cid}: {m}", n=1)
-        figs.append(Figure(png=str(out / f"{m}.png"), title=f"{m} on the most abnormal slices; 3D map in {m}.nii.gz",
+        save_scan_overlay(vol, back, mask, out / f"{m}.png", f"{cid}: {m}", n=items.n_slices)
+        figs.append(Figure(png=str(out / f"{m}.png"), title=f"{m} on the most abnormal {items.unit}; 3D map in {m}.nii.gz",
                            kind=m))
     case = CaseReport(case_id=cid, decision=row["decision"], score=row["max_score"], threshold=model.voxel_threshold,
                       method=", ".join(canonical_method(m) for m in methods), figures=figs,
@@ -622,3 +723,67 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
     write_case(out, case)
     write_case_report(out / "report.html", case)
     return case
+
+
+@dataclass
+class _ExplainedItems:
+    """What ``explain_scan`` explains: the detector inputs ``x``, and how their maps go back to
+    the model grid."""
+
+    x: np.ndarray
+    spatial_dims: int
+    to_model_grid: Any  # (maps of x) -> model-grid volume
+    note: str
+    unit: str
+    n_slices: int
+
+
+def _explained_items(model: BrainModel, vol: PreparedVolume, top_k: int) -> _ExplainedItems:
+    """The ``top_k`` highest-scoring detector items of a prepared scan: axial slices (slice
+    models) or cubic crops of the crop grid the model was trained on (3D crop models; crops with
+    less than ``min_brain_fraction`` brain are left out, like in training)."""
+    k = max(1, int(top_k))
+    if model.config.crop_size is None:
+        xs = vol.slices()
+        top = np.argsort(-model.detector.score(xs).score)[:k]
+
+        def slices_back(maps: np.ndarray) -> np.ndarray:
+            full = np.zeros(xs.shape, np.float32)[:, 0]
+            full[top] = maps
+            return slices_to_volume(full)
+
+        return _ExplainedItems(xs[top], 2, slices_back, f"the {len(top)} highest-scoring axial slices (others left at 0)",
+                               "slices", 1)
+    cfg = model.config
+    crop = int(cfg.crop_size)
+    img, brain = _padded(vol.image, crop), _padded(vol.model_brain, crop)
+    boxes = [b for b in _crop_boxes(img.shape, crop, int(cfg.crop_stride or max(crop // 2, 1)))
+             if brain[b].mean() >= cfg.min_brain_fraction]
+    if not boxes:
+        raise InputError(f"no {crop}-voxel crop of the scan holds enough brain to explain")
+    crops = np.stack([img[b] for b in boxes])[:, None].astype(np.float32)
+    scores = model.detector.score(crops).score
+    top = np.argsort(-scores)[:k]
+
+    def crops_back(maps: np.ndarray) -> np.ndarray:
+        # Overlapping explained crops (neighbours around one lesion) are averaged where they meet;
+        # voxels outside every explained crop stay 0.
+        total, count = np.zeros(img.shape, np.float32), np.zeros(img.shape, np.float32)
+        for i, m in zip(top, maps):
+            total[boxes[i]] += m
+            count[boxes[i]] += 1
+        avg = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+        return avg[tuple(slice(0, n) for n in vol.image.shape)]
+
+    return _ExplainedItems(crops[top], 3, crops_back,
+                           f"the {len(top)} highest-scoring {crop}-voxel crops (scores "
+                           f"{', '.join(f'{s:.3g}' for s in scores[top])}; averaged where they overlap, "
+                           "0 outside them)", f"{crop}-voxel crops", 3)
+
+
+def _crop_boxes(shape: tuple[int, ...], crop: int, stride: int) -> list[tuple[slice, ...]]:
+    """Every cubic crop of side ``crop`` on the grid of starts every ``stride`` voxels (as in training)."""
+    import itertools
+
+    return [tuple(slice(a, a + crop) for a in starts)
+            for starts in itertools.product(*(_crop_starts(n, crop, stride) for n in shape))]

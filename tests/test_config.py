@@ -35,6 +35,7 @@ def test_every_shipped_brain_config_loads():
     configs = sorted((Path(__file__).parents[1] / "configs").glob("brain_*.yaml"))
     assert len(configs) >= 12
     for p in configs:
-        cfg = BrainLesionConfig.from_dict(load_config(p))
-        if p.stem.endswith("_t1c"):
-            assert cfg.detector_params["polarity"] == "abs"
+        cfg = BrainLesionConfig.from_yaml(p)
+        for c in cfg.member_configs() or [cfg]:
+            if p.stem.endswith("_t1c"):
+                assert c.detector_params["polarity"] == "abs", p

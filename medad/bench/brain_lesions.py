@@ -72,19 +72,21 @@ def _detector_config(name: str, config_dir: Path, quick: bool, modality: str | N
     ``configs/brain_<name>.yaml``; accepts a full pipeline config or a bare mapping of detector
     parameters. ``name`` labels the run; a config file may name another registered detector
     (e.g. ``brain_dae3d.yaml`` -> ``dae`` on 3D crops)."""
-    from medad.config import load_config
-    from pipelines.brain_lesions import BrainLesionConfig
+    from pipelines.brain_lesions import BrainLesionConfig, read_brain_config
 
     path = Path(config_dir) / f"brain_{name}.yaml"
     if modality is not None and (Path(config_dir) / f"brain_{name}_{modality}.yaml").is_file():
         path = Path(config_dir) / f"brain_{name}_{modality}.yaml"
-    raw: dict[str, Any] = load_config(path) if path.is_file() else {}
+    raw: dict[str, Any] = read_brain_config(path) if path.is_file() else {}
     if raw and "detector" not in raw and "detector_params" not in raw:
         raw = {"detector": name, "detector_params": raw}
     raw.setdefault("detector", name)
+    if quick:  # a smoke run: few epochs, for an ensemble's members too
+        for d in [raw] + list(raw.get("members") or []):
+            params = d.get("detector_params") or {}
+            if "epochs" in params:
+                params["epochs"] = min(int(params["epochs"]), QUICK_EPOCHS)
     cfg = BrainLesionConfig.from_dict(raw)
-    if quick and "epochs" in cfg.detector_params:
-        cfg.detector_params["epochs"] = min(int(cfg.detector_params["epochs"]), QUICK_EPOCHS)
     return cfg, (str(path) if path.is_file() else "defaults (no config file)")
 
 
@@ -127,6 +129,7 @@ class BenchData:
         self.cases = brats_cases(root)
         self._cache: dict[str, Any] = {}
         self._nichart_masks: dict[Path, np.ndarray] = {}
+        self.fitted: dict[str, dict[str, Any]] = {}  # per modality: fitted models by config (an ensemble reuses its members)
 
     def nichart_files(self) -> list[tuple[Path, Path | None]]:
         base = self.root / "mri" / "nichart_flair"
@@ -220,7 +223,7 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
     sets, les = d["sets"], d["lesions"]
     with Timer() as t_fit:
         model = fit_brain_model(cfg, sets["train"], sets["val"], train_lesions=les["train"],
-                                val_lesions=les["val"], progress=True)
+                                val_lesions=les["val"], progress=True, fitted=data.fitted.setdefault(modality, {}))
     rows, infer = [], []
     for vol, lesion in zip(sets["test"], les["test"]):
         with Timer() as t:
