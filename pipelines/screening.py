@@ -21,6 +21,27 @@ copy of the recording as FIF or EDF+); for WFDB records a ``<id>.medad`` annotat
 spans, and every detected beat labelled ``N`` or ``Q`` = inside a flagged span); one PNG
 per flagged recording with the abnormal spans shaded. The pipeline composes medad pieces; its own
 logic is only the streaming and the interval bookkeeping.
+
+**Beat mode** (``unit: beats``, ECG; ``configs/screening_ecg_beats.yaml``): the items are heart
+beats instead of windows. R peaks are found chunk by chunk on the ECG lead (after the configured
+filter and resampling); every beat (``beat_before`` to ``beat_after`` s around its R peak) is
+linearly detrended, divided by the recording's median beat std, and reduced to the features of
+the MIT-BIH benchmark (:func:`medad.transforms.signal.beat_template_features`): the beat minus
+the recording's own median beat (a label-free patient template) plus 4 RR features relative to
+the recording. A ``features`` detector with a shape block and an RR block scores them; the
+threshold flags ``window_fpr`` of the beats of held-out normal recordings. Outputs per recording:
+``<id>_beat_scores.csv`` (sample, time_s, score, flagged), a WFDB annotation file ``<id>.medad``
+with every beat (``N``; ``Q`` with aux ``medad_abnormal score=...`` when flagged) plus the
+flagged spans (runs of at least ``min_windows`` flagged beats), ``events.tsv`` and the PNG.
+
+**Per-site normalisation** (``site_normalize: folder|subfolder``, or ``medad screen run
+--site-normalize``): recordings from another site or device shift feature levels (gain,
+electrodes, filters). With the option, the feature vectors of all windows (beats) of the screened
+folder -- or of each subfolder, one per site -- are robust z-scored (median, IQR) against that
+group's own statistics, and put on the training features' scale before scoring, in place of
+the training set's statistics. Assumption: most items of each group are normal (a folder of
+mostly abnormal recordings would look normal). Needs the ``features`` detector; every
+recording of the folder is featurised before any is scored (features are held in memory).
 """
 
 from __future__ import annotations
@@ -58,11 +79,11 @@ class ScreeningConfig:
         channels: channel names to use (default: those of the first training recording). A
             single-channel model uses channel 0 of every recording whatever its name.
         chunk_seconds: recordings are read and processed this much at a time.
-        window_fpr: share of held-out normal windows above the threshold.
-        min_windows: consecutive flagged windows needed to make a flagged interval.
+        window_fpr: share of held-out normal windows (beat mode: beats) above the threshold.
+        min_windows: consecutive flagged windows (beat mode: beats) needed to make a flagged interval.
         val_fraction: share of training recordings held out for calibration (by recording);
             with a single training recording, its last ``val_fraction`` of windows.
-        max_train_windows: windows kept for fitting (evenly subsampled beyond that).
+        max_train_windows: windows (beats) kept for fitting (evenly subsampled beyond that).
         max_window_bytes: memory cap for the collected training windows.
         text_sfreq: sampling rate of plain-text recordings (they carry none).
         filter_method: ``"fft"`` (squared-magnitude response applied in the frequency domain,
@@ -71,6 +92,19 @@ class ScreeningConfig:
         ecg_beats: for WFDB input whose (first used) channel is an ECG lead, also find R peaks
             and annotate every beat (``N``, or ``Q`` inside flagged spans) in the output WFDB
             annotation file.
+        unit: ``"windows"`` (fixed windows on a time grid) or ``"beats"`` (ECG beat mode, see the
+            module docstring; needs the ``features`` detector).
+        beat_before / beat_after: seconds kept before / after each R peak (beat mode).
+        beat_step: beat shape sampled every this many samples (beat mode; default about 90 Hz:
+            4 at 360 Hz).
+        train_exclude_beats: beat mode, training only: name pattern (``{record}`` = record id) of
+            a CSV next to each normal recording listing R-peak samples (last column, one header
+            line) of known abnormal beats, e.g. ``"{record}_pvc_beats.csv"``; detected beats
+            within 50 ms of a listed one are left out of fitting, calibration and the
+            recording's template. Recordings without such a file are used whole.
+        site_normalize: ``"none"``, ``"folder"`` or ``"subfolder"``: at screening, robust z-score
+            the features of the screened items against the statistics of the whole folder or of
+            each subfolder (a site); see the module docstring. ``features`` detector only.
         seed: seeds the detector and the recording split.
     """
 
@@ -93,6 +127,12 @@ class ScreeningConfig:
     filter_method: str = "fft"
     ecg_beats: bool = True
     workers: int = 2
+    unit: str = "windows"
+    beat_before: float = 0.25
+    beat_after: float = 0.45
+    beat_step: int | None = None
+    train_exclude_beats: str | None = None
+    site_normalize: str = "none"
     seed: int = 0
 
     @classmethod
@@ -120,6 +160,40 @@ class ScreeningConfig:
             raise ConfigError(f"filter_method must be 'fft' or 'sos', got {self.filter_method!r}")
         if self.chunk_seconds < 4 * self.window_seconds:
             raise ConfigError("chunk_seconds must be at least 4 x window_seconds")
+        if self.unit not in ("windows", "beats"):
+            raise ConfigError(f"unit must be 'windows' or 'beats', got {self.unit!r}")
+        if self.unit == "beats":
+            if self.detector != "features":
+                raise ConfigError(f"unit: beats scores beat features with the 'features' detector, got "
+                                  f"detector {self.detector!r}")
+            if self.beat_before <= 0 or self.beat_after <= 0:
+                raise ConfigError(f"beat_before and beat_after must be positive, got {self.beat_before}, "
+                                  f"{self.beat_after}")
+            if self.beat_step is not None and int(self.beat_step) < 1:
+                raise ConfigError(f"beat_step must be >= 1, got {self.beat_step}")
+        check_site_normalize(self.site_normalize, self.detector)
+
+    def beat_step_at(self, sfreq: float) -> int:
+        """Beat shape sampling step at ``sfreq`` (``beat_step`` or about 90 Hz)."""
+        return int(self.beat_step) if self.beat_step else max(1, int(round(sfreq / 90.0)))
+
+    def beat_samples(self, sfreq: float) -> tuple[int, int]:
+        """Samples kept before and after each R peak at ``sfreq``."""
+        return int(round(self.beat_before * sfreq)), int(round(self.beat_after * sfreq))
+
+
+SITE_MODES = ("none", "folder", "subfolder")
+
+
+def check_site_normalize(mode: str, detector: str) -> None:
+    """Clear error when per-site normalisation is asked for where it cannot work: it rescales
+    feature vectors, so the detector must score features (``features``), not raw windows."""
+    if mode not in SITE_MODES:
+        raise ConfigError(f"site_normalize must be one of {', '.join(SITE_MODES)}, got {mode!r}")
+    if mode != "none" and detector != "features":
+        raise ConfigError(f"site_normalize={mode!r} z-scores feature vectors and needs the 'features' detector; "
+                          f"detector {detector!r} scores raw windows (use normalize: recording or window for "
+                          f"amplitude robustness there)")
 
 
 # ---------------------------------------------------------------------------- files
@@ -298,6 +372,114 @@ class Preprocessor:
         return starts.astype(np.float64), w.astype(np.float32, copy=False)
 
 
+    def beat_channel(self, hdr) -> int:
+        """The ECG lead beats are found on: the model's first channel when the recording has it,
+        else the first channel named like an ECG lead, else channel 0."""
+        names = list(hdr.ch_names)
+        if self.channels and self.channels[0] in names:
+            return names.index(self.channels[0])
+        return next((i for i, c in enumerate(names) if looks_like_ecg(c)), 0)
+
+    def beats(self, path: Path, hdr=None, *, channel: int | None = None,
+              cut: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """R peaks (samples at the working rate) of one recording and, with ``cut``, its beats
+        ``(N, before + after)`` (filtered, resampled; not yet normalised).
+
+        The recording is read in chunks that overlap by twice a margin (filter pad + beat span +
+        1 s); each chunk owns the peaks in ``[c0 + margin, c0 + step + margin)`` (the first from
+        0, the last to the end), so every beat is found and cut away from a chunk's edges.
+        """
+        from medad.io.signals import iter_signal_chunks
+        from medad.transforms.signal import beat_windows, detect_r_peaks
+
+        cfg = self.cfg
+        hdr = hdr or self.header(path)
+        if hdr.sfreq is None:
+            raise ReadError("plain-text recording has no sampling rate: set text_sfreq", path)
+        fs_in, fs = float(hdr.sfreq), self.sfreq
+        dur = hdr.n_times / fs_in
+        if dur < 2.0:
+            raise ReadError(f"recording of {dur:.2f} s is too short to find beats (need 2 s)", path)
+        before, after = cfg.beat_samples(fs)
+        margin = self.pad + max(cfg.beat_before, cfg.beat_after) + 1.0
+        core = max(cfg.chunk_seconds, 4 * margin)
+        n_chunk = int(round((core + 2 * margin) * fs_in))
+        step_s = (n_chunk - int(round(2 * margin * fs_in))) / fs_in  # as iter_signal_chunks rounds it
+        ch = self.beat_channel(hdr) if channel is None else channel
+        peaks, beats = [], []
+        for c0, x in iter_signal_chunks(path, n_chunk / fs_in, 2 * margin, picks=[ch], header=hdr,
+                                        sfreq=cfg.text_sfreq):
+            y, _ = self.filter(x, fs_in)
+            last = c0 + x.shape[1] / fs_in >= dur - 1e-9
+            p = detect_r_peaks(y[0], fs)
+            t = c0 + p / fs
+            own = (t >= c0 + margin) if c0 > 0 else np.ones(len(p), bool)
+            if not last:
+                own &= t < c0 + step_s + margin
+            p = p[own]
+            peaks.append(p + int(round(c0 * fs)))
+            if cut:
+                beats.append(beat_windows(y[0], p, before, after)[:, 0])
+        pk = np.concatenate(peaks)
+        # the same beat found by two chunks a sample or two apart: keep the first
+        keep = np.r_[True, np.diff(pk) > int(0.2 * fs)] if len(pk) else np.zeros(0, bool)
+        return pk[keep], (np.concatenate(beats)[keep] if cut else None)
+
+
+# ---------------------------------------------------------------------------- beat features
+BEAT_MATCH_SECONDS = 0.05  # a listed beat and a detected R peak closer than this are the same beat
+
+
+def match_beats(a: np.ndarray, b: np.ndarray, tol: float) -> np.ndarray:
+    """For each of the sorted times ``a``, the index of the nearest of the sorted times ``b``
+    when it lies within ``tol``, else -1."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(b) == 0:
+        return np.full(len(a), -1)
+    i = np.searchsorted(b, a)
+    lo, hi = np.clip(i - 1, 0, len(b) - 1), np.clip(i, 0, len(b) - 1)
+    j = np.where(np.abs(b[lo] - a) <= np.abs(b[hi] - a), lo, hi)
+    return np.where(np.abs(b[j] - a) <= tol, j, -1)
+
+
+def beat_features(beats: np.ndarray, rr: np.ndarray, step: int) -> np.ndarray:
+    """Features of the beats ``(N, T)`` of ONE recording (the benchmark's chain): linearly
+    detrended, divided by the recording's median beat std, minus the recording's median beat
+    (every ``step``-th sample), plus 4 RR features (:func:`medad.transforms.signal.beat_template_features`)."""
+    from medad.transforms.signal import beat_template_features, detrend, group_std_normalise
+
+    g = np.zeros(len(beats), dtype=int)
+    b = group_std_normalise(detrend(beats)[:, None], g)[:, 0]
+    return beat_template_features(b, g, rr, step)
+
+
+def recording_beat_features(pre: Preprocessor, path: Path, hdr=None,
+                            exclude: str | None = None) -> dict[str, Any]:
+    """R peaks, per-beat features and beat envelope of one recording. ``exclude``: the
+    ``train_exclude_beats`` pattern; listed beats are dropped (their RR intervals still count
+    for their neighbours)."""
+    from medad.datasets.signals import read_beat_csv, rr_features
+    from medad.io.signals import record_id_from_path
+
+    hdr = hdr or pre.header(path)
+    peaks, beats = pre.beats(path, hdr)
+    if len(peaks) < 3:
+        raise ReadError(f"found {len(peaks)} beat(s); beat mode needs an ECG lead with at least 3", path)
+    fs = pre.sfreq
+    rr = rr_features(peaks, fs)
+    keep = np.ones(len(peaks), bool)
+    if exclude:
+        f = Path(path).parent / exclude.format(record=record_id_from_path(path))
+        if f.is_file():
+            listed = np.sort(read_beat_csv(f) / float(hdr.sfreq))
+            keep = match_beats(peaks / fs, listed, BEAT_MATCH_SECONDS) < 0
+    if keep.sum() < 3:
+        raise ReadError("fewer than 3 beats left after excluding the listed abnormal beats", path)
+    feats = beat_features(beats[keep], rr[keep], pre.cfg.beat_step_at(fs))
+    return {"peaks": peaks[keep], "features": feats, "n_excluded": int((~keep).sum()),
+            "envelope": np.stack([beats[keep].min(1), beats[keep].max(1)], axis=-1)[:, None]}
+
+
 # ---------------------------------------------------------------------------- training
 def _detector(cfg: ScreeningConfig, sfreq: float):
     from medad import registry
@@ -314,6 +496,12 @@ def _detector(cfg: ScreeningConfig, sfreq: float):
         params["sfreq"] = sfreq
     if "seed" in sig and "seed" not in params:
         params["seed"] = cfg.seed
+    if cfg.unit == "beats":  # precomputed beat features: a shape block and an RR block
+        from medad.transforms.signal import beat_feature_blocks
+
+        before, after = cfg.beat_samples(sfreq)
+        params["feature_fn"] = "precomputed"
+        params.setdefault("blocks", beat_feature_blocks(before + after, cfg.beat_step_at(sfreq)))
     if cls.input_kind != "signal":
         raise ConfigError(f"detector {cfg.detector!r} takes {cls.input_kind} input; screening needs a signal detector")
     return cls(**params)
@@ -346,6 +534,23 @@ def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_byt
         raise InputError("no windows could be cut from the training recordings"
                          + (f" ({len(skipped)} failed, e.g. {skipped[0]['file']}: {skipped[0]['error']})" if skipped else ""))
     return np.concatenate(out)
+
+
+def _collect_beats(pre: Preprocessor, files: Sequence[Path], skipped: list[dict[str, str]]) -> list[np.ndarray]:
+    """Beat features of every recording in ``files`` (known abnormal beats excluded, see
+    ``train_exclude_beats``); a recording that fails is added to ``skipped``."""
+    out = []
+    for f in files:
+        try:
+            out.append(recording_beat_features(pre, f, exclude=pre.cfg.train_exclude_beats)["features"])
+        except MedadError as e:
+            skipped.append({"file": str(f), "error": e.problem})
+    return out
+
+
+def _evenly(x: np.ndarray, cap: int) -> np.ndarray:
+    """At most ``cap`` rows of ``x``, evenly spaced."""
+    return x if len(x) <= cap else x[np.unique(np.linspace(0, len(x) - 1, cap).round().astype(int))]
 
 
 def _common_channels(hdrs) -> list[str]:
@@ -386,7 +591,10 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     if hdrs[0].sfreq is None:
         raise ConfigError("plain-text recordings need text_sfreq in the screening config")
     sfreq = float(cfg.sfreq or hdrs[0].sfreq)
-    channels = cfg.channels or _common_channels(hdrs)
+    if cfg.unit == "beats":  # one ECG lead: the first recording's (see Preprocessor.beat_channel)
+        channels = cfg.channels or [hdrs[0].ch_names[Preprocessor(cfg, sfreq, None).beat_channel(hdrs[0])]]
+    else:
+        channels = cfg.channels or _common_channels(hdrs)
     pre = Preprocessor(cfg, sfreq, channels)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(good))
@@ -397,14 +605,29 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     if progress:
         print(f"training on {len(train_files)} normal recording(s), calibrating on {len(val_files)}"
               + (f"; {len(bad)} unreadable skipped" if bad else ""))
-    x = _collect(pre, train_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
+    unit = "beats" if cfg.unit == "beats" else "windows"
+    if unit == "beats":
+        parts = _collect_beats(pre, train_files, bad)
+        if not parts:
+            raise InputError(f"no beats could be found in the training recordings ({len(bad)} failed"
+                             + (f", e.g. {bad[0]['file']}: {bad[0]['error']})" if bad else ")"))
+        x = np.concatenate(parts)
+    else:
+        x = _collect(pre, train_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
     if not val_files:  # one recording: calibrate on its last windows (in time), train on the rest
         n_v = max(1, int(round(cfg.val_fraction * len(x))))
         x, xv = x[:-n_v], x[-n_v:]
-        val_source = f"last {n_v} windows of the single training recording"
+        val_source = f"last {n_v} {unit} of the single training recording"
     else:
-        xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
+        if unit == "beats":
+            parts = _collect_beats(pre, val_files, bad)
+            if not parts:
+                raise InputError("no beats could be found in the held-out normal recordings")
+            xv = np.concatenate(parts)
+        else:
+            xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
         val_source = f"{len(val_files)} held-out normal recording(s)"
+    x = _evenly(x, cfg.max_train_windows)
     failed = {b["file"] for b in bad}
     train_files = [f for f in train_files if str(f) not in failed]
     val_files = [f for f in val_files if str(f) not in failed]
@@ -412,7 +635,7 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         print(f"skipped {len(bad)} normal recording(s) that could not be used: "
               + "; ".join(f"{Path(b['file']).name}: {b['error']}" for b in bad[:5]))
     det = _detector(cfg, sfreq)
-    with tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} windows", disable=not progress) as bar:
+    with tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} {unit}", disable=not progress) as bar:
         det.fit(x)
         bar.update()
     det.calibrate(xv, fpr=cfg.window_fpr)
@@ -424,8 +647,8 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     ref = val_scores if len(val_scores) <= 2000 else np.quantile(val_scores, np.linspace(0, 1, 2000))
     write_json(out / MODEL_CONFIG, {
         "config": asdict(cfg), "sfreq": sfreq, "channels": channels, "threshold": float(det.threshold_),
-        "calibration": {"source": val_source, "n_windows": int(len(xv)), "window_fpr": cfg.window_fpr},
-        "n_train_windows": int(len(x)),
+        "calibration": {"source": val_source, f"n_{unit}": int(len(xv)), "window_fpr": cfg.window_fpr},
+        f"n_train_{unit}": int(len(x)),
         "train_recordings": [record_id_from_path(f) for f in train_files],
         "val_recordings": [record_id_from_path(f) for f in val_files],
         "skipped": bad, "val_scores": ref.tolist(),
@@ -489,43 +712,106 @@ def flagged_intervals(starts: np.ndarray, scores: np.ndarray, threshold: float, 
     return out
 
 
-def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096, progress: bool = False) -> dict[str, Any]:
-    """Scores of every window of one recording, its flagged intervals and decision."""
+def _scores(det, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    sc = [det.score(x[i:i + batch]).score.astype(np.float64) for i in range(0, len(x), batch)]
+    return np.concatenate(sc) if sc else np.zeros(0)
+
+
+def feature_scorer(det):
+    """A view of a fitted ``features`` detector that scores precomputed feature vectors (what
+    per-site normalisation hands it): the detector itself when it already takes features."""
+    import copy
+
+    if getattr(det, "feature_fn", None) == "precomputed":
+        return det
+    view = copy.copy(det)  # shares the fitted arrays; only how input becomes features changes
+    view.feature_fn = "precomputed"
+    if view.blocks:  # feature-group blocks become the column counts fixed at fit time
+        view.blocks = [sl.stop - sl.start for sl in det.slices_]
+    return view
+
+
+def recording_items(model: ScreeningModel, path: Path, *, features: bool = False, batch: int = 4096,
+                    progress: bool = False) -> dict[str, Any]:
+    """Every window (beat mode: beat) of one recording: ``starts`` (s), ``times`` (window
+    centres / R peaks), a small min/max ``envelope`` for the plot, and ``scores`` -- or, with
+    ``features``, the ``features`` (scored later, after per-site normalisation)."""
     from tqdm.auto import tqdm
 
     pre = Preprocessor(model.cfg, model.sfreq, model.channels)
     hdr = pre.header(path)
+    if model.cfg.unit == "beats":
+        r = recording_beat_features(pre, path, hdr)
+        t = r["peaks"] / pre.sfreq
+        res = {"header": hdr, "starts": np.maximum(t - model.cfg.beat_before, 0.0), "times": t,
+               "envelope": r["envelope"], "channels": [hdr.ch_names[pre.beat_channel(hdr)]],
+               "samples": np.round(t * float(hdr.sfreq)).astype(np.int64)}  # in the recording's own rate
+        if features:
+            res["features"] = r["features"]
+        else:
+            res["scores"] = _scores(model.detector, r["features"], batch)
+        return res
     dur = hdr.n_times / hdr.sfreq if hdr.sfreq else 0.0
     # a bar over recording time for long recordings (hours of EEG)
     bar = tqdm(total=round(dur), unit="s", desc=f"  {Path(path).name}", leave=False,
                disable=not progress or dur < 600)
 
-    def score(st: np.ndarray, w: np.ndarray):
-        sc = [model.detector.score(w[i:i + batch]).score.astype(np.float64) for i in range(0, len(w), batch)]
+    def work(st: np.ndarray, w: np.ndarray):
+        out = model.detector.features(w).astype(np.float32) if features else _scores(model.detector, w, batch)
         # a small trace summary for the plot (first channels, min/max per window): the
         # recording itself is never held in memory
         env = np.stack([w[:, :4].min(-1), w[:, :4].max(-1)], axis=-1)
-        return st, np.concatenate(sc) if sc else np.zeros(0), env
+        return st, out, env
 
-    starts, scores, env = [], [], []
-    for st, sc, e in pre.windows(path, hdr, fn=score):
+    starts, outs, env = [], [], []
+    for st, o, e in pre.windows(path, hdr, fn=work):
         starts.append(st)
-        scores.append(sc)
+        outs.append(o)
         env.append(e)
         if len(st):
             bar.update(max(0, round(st[-1] + model.cfg.step_seconds) - bar.n))
     bar.close()
-    s = np.concatenate(scores)
     t = np.concatenate(starts)
-    ivs = flagged_intervals(t, s, model.threshold, model.cfg.window_seconds, model.cfg.min_windows)
+    return {"header": hdr, "starts": t, "times": t + model.cfg.window_seconds / 2, "envelope": np.concatenate(env),
+            "channels": [hdr.ch_names[i] for i in pre.picks(hdr)],
+            ("features" if features else "scores"): np.concatenate(outs)}
+
+
+def decide(model: ScreeningModel, res: dict[str, Any], scores: np.ndarray | None = None) -> dict[str, Any]:
+    """Add ``flagged`` items (score above the threshold) and flagged ``intervals`` (runs of at
+    least ``min_windows`` flagged items, with their probability) to a :func:`recording_items` result."""
+    if scores is not None:
+        res["scores"] = np.asarray(scores, dtype=np.float64)
+    res.pop("features", None)
+    s = res["scores"]
+    beats = model.cfg.unit == "beats"
+    span = model.cfg.beat_before + model.cfg.beat_after if beats else model.cfg.window_seconds
+    ivs = flagged_intervals(res["starts"], s, model.threshold, span, model.cfg.min_windows)
     prob = model.percentile(np.array([iv[2] for iv in ivs])) if ivs else np.zeros(0)
-    picks = pre.picks(hdr)
-    return {
-        "header": hdr, "starts": t, "scores": s, "envelope": np.concatenate(env),
-        "channels": [hdr.ch_names[i] for i in picks],
-        "intervals": [{"start_s": a, "end_s": b, "max_score": m, "n_windows": k, "probability": float(p)}
-                      for (a, b, m, k), p in zip(ivs, prob)],
-    }
+    key = "n_beats" if beats else "n_windows"
+    res["flagged"] = s > model.threshold
+    res["intervals"] = [{"start_s": a, "end_s": b, "max_score": m, key: k, "probability": float(p)}
+                        for (a, b, m, k), p in zip(ivs, prob)]
+    return res
+
+
+def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096, progress: bool = False) -> dict[str, Any]:
+    """Scores of every window (beat) of one recording, its flagged intervals and decision."""
+    return decide(model, recording_items(model, path, batch=batch, progress=progress))
+
+
+def site_normalise(features: Sequence[np.ndarray], groups: Sequence[str], det) -> list[np.ndarray]:
+    """Per-site normalisation of the feature vectors of several recordings: robust z-score
+    (median, IQR) of every feature over all items of each group of recordings (a site), then
+    onto the training features' scale (the ``features`` detector's ``center_`` / ``scale_``), so
+    the detector sees each item relative to its own site's typical item. Assumes most items of
+    each group are normal."""
+    from medad.transforms.signal import group_robust_zscore
+
+    lens = [len(f) for f in features]
+    g = np.repeat(np.asarray(list(groups), dtype=object).astype(str), lens)
+    z = group_robust_zscore(np.concatenate(features), g).astype(np.float64)
+    return np.split(z * det.scale_ + det.center_, np.cumsum(lens)[:-1])
 
 
 def _write_events_tsv(path: Path, intervals: list[dict[str, Any]]) -> None:
@@ -592,35 +878,17 @@ def looks_like_ecg(channel: str) -> bool:
     return c.startswith(("ecg", "ekg")) or c in _ECG_LEADS or c.replace("lead", "").strip() in _ECG_LEADS
 
 
-def ecg_beats(path: Path, channel: int = 0, chunk_seconds: float = 600.0) -> tuple[np.ndarray, float]:
-    """R peaks (samples) of one channel of a recording, found chunk by chunk (2 s overlap)."""
-    from medad.io.signals import iter_signal_chunks, read_header
-    from medad.transforms.signal import detect_r_peaks
-
-    hdr = read_header(path)
-    fs = float(hdr.sfreq)
-    out = []
-    for c0, x in iter_signal_chunks(path, chunk_seconds, 2.0, picks=[channel], header=hdr):
-        if x.shape[1] < 2 * fs:
-            continue
-        i0 = int(round(c0 * fs))
-        p = detect_r_peaks(x[0], fs) + i0
-        lo = i0 + (int(fs) if c0 > 0 else 0)  # each chunk keeps beats away from its start edge
-        out.append(p[p >= lo])
-    peaks = np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
-    if len(peaks) > 1:  # the same beat found by two overlapping chunks a sample or two apart
-        peaks = peaks[np.r_[True, np.diff(peaks) > int(0.2 * fs)]]
-    return peaks, fs
-
-
 def write_wfdb_annotations(record: str, intervals: list[dict[str, Any]], sfreq: float, out_dir: Path,
-                           extension: str = "medad", beats: np.ndarray | None = None) -> Path:
+                           extension: str = "medad", beats: np.ndarray | None = None,
+                           flags: np.ndarray | None = None, scores: np.ndarray | None = None) -> Path:
     """Screening results as a WFDB annotation file ``<record>.<extension>``.
 
     Each flagged interval is a rhythm-change annotation (``+``, aux ``(MEDAD_ABN score=...``) at
     its start and ``+`` ``(N`` at its end. With ``beats`` (R-peak samples), every beat is
-    annotated too: ``N`` outside flagged intervals, ``Q`` (unclassifiable, aux ``medad_abnormal``)
-    inside -- a beat file any WFDB viewer shows alongside the reference annotations.
+    annotated too: ``N``, or ``Q`` (unclassifiable, aux ``medad_abnormal``) when flagged -- by
+    ``flags`` (one per beat; beat mode) or else by lying inside a flagged interval -- a beat file
+    any WFDB viewer shows alongside the reference annotations. ``scores`` (one per beat) go into
+    the flagged beats' aux notes.
     """
     from medad.io.signals import _wfdb
 
@@ -631,13 +899,18 @@ def write_wfdb_annotations(record: str, intervals: list[dict[str, Any]], sfreq: 
         symbols += ["+", "+"]
         aux += [f"(MEDAD_ABN score={iv['max_score']:.4g} p={iv['probability']:.3f}", "(N"]
     if beats is not None and len(beats):
-        t = np.asarray(beats) / sfreq
-        inside = np.zeros(len(t), bool)
-        for iv in intervals:
-            inside |= (t >= iv["start_s"]) & (t < iv["end_s"])
+        if flags is None:
+            t = np.asarray(beats) / sfreq
+            flags = np.zeros(len(t), bool)
+            for iv in intervals:
+                flags |= (t >= iv["start_s"]) & (t < iv["end_s"])
+        if len(flags) != len(beats) or (scores is not None and len(scores) != len(beats)):
+            raise InputError(f"{len(beats)} beats but {len(flags)} flags"
+                             + ("" if scores is None else f" and {len(scores)} scores"))
         samples += [int(b) for b in beats]
-        symbols += ["Q" if f else "N" for f in inside]
-        aux += ["medad_abnormal" if f else "" for f in inside]
+        symbols += ["Q" if f else "N" for f in flags]
+        aux += [("medad_abnormal" + ("" if scores is None else f" score={scores[i]:.4g}")) if f else ""
+                for i, f in enumerate(flags)]
     f = out_dir / f"{record}.{extension}"
     if not samples:  # wrann refuses an empty file; a note says "nothing flagged"
         samples, symbols, aux = [0], ["\""], ["medad: nothing flagged"]
@@ -664,50 +937,85 @@ PLOT_TRACE_SECONDS = 900.0  # recordings up to this long are re-read to draw the
 
 def plot_recording(path: Path, res: dict[str, Any], model: ScreeningModel, title: str,
                    source: Path | None = None) -> Path:
-    """The first channels (preprocessed) with abnormal spans shaded, and the window scores with
-    the threshold. Recordings up to :data:`PLOT_TRACE_SECONDS` long (given ``source``) show the
-    trace itself; longer ones its per-window min/max envelope (never re-read whole)."""
+    """The first channels (preprocessed) with abnormal spans shaded, and the window (beat)
+    scores with the threshold. Recordings up to :data:`PLOT_TRACE_SECONDS` long (given
+    ``source``) show the trace itself; longer ones their per-window (per-beat) min/max envelope
+    (never re-read whole). Beat mode also marks the flagged beats and adds a 10 s close-up of
+    the trace around the highest-scoring flagged beat."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from medad.io.signals import iter_signal_chunks
     from medad.utils import atomic_path
 
-    t = res["starts"] + model.cfg.window_seconds / 2
-    env = res["envelope"]  # (n, C<=4, 2)
+    beats = model.cfg.unit == "beats"
+    t, env, hdr = res["times"], res["envelope"], res["header"]  # env: (n, C<=4, 2)
     n_ch = env.shape[1]
-    hdr = res["header"]
-    trace = None
-    if source is not None and hdr.n_times / hdr.sfreq <= PLOT_TRACE_SECONDS:
-        from medad.io.signals import iter_signal_chunks
+    dur = hdr.n_times / hdr.sfreq
+    pre = Preprocessor(model.cfg, model.sfreq, model.channels)
+    picks = [pre.beat_channel(hdr)] if beats else pre.picks(hdr)[:n_ch]
 
-        pre = Preprocessor(model.cfg, model.sfreq, model.channels)
-        picks = pre.picks(hdr)[:n_ch]
-        _, x = next(iter_signal_chunks(source, hdr.n_times / hdr.sfreq + 1, picks=picks, header=hdr,
-                                       sfreq=model.cfg.text_sfreq))
+    def read(a: float, b: float, max_points: int = 20000) -> tuple[np.ndarray, np.ndarray]:
+        """Preprocessed trace of [a, b) s (filter edges read and dropped), at most ~max_points."""
+        a0, b0 = max(0.0, a - pre.pad), min(dur, b + pre.pad)
+        _, x = next(iter_signal_chunks(source, b0 - a0 + 1, picks=picks, header=hdr, start_seconds=a0,
+                                       stop_seconds=b0, sfreq=model.cfg.text_sfreq))
         y, fs = pre.filter(x, float(hdr.sfreq))
-        step = max(1, y.shape[1] // 20000)  # at most ~20k points a channel
-        trace = (np.arange(0, y.shape[1], step) / fs, y[:, ::step])
-    fig, axes = plt.subplots(n_ch + 1, 1, figsize=(12, 1.4 * (n_ch + 1) + 0.6), sharex=True)
+        tt = a0 + np.arange(y.shape[1]) / fs
+        m = (tt >= a) & (tt < b)
+        step = max(1, int(m.sum()) // max_points)
+        return tt[m][::step], y[:, m][:, ::step]
+
+    trace = read(0.0, dur) if source is not None and dur <= PLOT_TRACE_SECONDS else None
+    flagged = res.get("flagged", np.zeros(len(t), bool))
+    zoom = None
+    if beats and source is not None and flagged.any():
+        k = int(np.argmax(np.where(flagged, res["scores"], -np.inf)))
+        a = max(0.0, min(t[k] - 5.0, dur - 10.0))
+        zoom = (a, min(dur, a + 10.0), read(a, min(dur, a + 10.0)))
+    n_ax = n_ch + 1 + (zoom is not None)
+    fig, axes = plt.subplots(n_ax, 1, figsize=(12, 1.4 * n_ax + 0.6))
+    main = list(axes[:n_ch + 1])
+    for a in main[1:]:
+        a.sharex(main[0])
     for c in range(n_ch):
-        ax = axes[c]
+        ax = main[c]
         if trace is not None:
             ax.plot(trace[0], trace[1][c], color="0.2", lw=0.5)
         else:
             ax.fill_between(t, env[:, c, 0], env[:, c, 1], color="0.25", lw=0, step="mid")
+        if beats and flagged.any():
+            ax.plot(t[flagged], env[flagged, c, 1], "v", color="C3", ms=4, label="flagged beat")
+            ax.legend(loc="upper right", fontsize=7)
         ax.set_ylabel(res["channels"][c][:12], rotation=0, ha="right", fontsize=8)
         ax.set_yticks([])
-    ax = axes[-1]
-    ax.plot(t, res["scores"], lw=0.8, color="C0")
+    ax = main[-1]
+    if beats:
+        ax.plot(t, res["scores"], ".", ms=2, color="C0")
+    else:
+        ax.plot(t, res["scores"], lw=0.8, color="C0")
     ax.axhline(model.threshold, color="C3", ls="--", lw=0.8, label=f"threshold ({model.cfg.window_fpr:g} FPR)")
-    ax.set_ylabel("score")
+    ax.set_ylabel("beat score" if beats else "score")
     ax.legend(loc="upper right", fontsize=7)
-    for a in axes:
+    ax.set_xlabel("time (s)")
+    for a in main:
         for iv in res["intervals"]:
             a.axvspan(iv["start_s"], iv["end_s"], color="C3", alpha=0.25, lw=0)
-    axes[-1].set_xlabel("time (s)")
-    axes[0].set_title(title, fontsize=9)
+    if zoom is not None:
+        a0, b0, (tt, y) = zoom
+        ax = axes[-1]
+        ax.plot(tt, y[0], color="0.2", lw=0.7)
+        inside = (t >= a0) & (t < b0)
+        yb = np.interp(t[inside], tt, y[0])
+        ax.plot(t[inside & ~flagged], yb[~flagged[inside]], "o", mfc="none", color="0.5", ms=5, label="beat")
+        ax.plot(t[inside & flagged], yb[flagged[inside]], "v", color="C3", ms=7, label="flagged beat")
+        ax.set_xlim(a0, b0)
+        ax.set_yticks([])
+        ax.set_xlabel("time (s): close-up of the highest-scoring flagged beat")
+        ax.legend(loc="upper right", fontsize=7)
+    main[0].set_title(title, fontsize=9)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90, format="png")
@@ -732,93 +1040,148 @@ def unique_record_ids(files: Sequence[Path]) -> list[str]:
     return rids
 
 
-RESULT_FIELDS = ["file", "record_id", "status", "error", "duration_s", "n_windows", "max_score", "decision",
-                 "n_intervals", "flagged_seconds", "threshold"]
+RESULT_FIELDS = ["file", "record_id", "status", "error", "duration_s", "n_windows", "n_beats", "n_flagged_beats",
+                 "max_score", "decision", "n_intervals", "flagged_seconds", "threshold"]
+
+
+def _error_row(f: Path, rid: str, e: Exception) -> dict[str, Any]:
+    problem = e.problem if isinstance(e, MedadError) else f"unexpected {type(e).__name__}: {e}"
+    return {"file": str(f), "record_id": rid, "status": "error", "error": problem}
+
+
+def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, Any], out: Path,
+                     annotated_copy: str, plots: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write one screened recording's outputs; returns its results.csv row and results.json entry."""
+    from medad.io.signals import signal_format
+    from medad.utils import write_text
+
+    hdr, ivs, s = res["header"], res["intervals"], res["scores"]
+    beats = model.cfg.unit == "beats"
+    fs = float(hdr.sfreq)
+    outputs = []
+    _write_events_tsv(out / f"{rid}_events.tsv", ivs)
+    outputs.append(f"{rid}_events.tsv")
+    buf = io.StringIO()
+    if beats:
+        buf.write("sample,time_s,score,flagged\n")
+        buf.write("".join(f"{n},{n / fs:.4f},{v:.6g},{int(g)}\n"
+                          for n, v, g in zip(res["samples"], s, res["flagged"])))
+        name = f"{rid}_beat_scores.csv"
+    else:
+        buf.write("start_s,score\n")
+        buf.write("".join(f"{a:.3f},{b:.6g}\n" for a, b in zip(res["starts"], s)))
+        name = f"{rid}_window_scores.csv"
+    write_text(out / name, buf.getvalue())
+    outputs.append(name)
+    fmt = signal_format(f)
+    try:
+        if fmt == "mne":
+            outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy)]
+        if beats:  # every beat, flagged ones marked, whatever the input format
+            outputs.append(write_wfdb_annotations(rid, ivs, fs, out, beats=res["samples"], flags=res["flagged"],
+                                                  scores=s).name)
+        elif fmt == "wfdb":
+            peaks = None
+            pre = Preprocessor(model.cfg, model.sfreq, model.channels)
+            ch = pre.picks(hdr)[0]
+            if model.cfg.ecg_beats and looks_like_ecg(hdr.ch_names[ch]):
+                found, _ = pre.beats(f, hdr, channel=ch, cut=False)
+                peaks = np.round(found / pre.sfreq * fs).astype(np.int64)
+            outputs.append(write_wfdb_annotations(rid, ivs, fs, out, beats=peaks).name)
+        if plots and ivs:
+            what = f"{int(res['flagged'].sum())} flagged beat(s) in " if beats else ""
+            outputs.append(plot_recording(out / f"{rid}_screening.png", res, model,
+                                          f"{rid}: {what}{len(ivs)} flagged span(s), max score {s.max():.3g} "
+                                          f"(threshold {model.threshold:.3g})", source=f).name)
+    except MedadError as e:
+        outputs.append(f"(output failed: {e.problem})")
+    row = {
+        "file": str(f), "record_id": rid, "status": "ok", "error": "",
+        "duration_s": round(hdr.n_times / fs, 3), "n_windows": "" if beats else int(len(s)),
+        "n_beats": int(len(s)) if beats else "", "n_flagged_beats": int(res["flagged"].sum()) if beats else "",
+        "max_score": float(s.max()), "decision": "abnormal" if ivs else "normal", "n_intervals": len(ivs),
+        "flagged_seconds": round(float(sum(iv["end_s"] - iv["start_s"] for iv in ivs)), 3),
+        "threshold": model.threshold,
+    }
+    return row, {**row, "intervals": ivs, "outputs": outputs}
+
+
+def site_group(path: Path, folder: Path, mode: str) -> str:
+    """The site a screened recording belongs to: the whole folder, or its subfolder."""
+    if mode == "folder" or not folder.is_dir():
+        return "."
+    return str(Path(path).parent.relative_to(folder))
 
 
 def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *, annotated_copy: str = "none",
-                  plots: bool = True, progress: bool = True) -> dict[str, Any]:
+                  plots: bool = True, progress: bool = True, site_normalize: str | None = None) -> dict[str, Any]:
     """Screen every recording in ``folder`` and write the outputs (see module docstring) to ``out``.
 
     A recording that cannot be read or screened is reported (status ``error`` with the reason)
-    and skipped; the others are still screened.
+    and skipped; the others are still screened. ``site_normalize`` (``none``, ``folder``,
+    ``subfolder``; default: the model's ``site_normalize``) normalises features per site first.
 
     Returns:
         The ``results.json`` content.
     """
     from tqdm.auto import tqdm
 
-    from medad.io.signals import signal_format
     from medad.utils import write_json, write_text
 
     model = ScreeningModel.load(model_path)
+    site = model.cfg.site_normalize if site_normalize is None else site_normalize
+    check_site_normalize(site, model.cfg.detector)
+    folder = Path(folder)
     files = list_recordings(folder)
     rids = unique_record_ids(files)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, recs = [], []
-    for f, rid in tqdm(list(zip(files, rids)), desc="screening", disable=not progress, unit="rec"):
-        try:
-            res = screen_recording(model, f, progress=progress)
-        except MedadError as e:
-            rows.append({"file": str(f), "record_id": rid, "status": "error", "error": e.problem})
-            recs.append(dict(rows[-1]))
+    done: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+    items: dict[int, dict[str, Any]] = {}
+    for k, (f, rid) in enumerate(tqdm(list(zip(files, rids)), desc="screening", disable=not progress, unit="rec")):
+        try:  # per-site mode: features of every recording first, scored once the sites' statistics are known
+            res = recording_items(model, f, features=site != "none", progress=progress)
+        except Exception as e:  # noqa: BLE001 -- a bug or an unforeseen file problem must not stop the batch
+            row = _error_row(f, rid, e)
+            done[k] = (row, dict(row))
             continue
-        except Exception as e:  # a bug or an unforeseen file problem must not stop the batch
-            rows.append({"file": str(f), "record_id": rid, "status": "error",
-                         "error": f"unexpected {type(e).__name__}: {e}"})
-            recs.append(dict(rows[-1]))
-            continue
-        hdr, ivs = res["header"], res["intervals"]
-        decision = "abnormal" if ivs else "normal"
-        outputs = []
-        _write_events_tsv(out / f"{rid}_events.tsv", ivs)
-        outputs.append(f"{rid}_events.tsv")
-        buf = io.StringIO()
-        buf.write("start_s,score\n")
-        buf.write("".join(f"{a:.3f},{b:.6g}\n" for a, b in zip(res["starts"], res["scores"])))
-        write_text(out / f"{rid}_window_scores.csv", buf.getvalue())
-        outputs.append(f"{rid}_window_scores.csv")
-        fmt = signal_format(f)
-        try:
-            if fmt == "mne":
-                outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy)]
-            elif fmt == "wfdb":
-                beats = None
-                ch = Preprocessor(model.cfg, model.sfreq, model.channels).picks(hdr)[0]
-                if model.cfg.ecg_beats and looks_like_ecg(hdr.ch_names[ch]):
-                    beats, _ = ecg_beats(f, channel=ch)
-                outputs.append(write_wfdb_annotations(rid, ivs, float(hdr.sfreq), out, beats=beats).name)
-            if plots and ivs:
-                outputs.append(plot_recording(out / f"{rid}_screening.png", res, model,
-                                              f"{rid}: {len(ivs)} flagged span(s), max score "
-                                              f"{res['scores'].max():.3g} (threshold {model.threshold:.3g})",
-                                              source=f).name)
-        except MedadError as e:
-            outputs.append(f"(output failed: {e.problem})")
-        row = {
-            "file": str(f), "record_id": rid, "status": "ok", "error": "",
-            "duration_s": round(hdr.n_times / hdr.sfreq, 3), "n_windows": int(len(res["scores"])),
-            "max_score": float(res["scores"].max()), "decision": decision, "n_intervals": len(ivs),
-            "flagged_seconds": round(float(sum(iv["end_s"] - iv["start_s"] for iv in ivs)), 3),
-            "threshold": model.threshold,
-        }
-        rows.append(row)
-        recs.append({**row, "intervals": ivs, "outputs": outputs})
+        if site == "none":
+            done[k] = _write_recording(model, f, rid, decide(model, res), out, annotated_copy, plots)
+        else:
+            items[k] = res
+    sites: dict[str, dict[str, int]] = {}
+    if items:
+        keys = sorted(items)
+        groups = [site_group(files[k], folder, site) for k in keys]
+        aligned = site_normalise([items[k]["features"] for k in keys], groups, model.detector)
+        scorer = feature_scorer(model.detector)
+        for k, g, a in zip(keys, groups, aligned):
+            sites.setdefault(g, {"n_recordings": 0, "n_items": 0})
+            sites[g]["n_recordings"] += 1
+            sites[g]["n_items"] += len(a)
+            done[k] = _write_recording(model, files[k], rids[k], decide(model, items.pop(k), _scores(scorer, a)),
+                                       out, annotated_copy, plots)
+    rows = [done[k][0] for k in range(len(files))]
+    recs = [done[k][1] for k in range(len(files))]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: r.get(k, "") for k in RESULT_FIELDS})
     write_text(out / "results.csv", buf.getvalue())
+    unit = "beats" if model.cfg.unit == "beats" else "windows"
     summary = {
-        "model": str(model_path), "folder": str(folder), "detector": model.cfg.detector,
+        "model": str(model_path), "folder": str(folder), "detector": model.cfg.detector, "unit": unit,
         "threshold": model.threshold, "threshold_source": model.info.get("calibration"),
-        "decision_rule": f"abnormal when >= {model.cfg.min_windows} consecutive windows score above the threshold",
-        "probability_meaning": "share of held-out normal windows scoring below the interval's max score",
+        "decision_rule": f"abnormal when >= {model.cfg.min_windows} consecutive {unit} score above the threshold",
+        "probability_meaning": f"share of held-out normal {unit} scoring below the interval's max score",
+        "site_normalize": site,
         "n_recordings": len(rows), "n_errors": sum(r["status"] == "error" for r in rows),
         "n_abnormal": sum(r.get("decision") == "abnormal" for r in rows), "recordings": recs,
     }
+    if site != "none":
+        summary["sites"] = sites
+        summary["site_assumption"] = "features robust z-scored per site; assumes most items of each site are normal"
     write_json(out / "results.json", summary)
     if progress:
         print(f"screened {len(rows) - summary['n_errors']} recording(s), {summary['n_abnormal']} abnormal, "

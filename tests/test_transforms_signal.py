@@ -187,3 +187,31 @@ def test_group_template_and_group_robust_zscore():
         group_template(x, groups[:3])
     with pytest.raises(InputError):
         group_robust_zscore(f, g[:5])
+
+
+def test_beat_windows_detrend_and_beat_features():
+    from medad.transforms.signal import (
+        beat_feature_blocks, beat_template_features, beat_windows, detrend, group_std_normalise,
+    )
+
+    x = np.arange(20, dtype=np.float32)
+    w = beat_windows(x, np.array([1, 10, 19]), 3, 2)
+    assert w.shape == (3, 1, 5)
+    np.testing.assert_array_equal(w[0, 0], [0, 0, 0, 1, 2])  # past the start: edge repeated
+    np.testing.assert_array_equal(w[1, 0], [7, 8, 9, 10, 11])
+    np.testing.assert_array_equal(w[2, 0], [16, 17, 18, 19, 19])
+    assert beat_windows(x, np.zeros(0, int), 3, 2).shape == (0, 1, 5)
+    line = 2.0 * np.arange(50) + 1.0
+    assert np.abs(detrend(np.stack([line, -line]))).max() < 1e-3
+    # a recording's gain goes, a beat's size relative to its recording's other beats stays
+    rng = np.random.default_rng(1)
+    b = rng.normal(size=(30, 1, 40)).astype(np.float32)
+    b[0] *= 3
+    g = np.zeros(30, int)
+    np.testing.assert_allclose(group_std_normalise(5 * b, g), group_std_normalise(b, g), rtol=1e-5)
+    assert group_std_normalise(b, g)[0].std() > 2 * group_std_normalise(b, g)[1].std()
+    rr = np.tile([0.8, 0.8, 1.0], (30, 1))
+    f = beat_template_features(b[:, 0], g, rr, step=4)
+    assert f.shape == (30, sum(beat_feature_blocks(40, 4))) and beat_feature_blocks(40, 4) == [10, 4]
+    assert beat_feature_blocks(252, 4) == [63, 4]
+    np.testing.assert_allclose(f[:, 10:], [[1.0, 1.0, 1.0, 1.0]] * 30, rtol=1e-6)

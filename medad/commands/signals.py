@@ -23,7 +23,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         normals: Path = typer.Argument(..., help="folder (or file) of normal recordings"),
         out: Path = typer.Option(..., "--out", help="model folder to write"),
         detector: Optional[str] = typer.Option(None, help="window detector (registry name); default 'features'"),
-        config: Optional[Path] = typer.Option(None, help="screening YAML (see configs/screening-*.yaml)"),
+        config: Optional[Path] = typer.Option(None, help="screening YAML (see configs/screening_*.yaml; "
+                                                         "screening_ecg_beats.yaml: ECG beat mode)"),
         sfreq: Optional[float] = typer.Option(None, help="working sampling rate (default: the first recording's)"),
         text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of plain-text recordings"),
         window_fpr: Optional[float] = typer.Option(None, help="share of held-out normal windows flagged"),
@@ -45,11 +46,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="output folder"),
         annotated_copy: str = typer.Option("none", help="also write the EEG with its annotations: fif, edf or none"),
         plots: bool = typer.Option(True, help="PNG per flagged recording"),
+        site_normalize: Optional[str] = typer.Option(
+            None, help="robust z-score the features against the screened folder's own statistics: 'folder' (one "
+                       "site), 'subfolder' (each subfolder a site) or 'none' (default: the model's setting). "
+                       "Assumes most recordings of a site are normal; features detector only"),
     ) -> None:
         """Screen every recording: results.csv/json, events.tsv, MNE/WFDB annotations, PNGs."""
         from pipelines.screening import screen_folder
 
-        screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=plots)
+        screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=plots, site_normalize=site_normalize)
 
     @bench_app.command("screening-speed")
     def bench_screening_speed(

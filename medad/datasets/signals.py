@@ -192,7 +192,7 @@ def load_physionet2016(root: str | Path | None = None) -> list[SignalRecord]:
 
 
 # ---------------------------------------------------------------------------- beat kinds
-def _read_beat_csv(f: Path) -> np.ndarray:
+def read_beat_csv(f: Path) -> np.ndarray:
     """Sample indices from a beat CSV (``,R`` / ``,PVC`` columns: index then sample)."""
     try:
         rows = [ln.split(",") for ln in f.read_text().splitlines()[1:] if ln.strip()]
@@ -246,9 +246,9 @@ def load_wfdb_beats(root: str | Path | None = None, *, before: float = 0.25, aft
             sfreq = rec.sfreq
         elif rec.sfreq != sfreq:
             raise ReadError(f"sampling rate {rec.sfreq} differs from {sfreq} of the other records", root / name)
-        peaks = _read_beat_csv(root / f"{name}_all_beats.csv")
+        peaks = read_beat_csv(root / f"{name}_all_beats.csv")
         pvc_file = root / f"{name}_pvc_beats.csv"
-        pvc = set(_read_beat_csv(pvc_file).tolist()) if pvc_file.is_file() else set()
+        pvc = set(read_beat_csv(pvc_file).tolist()) if pvc_file.is_file() else set()
         rr = rr_features(peaks, rec.sfreq)
         b, a = int(round(before * rec.sfreq)), int(round(after * rec.sfreq))
         keep = (peaks - b >= 0) & (peaks + a <= rec.n_times)
