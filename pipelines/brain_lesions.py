@@ -674,14 +674,16 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
 # ----------------------------------------------------------------------------------- explain
 
 
-def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, methods: Sequence[str] = ("gradcam",),
+def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, methods: Sequence[str] | None = None,
                  top_k: int = 3, case_id: str | None = None, **explain_kw: Any):
     """Explain a brain-lesion model's decision on one scan, through the model's own preprocessing
     (as ``score_folder`` does): the anomaly scores of the ``top_k`` most abnormal items -- axial
     slices for a slice model, cubic crops for a 3D crop model -- are explained; the attribution
-    maps come back as NIfTI on the scan's own grid, with an overlay PNG each and a ``report.html``."""
+    maps come back as NIfTI on the scan's own grid, with an overlay PNG each and a ``report.html``.
+    ``methods`` default: :func:`medad.report.cases.default_methods` of the detector."""
     from medad.explain import canonical_method, explain
     from medad.io.volumes import write_like
+    from medad.report.cases import default_methods
     from medad.report.html import CaseReport, Figure, write_case, write_case_report
 
     model = BrainModel.load(model_path)
@@ -704,17 +706,20 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
     figs = [Figure(png=str(out / "anomaly_map.png"), title="anomaly map and lesion mask (most abnormal slices)",
                    kind="anomaly_map")]
     items = _explained_items(model, vol, top_k)
+    methods = [canonical_method(m) for m in (methods or default_methods(model.detector))]
     notes = {}
-    for m in (canonical_method(m) for m in methods):
+    for m in methods:
         maps = explain(model.detector, items.x, m, spatial_dims=items.spatial_dims, **explain_kw)
         notes[f"{m} computed on"] = items.note
         back = vol.to_record_grid(items.to_model_grid(maps))
         write_like(back.astype(np.float32), vol.record, out / f"{m}.nii.gz")
-        save_scan_overlay(vol, back, mask, out / f"{m}.png", f"{cid}: {m}", n=items.n_slices)
+        # only slices the explained items reach (the map is 0 elsewhere)
+        n = max(1, sum(np.clip(back[..., k], 0, None).sum() > 0 for k in top_slices(back, items.n_slices)))
+        save_scan_overlay(vol, back, mask, out / f"{m}.png", f"{cid}: {m}", n=n)
         figs.append(Figure(png=str(out / f"{m}.png"), title=f"{m} on the most abnormal {items.unit}; 3D map in {m}.nii.gz",
                            kind=m))
     case = CaseReport(case_id=cid, decision=row["decision"], score=row["max_score"], threshold=model.voxel_threshold,
-                      method=", ".join(canonical_method(m) for m in methods), figures=figs,
+                      method=", ".join(methods), figures=figs,
                       details={"lesion volume (ml)": row["lesion_ml"], "decision rule":
                                f"abnormal when the lesion volume exceeds {model.decision_ml:.3g} ml",
                                "brain mask": vol.brain_source, **notes})

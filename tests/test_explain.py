@@ -278,3 +278,53 @@ def test_saturated_probability_detector_is_explained_through_log_odds(square_mod
     energy.net_ = energy._build_net()
     energy.fitted_ = True
     assert not as_scalar_model(energy, torch.from_numpy(x[None])).is_probability
+
+
+def test_gradient_shap_uses_the_baseline_as_given():
+    """On a linear model GradientSHAP is exactly (x - baseline) * weight: the baseline is not
+    blurred with noise (noisy baselines made it lose to random maps on Bonn EEG windows). A stack
+    of reference items is a baseline distribution, for GradientSHAP only."""
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 1))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, SIZE, SIZE)).astype(np.float32)
+    ref = rng.normal(size=(1, SIZE, SIZE)).astype(np.float32)
+    w = lin[1].weight.detach().numpy().reshape(SIZE, SIZE)
+    m = explain(lin, x, "gradient_shap", spatial_dims=2, baseline=ref, n_samples=16)
+    np.testing.assert_allclose(m, (x[0] - ref[0]) * w, atol=1e-5)
+    same = explain(lin, x, "gradient_shap", spatial_dims=2, baseline=np.stack([ref, ref, ref]), n_samples=16)
+    np.testing.assert_allclose(same, m, atol=1e-5)
+    two = explain(lin, x, "gradient_shap", spatial_dims=2, baseline=np.stack([ref, 0 * ref]), n_samples=64)
+    assert not np.allclose(two, m, atol=1e-3)  # baselines drawn from both references
+    noisy = explain(lin, x, "gradient_shap", spatial_dims=2, baseline=ref, n_samples=16, noise=0.1)
+    assert not np.allclose(noisy, m, atol=1e-3) and np.corrcoef(noisy.ravel(), m.ravel())[0, 1] > 0.9
+    with pytest.raises(InputError, match="only used by gradient_shap"):
+        explain(lin, x, "ig", spatial_dims=2, baseline=np.stack([ref, ref]))
+
+
+def test_explain_leaves_the_network_in_its_mode(square_model):
+    """Explaining switches the network to eval mode and back to exactly what it was (batch norm
+    and dropout of a detector's network must not be left in training mode)."""
+    det = _SmoothEnergy()
+    det.in_shape_ = [1, SIZE, SIZE]
+    det.net_ = nn.Sequential(det._build_net(), nn.BatchNorm2d(1), nn.Dropout(0.1))
+    det.fitted_ = True
+    x, _ = _square_image()
+    for mode in (False, True):
+        det.net_.train(mode)
+        explain(det, x, "ig", n_steps=4)
+        deletion_insertion(det, x, np.ones((SIZE, SIZE)), steps=4, n_random=1)
+        assert all(mod.training == mode for mod in det.net_.modules())
+
+
+def test_bench_part_header_says_where_figures_come_from():
+    """A benchmark part kept from an earlier run names that run, its threads and load, and says
+    when its GradientSHAP row comes from the earlier implementation."""
+    from medad.bench.explain import GRADIENT_SHAP_IMPL, _kept, _part_header
+
+    previous = {"environment": {"date": "D1"}, "threads": 2, "load_average_before": [0.5],
+                "load_average_after": [0.6], "brats": {"methods": {}}, "bonn": {"gradient_shap_impl": GRADIENT_SHAP_IMPL}}
+    old = _part_header(_kept(previous, "brats"))
+    assert "run of D1" in old and "torch threads 2" in old and "earlier GradientSHAP" in old
+    new = _part_header(_kept(previous, "bonn"))
+    assert "earlier GradientSHAP" not in new

@@ -17,7 +17,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="output folder"),
         method: List[str] = typer.Option([], "--method", "-m",
                                          help="gradcam, ig, gradient_shap, kernel_shap (shap), lime; repeatable "
-                                              "(default: gradcam for neural detectors, kernel_shap otherwise)"),
+                                              "(default: gradcam for classifiers, ig for other neural detectors, "
+                                              "kernel_shap otherwise)"),
         case_id: Optional[str] = typer.Option(None, help="name shown in the report (default: the file name)"),
         include_identity: bool = typer.Option(False, "--include-identity",
                                               help="show patient name/id from the DICOM/EDF header (off by default)"),
@@ -35,7 +36,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if (model / "brain_model.json").is_file():  # a `medad brain train` model: use its preprocessing
             from pipelines.brain_lesions import explain_scan
 
-            case = explain_scan(model, input, out, methods=method or ["gradcam"], top_k=top_k, case_id=case_id, **kw)
+            case = explain_scan(model, input, out, methods=method or None, top_k=top_k, case_id=case_id, **kw)
             typer.echo(f"{case.case_id}: {case.decision} (max score {case.score:.4g}, voxel threshold {case.threshold:.4g})")
             typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
             return

@@ -21,7 +21,8 @@ from medad.explain.models import (ScalarModel, as_scalar_model, baseline_tensor,
 METHODS: dict[str, tuple[bool, str]] = {
     "gradcam": (True, "Grad-CAM: where the last convolution layer's features push the score up"),
     "ig": (True, "Integrated Gradients: each pixel's contribution along a path from a blank baseline"),
-    "gradient_shap": (True, "GradientSHAP: expected gradients over noisy baselines (an approximation of SHAP values)"),
+    "gradient_shap": (True, "GradientSHAP: expected gradients at random points between the baseline(s) and the input "
+                            "(an approximation of SHAP values)"),
     "kernel_shap": (False, "KernelSHAP: Shapley values of superpixels / segments estimated by switching them off"),
     "lime": (False, "LIME: weights of a linear surrogate fitted to the model's output on perturbed segments"),
 }
@@ -36,15 +37,30 @@ def _interpolate(attr, size: tuple[int, ...]):
     return F.interpolate(attr, size=size, mode=mode, align_corners=False)
 
 
+def _reference_stack(x, baseline):
+    """``baseline`` as a stack ``(K, C, *spatial)`` of K > 1 reference items, or None when it is
+    one baseline (a scalar or an array broadcastable to one item)."""
+    if isinstance(baseline, (int, float)):
+        return None
+    b = np.asarray(baseline)
+    if b.ndim == x.ndim and b.shape[0] > 1:
+        return baseline_tensor(x[:1].expand(b.shape[0], *x.shape[1:]), b)
+    return None
+
+
 def _one(model: ScalarModel, x, method: str, *, spatial_dims: int, layer, baseline, n_samples: int | None,
          n_segments: int | None, perturbations_per_eval: int, n_steps: int, per_channel: bool,
-         compactness: float) -> np.ndarray:
+         compactness: float, noise: float) -> np.ndarray:
     """Attribution for one item ``x`` of shape ``(1, C, *spatial)`` -> ``(*spatial)``."""
     import captum.attr as ca
     import torch
 
     spatial = tuple(x.shape[2:])
-    base = baseline_tensor(x, baseline)
+    refs = _reference_stack(x, baseline)
+    if refs is not None and method != "gradient_shap":
+        raise InputError(f"a stack of {len(refs)} reference items as baseline is only used by gradient_shap; "
+                         f"{method} needs one baseline (a value or one item)")
+    base = refs if refs is not None else baseline_tensor(x, baseline)
     if method == "gradcam":
         lgc = ca.LayerGradCam(model, resolve_layer(model, layer, x))
         a = lgc.attribute(x, relu_attributions=True)
@@ -57,12 +73,17 @@ def _one(model: ScalarModel, x, method: str, *, spatial_dims: int, layer, baseli
                                                     internal_batch_size=perturbations_per_eval)
         return a[0].sum(0).detach().cpu().numpy()
     if method == "gradient_shap":
-        # A distribution of baselines: the blank one plus noisy copies of it, so the expectation
-        # is not tied to a single reference image.
-        sd = float(x.std()) or 1.0
-        bases = torch.cat([base] + [base + 0.1 * sd * torch.randn_like(base) for _ in range(7)])
-        a = ca.GradientShap(model).attribute(x, baselines=bases, n_samples=n_samples or 32,
-                                             stdevs=0.1 * sd)
+        # Expected gradients (Erion et al.): baselines drawn from the given "absent" input(s) only.
+        # No noise is added to them. The former version added noise of 0.1 x the input's std to
+        # the baseline and the input; for a seizure EEG window (std ~6x that of the healthy
+        # reference) that noise is ~60 % of the reference's own amplitude, so the map explained
+        # the score against a different, noisier reference than the one given (and used by the
+        # deletion test): on the Bonn test windows it was no better than random maps (margin 0.10
+        # [-0.39, 0.48]; 0.66 [0.10, 1.07] without the noise, same model and windows). SmoothGrad
+        # noise on the input stays available (``noise``), scaled to its distance from the baseline.
+        sd = float((x - base.mean(0, keepdim=True)).std()) if noise > 0 else 0.0
+        a = ca.GradientShap(model).attribute(x, baselines=base, n_samples=n_samples or 64,
+                                             stdevs=float(noise) * sd)
         return a[0].sum(0).detach().cpu().numpy()
     if method in ("kernel_shap", "lime"):
         item = x[0].detach().cpu().numpy()
@@ -119,7 +140,8 @@ def explain(model: Any, x, method: str = "gradcam", target: int | None = None, *
             spatial_dims: int | None = None, layer=None, baseline: float | np.ndarray = 0.0,
             n_samples: int | None = None, n_segments: int | None = None,
             perturbations_per_eval: int = 32, n_steps: int = 32, per_channel: bool = False,
-            compactness: float = 1.0, device: str | None = None, seed: int = 0) -> np.ndarray:
+            compactness: float = 1.0, noise: float = 0.0, device: str | None = None,
+            seed: int = 0) -> np.ndarray:
     """Explain a classifier's class logit or a detector's anomaly score (for supervised detectors
     whose score is a probability, its log-odds from the logits: same ranking, no saturation).
 
@@ -133,12 +155,17 @@ def explain(model: Any, x, method: str = "gradcam", target: int | None = None, *
         spatial_dims: 1 (signal), 2 (image) or 3 (volume); inferred from the model when possible.
         layer: Grad-CAM layer (module or dotted name); default the last convolution executed.
         baseline: the "absent" value (scalar or array broadcastable to one item) used by IG,
-            GradientSHAP, KernelSHAP and LIME.
-        n_samples: model evaluations (KernelSHAP/LIME) or samples (GradientSHAP).
+            GradientSHAP, KernelSHAP and LIME. For GradientSHAP it may also be a stack
+            ``(K, C, *spatial)`` of K reference items (e.g. healthy training windows) from which
+            baselines are drawn (expected gradients over a reference distribution).
+        n_samples: model evaluations (KernelSHAP/LIME) or samples (GradientSHAP, default 64).
         n_segments: superpixels / supervoxels / time segments for KernelSHAP and LIME.
         perturbations_per_eval: batch size of perturbed inputs per forward pass.
         n_steps: Integrated Gradients path steps.
         per_channel: KernelSHAP/LIME segments distinct per channel.
+        noise: GradientSHAP's SmoothGrad noise on the input, as a fraction of the standard
+            deviation of (input - baseline); 0 (default) adds none (chosen on Bonn validation
+            segments: 0.1 did not help, 0.2 halved the margin over random maps).
         device: where to run (default: CUDA when present).
         seed: seeds the random perturbations, so maps are reproducible.
 
@@ -180,7 +207,7 @@ def explain(model: Any, x, method: str = "gradcam", target: int | None = None, *
             maps.append(_one(wrapped, xi, method, spatial_dims=sd, layer=layer, baseline=baseline,
                              n_samples=n_samples, n_segments=n_segments,
                              perturbations_per_eval=max(1, int(perturbations_per_eval)), n_steps=n_steps,
-                             per_channel=per_channel, compactness=compactness))
+                             per_channel=per_channel, compactness=compactness, noise=noise))
     out = np.stack(maps).astype(np.float32)
     return out[0] if single else out
 

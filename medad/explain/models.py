@@ -307,14 +307,18 @@ def evaluating_on(wrapped: ScalarModel, device) -> Iterator[ScalarModel]:
     import torch
 
     nets = [m for m in (wrapped.inner, wrapped) if isinstance(m, torch.nn.Module)]
-    restore = [(m, m.training, _param_device(m)) for m in nets]
+    restore = [(m, _param_device(m)) for m in nets]
+    # Each submodule's own flag: ``train(flag)`` is recursive, so restoring the fresh wrapper
+    # (training=True) would switch the wrapped network, and its dropout / batch norm, to training.
+    modes = [(m, m.training) for net in nets for m in net.modules()]
     try:
         for m in nets:
             m.eval().to(device)
         yield wrapped
     finally:
-        for m, training, d in restore:
-            m.train(training)
+        for m, training in modes:
+            m.training = training
+        for m, d in restore:
             if d is not None:
                 m.to(d)
 

@@ -69,10 +69,20 @@ def _decision(score: float, threshold: float | None) -> str:
 
 
 def default_methods(det) -> list[str]:
-    """Grad-CAM for neural detectors; KernelSHAP for the others (no gradients)."""
+    """Grad-CAM for supervised neural detectors (classifiers); Integrated Gradients for the other
+    neural detectors; KernelSHAP for the rest (no gradients).
+
+    Why not Grad-CAM everywhere: a reconstruction detector's score compares the input with the
+    network's output, and much of it depends on the input directly (the residual), a path no
+    layer sees. Grad-CAM then shows where the network's features would *raise* the score, which
+    for an autoencoder is rarely the lesion (its features reconstruct it, lowering the residual);
+    measured on a 3D DAE and a synthetic bright lesion (the test setup of ``explain_scan``), Grad-CAM
+    put 0.03 % of its positive mass inside the lesion, IG 94 %."""
     from medad.explain.models import score_module
 
-    return ["gradcam"] if score_module(det).differentiable and getattr(det, "net_", None) is not None else ["kernel_shap"]
+    if not (score_module(det).differentiable and getattr(det, "net_", None) is not None):
+        return ["kernel_shap"]
+    return ["gradcam"] if getattr(det, "supervised", False) else ["ig"]
 
 
 def _title(case_id: str, what: str, score: float, thr: float | None) -> str:

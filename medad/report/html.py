@@ -35,15 +35,17 @@ MAP_NOTES: dict[str, str] = {
         "Grad-CAM: bright areas are where the network's deepest feature layer responded in a way that "
         "raised the score. Limits: coarse (computed at that layer's low resolution, then smoothed to the "
         "image), shows only evidence for the score, not against it, and a highlighted area is where the "
-        "model looked, not proof of a cause."),
+        "model looked, not proof of a cause. For detectors that compare the input with a 'healthy' "
+        "reconstruction (autoencoders), Grad-CAM sees only the network's side of that comparison and often "
+        "misses the lesion: prefer Integrated Gradients there."),
     "ig": (
         "Integrated Gradients: each pixel's share of the score, measured against a blank reference input. "
         "Bright (positive) pixels push the score up, dark (negative) ones down. Limits: depends on the "
         "chosen reference and is noisy at the level of single pixels."),
     "gradient_shap": (
         "GradientSHAP: an approximation of each pixel's Shapley value (its average contribution to the "
-        "score) using gradients on noisy reference inputs. Limits: noisy, and the approximation assumes "
-        "the model behaves smoothly between the reference and the input."),
+        "score), averaging gradients at random points between the reference input and this input. Limits: "
+        "noisy, and the approximation assumes the model behaves smoothly between the reference and the input."),
     "kernel_shap": (
         "KernelSHAP: the input was divided into regions (superpixels, supervoxels or time segments); each "
         "region's value estimates how much the score changes, on average, when that region is blanked "
@@ -181,10 +183,14 @@ def render_case(case: CaseReport) -> str:
                      + "".join(f"<tr><th>{e(k)}</th><td>{e(str(v))}</td></tr>" for k, v in case.identity.items())
                      + "</table>")
     parts.append("<table>" + "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
-    if case.score is not None and case.threshold is not None:
-        parts.append(f'<p class="note">The case is called abnormal when its score is above the threshold. '
-                     f"The threshold was chosen on healthy validation data so that only a set share of "
-                     f"healthy cases is flagged.</p>")
+    rule = case.details.get("decision rule")
+    if rule:  # e.g. brain scans: decided by the lesion volume, the score is the map's maximum
+        parts.append(f'<p class="note">Decision rule: {e(str(rule))}. Thresholds were chosen on healthy '
+                     "validation data so that only a set share of healthy cases is flagged.</p>")
+    elif case.score is not None and case.threshold is not None:
+        parts.append('<p class="note">The case is called abnormal when its score is above the threshold. '
+                     "The threshold was chosen on healthy validation data so that only a set share of "
+                     "healthy cases is flagged.</p>")
     parts.append("<h2>Maps</h2>" if case.figures else "<p>No maps for this case.</p>")
     for f in case.figures:
         note = f.note or MAP_NOTES.get(f.kind, "")
