@@ -87,8 +87,21 @@ def prepare_frames(images: list[np.ndarray], image_size: int, grey: bool) -> np.
     return np.stack(out).astype(np.float32)
 
 
-def read_frames(source: str | Path, stride: int = 1) -> tuple[list, list[dict]]:
-    """``[(index, time_s, rgb)]`` of a video or a folder of frames, and the unreadable ones."""
+def frame_preparer(model: str | Path):
+    """The preprocessing of a saved frame-screening model as a function: an image as
+    :func:`medad.io.images.read_image` returns it (``grey=False``, the file's value range) ->
+    ``(1, C, S, S)`` in [0, 1], exactly as :func:`screen_frames` prepares its frames (so
+    ``medad explain`` scores a frame as screening did)."""
+    from medad.io.images import frame_rgb
+    from medad.utils import read_model_json
+
+    prep = read_model_json(Path(model), PREP_FILE, "frame-screening model (train it with `medad images train`)")
+    return lambda image: prepare_frames([frame_rgb(image)], prep["image_size"], prep["grey"])
+
+
+def read_frames(source: str | Path, stride: int = 1, fps: float | None = None) -> tuple[list, list[dict]]:
+    """``[(index, time_s, rgb)]`` of a video or a folder of frames, and the unreadable ones
+    (``fps``: frame rate of a folder of frames, default 1; a video's own rate is used)."""
     from medad.io.images import iter_video_frames
 
     errors: list[dict] = []
@@ -97,7 +110,7 @@ def read_frames(source: str | Path, stride: int = 1) -> tuple[list, list[dict]]:
         errors.append({"index": int(index), "error": str(err)})
         log.warning("skipping frame %d: %s", index, err)
 
-    frames = [(f.index, f.time_s, f.image) for f in iter_video_frames(source, stride, on_error=on_error)]
+    frames = [(f.index, f.time_s, f.image) for f in iter_video_frames(source, stride, fps=fps, on_error=on_error)]
     return frames, errors
 
 
@@ -142,8 +155,8 @@ def flagged_spans(times: np.ndarray, scores: np.ndarray, flagged: np.ndarray, st
     for t, s, f in zip(times, scores, flagged):
         if f:
             if cur is None:
-                cur = {"start_s": float(t), "end_s": float(t) + step_s, "n_frames": 0, "max_score": float(s)}
-            cur["end_s"] = float(t) + step_s
+                cur = {"start_s": float(t), "end_s": 0.0, "n_frames": 0, "max_score": float(s)}
+            cur["end_s"] = round(float(t) + step_s, 6)  # 1.4, not 1.4000000000000001, in the JSON
             cur["n_frames"] += 1
             cur["max_score"] = max(cur["max_score"], float(s))
         elif cur is not None:
@@ -155,9 +168,12 @@ def flagged_spans(times: np.ndarray, scores: np.ndarray, flagged: np.ndarray, st
 
 
 def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, stride: int = 1,
-                  batch_size: int = 32, overlays: bool = True, max_overlays: int = 200) -> dict:
+                  batch_size: int = 32, overlays: bool = True, max_overlays: int = 200,
+                  fps: float | None = None) -> dict:
     """Score every ``stride``-th frame of ``source`` with the saved model; write CSV, JSON and
-    overlays (see module doc). Returns the summary dict."""
+    overlays (see module doc). ``fps``: frame rate of a folder of frames (times and spans in
+    seconds; default 1, i.e. frame numbers); a video's own rate is always used. Returns the
+    summary dict."""
     from medad.detectors.base import Detector
     from medad.report.overlay import save_overlay
 
@@ -168,7 +184,9 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     det = Detector.load(model)
     if getattr(det, "threshold_", None) is None:
         raise ReadError("model has no calibrated threshold", model)
-    frames, errors = read_frames(source, stride)
+    if fps is not None and not fps > 0:
+        raise ConfigError(f"fps must be positive, got {fps}")
+    frames, errors = read_frames(source, stride, fps)
     if not frames:
         raise ReadError("no readable frame to screen", Path(source))
     out.mkdir(parents=True, exist_ok=True)

@@ -147,9 +147,18 @@ class ScreeningConfig:
         from medad.config import load_config
 
         cfg = load_config(path)
-        return cls.from_dict(cfg.get("screening", cfg))
+        try:  # a wrong key or value is reported with the file it is in
+            out = cls.from_dict(cfg.get("screening", cfg))
+            out.validate()
+        except ConfigError as e:
+            raise ConfigError(e.problem, path) from None
+        except (TypeError, ValueError) as e:  # e.g. a list where a mapping or number belongs
+            raise ConfigError(f"invalid screening settings: {e}", path) from None
+        return out
 
     def validate(self) -> None:
+        if not isinstance(self.detector_params, dict):
+            raise ConfigError(f"detector_params must be a mapping (name: value), got {self.detector_params!r}")
         if self.window_seconds <= 0 or not 0 < self.step_seconds <= self.window_seconds:
             raise ConfigError(f"need 0 < step_seconds <= window_seconds, got {self.step_seconds}, {self.window_seconds}")
         if self.normalize not in ("recording", "window", "none"):
@@ -589,7 +598,8 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         raise ReadError(f"no readable normal recordings ({len(bad)} failed: {bad[0]['error'] if bad else ''})",
                         normal_folder)
     if hdrs[0].sfreq is None:
-        raise ConfigError("plain-text recordings need text_sfreq in the screening config")
+        raise ConfigError("plain-text recordings carry no sampling rate: set text_sfreq in the screening config "
+                          "(CLI: --text-sfreq)", hdrs[0].path)
     sfreq = float(cfg.sfreq or hdrs[0].sfreq)
     if cfg.unit == "beats":  # one ECG lead: the first recording's (see Preprocessor.beat_channel)
         channels = cfg.channels or [hdrs[0].ch_names[Preprocessor(cfg, sfreq, None).beat_channel(hdrs[0])]]
@@ -640,6 +650,12 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         bar.update()
     det.calibrate(xv, fpr=cfg.window_fpr)
     val_scores = np.sort(det.score(xv).score.astype(np.float64))
+    calibration = {"source": val_source, f"n_{unit}": int(len(xv)), "window_fpr": cfg.window_fpr}
+    if len(xv) * cfg.window_fpr < 1:  # the threshold is then simply the highest held-out score
+        calibration["warning"] = (f"{len(xv)} held-out normal {unit} cannot resolve window_fpr={cfg.window_fpr} "
+                                  f"(needs >= {math.ceil(1 / cfg.window_fpr)}): add normal recordings")
+        if progress:
+            print(f"warning: {calibration['warning']}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     det.save(out / DETECTOR_DIR)
@@ -647,7 +663,7 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     ref = val_scores if len(val_scores) <= 2000 else np.quantile(val_scores, np.linspace(0, 1, 2000))
     write_json(out / MODEL_CONFIG, {
         "config": asdict(cfg), "sfreq": sfreq, "channels": channels, "threshold": float(det.threshold_),
-        "calibration": {"source": val_source, f"n_{unit}": int(len(xv)), "window_fpr": cfg.window_fpr},
+        "calibration": calibration,
         f"n_train_{unit}": int(len(x)),
         "train_recordings": [record_id_from_path(f) for f in train_files],
         "val_recordings": [record_id_from_path(f) for f in val_files],
@@ -844,6 +860,7 @@ def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path,
 
     from medad.utils import atomic_path
 
+    check_annotated_copy(annotated_copy)
     written = []
     raw = mne.io.read_raw(str(src), preload=False, verbose="error")
     ann = mne_annotations(intervals, orig_time=raw.annotations.orig_time)
@@ -863,9 +880,13 @@ def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path,
             with atomic_path(f, suffix=".edf") as tmp:
                 mne.export.export_raw(str(tmp), raw, fmt="edf", overwrite=True, verbose="error")
         written.append(f)
-    elif annotated_copy != "none":
-        raise ConfigError(f"annotated_copy must be 'fif', 'edf' or 'none', got {annotated_copy!r}")
     return written
+
+
+def check_annotated_copy(mode: str) -> None:
+    """Clear error for an ``annotated_copy`` other than ``fif``, ``edf`` or ``none``."""
+    if mode not in ("fif", "edf", "none"):
+        raise ConfigError(f"annotated_copy must be 'fif', 'edf' or 'none', got {mode!r}")
 
 
 _ECG_LEADS = {"i", "ii", "iii", "avr", "avl", "avf", "v1", "v2", "v3", "v4", "v5", "v6", "mlii", "mli", "mliii",
@@ -1077,6 +1098,8 @@ def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, An
     try:
         if fmt == "mne":
             outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy)]
+        elif annotated_copy != "none":  # said, not silently left out
+            outputs.append(f"(no annotated {annotated_copy} copy: written for EDF/BDF/FIF input only)")
         if beats:  # every beat, flagged ones marked, whatever the input format
             outputs.append(write_wfdb_annotations(rid, ivs, fs, out, beats=res["samples"], flags=res["flagged"],
                                                   scores=s).name)
@@ -1128,6 +1151,7 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
 
     from medad.utils import write_json, write_text
 
+    check_annotated_copy(annotated_copy)  # before any work, not once per recording
     model = ScreeningModel.load(model_path)
     site = model.cfg.site_normalize if site_normalize is None else site_normalize
     check_site_normalize(site, model.cfg.detector)

@@ -213,6 +213,27 @@ def test_wfdb_written_record_and_corrupt_dat(tmp_path):
     assert "rec" in str(e.value)
 
 
+@pytest.mark.filterwarnings("ignore")
+def test_wfdb_truncated_or_missing_dat_reported_at_the_header(tmp_path):
+    """A cut-off or missing .dat is named as such when the header is read (screening reports it
+    per file), not as wfdb's 'Samples were not loaded correctly' while reading samples."""
+    import wfdb
+
+    from medad.io.signals import read_header
+
+    wfdb.wrsamp("rec", fs=100, units=["mV"], sig_name=["II"], p_signal=np.zeros((500, 1)), fmt=["212"],
+                write_dir=str(tmp_path))
+    assert read_header(tmp_path / "rec.hea").n_times == 500
+    dat = tmp_path / "rec.dat"
+    dat.write_bytes(dat.read_bytes()[:300])
+    with pytest.raises(ReadError, match="truncated.*500 samples") as e:
+        read_header(tmp_path / "rec.hea")
+    assert e.value.path.name == "rec.dat"
+    dat.unlink()
+    with pytest.raises(ReadError, match="rec.dat named in the header is missing"):
+        read_header(tmp_path / "rec.hea")
+
+
 def test_format_detection(tmp_path):
     assert signal_format("x.EDF") == "mne" and signal_format("x.fif.gz") == "mne"
     assert signal_format("a.wav") == "wav" and signal_format("b.txt") == "text"

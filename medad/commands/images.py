@@ -44,11 +44,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="output folder"),
         stride: int = typer.Option(1, help="screen every K-th frame"),
         overlays: bool = typer.Option(True, help="write an overlay PNG per flagged frame"),
+        fps: Optional[float] = typer.Option(None, help="frame rate of a folder of frames, for times in seconds "
+                                                       "(default 1: frame numbers); a video's own rate is used"),
     ) -> None:
         """Score frames; write frames.csv, summary.json (flagged spans) and overlays/."""
         from pipelines.frames import screen_frames
 
-        s = screen_frames(model, source, out, stride=stride, overlays=overlays)
+        s = screen_frames(model, source, out, stride=stride, overlays=overlays, fps=fps)
         typer.echo(f"screened {s['n_frames_screened']} frames: {s['n_flagged']} flagged in {len(s['spans'])} spans, "
                    f"{len(s['unreadable_frames'])} unreadable; results in {out}")
 

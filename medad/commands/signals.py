@@ -54,7 +54,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Screen every recording: results.csv/json, events.tsv, MNE/WFDB annotations, PNGs."""
         from pipelines.screening import screen_folder
 
-        screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=plots, site_normalize=site_normalize)
+        summary = screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=plots,
+                                site_normalize=site_normalize)
+        if summary["n_errors"] == summary["n_recordings"]:  # nothing screened: a failure for scripts too
+            from medad.errors import ReadError
+
+            first = summary["recordings"][0]
+            raise ReadError(f"none of the {summary['n_recordings']} recording(s) could be screened (e.g. "
+                            f"{Path(first['file']).name}: {first['error']}); see {Path(out) / 'results.csv'}", folder)
 
     @bench_app.command("screening-speed")
     def bench_screening_speed(

@@ -229,6 +229,14 @@ def iter_video_frames(path: str | Path, stride: int = 1, *, fps: float | None = 
         yield from _iter_video(p, stride, on_error)
 
 
+def frame_rgb(data: np.ndarray) -> np.ndarray:
+    """An image read by :func:`read_image` (``grey=False``) as a uint8 RGB frame, as video frames
+    are handed out (16-bit images rescaled to 0-255)."""
+    if data.max() > 255:
+        data = data * (255.0 / data.max())
+    return np.clip(data, 0, 255).astype(np.uint8)
+
+
 def _iter_folder(p: Path, stride: int, fps: float, on_error: ErrorCallback | None) -> Iterator[VideoFrame]:
     for i, f in enumerate(_frame_files(p)):
         if i % stride:
@@ -238,10 +246,7 @@ def _iter_folder(p: Path, stride: int, fps: float, on_error: ErrorCallback | Non
         except ReadError as e:
             _report(on_error, i, e)
             continue
-        # frames are handed out as uint8 like video frames (16-bit images are rescaled)
-        if rgb.max() > 255:
-            rgb = rgb * (255.0 / rgb.max())
-        yield VideoFrame(i, i / fps, np.clip(rgb, 0, 255).astype(np.uint8))
+        yield VideoFrame(i, i / fps, frame_rgb(rgb))
 
 
 def _iter_video(p: Path, stride: int, on_error: ErrorCallback | None) -> Iterator[VideoFrame]:

@@ -219,9 +219,36 @@ def _wfdb_header(p: Path) -> SignalHeader:
         raise ReadError(f"cannot read WFDB header: {_short(e)}", base.with_suffix(".hea")) from None
     if not h.sig_name or not h.sig_len:
         raise ReadError("WFDB record has no signal (no channels or zero length)", base.with_suffix(".hea"))
+    _check_wfdb_files(base, h)
     anns, annotator = _wfdb_annotations(base, float(h.fs))
     meta = {"file_type": "WFDB", "unit": ",".join(u or "?" for u in (h.units or [])), "annotator": annotator}
     return SignalHeader(base.with_suffix(".hea"), "wfdb", float(h.fs), list(h.sig_name), int(h.sig_len), anns, meta)
+
+
+# bytes per sample of the WFDB storage formats (compressed FLAC formats are not checked)
+_WFDB_BYTES = {"8": 1.0, "16": 2.0, "61": 2.0, "80": 1.0, "160": 2.0, "212": 1.5, "310": 4 / 3, "311": 4 / 3,
+               "24": 3.0, "32": 4.0}
+
+
+def _check_wfdb_files(base: Path, h) -> None:
+    """The signal files a WFDB header names exist and hold every sample it declares: a missing or
+    truncated ``.dat`` is reported at the header, not as an obscure error while reading samples."""
+    need: dict[str, float] = {}
+    for i, name in enumerate(h.file_name or []):
+        fmt = str((h.fmt or [None] * (i + 1))[i])
+        spf = (h.samps_per_frame or [1] * (i + 1))[i] or 1
+        if name is None or fmt not in _WFDB_BYTES:
+            continue
+        off = (h.byte_offset or [None] * (i + 1))[i] or 0
+        need[name] = need.get(name, off) + h.sig_len * spf * _WFDB_BYTES[fmt]
+    for name, n in need.items():
+        f = base.with_name(name)
+        if not f.is_file():
+            raise ReadError(f"WFDB signal file {name} named in the header is missing", base.with_suffix(".hea"))
+        size = f.stat().st_size
+        if size < int(n):
+            raise ReadError(f"WFDB signal file is truncated: the header declares {h.sig_len} samples per signal "
+                            f"({int(n)} bytes) but the file has {size} bytes", f)
 
 
 def _wfdb_annotations(base: Path, fs: float) -> tuple[list[Annotation], str | None]:

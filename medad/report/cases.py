@@ -25,10 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from medad.errors import InputError, ReadError
+from medad.io.images import IMAGE_SUFFIXES
 from medad.report.html import MAP_NOTES, CaseReport, Figure, identity_from_file, write_case, write_case_report
 from medad.report.overlay import save_overlay, save_signal_plot
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from medad.utils import atomic_path
 
 
 def _resize(a: np.ndarray, size: Sequence[int]) -> np.ndarray:
@@ -92,9 +92,14 @@ def _title(case_id: str, what: str, score: float, thr: float | None) -> str:
 
 def explain_file(model: Any, input_path: str | Path, out_dir: str | Path, *, methods: Sequence[str] | None = None,
                  case_id: str | None = None, include_identity: bool = False, normalise: str = "none",
-                 sfreq: float | None = None, top_k: int = 3, **explain_kw) -> CaseReport:
+                 sfreq: float | None = None, top_k: int = 3, prepare_image=None, **explain_kw) -> CaseReport:
     """Explain one input file with a detector (a saved folder or a fitted object); write the PNG
-    figures, NIfTI maps (volumes), ``case.json`` and ``report.html`` into ``out_dir``."""
+    figures, NIfTI maps (volumes), ``case.json`` and ``report.html`` into ``out_dir``.
+
+    ``prepare_image`` (image files only): the model's own preprocessing, an image as
+    :func:`medad.io.images.read_image` returns it -> ``(1, C, H, W)`` model input (e.g.
+    :func:`pipelines.frames.frame_preparer`); without it the image is resized and used in its
+    file's value range."""
     from medad.detectors.base import Detector
     from medad.explain import canonical_method
 
@@ -109,7 +114,12 @@ def explain_file(model: Any, input_path: str | Path, out_dir: str | Path, *, met
     cid = case_id or p.name.split(".")[0]
     in_shape = list(getattr(det, "in_shape_", []) or [])
     kw = dict(methods=methods, cid=cid, normalise=normalise, top_k=max(1, int(top_k)), explain_kw=explain_kw)
-    if p.suffix.lower() == ".npy":
+    if prepare_image is not None:
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"this model explains image files ({', '.join(IMAGE_SUFFIXES)}); for a video, "
+                             f"explain a frame saved as an image", p)
+        case = _explain_image(det, p, out, prepare=prepare_image, **kw)
+    elif p.suffix.lower() == ".npy":
         case = _explain_array(det, _load_npy(p, len(in_shape)), out, **kw)
     elif det.input_kind == "signal":
         case = _explain_signal(det, p, out, sfreq=sfreq, **kw)
@@ -209,21 +219,27 @@ def _middle_slice(item: np.ndarray, mp: np.ndarray) -> tuple[np.ndarray, np.ndar
     return item[0, ..., z].T[::-1], mp[..., z].T[::-1]  # RAS voxel order -> radiological-ish view
 
 
-def _explain_image(det, p, out, *, methods, cid, normalise, top_k, explain_kw) -> CaseReport:
+def _explain_image(det, p, out, *, methods, cid, normalise, top_k, explain_kw, prepare=None) -> CaseReport:
     from medad.io.images import read_image
 
-    rec = read_image(p, grey=_channels(det) == 1)
-    c, h, w = _item_shape(det, (_channels(det) or 1, *rec.data.shape[:2]))
-    img = rec.data if rec.data.ndim == 3 else rec.data[..., None]
-    x0 = np.moveaxis(img, -1, 0)[None].astype(np.float32)
-    if x0.shape[1] != c:
-        raise InputError(f"image has {x0.shape[1]} channels, the model expects {c}", p)
-    x = _normalise(_resize(x0, (h, w)), normalise)
+    if prepare is not None:  # the model's own preprocessing (frame-screening models)
+        rec = read_image(p, grey=False)
+        x = _normalise(prepare(rec.data), normalise)
+        h, w = x.shape[2:]
+    else:
+        rec = read_image(p, grey=_channels(det) == 1)
+        c, h, w = _item_shape(det, (_channels(det) or 1, *rec.data.shape[:2]))
+        img = rec.data if rec.data.ndim == 3 else rec.data[..., None]
+        x0 = np.moveaxis(img, -1, 0)[None].astype(np.float32)
+        if x0.shape[1] != c:
+            raise InputError(f"image has {x0.shape[1]} channels, the model expects {c}", p)
+        x = _normalise(_resize(x0, (h, w)), normalise)
     score, thr, panels = _single_item_panels(det, x, methods, explain_kw)
     figs = []
     for name, mp in panels:
         back = _resize(mp[None, None], rec.data.shape[:2])[0, 0]
-        np.save(out / f"{name}.npy", back)
+        with atomic_path(out / f"{name}.npy") as tmp:  # temp name ends in .npy: np.save keeps it
+            np.save(tmp, back)
         save_overlay(rec.data, back, out / f"{name}.png", title=_title(cid, name, score, thr))
         figs.append(Figure(png=str(out / f"{name}.png"), title=name, kind=name))
     return CaseReport(case_id=cid, decision=_decision(score, thr), score=score, threshold=thr,
@@ -329,3 +345,37 @@ def _explain_signal(det, p, out, *, sfreq, methods, cid, normalise, top_k, expla
                                "windows above threshold": len(flagged) if thr is not None else "–",
                                "flagged spans (s)": ", ".join(f"{a:.1f}-{b:.1f}" for a, b, _ in spans[:20]) or "none",
                                "case score": "maximum over windows"})
+
+
+def explain_windows(det, windows: np.ndarray, starts: Sequence[float], sfreq: float, out_dir: str | Path, *,
+                    methods: Sequence[str] | None, cid: str, score: float, threshold: float | None, decision: str,
+                    ch_names: Sequence[str] | None = None, details: dict[str, Any] | None = None,
+                    source: str | None = None, identity: dict[str, str] | None = None, **explain_kw) -> CaseReport:
+    """Explain already preprocessed windows ``(N, C, T)`` of one recording (e.g. the highest-scoring
+    windows of a screening model, cut by its own preprocessing) and write one signal plot per
+    method and window, ``case.json`` and ``report.html`` into ``out_dir``. ``starts`` are the
+    windows' start times in the recording (s); ``score``/``threshold``/``decision`` are the
+    recording's, as the pipeline decided them."""
+    from medad.explain import canonical_method
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    methods = [canonical_method(m) for m in (methods or default_methods(det))]
+    win_scores = det.score(windows).score
+    figs = []
+    for m in methods:
+        maps = _explain(det, windows, m, explain_kw, 1)
+        for t0, w, s, mp in zip(starts, windows, win_scores, maps):
+            f = out / f"{m}_{t0:.1f}s.png"
+            t1 = t0 + w.shape[-1] / sfreq
+            save_signal_plot(w, sfreq, f, attribution=np.abs(mp), ch_names=ch_names,
+                             title=_title(cid, f"{m}, window {t0:.1f}-{t1:.1f} s (time from its start)",
+                                          float(s), threshold))
+            figs.append(Figure(png=str(f), title=f"{m}: window {t0:.1f}-{t1:.1f} s (preprocessed as screened)",
+                               kind="signal"))
+    case = CaseReport(case_id=cid, decision=decision, score=score, threshold=threshold, method=", ".join(methods),
+                      model=type(det).__name__, source=source, figures=figs, details=dict(details or {}),
+                      identity=dict(identity or {}))
+    write_case(out, case)
+    write_case_report(out / "report.html", case)
+    return case

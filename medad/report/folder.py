@@ -1,10 +1,13 @@
 """``medad report RESULTS_DIR``: one HTML page per case found under a results folder, plus an index.
 
 A case is a folder holding ``case.json`` (written by ``medad explain`` or by any pipeline through
-:func:`medad.report.html.write_case`). Folders that hold PNG figures but no ``case.json`` (outputs
-of other pipelines) still get a page showing their figures; when the results folder has a
-``summary.csv`` whose first column names the case (folder name or figure name), its ``score``,
-``threshold`` and ``decision``/``label`` columns are shown too.
+:func:`medad.report.html.write_case`). An output folder of ``medad screen run`` (``results.json``)
+gives one page per recording (``<record_id>_report.html``: decision, maximum score, threshold,
+flagged spans, its PNG; unreadable recordings listed with their problem), and one of ``medad images
+screen`` (``summary.json``) one page for the video or frame folder (flagged spans and the overlays
+of flagged frames). Other folders that hold PNG figures still get a page showing their figures;
+when the results folder has a ``summary.csv`` whose first column names the case (folder name or
+figure name), its ``score``, ``threshold`` and ``decision``/``label`` columns are shown too.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 
 from medad.errors import MedadError, ReadError
 from medad.report.html import CASE_FILE, CaseReport, Figure, read_case, write_case_report, write_index
+from medad.utils import read_model_json
 
 REPORT_FILE = "report.html"
 INDEX_FILE = "index.html"
@@ -52,6 +56,94 @@ def _generic_case(folder: Path, root: Path, summary: dict[str, dict[str, Any]]) 
                       figures=[Figure(png=str(p), title=p.stem, kind="figure") for p in pngs])
 
 
+SCREENING_NOTE = ("Top: the recording (its first channels, preprocessed as screened) with the flagged spans "
+                  "shaded red; below: the score of every window (ECG beat mode: beat) over time and the "
+                  "threshold. A span is flagged when enough consecutive windows score above the threshold.")
+MAX_FRAME_FIGURES = 30  # overlays shown on a video's page (all of them are in the overlays folder)
+
+
+def _screening_cases(folder: Path, d: dict[str, Any]) -> tuple[list[tuple[CaseReport, Path]], list[tuple[str, str]]]:
+    """One case per recording of a ``medad screen run`` output folder; unreadable ones as failures."""
+    cases, failed = [], []
+    for r in d.get("recordings", []):
+        rid = str(r.get("record_id"))
+        if r.get("status") != "ok":
+            failed.append((rid, f"{r.get('error') or 'not screened'} ({Path(str(r.get('file'))).name})"))
+            continue
+        ivs = r.get("intervals") or []
+        unit = d.get("unit", "windows")
+        details = {"duration (s)": r.get("duration_s"), unit: r.get("n_beats") or r.get("n_windows"),
+                   "flagged spans": len(ivs), "flagged seconds": r.get("flagged_seconds"),
+                   "flagged spans (s)": ", ".join(f"{iv['start_s']:.1f}-{iv['end_s']:.1f} (p={iv['probability']:.2f})"
+                                                  for iv in ivs[:20]) + (" ..." if len(ivs) > 20 else "") or "none",
+                   "decision rule": d.get("decision_rule"), "probability": d.get("probability_meaning"),
+                   "case score": f"maximum over {unit}"}
+        figs = [Figure(png=str(folder / o), title=o, kind="figure", note=SCREENING_NOTE)
+                for o in r.get("outputs", []) if str(o).endswith(".png")]
+        cases.append((CaseReport(case_id=rid, decision=str(r.get("decision")), score=_num(r.get("max_score")),
+                                 threshold=_num(r.get("threshold")), model=d.get("detector"),
+                                 method="screening (no explanation map)", source=Path(str(r.get("file"))).name,
+                                 figures=figs, details={k: v for k, v in details.items() if v not in (None, "")}),
+                      folder / f"{rid}_{REPORT_FILE}"))
+    return cases, failed
+
+
+def _max_frame_score(f: Path) -> float | None:
+    try:
+        with open(f, newline="") as fh:
+            scores = [_num(r.get("score")) for r in csv.DictReader(fh)]
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        raise ReadError(f"cannot read frame scores: {e}", f) from None
+    return max((v for v in scores if v is not None), default=None)
+
+
+def _frames_case(folder: Path, d: dict[str, Any]) -> tuple[CaseReport, Path]:
+    """The case of a ``medad images screen`` output folder (one video or frame folder)."""
+    spans, n = d.get("spans") or [], int(d.get("n_flagged") or 0)
+    overlays = list(d.get("overlays") or [])
+    figs = [Figure(png=str(folder / o), title=Path(o).stem.replace("_", " "), kind="anomaly_map")
+            for o in overlays[:MAX_FRAME_FIGURES]]
+    details = {"frames screened": d.get("n_frames_screened"), "stride": d.get("stride"), "flagged frames": n,
+               "flagged spans (s)": ", ".join(f"{s['start_s']:.2f}-{s['end_s']:.2f}" for s in spans[:20])
+               + (" ..." if len(spans) > 20 else "") or "none",
+               "unreadable frames": len(d.get("unreadable_frames") or []),
+               "case score": "maximum over screened frames (every frame's score is in frames.csv)"}
+    if len(overlays) > MAX_FRAME_FIGURES:
+        details["overlays shown"] = f"the first {MAX_FRAME_FIGURES} of {len(overlays)} (all in overlays/)"
+    case = CaseReport(case_id=Path(str(d.get("source"))).name, decision="abnormal" if n else "normal",
+                      score=_max_frame_score(folder / "frames.csv"),
+                      threshold=_num(d.get("threshold")), model=d.get("detector"),
+                      method="frame screening (the detector's own anomaly map)",
+                      source=Path(str(d.get("source"))).name, figures=figs, details=details)
+    return case, folder / REPORT_FILE
+
+
+def _why(e: MedadError) -> str:
+    """A failure for the index: the problem and the file's name, not its full path (folder paths
+    can hold patient names)."""
+    return f"{e.problem} ({e.path.name})" if e.path is not None else e.problem
+
+
+def _pipeline_cases(root: Path) -> tuple[dict[Path, list[tuple[CaseReport, Path]]], list[tuple[str, str]]]:
+    """Cases of the screening (``results.json``) and frame-screening (``summary.json``) output
+    folders under ``root``, keyed by folder."""
+    found: dict[Path, list[tuple[CaseReport, Path]]] = {}
+    failed: list[tuple[str, str]] = []
+    for f in sorted(root.rglob("results.json")) + sorted(root.rglob("summary.json")):
+        try:
+            d = read_model_json(f.parent, f.name, "results folder")
+            if f.name == "results.json" and isinstance(d.get("recordings"), list):
+                cases, bad = _screening_cases(f.parent, d)
+                found[f.parent] = cases
+                rel = str(f.parent.relative_to(root))
+                failed += [(f"{rel}/{rid}" if rel != "." else rid, why) for rid, why in bad]
+            elif f.name == "summary.json" and "n_frames_screened" in d:
+                found[f.parent] = [_frames_case(f.parent, d)]
+        except MedadError as e:
+            failed.append((str(f.parent.relative_to(root)) or ".", _why(e)))
+    return found, failed
+
+
 def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]], list[tuple[str, str]]]:
     """Write ``report.html`` into every case folder under ``root`` and ``root/index.html``.
 
@@ -62,9 +154,20 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
     if not root.is_dir():
         raise ReadError("results folder not found", root)
     summary = _summary_rows(root)
-    folders = sorted({f.parent for f in root.rglob(CASE_FILE)} | {f.parent for f in root.rglob("*.png")})
+    pipeline, failed = _pipeline_cases(root)
     done: list[tuple[CaseReport, str]] = []
-    failed: list[tuple[str, str]] = []
+    for folder, cases in pipeline.items():
+        for case, page in cases:
+            try:
+                write_case_report(page, case)
+                done.append((case, str(page.relative_to(root))))
+            except MedadError as e:
+                failed.append((case.case_id, _why(e)))
+    # pipeline folders (and their overlays/ subfolders) are reported above, not as loose figures
+    covered = [f.resolve() for f in pipeline]
+    folders = sorted({f.parent for f in root.rglob(CASE_FILE)} | {f.parent for f in root.rglob("*.png")})
+    folders = [f for f in folders if (f / CASE_FILE).is_file()
+               or not any(f.resolve().is_relative_to(c) for c in covered)]
     for folder in folders:
         try:
             case = (read_case(folder / CASE_FILE) if (folder / CASE_FILE).is_file()
@@ -72,6 +175,6 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
             page = write_case_report(folder / REPORT_FILE, case)
             done.append((case, str(page.relative_to(root))))
         except MedadError as e:
-            failed.append((str(folder.relative_to(root)) or ".", str(e.problem)))
+            failed.append((str(folder.relative_to(root)) or ".", _why(e)))
     index = write_index(root / INDEX_FILE, done, failed)
     return index, done, failed

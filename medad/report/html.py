@@ -101,11 +101,13 @@ class CaseReport:
 
 def write_case(folder: str | Path, case: CaseReport) -> Path:
     """Write ``case.json`` (figure paths relative to ``folder``) for :func:`medad report`."""
-    folder = Path(folder)
+    folder = Path(folder).resolve()
     d = asdict(case)
     for f in d["figures"]:
-        p = Path(f["png"])
-        f["png"] = str(p.relative_to(folder)) if p.is_absolute() and p.is_relative_to(folder) else str(p)
+        # resolved first: a path relative to the working directory (``--out results/x``) must not be
+        # stored as if relative to the case folder (read_case joins it with the folder)
+        p = Path(f["png"]).resolve()
+        f["png"] = str(p.relative_to(folder)) if p.is_relative_to(folder) else str(p)
     return write_text(folder / CASE_FILE, json.dumps(d, indent=2, default=str))
 
 
