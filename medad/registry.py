@@ -72,5 +72,16 @@ def available() -> list[str]:
 
 
 def create(name: str, **params) -> "Detector":
-    """Instantiate detector ``name`` with ``params``."""
-    return get(name)(**params)
+    """Instantiate detector ``name`` with ``params``; a parameter it does not take is a
+    :class:`~medad.errors.ConfigError` naming the known ones (e.g. a typo in a config)."""
+    import inspect
+
+    cls = get(name)
+    sig = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in sig.values()):
+        known = [k for k, p in sig.items() if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) for detector {name!r}: {', '.join(unknown)}; "
+                              f"known: {', '.join(known)}")
+    return cls(**params)

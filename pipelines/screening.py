@@ -513,7 +513,7 @@ def _detector(cfg: ScreeningConfig, sfreq: float):
         params.setdefault("blocks", beat_feature_blocks(before + after, cfg.beat_step_at(sfreq)))
     if cls.input_kind != "signal":
         raise ConfigError(f"detector {cfg.detector!r} takes {cls.input_kind} input; screening needs a signal detector")
-    return cls(**params)
+    return registry.create(cfg.detector, **params)
 
 
 def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_bytes: int,

@@ -39,3 +39,12 @@ def test_every_shipped_brain_config_loads():
         for c in cfg.member_configs() or [cfg]:
             if p.stem.endswith("_t1c"):
                 assert c.detector_params["polarity"] == "abs", p
+
+
+def test_unknown_detector_parameter_is_a_config_error():
+    from medad import registry
+    from medad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) for detector 'ae': chanels; known: .*channels"):
+        registry.create("ae", chanels=[8, 16])
+    assert registry.create("ae", channels=[8, 16]).channels == [8, 16]
