@@ -23,6 +23,7 @@ def test_bonn_counts_and_labels():
     s = summarize(items)
     assert s["per_label"] == {k: 100 for k in "ABCDE"}
     assert s["n_abnormal"] == 100
+    assert s["split_protocol"].startswith("by recording (the data carry no subject ids")
     r = items[0]
     assert r.data.shape == (1, 4097) and r.sfreq == 173.61 and r.meta["group"] == "healthy"
     assert len({r.subject_id for r in items}) == 500
@@ -101,6 +102,7 @@ def test_splits_have_no_shared_subject_for_recording_kinds():
     assert len(recs[0]) == len(recs[1]) == 3 and not recs[0] & recs[1]
     assert all(beats.y[v].sum() > 0 for v in parts.values())  # stratified: PVCs on both sides
     s = summarize(beats)
+    assert s["split_protocol"].startswith("by subject")
     assert sum(sum(d.values()) for d in s["per_split_label"].values()) == len(beats)
 
 

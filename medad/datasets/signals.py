@@ -344,7 +344,9 @@ def summarize(items: list[SignalRecord] | SignalSet, *, seed: int = 0) -> dict[s
                            "n_subjects": len(set(subjects.tolist()))}
     parts = split(items, seed=seed) if len(set(subjects.tolist())) >= 3 else {}
     out["per_split_label"] = {k: _count(labels[v]) for k, v in parts.items()}
-    out["split_protocol"] = f"by subject, seed {seed}, 70/15/15, stratified by abnormal"
+    own = len(set(subjects.tolist())) == len(labels)  # Bonn, Yaseen, UCR: no person ids in the data
+    out["split_protocol"] = (f"by {'recording (the data carry no subject ids: each recording counts as its own subject)' if own else 'subject'}"
+                             f", seed {seed}, 70/15/15, stratified by abnormal")
     if isinstance(items, SignalSet):
         out.update(sfreq=items.sfreq, item_shape=list(items.x.shape[1:]))
     else:
