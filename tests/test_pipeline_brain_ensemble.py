@@ -94,3 +94,24 @@ def test_repository_ensemble_configs_resolve():
         assert len(cfg.members) == 4 and cfg.prep.size == 128
     t1c = BrainLesionConfig.from_yaml(root / "brain_ensemble_t1c.yaml")
     assert {c.detector_params.get("polarity") for c in t1c.member_configs()} == {"abs"}
+
+
+def test_bench_model_store_reuses_models_from_disk(tmp_path):
+    """`medad bench brain-lesions --models-dir`: a fitted model is kept on disk and a rerun with
+    the same config loads it instead of fitting again; another config is fitted."""
+    from medad.bench.brain_lesions import ModelStore
+    from pipelines.brain_lesions import config_key
+
+    healthy = tmp_path / "healthy"
+    healthy.mkdir()
+    for i in range(3):
+        _write_scan(healthy, f"h{i}", seed=i)
+    cfg = BrainLesionConfig(**INTENSITY)
+    vols = [prepare_scan(s, cfg.prep) for s in find_scans(healthy, mask_pattern="{stem}_brainmask.nii.gz")]
+    first = fit_brain_model(cfg, vols[:2], vols[2:], progress=False, fitted=ModelStore(tmp_path / "m", "flair", False))
+    again = ModelStore(tmp_path / "m", "flair", False)
+    assert config_key(cfg) in again and config_key(cfg) not in ModelStore(tmp_path / "m", "t1c", False)
+    loaded = fit_brain_model(cfg, vols[:2], vols[2:], progress=False, fitted=again)
+    assert loaded.info["loaded_from"].startswith(str(tmp_path / "m" / "flair"))
+    assert loaded.voxel_threshold == pytest.approx(first.voxel_threshold)
+    assert not list((tmp_path / "m" / "flair").glob("*.tmp"))

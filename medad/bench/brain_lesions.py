@@ -118,18 +118,67 @@ def evaluate_maps(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray,
 # ----------------------------------------------------------------------------------- data
 
 
+class ModelStore(dict):
+    """Fitted models by config key (see :func:`pipelines.brain_lesions.fit_brain_model`'s
+    ``fitted``), also kept on disk under ``root/<modality>/<hash>/`` when ``root`` is given, so a
+    rerun (e.g. a new ensemble of already trained members) skips their training. A model is
+    reused only for the identical config and benchmark data settings; its row keeps the training
+    seconds of the original fit and says where it was loaded from."""
+
+    def __init__(self, root: Path | None, modality: str, quick: bool):
+        super().__init__()
+        self.root, self.modality, self.quick = (None if root is None else Path(root)), modality, quick
+
+    def _dir(self, key: str) -> Path:
+        import hashlib
+
+        h = hashlib.sha1(json.dumps([key, self.modality, self.quick]).encode()).hexdigest()[:16]
+        return self.root / self.modality / h  # type: ignore[operator]
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (
+            self.root is not None and isinstance(key, str) and (self._dir(key) / "brain_model.json").is_file())
+
+    def __getitem__(self, key: str):
+        if not super().__contains__(key):
+            from pipelines.brain_lesions import BrainModel
+
+            model = BrainModel.load(self._dir(key))
+            model.info["loaded_from"] = str(self._dir(key))
+            super().__setitem__(key, model)
+        return super().__getitem__(key)
+
+    def __setitem__(self, key: str, model) -> None:
+        super().__setitem__(key, model)
+        if self.root is not None and not (self._dir(key) / "brain_model.json").is_file():
+            import shutil as _sh
+
+            d = self._dir(key)
+            tmp = d.with_name(d.name + ".tmp")
+            _sh.rmtree(tmp, ignore_errors=True)
+            model.save(tmp)
+            tmp.replace(d)  # a half-written model never looks complete
+
+
 class BenchData:
     """Prepared volumes, cached per preprocessing setting (registration masks computed once)."""
 
-    def __init__(self, root: Path, quick: bool, seed: int = 0, cache_dir: Path | None = None):
+    def __init__(self, root: Path, quick: bool, seed: int = 0, cache_dir: Path | None = None,
+                 models_dir: Path | None = None):
         self.root = root
+        self.models_dir = models_dir
         self.quick = quick
         self.seed = seed
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.cases = brats_cases(root)
         self._cache: dict[str, Any] = {}
         self._nichart_masks: dict[Path, np.ndarray] = {}
-        self.fitted: dict[str, dict[str, Any]] = {}  # per modality: fitted models by config (an ensemble reuses its members)
+        self.fitted: dict[str, ModelStore] = {}  # per modality: fitted models by config (an ensemble reuses its members)
+
+    def store(self, modality: str) -> ModelStore:
+        if modality not in self.fitted:
+            self.fitted[modality] = ModelStore(self.models_dir, modality, self.quick)
+        return self.fitted[modality]
 
     def nichart_files(self) -> list[tuple[Path, Path | None]]:
         base = self.root / "mri" / "nichart_flair"
@@ -223,7 +272,7 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
     sets, les = d["sets"], d["lesions"]
     with Timer() as t_fit:
         model = fit_brain_model(cfg, sets["train"], sets["val"], train_lesions=les["train"],
-                                val_lesions=les["val"], progress=True, fitted=data.fitted.setdefault(modality, {}))
+                                val_lesions=les["val"], progress=True, fitted=data.store(modality))
     rows, infer = [], []
     for vol, lesion in zip(sets["test"], les["test"]):
         with Timer() as t:
@@ -238,7 +287,7 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
         "voxel_threshold": model.voxel_threshold, "pixel_fpr": cfg.pixel_fpr,
         "train_subjects": model.info["train_subjects"], "val_subjects": model.info["val_subjects"],
         "n_train_slices": model.info["n_train_slices"], "n_val_slices": model.info["n_val_slices"],
-        "item_unit": model.info.get("item_unit", "slices"),
+        "item_unit": model.info.get("item_unit", "slices"), "model_loaded_from": model.info.get("loaded_from"),
         "train_seconds": round(model.info["train_seconds"], 2), "fit_and_calibrate_seconds": round(t_fit.seconds, 2),
         "inference_seconds_per_volume": round(float(np.mean(infer)), 2), "peak_memory_mb": round(peak_rss_mb(), 1),
     })
@@ -331,7 +380,8 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
                       modalities: Sequence[str] = ("flair", "t1c"), quick: bool = False,
                       config_dir: str | Path = "configs", copy_to: str | Path | None = None,
                       reference: bool = True, cache_dir: str | Path | None = None,
-                      merge: Sequence[str | Path] | None = None) -> dict[str, Any]:
+                      merge: Sequence[str | Path] | None = None,
+                      models_dir: str | Path | None = None) -> dict[str, Any]:
     """Run the benchmark and write ``<out>/brain-lesions.json`` and ``.md``.
 
     ``merge``: earlier output folders (or JSON files); their (modality, detector) rows that
@@ -348,7 +398,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     if bad:
         raise ConfigError(f"unknown modality {', '.join(bad)}; choose from {', '.join(MODALITY_FILES)}")
     root = _root(data_root)
-    data = BenchData(root, quick, cache_dir=cache_dir)
+    data = BenchData(root, quick, cache_dir=cache_dir, models_dir=None if models_dir is None else Path(models_dir))
     results, errors = [], []
     for mod in (modalities if detectors or not merge else []):  # no detectors + --merge: only merge
         if reference:

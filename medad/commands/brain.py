@@ -58,10 +58,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="keep registration brain masks here for reruns"),
         merge: Optional[List[Path]] = typer.Option(None, "--merge",
                                                    help="earlier output folder: keep its rows this run does not redo"),
+        models_dir: Optional[Path] = typer.Option(None, "--models-dir",
+                                                  help="keep fitted models here; a rerun with the same config reuses them "
+                                                       "(e.g. an ensemble of already trained members)"),
     ) -> None:
         """Train on healthy slices, calibrate on held-out healthy ones, test on 4 BraTS patients."""
         from medad.bench.brain_lesions import run_brain_lesions
 
         run_brain_lesions(data_root=data_root, out=out, detectors=[d.strip() for d in detectors.split(",") if d.strip() not in ("", "none")],
                           modalities=[m.strip().lower() for m in modalities.split(",") if m.strip()], quick=quick,
-                          config_dir=config_dir, copy_to=copy_to, cache_dir=cache_dir, merge=merge or None)
+                          config_dir=config_dir, copy_to=copy_to, cache_dir=cache_dir, merge=merge or None,
+                          models_dir=models_dir)
