@@ -1,6 +1,7 @@
 """Classical image detectors without networks. ``patchstats`` (hand-crafted multi-scale patch
 descriptors in a memory bank): frame-relative colour ignores a whole-frame colour cast, background
-cells stay out of the bank, the position feature makes the bank position-aware. ``pca`` with
+cells stay out of the bank, the position feature makes the bank position-aware, masked box
+statistics find a lesion rather than a black border. ``pca`` with
 ``method="knn"`` and ``normalize="robust"``: nearest normal image, blind to brightness/contrast.
 Also the benchmark's merge of partial runs."""
 
@@ -66,6 +67,35 @@ def test_background_cells_stay_out_of_the_bank():
     assert len(det.bank_) == det.n_pooled_  # coreset_ratio 1: every pooled cell kept
 
 
+def _black_corner(x: np.ndarray, seed: int) -> np.ndarray:
+    """A 10x10 black box (an endoscope's inset/border) in a random corner of every frame."""
+    rng = np.random.default_rng(seed)
+    x = x.copy()
+    for i in range(len(x)):
+        r, c = rng.choice([0, SIZE - 10], size=2)
+        x[i, :, r:r + 10, c:c + 10] = 0.0
+    return x
+
+
+def test_masked_statistics_find_the_lesion_not_the_black_border():
+    train = _black_corner(_tissue(30, 7), seed=0)
+    test = _black_corner(_tissue(10, 8), seed=1)
+    masks = np.zeros((len(test), SIZE, SIZE), bool)
+    rng = np.random.default_rng(3)
+    for i in range(len(test)):  # a paler, yellower 6x6 bump (polyp-like), clear of the black boxes
+        r, c = rng.integers(10, SIZE - 16, size=2)
+        test[i, :, r:r + 6, c:c + 6] += np.array([0.06, 0.05, 0.0], np.float32)[:, None, None]
+        masks[i, r:r + 6, c:c + 6] = True
+    params = {**FAST, "texture": False}
+    plain = registry.create("patchstats", **params).fit(train)
+    masked = registry.create("patchstats", masked=True, **params).fit(train)
+    rm = masked.score(test)
+    # black cells were never in either bank; plainly described they look anomalous at test
+    assert auroc(masks.ravel(), plain.score(test).map.ravel()) < 0.9
+    assert auroc(masks.ravel(), rm.map.ravel()) >= 0.97
+    assert (rm.map[test.mean(1) <= 0.05] == 0).all()  # background scores the lowest
+
+
 def test_position_feature_makes_the_bank_position_aware():
     # normal: a lesion-like spot always top-left; test: the same spot bottom-right
     train, _ = _add_lesion(_tissue(30, 4), seed=0, rc=(2, 2))
@@ -102,6 +132,12 @@ def test_bench_merge_keeps_other_methods_of_a_task():
     assert tasks["wce"]["results"]["pca"] == {"auroc": 0.81}
     assert tasks["wce"]["merged_from"]["old.json"] == {"methods": ["ae"], "run_date": "D0"}
     assert tasks["covid"]["results"] == {"pca": {"auroc": 0.6}} and tasks["covid"]["merged_from"] == "old.json"
+    # merged once more: every method keeps the run that made it, not the file it was read from
+    again = {"wce": {"results": {"patchstats": {"auroc": 0.98}}}}
+    merge_tasks(again, {"environment": {"date": "D1"}, "tasks": tasks}, "new.json")
+    assert again["wce"]["merged_from"] == {"new.json": {"methods": ["pca"], "run_date": "D1"},
+                                           "old.json": {"methods": ["ae"], "run_date": "D0"}}
+    assert again["covid"]["merged_from"] == "old.json" and again["covid"]["run_date"] == "D0"
 
 
 def _views(n: int, seed: int) -> np.ndarray:

@@ -9,6 +9,12 @@ both. A patch descriptor is the box mean and standard deviation of every channel
 window sizes, sampled on a grid (optionally with the patch's position inside the foreground's
 bounding box).
 
+``masked`` descriptors take the box statistics over *valid* pixels only (a normalised
+convolution): the foreground, eroded by a pixel so the Sobel response of the rim does not count,
+with thin overlays (text on the border) opened away and, optionally, specular highlights left
+out. Without it, a window that overlaps the black endoscope border or a glare spot mixes them
+into the patch's colour, and the rim, not the lesion, is what looks unusual.
+
 Why frame-relative: the colour of "normal" varies more between frames (camera, light, patient)
 than inside one; a lesion is what differs from the rest of its own frame.
 """
@@ -60,6 +66,43 @@ def foreground(x: np.ndarray, threshold: float) -> np.ndarray:
     return fg
 
 
+def specular_highlights(x: np.ndarray, level: float = 0.85, chroma: float = 0.25, grow: int = 2) -> np.ndarray:
+    """Glare: pixels whose brightest channel exceeds ``level`` and whose channel spread is below
+    ``chroma`` of it (bright and colourless), grown by ``grow`` pixels: ``(N, H, W)`` bool."""
+    import cv2
+
+    mx, mn = x.max(1), x.min(1)
+    h = (mx > level) & ((mx - mn) < chroma * mx)
+    if grow <= 0:
+        return h
+    k = np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)
+    return np.stack([cv2.dilate(a.astype(np.uint8), k) > 0 for a in h])
+
+
+def valid_pixels(x: np.ndarray, fg_threshold: float, highlights: bool = True, erode: int = 1,
+                 open_size: int = 5) -> np.ndarray:
+    """Pixels that describe tissue: the foreground with thin structures (text overlays, thinner
+    than ``open_size``) opened away, eroded by ``erode`` pixels, and without specular highlights
+    when ``highlights``: ``(N, H, W)`` bool. An image left with (almost) nothing keeps its plain
+    foreground."""
+    import cv2
+
+    fg = foreground(x, fg_threshold)
+    v = fg.copy()
+    for i, a in enumerate(fg):
+        a = a.astype(np.uint8)
+        if open_size > 1:
+            a = cv2.morphologyEx(a, cv2.MORPH_OPEN, np.ones((open_size, open_size), np.uint8))
+        if erode > 0:
+            a = cv2.erode(a, np.ones((2 * erode + 1, 2 * erode + 1), np.uint8))
+        v[i] = a > 0
+    if highlights:
+        v &= ~specular_highlights(x)
+    few = v.reshape(len(v), -1).sum(1) < 16
+    v[few] = fg[few]
+    return v
+
+
 def frame_relative(f: np.ndarray, fg: np.ndarray, spread: str = "mad") -> np.ndarray:
     """Each image's channels minus their foreground median, over a robust spread of the
     foreground: ``"mad"`` (1.4826 x median absolute deviation, + 1e-3) or ``"p10-p90"`` (the
@@ -78,13 +121,15 @@ def frame_relative(f: np.ndarray, fg: np.ndarray, spread: str = "mad") -> np.nda
 
 
 def pixel_channels(x: np.ndarray, relative: str = "both", texture: bool = True,
-                   fg_threshold: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel channels ``(N, K, H, W)`` and the foreground ``(N, H, W)``."""
+                   fg_threshold: float = 0.05, masked: bool = False,
+                   highlights: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel channels ``(N, K, H, W)`` and the pixels they are taken over ``(N, H, W)``: the
+    foreground, or with ``masked`` the :func:`valid_pixels` (``highlights``: leave glare out)."""
     parts = [colour_channels(x)]
     if texture:
         parts.append(texture_channels(x))
     f = np.concatenate(parts, 1)
-    fg = foreground(x, fg_threshold)
+    fg = valid_pixels(x, fg_threshold, highlights) if masked else foreground(x, fg_threshold)
     if relative == "absolute":
         return f, fg
     rel = frame_relative(f, fg)
@@ -92,23 +137,36 @@ def pixel_channels(x: np.ndarray, relative: str = "both", texture: bool = True,
 
 
 def patch_descriptors(f: np.ndarray, fg: np.ndarray, scales: Sequence[int], stride: int,
-                      position: bool = False):
+                      position: bool = False, masked: bool = False):
     """Box mean and std of every channel at each window size in ``scales``, on a grid of step
-    ``stride``: ``(N, h, w, D)`` float32 tensor. ``position`` appends the cell's (row, column)
-    in the foreground's bounding box, in about [-1, 1] (the last two features)."""
+    ``stride``: ``(N, h, w, D)`` float32 tensor, and each cell's coverage ``(N, h, w)`` (share of
+    valid pixels in its smallest window; all ones unless ``masked``). ``masked``: statistics over
+    the pixels of ``fg`` only (normalised convolution). ``position`` appends the cell's (row,
+    column) in the foreground's bounding box, in about [-1, 1] (the last two features)."""
     import torch
     import torch.nn.functional as F
 
     t = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32))
     h, w = t.shape[-2:]
+    wt = torch.from_numpy(np.ascontiguousarray(fg, dtype=np.float32))[:, None] if masked else None
     outs = []
+    cover = None
     for s in scales:
         s = int(s)
-        m = F.avg_pool2d(t, s, stride=1, padding=s // 2, count_include_pad=False)[..., :h, :w]
-        m2 = F.avg_pool2d(t * t, s, stride=1, padding=s // 2, count_include_pad=False)[..., :h, :w]
+
+        def box(a, s=s):
+            return F.avg_pool2d(a, s, stride=1, padding=s // 2, count_include_pad=False)[..., :h, :w]
+
+        if wt is None:
+            m, m2 = box(t), box(t * t)
+        else:  # weighted box mean: only valid pixels count
+            ws = box(wt)
+            cover = ws if cover is None else cover
+            m, m2 = box(t * wt) / ws.clamp_min(1e-6), box(t * t * wt) / ws.clamp_min(1e-6)
         outs += [m, (m2 - m * m).clamp_min(0).sqrt()]
     o = int(stride) // 2
     d = torch.cat(outs, 1)[..., o::int(stride), o::int(stride)]
+    cover = torch.ones(d.shape[0], *d.shape[2:]) if cover is None else cover[:, 0, o::int(stride), o::int(stride)]
     if position:
         rows = torch.arange(h)[o::int(stride)].float()
         cols = torch.arange(w)[o::int(stride)].float()
@@ -120,4 +178,4 @@ def patch_descriptors(f: np.ndarray, fg: np.ndarray, scales: Sequence[int], stri
             pc = (2 * (cols - c0) / max(c1 - c0, 1) - 1).clamp(-1.5, 1.5)
             pos.append(torch.stack(torch.meshgrid(pr, pc, indexing="ij")))
         d = torch.cat([d, torch.stack(pos)], 1)
-    return d.permute(0, 2, 3, 1).contiguous()
+    return d.permute(0, 2, 3, 1).contiguous(), cover.contiguous()

@@ -250,6 +250,13 @@ class PatchStatsDetector(Detector):
             this weight (standardised units), making the bank position-aware.
         fg_threshold: channel-mean intensity below which a pixel is background (frame statistics
             ignore it).
+        masked: box statistics over valid pixels only (foreground without thin overlays, eroded
+            by a pixel, and without specular highlights when ``highlights``); cells with less than
+            half their smallest window valid stay out of the bank and score 0, as do background
+            pixels of the map; the image score is taken over valid cells. Regions blacked out of
+            training frames (e.g. a known lesion) then leave no trace in the bank.
+        highlights: with ``masked``, leave specular highlights (bright, colourless glare) out of
+            the statistics: the map there comes from the tissue around them.
         k: nearest neighbours averaged.
         coreset_ratio, max_patches: bank size.
         top_fraction: share of the highest patch scores averaged into the image score.
@@ -263,13 +270,15 @@ class PatchStatsDetector(Detector):
 
     def __init__(self, image_size: int | None = 64, relative: str = "both", texture: bool = True,
                  scales: Sequence[int] = (4, 8, 16), stride: int = 4, position_weight: float = 0.0,
-                 fg_threshold: float = 0.05, k: int = 1, coreset_ratio: float = 1.0, max_patches: int = 20000,
+                 fg_threshold: float = 0.05, masked: bool = False, highlights: bool = True, k: int = 1,
+                 coreset_ratio: float = 1.0, max_patches: int = 20000,
                  top_fraction: float = 1.0, blur_sigma: float = 1.0, batch_size: int = 64, seed: int = 0):
         self._set_params(locals())
 
     def _describe(self, x: np.ndarray):
-        """Images -> ``(N, h, w, D)`` raw descriptors (torch, float32) and whether each cell's
-        centre is foreground ``(N, h, w)``."""
+        """Images -> ``(N, h, w, D)`` raw descriptors (torch, float32) and which cells describe
+        tissue ``(N, h, w)``: centre in the foreground (``masked``: instead, at least half the
+        smallest window valid)."""
         import torch
 
         from medad.detectors.handcrafted import patch_descriptors, pixel_channels
@@ -277,10 +286,15 @@ class PatchStatsDetector(Detector):
 
         if self.image_size:
             x = resize(torch.from_numpy(np.ascontiguousarray(x)), int(self.image_size)).numpy()
-        f, fg = pixel_channels(x, str(self.relative), bool(self.texture), float(self.fg_threshold))
+        f, fg = pixel_channels(x, str(self.relative), bool(self.texture), float(self.fg_threshold),
+                               masked=bool(self.masked), highlights=bool(self.highlights))
         o, st = int(self.stride) // 2, int(self.stride)
-        d = patch_descriptors(f, fg, list(self.scales), st, position=float(self.position_weight) > 0)
-        return d, torch.from_numpy(fg[:, o::st, o::st])
+        d, cover = patch_descriptors(f, fg, list(self.scales), st, position=float(self.position_weight) > 0,
+                                     masked=bool(self.masked))
+        cells = torch.from_numpy(fg[:, o::st, o::st])
+        if self.masked:  # a glare spot at the centre is fine: its window's tissue describes it
+            cells = cover >= 0.5
+        return d, cells
 
     def _standardise(self, d):
         z = (d - self.mean_.to(d.dtype)) / self.std_.to(d.dtype)
@@ -329,14 +343,26 @@ class PatchStatsDetector(Detector):
 
         if x.ndim != 4 or x.shape[1] != self.in_channels_:
             raise InputError(f"patchstats was fitted on {self.in_channels_}-channel images (N, C, H, W), got shape {x.shape}")
+        from medad.detectors.handcrafted import foreground
+
         scores, maps = [], []
         for i in range(0, len(x), int(self.batch_size)):
-            d = self._standardise(self._describe(x[i:i + int(self.batch_size)])[0])
+            xb = x[i:i + int(self.batch_size)]
+            d, cells = self._describe(xb)
+            d = self._standardise(d)
             b, h, w, D = d.shape
             q = d.reshape(-1, D)
             m = knn_distance(q, self.bank_, int(self.k)).reshape(b, h, w)
-            scores.append(topk_mean(m, float(self.top_fraction)))
-            maps.append(upsample_map(gaussian_blur(m, float(self.blur_sigma)), x.shape[-2:]))
+            if self.masked:  # background is not tissue: lowest score, and not in the image score
+                m = m * cells
+                scores.append(torch.stack([topk_mean(mi[ci][None] if ci.any() else mi[None], float(self.top_fraction))[0]
+                                           for mi, ci in zip(m, cells)]))
+            else:
+                scores.append(topk_mean(m, float(self.top_fraction)))
+            mp = upsample_map(gaussian_blur(m, float(self.blur_sigma)), x.shape[-2:])
+            if self.masked:
+                mp = mp * torch.from_numpy(foreground(xb, float(self.fg_threshold)))
+            maps.append(mp)
         return AnomalyResult(score=torch.cat(scores).double().numpy(), map=torch.cat(maps).numpy())
 
     def _get_state(self):
