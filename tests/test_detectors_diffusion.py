@@ -1,5 +1,7 @@
 """Diffusion pseudo-healthy reconstruction ("ddpm"): DDIM schedule, a brief training on synthetic
-healthy stripes that must single out inserted lesions, reproducible noise, bad settings."""
+healthy stripes that must single out inserted lesions, reproducible noise, bad settings; patched
+diffusion (pDDPM): grid coverage, noise only inside the patch, stitching, training and scoring
+in 2D and 3D, settings kept by save/load, bad patch settings."""
 
 from __future__ import annotations
 
@@ -7,7 +9,8 @@ import numpy as np
 import pytest
 
 from medad.detectors.base import Detector
-from medad.detectors.diffusion import DDPMDetector, ddim_timesteps
+from medad.detectors.diffusion import (DDPMDetector, ddim_timesteps, noise_in_patch, patch_grid, patch_masks,
+                                     random_patch_mask, stitch_patches)
 from medad.errors import ConfigError
 
 # the synthetic healthy stripes and lesions of the reconstruction tests (pytest puts tests/ on the path)
@@ -73,4 +76,89 @@ def test_unknown_noise_is_a_config_error():
     det = DDPMDetector(**TINY, epochs=1, noise="pink")
     det.train_options = {"progress": False}
     with pytest.raises(ConfigError, match="noise"):
+        det.fit(healthy_images(4, seed=0))
+
+
+# ----------------------------------------------------------------------------------- patched (pDDPM)
+
+
+@pytest.mark.parametrize("spatial, patch, stride", [((30, 27), (8, 8), (5, 6)), ((128, 128), (64, 64), (64, 64)),
+                                                    ((9, 7, 5), (4, 4, 5), (4, 3, 2))])
+def test_patch_grid_covers_every_pixel(spatial, patch, stride):
+    corners = patch_grid(spatial, patch, stride)
+    masks = patch_masks((1, *spatial), corners, patch)
+    assert masks.shape == (len(corners), 1, *spatial)
+    assert masks.sum(0).min() >= 1  # every pixel lies in a patch
+    assert all(int(m.sum()) == int(np.prod(patch)) for m in masks)  # no patch is cut at the border
+    if spatial == (128, 128):
+        assert len(corners) == 4 and masks.sum(0).max() == 1  # stride = size: a partition
+
+
+def test_stitching_averages_overlapping_patches():
+    import torch
+
+    spatial, patch = (10, 9), (4, 4)
+    masks = patch_masks((1, *spatial), patch_grid(spatial, patch, (3, 2)), patch)
+    k, b = masks.shape[0], 2
+    # copy k of every item is the constant k + 1: a stitched pixel is the mean of the k + 1 covering it
+    copies = torch.arange(1, k + 1, dtype=torch.float32).reshape(k, 1, 1, 1, 1).expand(k, b, 1, *spatial)
+    copies = copies.reshape(k * b, 1, *spatial)
+    out = stitch_patches(copies, masks.repeat_interleave(b, dim=0), k)
+    cover = masks[:, 0].float()
+    expected = (cover * torch.arange(1, k + 1).reshape(k, 1, 1)).sum(0) / cover.sum(0)
+    assert out.shape == (b, 1, *spatial)
+    torch.testing.assert_close(out[0, 0], expected)
+    torch.testing.assert_close(out[1, 0], expected)
+
+
+def test_training_noise_stays_inside_the_patch():
+    import torch
+    from monai.networks.schedulers import DDPMScheduler
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 2, 20, 16, generator=gen)
+    noise = torch.randn(x.shape, generator=gen)
+    t = torch.randint(100, 1000, (6,), generator=gen)
+    # patches placed inside the first 18 x 14 pixels (the image before padding)
+    mask = random_patch_mask(6, (1, 20, 16), (18, 14), (5, 7), generator=gen)
+    sched = DDPMScheduler(num_train_timesteps=1000)
+    out = noise_in_patch(sched, x, noise, t, mask)
+    full = mask.expand_as(x)
+    assert (mask.reshape(6, -1).sum(1) == 35).all() and not mask[:, :, 18:].any() and not mask[..., 14:].any()
+    torch.testing.assert_close(out[~full], x[~full], rtol=0, atol=0)  # the context is the clean input
+    torch.testing.assert_close(out[full], sched.add_noise(x, noise, t)[full])
+    assert (out[full] != x[full]).all()
+    torch.testing.assert_close(noise_in_patch(sched, x, noise, t), sched.add_noise(x, noise, t))
+
+
+def test_pddpm_finds_lesions_and_keeps_its_settings(tmp_path):
+    train = healthy_images(48, seed=0)
+    lesioned, mask = with_lesions(healthy_images(4, seed=3), seed=1)
+    det = DDPMDetector(**TINY, epochs=6, t0=300, inference_steps=2, train_t_max=400, patch_size=16, patch_stride=8,
+                       noise="coarse", noise_res=4, noise_octaves=2)
+    det.train_options = {"progress": False}
+    res = det.fit(train).score(lesioned)
+    assert res.map.shape == (4, SIZE, SIZE) and np.isfinite(res.map).all()
+    inside, outside = res.map[mask].mean(), res.map[~mask].mean()
+    assert inside > 2 * outside, f"lesion {inside:.3f} vs healthy tissue {outside:.3f}"
+    loaded = Detector.load(det.save(tmp_path / "pddpm"))
+    assert loaded.patch_size == 16 and loaded.patch_stride == 8
+    np.testing.assert_array_equal(loaded.score(lesioned).map, res.map)
+
+
+def test_3d_pddpm_shapes():
+    vols = np.random.default_rng(0).normal(size=(4, 1, 8, 8, 8)).astype(np.float32)
+    det = DDPMDetector(**dict(TINY, channels=(4, 4), num_head_channels=4), spatial_dims=3, epochs=1, t0=50,
+                       inference_steps=1, patch_size=(4, 8, 4), patch_stride=(2, 8, 4))
+    det.train_options = {"progress": False}
+    res = det.fit(vols).score(vols[:2])
+    assert res.map.shape == (2, 8, 8, 8) and np.isfinite(res.map).all()
+
+
+@pytest.mark.parametrize("patch, stride", [(40, None), (0, None), ((8, 8, 8), None), (8, 0), (8, 9), ("8", None),
+                                           (8.5, None)])
+def test_bad_patch_setting_is_a_config_error(patch, stride):
+    det = DDPMDetector(**TINY, epochs=1, patch_size=patch, patch_stride=stride)
+    det.train_options = {"progress": False}
+    with pytest.raises(ConfigError, match="patch"):
         det.fit(healthy_images(4, seed=0))

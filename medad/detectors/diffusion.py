@@ -1,7 +1,7 @@
 """Diffusion pseudo-healthy reconstruction ("ddpm"; AnoDDPM / Pinaya et al. style).
 
 Training: MONAI's ``DiffusionModelUNet`` learns to predict the noise ``eps`` of
-``x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps`` (``DDPMScheduler`` + ``DiffusionInferer``) on
+``x_t = sqrt(abar_t) x + sqrt(1 - abar_t) eps`` (``DDPMScheduler`` + ``DiffusionInferer``; patched: ``add_noise`` inside the patch) on
 healthy images. Inference: a test image is noised to an intermediate step ``t0`` and brought
 back with a few deterministic DDIM steps (``DDIMScheduler``, ``eta = 0``); the last step's
 prediction of the clean image is the pseudo-healthy reconstruction and ``|x - x_hat|`` the map
@@ -10,12 +10,25 @@ removing the lesion (large). ``noise="coarse"`` uses low-frequency multi-octave 
 training and inference (AnoDDPM found simplex noise removes large lesions better than white
 noise); several reconstructions from different noise draws can be averaged.
 
-Network evaluations per item at inference = ``inference_steps * n_reconstructions``.
+``patch_size`` switches to patched diffusion (pDDPM, Behrendt et al., MIDL 2023): training
+noises only one randomly placed patch of each image while the rest stays clean, and the loss
+is taken on that patch only (as in the authors' released configuration, ``inpaint: True``), so
+the network learns to fill a patch from its healthy context. At inference each patch of a grid
+(``patch_size``, ``patch_stride``; the last patch of an axis is moved back so every pixel is
+covered) is noised to ``t0`` on its own and denoised with the DDIM steps, the context being put
+back clean after every step (as in training); each reconstruction keeps its patch, and the
+patches are stitched, averaged where they overlap. A lesion is then inpainted from the healthy
+tissue around it rather than from its own, only partly noised, intensities. The patches of a
+batch go through the network together.
+
+Network evaluations per item at inference = ``inference_steps * n_reconstructions``, times
+the number of grid patches with ``patch_size``.
 The inference noise comes from a generator seeded with ``seed``, so scores are reproducible.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Sequence
 
 import numpy as np
@@ -26,7 +39,8 @@ from medad.detectors.reconstruction import ReconstructionDetector
 from medad.errors import ConfigError
 from medad.registry import register
 
-__all__ = ["DDPMDetector", "ddim_timesteps"]
+__all__ = ["DDPMDetector", "ddim_timesteps", "noise_in_patch", "patch_grid", "patch_masks", "random_patch_mask",
+           "stitch_patches"]
 
 N_TRAIN_STEPS = 1000
 
@@ -49,6 +63,53 @@ def ddim_timesteps(t0: int, steps: int, num_train_timesteps: int = N_TRAIN_STEPS
     return n_inf, ts
 
 
+def _axis_starts(n: int, p: int, s: int) -> list[int]:
+    starts = list(range(0, n - p + 1, s))
+    if starts[-1] != n - p:  # move the last patch back to the border: no pixel left out
+        starts.append(n - p)
+    return starts
+
+
+def patch_grid(spatial: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> list[tuple[int, ...]]:
+    """Corners of the patches of a grid over ``spatial`` (patch size and stride per axis); the
+    last patch of each axis ends at the border, so the patches cover every pixel."""
+    return list(itertools.product(*(_axis_starts(int(n), int(p), int(s)) for n, p, s in zip(spatial, patch, stride))))
+
+
+def patch_masks(shape: Sequence[int], corners: Sequence[Sequence[int]], patch: Sequence[int]) -> torch.Tensor:
+    """Boolean masks ``(len(corners), *shape)`` (``shape`` = ``(C, *spatial)`` or ``(1, *spatial)``),
+    each true on one patch of size ``patch`` at its corner."""
+    out = torch.zeros((len(corners), *[int(v) for v in shape]), dtype=torch.bool)
+    for k, c in enumerate(corners):
+        out[(k, slice(None), *(slice(int(a), int(a) + int(p)) for a, p in zip(c, patch)))] = True
+    return out
+
+
+def random_patch_mask(n: int, shape: Sequence[int], extent: Sequence[int], patch: Sequence[int],
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` boolean masks ``(n, *shape)``, each true on one patch placed uniformly at random
+    inside the first ``extent`` pixels of each spatial axis (the image before padding)."""
+    corners = [[int(torch.randint(0, int(e) - int(p) + 1, (1,), generator=generator)) for e, p in zip(extent, patch)]
+               for _ in range(int(n))]
+    return patch_masks(shape, corners, patch)
+
+
+def stitch_patches(copies: torch.Tensor, mask: torch.Tensor, n_patches: int) -> torch.Tensor:
+    """Stitch ``copies`` ``(K * B, C, *spatial)`` (patch-major: copy ``k * B + b`` of item ``b``
+    is valid on its patch ``mask[k * B + b]``) into ``(B, C, *spatial)``: each pixel is the mean
+    of the copies whose patch covers it (pixels no patch covers, e.g. padding, are 0)."""
+    m = mask.reshape(n_patches, -1, *mask.shape[1:]).to(copies.dtype)
+    return (copies.reshape(n_patches, -1, *copies.shape[1:]) * m).sum(0) / m.sum(0).clamp_min(1.0)
+
+
+def noise_in_patch(scheduler, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The forward process ``x_t`` of ``scheduler`` inside ``mask`` (broadcast to ``x``), ``x``
+    itself outside (``mask=None``: everywhere, plain DDPM)."""
+    xt = scheduler.add_noise(x, noise, t)
+    return xt if mask is None else torch.where(mask.to(x.device), xt, x)
+
+
 @register("ddpm")
 class DDPMDetector(ReconstructionDetector):
     """Denoising diffusion model; map = residual of a partial-noise DDIM reconstruction.
@@ -68,6 +129,12 @@ class DDPMDetector(ReconstructionDetector):
         n_reconstructions: reconstructions (different noise) averaged per item.
         train_t_max: train on timesteps below this only (``None``: all 1000); inference never
             goes above ``t0``, so ``train_t_max ~ t0`` spends a small CPU budget where it is used.
+        patch_size: patched diffusion (pDDPM): side of the noised patch (an int for every
+            axis, or one per axis); ``None``: the whole image is noised.
+        patch_stride: stride of the inference grid of patches (``None``: ``patch_size``, no
+            overlap; at most ``patch_size``, so no pixel is left out). Evaluations per item are
+            multiplied by the number of grid patches; the patches of a batch go through the
+            network at once, so a dense grid needs a smaller ``batch_size``.
         ssim_weight, polarity, top_frac: map and score (as for ``"ae"``).
         epochs, batch_size, lr, seed, device: training settings.
 
@@ -83,7 +150,9 @@ class DDPMDetector(ReconstructionDetector):
                  attention_levels: Sequence[bool] = (False, False, True), num_res_blocks: int = 1,
                  norm_num_groups: int = 16, num_head_channels: int = 32, noise: str = "gaussian",
                  noise_res: int = 8, noise_octaves: int = 4, t0: int = 300, inference_steps: int = 10,
-                 n_reconstructions: int = 1, train_t_max: int | None = None, ssim_weight: float = 0.0,
+                 n_reconstructions: int = 1, train_t_max: int | None = None,
+                 patch_size: int | Sequence[int] | None = None, patch_stride: int | Sequence[int] | None = None,
+                 ssim_weight: float = 0.0,
                  polarity: str = "abs",
                  top_frac: float = 0.01, epochs: int = 50, batch_size: int = 32, lr: float = 2e-4, seed: int = 0,
                  device: str = "auto"):
@@ -91,6 +160,7 @@ class DDPMDetector(ReconstructionDetector):
 
     # ------------------------------------------------------------------ setup
     def _prepare_fit(self, x: np.ndarray, y) -> None:
+        self._patch_setting(x.shape[2:])  # a bad patch setting fails before training
         lo, hi = np.percentile(x, [0.5, 99.5])
         self.offset_ = torch.tensor(float((hi + lo) / 2))
         self.half_range_ = torch.tensor(float(max((hi - lo) / 2, 1e-6)))
@@ -118,6 +188,27 @@ class DDPMDetector(ReconstructionDetector):
     def _factor(self) -> int:
         return 2 ** (len(self.channels) - 1)
 
+    def _patch_setting(self, spatial: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+        """``(patch, stride)`` per spatial axis, checked against the image sides ``spatial``;
+        ``None`` without patches."""
+        if self.patch_size is None:
+            return None
+        sd = len(spatial)
+
+        def per_axis(v, name: str) -> tuple[int, ...]:
+            vals = [v] * sd if isinstance(v, (int, np.integer)) else list(v) if isinstance(v, (list, tuple)) else [v]
+            if len(vals) != sd or not all(isinstance(a, (int, np.integer)) and a >= 1 for a in vals):
+                raise ConfigError(f"{name} must be a positive int or {sd} positive ints, got {v!r}")
+            return tuple(int(a) for a in vals)
+
+        patch = per_axis(self.patch_size, "patch_size")
+        stride = patch if self.patch_stride is None else per_axis(self.patch_stride, "patch_stride")
+        if any(st > p for st, p in zip(stride, patch)):
+            raise ConfigError(f"patch_stride {stride} is larger than patch_size {patch}: the grid would leave gaps")
+        if any(p > int(n) for p, n in zip(patch, spatial)):
+            raise ConfigError(f"patch_size {patch} is larger than the images {tuple(int(n) for n in spatial)}")
+        return patch, stride
+
     def _noise(self, like: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         from medad.nets.noise import make_noise
 
@@ -134,17 +225,26 @@ class DDPMDetector(ReconstructionDetector):
 
     # ------------------------------------------------------------------ training
     def _loss(self, net, batch):
-        from monai.inferers import DiffusionInferer
         from monai.networks.schedulers import DDPMScheduler
 
-        if not hasattr(self, "_inferer"):
-            self._inferer = DiffusionInferer(DDPMScheduler(num_train_timesteps=N_TRAIN_STEPS))
+        if not hasattr(self, "_train_scheduler"):
+            self._train_scheduler = DDPMScheduler(num_train_timesteps=N_TRAIN_STEPS)
         x = self._normalise(batch[0])
         t_max = N_TRAIN_STEPS if self.train_t_max is None else int(min(max(1, self.train_t_max), N_TRAIN_STEPS))
         t = torch.randint(0, t_max, (x.shape[0],), device=x.device).long()
         noise = self._noise(x)
-        pred = self._inferer(inputs=x, diffusion_model=net, noise=noise, timesteps=t)
-        return F.mse_loss(pred.float(), noise.float())
+        patched = self._patch_setting(batch[0].shape[2:])
+        mask = None if patched is None else random_patch_mask(x.shape[0], (1, *x.shape[2:]), batch[0].shape[2:],
+                                                              patched[0]).to(x.device)
+        if mask is None:  # plain DDPM: MONAI's inferer noises the whole image and runs the network
+            from monai.inferers import DiffusionInferer
+
+            pred = DiffusionInferer(self._train_scheduler)(inputs=x, diffusion_model=net, noise=noise, timesteps=t)
+            return F.mse_loss(pred.float(), noise.float())
+        pred = net(noise_in_patch(self._train_scheduler, x, noise, t, mask), timesteps=t).float()
+        # only the noised patch has something to predict; the clean context is the condition
+        w = mask.expand_as(pred).float()
+        return ((pred - noise.float()) ** 2 * w).sum() / w.sum()
 
     # ------------------------------------------------------------------ inference
     def _reconstruct(self, net, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -154,16 +254,29 @@ class DDPMDetector(ReconstructionDetector):
         n_inf, ts = ddim_timesteps(int(self.t0), int(self.inference_steps))
         sched.set_timesteps(n_inf)
         xn = self._normalise(x)
+        mask, n_patches = None, 1
+        patched = self._patch_setting(x.shape[2:])
+        if patched is not None:
+            patch, stride = patched
+            masks = patch_masks((1, *xn.shape[2:]), patch_grid(x.shape[2:], patch, stride), patch)
+            n_patches = masks.shape[0]
+            # patch-major batch: item b with patch k noised sits at k * B + b
+            mask = masks.to(xn.device).repeat_interleave(xn.shape[0], dim=0)
+            xn = xn.repeat(n_patches, *([1] * (xn.ndim - 1)))
         recon = torch.zeros_like(xn)
         for _ in range(max(1, int(self.n_reconstructions))):
-            sample = sched.add_noise(xn, self._noise(xn, generator),
-                                     torch.full((xn.shape[0],), ts[0], device=xn.device, dtype=torch.long))
+            sample = noise_in_patch(sched, xn, self._noise(xn, generator),
+                                    torch.full((xn.shape[0],), ts[0], device=xn.device, dtype=torch.long), mask)
             x0 = sample
             for t in ts:
                 eps = net(sample, timesteps=torch.full((xn.shape[0],), t, device=xn.device, dtype=torch.long))
                 sample, x0 = sched.step(eps, t, sample)
+                if mask is not None:  # the context stays clean at every step, as in training
+                    sample = torch.where(mask, sample, xn)
             # the clean-image estimate of the last evaluation is the reconstruction
             recon += x0
         recon = recon / max(1, int(self.n_reconstructions))
+        if mask is not None:
+            recon = stitch_patches(recon, mask, n_patches)
         recon = recon[(slice(None), slice(None), *(slice(0, int(n)) for n in x.shape[2:]))]
         return recon * self.half_range_.to(x.device) + self.offset_.to(x.device)
