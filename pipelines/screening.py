@@ -16,11 +16,11 @@ threshold (calibrated on held-out normal windows at ``window_fpr``) that form ru
 
 Outputs in ``out/``: ``results.csv`` and ``results.json`` (one row per recording, bad recordings
 reported with their error), and per screened recording ``<id>_window_scores.csv``,
-BIDS-style ``<id>_events.tsv``; for MNE formats ``<id>-annot.fif`` (and, if asked, an annotated
-copy of the recording as FIF or EDF+); for WFDB records a ``<id>.medad`` annotation file (flagged
-spans, and every detected beat labelled ``N`` or ``Q`` = inside a flagged span); one PNG
-per flagged recording with the abnormal spans shaded. The pipeline composes medad pieces; its own
-logic is only the streaming and the interval bookkeeping.
+BIDS-style ``<id>_events.tsv``; ``<id>-annot.fif`` (MNE annotations) and, if asked, an
+annotated copy of the recording as FIF or EDF+ (any input format); for WFDB records a
+``<id>.medad`` annotation file (flagged spans, and every detected beat labelled ``N`` or ``Q`` =
+inside a flagged span); one PNG per flagged recording with the abnormal spans shaded. The
+pipeline composes medad pieces; its own logic is only the streaming and the interval bookkeeping.
 
 **Beat mode** (``unit: beats``, ECG; ``configs/screening_ecg_beats.yaml``): the items are heart
 beats instead of windows. R peaks are found chunk by chunk on the ECG lead (after the configured
@@ -852,34 +852,158 @@ def mne_annotations(intervals: list[dict[str, Any]], orig_time=None):
                            description=["medad_abnormal"] * len(intervals), orig_time=orig_time)
 
 
-def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path, rid: str,
-                      annotated_copy: str = "none") -> list[Path]:
-    """``<rid>-annot.fif`` (always) and, with ``annotated_copy`` ``"fif"``/``"edf"``, a copy of
-    the recording carrying the annotations (original annotations kept)."""
+# plain text carries no unit: EEG text exports (Bonn, Wang-Chung) hold microvolts
+TEXT_UNIT = "uV"
+_TO_VOLTS = {"v": 1.0, "mv": 1e-3, "uv": 1e-6, "\u00b5v": 1e-6, "\u03bcv": 1e-6, "nv": 1e-9}
+
+
+def _source_units(hdr) -> tuple[list[float | None], Any]:
+    """Per channel of a non-MNE recording, the factor that turns its values into volts (``None``:
+    no voltage unit known), and its measurement date (``None`` where it has none)."""
+    import datetime as dt
+
+    n = len(hdr.ch_names)
+    if hdr.format == "text":
+        return [_TO_VOLTS[TEXT_UNIT.lower()]] * n, None
+    if hdr.format != "wfdb":  # WAV: fractions of full scale, no physical unit
+        return [None] * n, None
+    from medad.io.signals import _wfdb
+
+    h = _wfdb().rdheader(str(Path(hdr.path).with_suffix("")))
+    units = list(h.units or [None] * n)
+    date = None
+    if h.base_date is not None:
+        date = dt.datetime.combine(h.base_date, h.base_time or dt.time(0), tzinfo=dt.timezone.utc)
+    return [_TO_VOLTS.get((u or "").strip().lower()) for u in units], date
+
+
+def _unique_labels(names: Sequence[str], max_len: int | None = None) -> list[str]:
+    """Channel names made unique (MNE needs that) and at most ``max_len`` characters (EDF: 16)."""
+    out: list[str] = []
+    for c in names:
+        base = str(c)[:max_len] if max_len else str(c)
+        lab, k = base, 1
+        while lab in out:
+            tail = f"-{k}"
+            lab = (base[:max_len - len(tail)] if max_len else base) + tail
+            k += 1
+        out.append(lab)
+    return out
+
+
+def recording_as_raw(src: Path, hdr, sfreq: float | None = None):
+    """A WFDB, WAV or text recording as an in-memory :class:`mne.io.RawArray`, read once in
+    blocks straight into one float64 array (the recording, never a second copy of it).
+
+    Channel names and sampling rate are the source's; values are in volts where the source unit is
+    known: WFDB channels by their header unit (V, mV, uV, nV), plain text **assumed** to be
+    :data:`TEXT_UNIT` (microvolts, as EEG text exports are). Those channels are typed ``ecg`` when
+    their name looks like an ECG lead (:func:`looks_like_ecg`), else ``eeg``. Channels without a
+    known voltage unit (WAV: fractions of full scale; WFDB mmHg, NU, no unit) keep their values
+    and are typed ``misc``. The WFDB base date becomes the measurement date; the recording's own
+    annotations (WFDB beats) come along.
+    """
     import mne
 
+    from medad.io.signals import iter_signal_chunks
+
+    scale, date = _source_units(hdr)
+    types = ["misc" if s is None else "ecg" if looks_like_ecg(c) else "eeg" for c, s in zip(hdr.ch_names, scale)]
+    fs = float(hdr.sfreq)
+    data = np.empty((len(hdr.ch_names), hdr.n_times))
+    for t0, x in iter_signal_chunks(src, 60.0, header=hdr, sfreq=sfreq):
+        i = int(round(t0 * fs))
+        data[:, i:i + x.shape[1]] = x
+    data *= np.array([1.0 if s is None else s for s in scale])[:, None]
+    info = mne.create_info(_unique_labels(hdr.ch_names), fs, types)
+    raw = mne.io.RawArray(data, info, copy="auto", verbose="error")  # float64 already: not copied
+    if date is not None:
+        raw.set_meas_date(date)
+    if hdr.annotations:
+        a = hdr.annotations
+        raw.set_annotations(mne.Annotations([x.onset for x in a], [x.duration for x in a],
+                                            [x.description for x in a], orig_time=raw.info["meas_date"]),
+                            verbose="error")
+    return raw
+
+
+FIF_MAX_BYTES = 1.9e9  # MNE splits FIF files at 2 GB
+
+
+def _whole_edf_records(raw):
+    """``raw`` padded (edge values, marked ``BAD_ACQ_SKIP``) to whole EDF data records where MNE's
+    export does not do it itself: a non-integer rate (Bonn: 173.61 Hz) writes records of
+    ``floor(sfreq)`` samples, and edfio refuses a length that is not a multiple of that."""
+    import mne
+
+    fs = float(raw.info["sfreq"])
+    per_record = int(np.floor(fs))
+    if fs.is_integer() or raw.n_times % per_record == 0:
+        return raw
+    pad = per_record - raw.n_times % per_record
+    out = mne.io.RawArray(np.pad(raw.get_data(), ((0, 0), (0, pad)), mode="edge"), raw.info, verbose="error")
+    skip = mne.Annotations([raw.n_times / fs], [pad / fs], ["BAD_ACQ_SKIP"], orig_time=raw.annotations.orig_time)
+    out.set_annotations(raw.annotations + skip, verbose="error")
+    return out
+
+
+def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path, rid: str,
+                      annotated_copy: str = "none", *, header=None, sfreq: float | None = None) -> list[Path]:
+    """``<rid>-annot.fif`` (always) and, with ``annotated_copy`` ``"fif"``/``"edf"``, a copy of
+    the recording carrying the annotations (``<rid>_screened_raw.fif`` / ``<rid>_screened.edf``),
+    for every input format.
+
+    EDF/BDF/FIF are read by MNE (values in volts, original annotations and measurement date kept);
+    WFDB, WAV and text become an MNE Raw by :func:`recording_as_raw` (units and channel types
+    there). The annotations' ``orig_time`` is the recording's measurement date, ``None`` where it
+    has none (WAV, text, WFDB without a base date). The copy holds the whole recording in memory
+    (float64, one recording at a time). EDF+ stores whole seconds: a recording of fractional
+    length is padded with edge values and a ``BAD_ACQ_SKIP`` annotation (:func:`_whole_edf_records`
+    for non-integer rates, MNE's export otherwise), and channel names are cut to EDF's 16
+    characters. A FIF copy must fit one file (MNE would split it over files named after the
+    temporary path): past :data:`FIF_MAX_BYTES` of float32 samples it is refused with a clear
+    error (the 16-bit EDF+ copy is half the size). ``header``
+    (:func:`medad.io.signals.read_header`) saves re-reading it; ``sfreq`` is the plain-text rate.
+    """
+    import mne
+
+    from medad.io.signals import read_header
     from medad.utils import atomic_path
 
     check_annotated_copy(annotated_copy)
-    written = []
-    raw = mne.io.read_raw(str(src), preload=False, verbose="error")
-    ann = mne_annotations(intervals, orig_time=raw.annotations.orig_time)
+    hdr = header if header is not None else read_header(src, sfreq=sfreq)
+    raw = mne.io.read_raw(str(src), preload=False, verbose="error") if hdr.format == "mne" else None
+    orig = raw.annotations.orig_time if raw is not None else _source_units(hdr)[1]
+    ann = mne_annotations(intervals, orig_time=orig)
     f = out_dir / f"{rid}-annot.fif"
     with atomic_path(f, suffix="-annot.fif") as tmp:
         ann.save(str(tmp), overwrite=True, verbose="error")
-    written.append(f)
-    if annotated_copy in ("fif", "edf"):
+    written = [f]
+    if annotated_copy == "none":
+        return written
+    n_bytes = 4 * len(hdr.ch_names) * hdr.n_times
+    if annotated_copy == "fif" and n_bytes > FIF_MAX_BYTES:
+        raise InputError(f"an annotated FIF copy would need {n_bytes / 1e9:.1f} GB, more than one FIF file holds "
+                         f"({FIF_MAX_BYTES / 1e9:.1f} GB); use --annotated-copy edf", src)
+    if raw is None:
+        raw = recording_as_raw(src, hdr, sfreq)
+    else:
         raw.load_data(verbose="error")
-        raw.set_annotations(raw.annotations + ann, verbose="error")
-        if annotated_copy == "fif":
-            f = out_dir / f"{rid}_screened_raw.fif"
-            with atomic_path(f, suffix="_raw.fif") as tmp:
+    raw.set_annotations(raw.annotations + ann, verbose="error")
+    f = out_dir / (f"{rid}_screened_raw.fif" if annotated_copy == "fif" else f"{rid}_screened.edf")
+    try:
+        with atomic_path(f, suffix="_raw.fif" if annotated_copy == "fif" else ".edf") as tmp:
+            if annotated_copy == "fif":
                 raw.save(str(tmp), overwrite=True, verbose="error")
-        else:
-            f = out_dir / f"{rid}_screened.edf"
-            with atomic_path(f, suffix=".edf") as tmp:
+            else:
+                labels = _unique_labels(raw.ch_names, 16)
+                if labels != raw.ch_names:
+                    raw.rename_channels(dict(zip(raw.ch_names, labels)), verbose="error")
+                raw = _whole_edf_records(raw)
                 mne.export.export_raw(str(tmp), raw, fmt="edf", overwrite=True, verbose="error")
-        written.append(f)
+    except (OSError, RuntimeError, ValueError) as e:  # MNE/edfio refusals, disk full: one line, not a traceback
+        raise InputError(f"cannot write the annotated {annotated_copy} copy: {e}", f) from None
+    written.append(f)
     return written
 
 
@@ -1096,10 +1220,8 @@ def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, An
     outputs.append(name)
     fmt = signal_format(f)
     try:
-        if fmt == "mne":
-            outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy)]
-        elif annotated_copy != "none":  # said, not silently left out
-            outputs.append(f"(no annotated {annotated_copy} copy: written for EDF/BDF/FIF input only)")
+        outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy, header=hdr,
+                                                      sfreq=model.cfg.text_sfreq)]
         if beats:  # every beat, flagged ones marked, whatever the input format
             outputs.append(write_wfdb_annotations(rid, ivs, fs, out, beats=res["samples"], flags=res["flagged"],
                                                   scores=s).name)

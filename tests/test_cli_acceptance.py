@@ -167,14 +167,15 @@ def test_screen_run_rejects_bad_annotated_copy_before_work(tmp_path, screening_m
     r = _cli(["screen", "run", screening_model, test, "--out", tmp_path / "s", "--annotated-copy", "xyz"])
     assert isinstance(r.exception, ConfigError) and "annotated_copy" in str(r.exception)
     assert not (tmp_path / "s" / "results.csv").exists()
-    # text input: an annotated copy cannot be written, and the results say so
+    # text input: MNE annotations and the annotated copy are written for it too
     r = _cli(["screen", "run", screening_model, test, "--out", tmp_path / "s", "--annotated-copy", "fif",
               "--no-plots"])
     assert r.exit_code == 0, r.output
     import json
 
     outputs = json.loads((tmp_path / "s" / "results.json").read_text())["recordings"][0]["outputs"]
-    assert any("no annotated fif copy" in o for o in outputs), outputs
+    assert {"r00-annot.fif", "r00_screened_raw.fif"} <= set(outputs), outputs
+    assert all((tmp_path / "s" / o).is_file() for o in outputs), outputs
 
 
 def test_report_on_screening_and_frame_results(tmp_path, screening_model):

@@ -523,3 +523,140 @@ def test_ecg_beat_mode_on_real_mitbih_minutes(tmp_path):
         ss.append(tab[j[j >= 0], 2])
     y, s = np.concatenate(ys), np.concatenate(ss)
     assert y.sum() > 150 and auroc(y, s) > 0.95
+
+
+# ---------------------------------------------------------------- MNE outputs for non-MNE input
+def _burst_signal(seconds: float, n_ch: int, sf: int, seed: int, burst: tuple[float, float] | None) -> np.ndarray:
+    """(n_ch, T) 2 Hz rhythm + noise, with a large 8 Hz burst over ``burst`` seconds."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * sf)) / sf
+    x = np.sin(2 * np.pi * 2 * t + rng.uniform(0, 6, (n_ch, 1))) + 0.5 * rng.standard_normal((n_ch, len(t)))
+    if burst:
+        m = (t >= burst[0]) & (t < burst[1])
+        x[:, m] += 12 * np.sin(2 * np.pi * 8 * t[m])
+    return x
+
+
+# off the middle of the recording: a 20 s recording's scale comes from its middle 8 s (6 s filter
+# edges dropped each side), which a central burst would dominate
+BURST = (14.0, 18.0)
+
+
+def _check_mne_copies(out: Path, rid: str, n_ch: int, sf: float, n_times: int, copy: str):
+    """The annotated copy and ``-annot.fif`` reopen with MNE, match the source's channel count, rate
+    and length, and carry exactly the results.json intervals, which lie on the burst. Returns the
+    reopened copy (an MNE Raw)."""
+    import mne
+
+    rec = next(r for r in json.loads((out / "results.json").read_text())["recordings"] if r["record_id"] == rid)
+    assert rec["decision"] == "abnormal", rec
+    name = f"{rid}_screened_raw.fif" if copy == "fif" else f"{rid}_screened.edf"
+    assert {f"{rid}-annot.fif", name} <= set(rec["outputs"]) and not any("(" in o for o in rec["outputs"]), rec
+    ivs = rec["intervals"]
+    assert all(BURST[0] - 2.0 <= iv["start_s"] and iv["end_s"] <= BURST[1] + 2.0 for iv in ivs), ivs
+    raw = mne.io.read_raw(out / name, preload=True, verbose="error")
+    assert (len(raw.ch_names), raw.info["sfreq"], raw.n_times) == (n_ch, sf, n_times)
+    for ann in (mne.read_annotations(out / f"{rid}-annot.fif"), raw.annotations):
+        ours = ann[ann.description == "medad_abnormal"]
+        assert len(ours) == len(ivs)
+        np.testing.assert_allclose(ours.onset, [iv["start_s"] for iv in ivs], atol=2e-3)
+        np.testing.assert_allclose(ours.duration, [iv["end_s"] - iv["start_s"] for iv in ivs], atol=2e-3)
+    assert mne.read_annotations(out / f"{rid}-annot.fif").orig_time is None  # text/WAV: no measurement date
+    return raw
+
+
+def test_text_recordings_get_mne_annotations_and_annotated_copies(tmp_path):
+    """Plain text (EEG in microvolts, no rate of its own): -annot.fif and an annotated FIF/EDF+
+    copy in volts, typed eeg, written by `medad screen run --annotated-copy`."""
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    sf = 100
+    for folder, n, burst in (("n", 4, None), ("t", 2, BURST)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            np.savetxt(tmp_path / folder / f"{folder}{i}.txt", 30 * _burst_signal(20, 1, sf, i + 10 * (n == 2), burst)[0],
+                       fmt="%.4f")
+    r = CliRunner().invoke(app, ["screen", "train", str(tmp_path / "n"), "--text-sfreq", str(sf),
+                                 "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    src = np.loadtxt(tmp_path / "t" / "t0.txt")
+    for copy in ("fif", "edf"):
+        out = tmp_path / f"o_{copy}"
+        r = CliRunner().invoke(app, ["screen", "run", str(tmp_path / "m"), str(tmp_path / "t"), "--out", str(out),
+                                     "--annotated-copy", copy, "--no-plots"])
+        assert r.exit_code == 0, r.output
+        raw = _check_mne_copies(out, "t0", 1, sf, len(src), copy)
+        if copy == "fif":  # microvolts assumed -> volts; EDF keeps channel names but not types
+            assert raw.get_channel_types() == ["eeg"] and raw.ch_names == ["t0"]
+        tol = 1e-6 if copy == "fif" else np.ptp(src) / 2**15  # float32 / 16-bit EDF
+        np.testing.assert_allclose(raw.get_data()[0] * 1e6, src, atol=tol * 1.01 + 1e-4)
+
+
+def test_wav_recordings_get_mne_annotations_and_annotated_copies(tmp_path):
+    """Two-channel WAV: no physical unit, so the copy keeps full-scale fractions, typed misc."""
+    from scipy.io import wavfile
+
+    sf = 100
+    for folder, n, burst in (("n", 4, None), ("t", 1, BURST)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            x = _burst_signal(20, 2, sf, i + 10 * (n == 1), burst)
+            wavfile.write(tmp_path / folder / f"{folder}{i}.wav", sf, (x.T / 16 * 32767).astype(np.int16))
+    model = train_screening(tmp_path / "n", tmp_path / "m", ScreeningConfig(notch=None), progress=False)
+    _, pcm = wavfile.read(tmp_path / "t" / "t0.wav")
+    for copy in ("fif", "edf"):
+        out = tmp_path / f"o_{copy}"
+        screen_folder(model, tmp_path / "t", out, annotated_copy=copy, plots=False, progress=False)
+        raw = _check_mne_copies(out, "t0", 2, sf, len(pcm), copy)
+        assert raw.ch_names == ["audio0", "audio1"]
+        if copy == "fif":
+            assert raw.get_channel_types() == ["misc", "misc"]
+        tol = 1e-6 if copy == "fif" else 2 * np.ptp(pcm / 32768) / 2**16
+        np.testing.assert_allclose(raw.get_data(), pcm.T / 32768, atol=tol)
+
+
+@pytest.mark.filterwarnings("ignore")  # wfdb's pandas deprecation warnings
+def test_wfdb_copy_is_in_volts_with_ecg_type_and_base_date(tmp_path):
+    """WFDB: mV channels -> volts (an ECG lead typed ecg), other units kept as misc; the header's
+    base date is the measurement date the annotations refer to."""
+    import datetime as dt
+
+    import mne
+
+    from medad.io.signals import _wfdb
+    from pipelines.screening import write_mne_outputs
+
+    x = np.c_[np.sin(np.arange(1000) / 20), 100 + np.cos(np.arange(1000) / 30)]
+    _wfdb().wrsamp("r", fs=100, units=["mV", "mmHg"], sig_name=["MLII", "ABP"], p_signal=x, fmt=["16", "16"],
+                   base_date=dt.date(2020, 1, 2), base_time=dt.time(3, 4, 5), write_dir=str(tmp_path))
+    ivs = [{"start_s": 2.0, "end_s": 4.5, "max_score": 3.0, "probability": 0.99}]
+    ann_f, copy_f = write_mne_outputs(tmp_path / "r.hea", ivs, tmp_path, "r", annotated_copy="fif")
+    raw = mne.io.read_raw(copy_f, preload=True, verbose="error")
+    assert raw.get_channel_types() == ["ecg", "misc"] and raw.info["sfreq"] == 100 and raw.n_times == 1000
+    np.testing.assert_allclose(raw.get_data()[0], x[:, 0] * 1e-3, atol=1e-6)
+    np.testing.assert_allclose(raw.get_data()[1], x[:, 1], rtol=1e-3)
+    when = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    ann = mne.read_annotations(ann_f)
+    assert raw.info["meas_date"] == when and ann.orig_time == when
+    assert ann.onset[0] == pytest.approx(2.0) and ann.duration[0] == pytest.approx(2.5)
+
+
+def test_edf_copy_of_a_non_integer_rate_recording_is_padded_to_whole_records(tmp_path):
+    """Bonn-like text (173.61 Hz, 4097 samples): EDF+ needs whole data records, so the copy is
+    padded with edge values and the padding marked BAD_ACQ_SKIP; the samples themselves are kept."""
+    import mne
+
+    from pipelines.screening import write_mne_outputs
+
+    x = 100 * np.sin(np.arange(4097) / 7.0)
+    np.savetxt(tmp_path / "Z001.txt", x, fmt="%.4f")
+    ivs = [{"start_s": 5.0, "end_s": 9.0, "max_score": 3.0, "probability": 0.99}]
+    _, f = write_mne_outputs(tmp_path / "Z001.txt", ivs, tmp_path, "Z001", annotated_copy="edf", sfreq=173.61)
+    raw = mne.io.read_raw(f, preload=True, verbose="error")
+    assert raw.info["sfreq"] == pytest.approx(173.61, abs=1e-3) and raw.n_times % 173 == 0 and raw.n_times >= 4097
+    np.testing.assert_allclose(raw.get_data()[0, :4097] * 1e6, x, atol=np.ptp(x) / 2**15)
+    d = dict(zip(raw.annotations.description, zip(raw.annotations.onset, raw.annotations.duration)))
+    assert d["medad_abnormal"] == pytest.approx((5.0, 4.0), abs=2e-3)
+    assert d["BAD_ACQ_SKIP"][0] == pytest.approx(4097 / 173.61, abs=0.01)
