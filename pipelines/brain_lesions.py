@@ -41,6 +41,7 @@ MODEL_FILE = "brain_model.json"
 DETECTOR_DIR = "detector"
 MEMBERS_DIR = "members"
 ENSEMBLE = "ensemble"
+COMBINE = {"mean": np.mean, "median": np.median}
 SUMMARY_FIELDS = ("scan", "path", "status", "lesion_ml", "max_score", "mean_score", "decision",
                   "brain_ml", "brain_source", "error")
 
@@ -83,6 +84,8 @@ class BrainLesionConfig:
             post-processed maps, each divided by its own healthy-calibrated voxel threshold
             (so every member weighs the same), and is calibrated again on the same held-out
             healthy subjects. Members share the ensemble's preprocessing.
+        combine: how an ensemble combines its members' scaled maps, voxel by voxel: ``"mean"`` or
+            ``"median"`` (one member firing alone moves the median less).
     """
 
     detector: str = "intensity"
@@ -104,10 +107,13 @@ class BrainLesionConfig:
     crop_stride: int | None = None
     min_brain_fraction: float = 0.1
     members: list[dict[str, Any]] = field(default_factory=list)
+    combine: str = "mean"
 
     def __post_init__(self) -> None:
         if self.detector == ENSEMBLE or self.members:
             self._check_members()
+        if self.combine not in COMBINE:
+            raise ConfigError(f"combine must be one of {', '.join(COMBINE)}, got {self.combine!r}")
         dims = int(self.detector_params.get("spatial_dims", 2))
         if self.crop_size is not None:
             if int(self.crop_size) < 8:
@@ -378,9 +384,10 @@ class BrainModel:
 
     def volume_map(self, vol: PreparedVolume) -> np.ndarray:
         """Post-processed anomaly map of a prepared scan, on the record's RAS grid (for an
-        ensemble: the mean of the members' maps in units of their own voxel thresholds)."""
+        ensemble: the mean or median of the members' maps in units of their own voxel thresholds)."""
         if self.members:
-            return np.mean([m.volume_map(vol) / m.voxel_threshold for m in self.members], axis=0, dtype=np.float32)
+            maps = np.stack([m.volume_map(vol) / m.voxel_threshold for m in self.members])
+            return COMBINE[self.config.combine](maps, axis=0).astype(np.float32)
         model_map = postprocess_map(self.model_map(vol), vol.model_brain, erode=self.config.erode,
                                     median=self.config.median)
         return from_model_grid(model_map, vol.geometry, order=1)

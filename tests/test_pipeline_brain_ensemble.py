@@ -39,6 +39,10 @@ def test_ensemble_trains_members_scores_and_reloads(tmp_path):
     amap = model.volume_map(vol)
     parts = [m.volume_map(vol) / m.voxel_threshold for m in model.members]
     np.testing.assert_allclose(amap, (parts[0] + parts[1]) / 2, rtol=1e-5, atol=1e-6)
+    model.config.combine = "median"  # of 2 members the median is their mean too; of 3 the middle one
+    np.testing.assert_allclose(model.volume_map(vol), amap, rtol=1e-5, atol=1e-6)
+    model.members.append(model.members[0])
+    np.testing.assert_allclose(model.volume_map(vol), np.median(parts + [parts[0]], axis=0), rtol=1e-5, atol=1e-6)
     inside = model.support(vol) & ~les
     assert amap[les].mean() > 2 * amap[inside].mean()
     assert model.segment(amap, model.support(vol))[les].mean() > 0.5
@@ -66,6 +70,8 @@ def test_ensemble_configs_refused_and_read_from_yaml(tmp_path):
         BrainLesionConfig(detector="ensemble", members=[INTENSITY])
     with pytest.raises(ConfigError, match="preprocesses differently"):
         BrainLesionConfig(detector="ensemble", members=[INTENSITY, {**AE, "preprocessing": {**PREP, "size": 64}}])
+    with pytest.raises(ConfigError, match="combine must be one of mean, median"):
+        BrainLesionConfig(detector="ensemble", members=[INTENSITY, AE], combine="max")
     with pytest.raises(ConfigError, match="only for detector: ensemble"):
         BrainLesionConfig(detector="ae", members=[INTENSITY, AE])
     with pytest.raises(ConfigError, match="member 1"):
