@@ -502,10 +502,18 @@ def fit_brain_model(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val
 
 
 def config_key(cfg: BrainLesionConfig) -> str:
-    """What identifies a fitted model for the same data: its whole config."""
+    """What identifies a fitted model for the same data: its config, settings left at their
+    defaults omitted (so a setting added later with a default does not change old keys)."""
     import json
+    from dataclasses import MISSING, fields
 
-    return json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    d = cfg.to_dict()
+    for f in fields(cfg):
+        default = f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else MISSING)
+        if default is not MISSING and d.get(f.name) == default:
+            d.pop(f.name)
+    return json.dumps(d, sort_keys=True, default=str)
 
 
 def _fit_single(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Sequence[PreparedVolume],

@@ -63,6 +63,11 @@ def test_fitted_models_are_reused(tmp_path):
     ens = fit_brain_model(BrainLesionConfig(detector="ensemble", members=[INTENSITY, other.to_dict()]),
                           vols[:2], vols[2:], progress=False, fitted=fitted)
     assert ens.members[0] is m1 and len(fitted) == 3
+    from pipelines.brain_lesions import config_key
+
+    # settings left at their defaults do not enter the key (a setting added later keeps old keys valid)
+    assert config_key(single) == config_key(BrainLesionConfig(**INTENSITY, combine="mean"))
+    assert config_key(single) != config_key(BrainLesionConfig(**INTENSITY, pixel_fpr=0.001))
 
 
 def test_ensemble_configs_refused_and_read_from_yaml(tmp_path):
