@@ -159,6 +159,11 @@ class BrainLesionConfig:
         return [BrainLesionConfig.from_dict(m) for m in self.members]
 
     @property
+    def stride(self) -> int:
+        """Step between crops (training and scoring): ``crop_stride``, default half a crop."""
+        return int(self.crop_stride or max(int(self.crop_size or 0) // 2, 1))
+
+    @property
     def prep(self) -> BrainPrepConfig:
         return BrainPrepConfig.from_dict(self.preprocessing)
 
@@ -337,7 +342,7 @@ def healthy_items(cfg: "BrainLesionConfig", volumes: Sequence[PreparedVolume],
     if cfg.crop_size is None:
         return training_slices(volumes, min_brain_pixels=cfg.prep.min_brain_pixels, lesions=lesions)
     crop = int(cfg.crop_size)
-    return training_crops(volumes, crop, int(cfg.crop_stride or max(crop // 2, 1)),
+    return training_crops(volumes, crop, cfg.stride,
                           min_brain_fraction=cfg.min_brain_fraction, lesions=lesions)
 
 
@@ -374,7 +379,7 @@ class BrainModel:
         from monai.inferers import sliding_window_inference
 
         crop = int(self.config.crop_size)
-        stride = int(self.config.crop_stride or max(crop // 2, 1))
+        stride = self.config.stride
         with torch.no_grad():
             out = sliding_window_inference(
                 torch.from_numpy(np.ascontiguousarray(vol.image, np.float32))[None, None], roi_size=(crop,) * 3,
@@ -386,11 +391,15 @@ class BrainModel:
         """Post-processed anomaly map of a prepared scan, on the record's RAS grid (for an
         ensemble: the mean or median of the members' maps in units of their own voxel thresholds)."""
         if self.members:
-            maps = np.stack([m.volume_map(vol) / m.voxel_threshold for m in self.members])
-            return COMBINE[self.config.combine](maps, axis=0).astype(np.float32)
+            return COMBINE[self.config.combine](self.member_maps(vol), axis=0).astype(np.float32)
         model_map = postprocess_map(self.model_map(vol), vol.model_brain, erode=self.config.erode,
                                     median=self.config.median)
         return from_model_grid(model_map, vol.geometry, order=1)
+
+    def member_maps(self, vol: PreparedVolume) -> np.ndarray:
+        """An ensemble's member maps ``(n_members, *record grid)``, each in units of its own
+        healthy-calibrated voxel threshold (what the ensemble combines)."""
+        return np.stack([m.volume_map(vol) / m.voxel_threshold for m in self.members])
 
     def support(self, vol: PreparedVolume) -> np.ndarray:
         """Record-grid voxels where the map is read (the eroded brain, brought back)."""
@@ -777,7 +786,7 @@ def _explained_items(model: BrainModel, vol: PreparedVolume, top_k: int) -> _Exp
     cfg = model.config
     crop = int(cfg.crop_size)
     img, brain = _padded(vol.image, crop), _padded(vol.model_brain, crop)
-    boxes = [b for b in _crop_boxes(img.shape, crop, int(cfg.crop_stride or max(crop // 2, 1)))
+    boxes = [b for b in _crop_boxes(img.shape, crop, cfg.stride)
              if brain[b].mean() >= cfg.min_brain_fraction]
     if not boxes:
         raise InputError(f"no {crop}-voxel crop of the scan holds enough brain to explain")

@@ -1197,7 +1197,6 @@ def _error_row(f: Path, rid: str, e: Exception) -> dict[str, Any]:
 def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, Any], out: Path,
                      annotated_copy: str, plots: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write one screened recording's outputs; returns its results.csv row and results.json entry."""
-    from medad.io.signals import signal_format
     from medad.utils import write_text
 
     hdr, ivs, s = res["header"], res["intervals"], res["scores"]
@@ -1218,14 +1217,13 @@ def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, An
         name = f"{rid}_window_scores.csv"
     write_text(out / name, buf.getvalue())
     outputs.append(name)
-    fmt = signal_format(f)
     try:
         outputs += [p.name for p in write_mne_outputs(f, ivs, out, rid, annotated_copy, header=hdr,
                                                       sfreq=model.cfg.text_sfreq)]
         if beats:  # every beat, flagged ones marked, whatever the input format
             outputs.append(write_wfdb_annotations(rid, ivs, fs, out, beats=res["samples"], flags=res["flagged"],
                                                   scores=s).name)
-        elif fmt == "wfdb":
+        elif hdr.format == "wfdb":
             peaks = None
             pre = Preprocessor(model.cfg, model.sfreq, model.channels)
             ch = pre.picks(hdr)[0]

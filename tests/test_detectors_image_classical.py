@@ -175,5 +175,7 @@ def test_pca_knn_finds_defects_and_ignores_brightness_with_robust_normalisation(
     assert auroc(y, np.r_[plain.score(normal).score, plain.score(brighter).score]) > 0.95
     det.save(tmp_path / "m")
     np.testing.assert_allclose(Detector.load(tmp_path / "m").score(lesion).score, r.score, rtol=1e-5)
-    with pytest.raises(Exception):
+    from medad.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="pca method must be one of"):
         registry.create("pca", method="nearest").fit(train)

@@ -89,7 +89,7 @@ def test_stride_and_corrupt_frames_are_reported(model_dir, tmp_path):
     # (JPEG frames vs a model of MJPG video: only the ranking is meaningful here)
     assert max(rows, key=lambda r: float(r["score"]))["index"] == "12"
     # a folder of frames has no rate of its own: --fps turns frame numbers into seconds
-    summary = screen_frames(model_dir, d, tmp_path / "out25", stride=2, fps=25.0, overlays=False)
+    screen_frames(model_dir, d, tmp_path / "out25", stride=2, fps=25.0, overlays=False)
     rows = list(csv.DictReader(open(tmp_path / "out25" / "frames.csv")))
     assert [float(r["time_s"]) for r in rows][:3] == [0.0, 0.08, 0.24]
     with pytest.raises(Exception, match="fps must be positive"):

@@ -16,7 +16,7 @@ from medad.bench.brain_lesions import BenchData, ModelStore, _detector_config, e
 from medad.config import data_root
 from medad.detectors.base import threshold_at_fpr
 from medad.transforms.brain import remove_small_components
-from pipelines.brain_lesions import config_key
+from pipelines.brain_lesions import BrainModel, config_key
 
 cfg, _ = _detector_config("ensemble", Path("configs"), False, "flair")
 data = BenchData(data_root(None), False, cache_dir=Path(sys.argv[1]) if len(sys.argv) > 1 else None)
@@ -24,18 +24,16 @@ d = data.prepared("flair", cfg.prep)
 sets, les = d["sets"], d["lesions"]
 store = ModelStore(Path(sys.argv[2]) if len(sys.argv) > 2 else Path("models"), "flair", False)
 members = [store[config_key(c)] for c in cfg.member_configs()]
+ensemble = BrainModel(None, cfg, members=members)
 print("members", [m.config.detector for m in members], flush=True)
 sup_model = members[0]
-
-def member_maps(vol):
-    return np.stack([m.volume_map(vol) / m.voxel_threshold for m in members])
 
 COMB = {"mean": lambda a: a.mean(0), "median": lambda a: np.median(a, 0), "min": lambda a: a.min(0),
         "geomean": lambda a: np.exp(np.log(np.clip(a, 1e-3, None)).mean(0))}
 val_maps, val_sup = [], []
 brats_val = None
 for v, l in zip(sets["val"], les["val"]):
-    mm = member_maps(v)
+    mm = ensemble.member_maps(v)
     s = sup_model.support(v)
     ex = s.copy()
     if l is not None:
@@ -44,7 +42,7 @@ for v, l in zip(sets["val"], les["val"]):
     if l is not None and l.any() and v.record.subject_id.startswith("brats"):
         brats_val = (v, l, mm, s)
 print("val", [v.record.subject_id for v in sets["val"]], "brats val:", brats_val[0].record.subject_id, flush=True)
-test = [(v, l, member_maps(v), sup_model.support(v)) for v, l in zip(sets["test"], les["test"])]
+test = [(v, l, ensemble.member_maps(v), sup_model.support(v)) for v, l in zip(sets["test"], les["test"])]
 out = {}
 for name, f in COMB.items():
     hv = np.concatenate([f(mm)[s] for mm, s in zip(val_maps, val_sup)])

@@ -426,9 +426,9 @@ def _task_brain(root: Path, quick: bool, only, per_image: bool = False) -> dict[
         x_tr, x_cal, x_te = _zscore_items(x_tr), _zscore_items(x_cal), _zscore_items(x_te)
     lab = np.array([it.label for it in te])
     # many slices of this copy are pure noise (no anatomy): counted so the figures can be read
-    noise = {"train/notumor": int(_noise_images(x_tr).sum()), "validation/notumor": int(_noise_images(x_cal).sum()),
-             **{f"test/{c}": int(_noise_images(x_te[lab == c]).sum()) for c in np.unique(lab)}}
     noisy_te = _noise_images(x_te)
+    noise = {"train/notumor": int(_noise_images(x_tr).sum()), "validation/notumor": int(_noise_images(x_cal).sum()),
+             **{f"test/{c}": int(noisy_te[lab == c].sum()) for c in np.unique(lab)}}
 
     def evaluate(name, det, score):
         res, ips = _score_timed(score, x_te)
@@ -668,7 +668,7 @@ def _one_class(name: str, v: Any) -> bool:
 
 
 def _best(res: dict[str, Any], key: Callable[[dict], float | None]) -> tuple[str | None, float | None]:
-    vals = [(k, key(v)) for k, v in res.items() if _one_class(k, v) and isinstance(v, dict) and key(v) is not None]
+    vals = [(k, key(v)) for k, v in res.items() if _one_class(k, v) and key(v) is not None]
     return max(vals, key=lambda kv: kv[1]) if vals else (None, None)
 
 

@@ -1007,6 +1007,8 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0) -> dict[
     reference lists (see :func:`_pipeline_beat_metrics`). Robustness: the test records again at
     3x gain and resampled to 250 Hz (written as new WFDB records), screened as they are and with
     ``site_normalize: folder``."""
+    import json
+
     from medad.datasets import dataset_root
     from medad.io.signals import _wfdb, read_signal
     from medad.transforms.signal import resample
@@ -1036,7 +1038,7 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0) -> dict[
         model = train_screening(work / "train", work / "model", cfg, progress=False)
     with Timer() as t_run:
         summary = screen_folder(model, work / "test", work / "out", progress=False)
-    info = __import__("json").loads((model / "screening.json").read_text())
+    info = json.loads((model / "screening.json").read_text())
     thr = summary["threshold"]
     res = {**_pipeline_beat_metrics(root, work / "out", thr),
            "train_seconds": t_train.seconds, "screen_seconds": t_run.seconds, "peak_rss_mb": peak_rss_mb(),

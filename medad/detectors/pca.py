@@ -105,13 +105,13 @@ class PCADetector(Detector):
         if x.ndim != 4 or x.shape[1] != self.in_channels_:
             raise InputError(f"pca was fitted on {self.in_channels_}-channel images (N, C, H, W), got shape {x.shape}")
         scores, maps = [], []
-        comp, mean = self.components_.double(), self.mean_.double()
+        comp, mean, bank = self.components_.double(), self.mean_.double(), self.bank_.double()
         s = int(self.image_size)
         for i in range(0, len(x), int(self.batch_size)):
             xb = x[i:i + int(self.batch_size)]
             c = self._flat(xb) - mean
             if self.method == "knn":
-                coef, bank = c @ comp.T, self.bank_.double()
+                coef = c @ comp.T
                 nn = torch.cdist(coef, bank).topk(min(int(self.k), len(bank)), dim=1, largest=False)
                 # full distance to the neighbours' reconstructions: the part of the image outside
                 # the normal subspace (where a lesion mostly lies) counts as well
@@ -131,8 +131,10 @@ class PCADetector(Detector):
                 {"in_channels": self.in_channels_, "explained_variance_ratio": self.explained_variance_ratio_})
 
     def _set_state(self, arrays, extra) -> None:
+        import torch
+
         self.mean_ = arrays["mean"]
         self.components_ = arrays["components"]
-        self.bank_ = arrays["bank"]
+        self.bank_ = arrays.get("bank", torch.zeros(0, len(self.components_)))  # models saved before the knn method
         self.in_channels_ = int(extra["in_channels"])
         self.explained_variance_ratio_ = float(extra["explained_variance_ratio"])

@@ -107,8 +107,10 @@ def _classifier(model, x_example, target: int | None) -> ScalarModel:
         if target not in (None, 0, 1):
             raise InputError(f"model has one output logit; target must be None, 0 or 1, got {target}")
         sign = -1.0 if target == 0 else 1.0  # explaining class 0 of a one-logit model = minus the logit
-        return ScalarModel(model, lambda x: sign * model(x).reshape(len(x)), "classifier", True, None,
-                           explained="class logit", log_odds_fn=lambda x: sign * model(x).reshape(len(x)))
+        def logit(x):
+            return sign * model(x).reshape(len(x))
+
+        return ScalarModel(model, logit, "classifier", True, None, explained="class logit", log_odds_fn=logit)
     if out.ndim != 2:
         raise InputError(f"classifier output must be (B, classes), got shape {tuple(out.shape)}")
     if target is None:
