@@ -297,13 +297,6 @@ def training_slices(volumes: Sequence[PreparedVolume], *, min_brain_pixels: int 
     return np.concatenate(xs), np.concatenate(bs), np.asarray(ids)
 
 
-def _crop_starts(n: int, crop: int, stride: int) -> list[int]:
-    """Start offsets of crops of side ``crop`` every ``stride`` voxels covering ``0..n``."""
-    last = max(n - crop, 0)
-    starts = list(range(0, last + 1, stride))
-    return starts if starts[-1] == last else starts + [last]
-
-
 def _padded(a: np.ndarray, crop: int) -> np.ndarray:
     """Zero-pad (background) every axis shorter than ``crop``."""
     pad = [(0, max(crop - n, 0)) for n in a.shape]
@@ -322,15 +315,12 @@ def training_crops(volumes: Sequence[PreparedVolume], crop: int, stride: int, *,
     for i, v in enumerate(volumes):
         img, brain = _padded(v.image, crop), _padded(v.model_brain, crop)
         les = None if lesions is None or lesions[i] is None else _padded(v.labels_to_model_grid(lesions[i]), crop)
-        for a in _crop_starts(img.shape[0], crop, stride):
-            for b in _crop_starts(img.shape[1], crop, stride):
-                for c in _crop_starts(img.shape[2], crop, stride):
-                    sl = (slice(a, a + crop), slice(b, b + crop), slice(c, c + crop))
-                    if brain[sl].mean() < min_brain_fraction or (les is not None and les[sl].any()):
-                        continue
-                    xs.append(img[sl])
-                    bs.append(brain[sl])
-                    ids.append(v.record.subject_id)
+        for sl in _crop_boxes(img.shape, crop, stride):
+            if brain[sl].mean() < min_brain_fraction or (les is not None and les[sl].any()):
+                continue
+            xs.append(img[sl])
+            bs.append(brain[sl])
+            ids.append(v.record.subject_id)
     if not xs:
         raise InputError(f"no healthy {crop}-voxel crops with enough brain found")
     return np.stack(xs)[:, None].astype(np.float32), np.stack(bs)[:, None], np.asarray(ids)
@@ -811,8 +801,7 @@ def _explained_items(model: BrainModel, vol: PreparedVolume, top_k: int) -> _Exp
 
 
 def _crop_boxes(shape: tuple[int, ...], crop: int, stride: int) -> list[tuple[slice, ...]]:
-    """Every cubic crop of side ``crop`` on the grid of starts every ``stride`` voxels (as in training)."""
-    import itertools
+    """Every cubic crop of side ``crop`` on the grid of starts every ``stride`` voxels (training and explaining)."""
+    from medad.transforms.image import patch_grid
 
-    return [tuple(slice(a, a + crop) for a in starts)
-            for starts in itertools.product(*(_crop_starts(n, crop, stride) for n in shape))]
+    return [tuple(slice(a, a + crop) for a in c) for c in patch_grid(shape, (crop,) * len(shape), (stride,) * len(shape))]

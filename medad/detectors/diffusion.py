@@ -28,7 +28,6 @@ The inference noise comes from a generator seeded with ``seed``, so scores are r
 
 from __future__ import annotations
 
-import itertools
 from typing import Sequence
 
 import numpy as np
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from medad.detectors.reconstruction import ReconstructionDetector
 from medad.errors import ConfigError
 from medad.registry import register
+from medad.transforms.image import patch_grid  # noqa: F401  (re-exported: the patch grid of pDDPM)
 
 __all__ = ["DDPMDetector", "ddim_timesteps", "noise_in_patch", "patch_grid", "patch_masks", "random_patch_mask",
            "stitch_patches"]
@@ -61,19 +61,6 @@ def ddim_timesteps(t0: int, steps: int, num_train_timesteps: int = N_TRAIN_STEPS
     stride = num_train_timesteps // n_inf
     ts = [t0 - j * stride for j in range(steps) if t0 - j * stride >= 0]
     return n_inf, ts
-
-
-def _axis_starts(n: int, p: int, s: int) -> list[int]:
-    starts = list(range(0, n - p + 1, s))
-    if starts[-1] != n - p:  # move the last patch back to the border: no pixel left out
-        starts.append(n - p)
-    return starts
-
-
-def patch_grid(spatial: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> list[tuple[int, ...]]:
-    """Corners of the patches of a grid over ``spatial`` (patch size and stride per axis); the
-    last patch of each axis ends at the border, so the patches cover every pixel."""
-    return list(itertools.product(*(_axis_starts(int(n), int(p), int(s)) for n, p, s in zip(spatial, patch, stride))))
 
 
 def patch_masks(shape: Sequence[int], corners: Sequence[Sequence[int]], patch: Sequence[int]) -> torch.Tensor:

@@ -262,3 +262,17 @@ def record_to_tensor(record) -> Any:
         return MetaTensor(torch.from_numpy(np.ascontiguousarray(arr)))
     return MetaTensor(torch.from_numpy(np.ascontiguousarray(d[None])),
                       affine=torch.as_tensor(affine, dtype=torch.float64))
+
+
+def patch_grid(spatial: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> list[tuple[int, ...]]:
+    """Corners of the patches (crops) of a grid over ``spatial``, patch size and stride per axis;
+    the last patch of each axis ends at the border, so the patches cover every pixel (an axis
+    shorter than its patch gets the single start 0)."""
+    import itertools
+
+    def starts(n: int, p: int, s: int) -> list[int]:
+        last = max(n - p, 0)
+        out = list(range(0, last + 1, s))
+        return out if out[-1] == last else out + [last]
+
+    return list(itertools.product(*(starts(int(n), int(p), int(s)) for n, p, s in zip(spatial, patch, stride))))
