@@ -545,16 +545,21 @@ def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_byt
     return np.concatenate(out)
 
 
-def _collect_beats(pre: Preprocessor, files: Sequence[Path], skipped: list[dict[str, str]]) -> list[np.ndarray]:
+def _collect_beats(pre: Preprocessor, files: Sequence[Path], skipped: list[dict[str, str]], what: str) -> np.ndarray:
     """Beat features of every recording in ``files`` (known abnormal beats excluded, see
-    ``train_exclude_beats``); a recording that fails is added to ``skipped``."""
+    ``train_exclude_beats``), stacked; a recording that fails is added to ``skipped``, and none
+    left is an InputError naming ``what`` (e.g. "the training recordings")."""
     out = []
     for f in files:
         try:
             out.append(recording_beat_features(pre, f, exclude=pre.cfg.train_exclude_beats)["features"])
         except MedadError as e:
             skipped.append({"file": str(f), "error": e.problem})
-    return out
+    if not out:
+        failed = [b for b in skipped if b["file"] in {str(f) for f in files}]
+        raise InputError(f"no beats could be found in {what} ({len(failed)} failed"
+                         + (f", e.g. {failed[0]['file']}: {failed[0]['error']})" if failed else ")"))
+    return np.concatenate(out)
 
 
 def _evenly(x: np.ndarray, cap: int) -> np.ndarray:
@@ -617,11 +622,7 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
               + (f"; {len(bad)} unreadable skipped" if bad else ""))
     unit = "beats" if cfg.unit == "beats" else "windows"
     if unit == "beats":
-        parts = _collect_beats(pre, train_files, bad)
-        if not parts:
-            raise InputError(f"no beats could be found in the training recordings ({len(bad)} failed"
-                             + (f", e.g. {bad[0]['file']}: {bad[0]['error']})" if bad else ")"))
-        x = np.concatenate(parts)
+        x = _collect_beats(pre, train_files, bad, "the training recordings")
     else:
         x = _collect(pre, train_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
     if not val_files:  # one recording: calibrate on its last windows (in time), train on the rest
@@ -630,10 +631,7 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         val_source = f"last {n_v} {unit} of the single training recording"
     else:
         if unit == "beats":
-            parts = _collect_beats(pre, val_files, bad)
-            if not parts:
-                raise InputError("no beats could be found in the held-out normal recordings")
-            xv = np.concatenate(parts)
+            xv = _collect_beats(pre, val_files, bad, "the held-out normal recordings")
         else:
             xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
         val_source = f"{len(val_files)} held-out normal recording(s)"
