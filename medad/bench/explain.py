@@ -466,16 +466,6 @@ def _part_header(res: dict[str, Any]) -> str:
         line += ("\nThe gradient_shap row of this part comes from the earlier GradientSHAP (baselines: the given one "
                  "plus 7 copies with noise of 0.1 x the input's standard deviation, the same noise on the input, "
                  "32 samples), not the current one (" + GRADIENT_SHAP_IMPL + ").")
-        chk = res.get("gradient_shap_check")
-        if chk:  # the current GradientSHAP in a separate run of this part, kept beside the table
-            r, info = chk["result"], chk["run_info"]
-            lo, hi = r["random_deletion_margin_ci"]
-            line += (f" A separate run of this part with the current one ({chk['date']}, torch threads "
-                     f"{info['threads']}, load average {info['load_average_before']}; the model retrained there: "
-                     f"{chk['model_note']}) gave gradient_shap a deletion margin of {r['deletion_margin']:.3f} "
-                     f"[{lo:.2f}, {hi:.2f}] over random maps, {r['items_better_than_random_deletion']}/{r['n_items']} "
-                     f"items better, share inside {r.get('share_inside', float('nan')):.3f}; its other figures are not "
-                     "merged here so that the table's timings stay those of one run.")
         line += "\n"
     return line + "\n"
 
