@@ -9,10 +9,11 @@ then screen any folder (EDF/BDF/FIF, WFDB, WAV, text)::
     summary = screen_folder("model/", "new_recordings/", "out/")
 
 Every recording is streamed in chunks (``iter_signal_chunks``): filtered (zero-phase band-pass,
-notch), resampled, normalised per recording (robust scale from snippets spread over the
-recording), cut into overlapping windows and scored by the detector. Windows above the
-threshold (calibrated on held-out normal windows at ``window_fpr``) that form runs of at least
-``min_windows`` become flagged intervals; a recording with any flagged interval is abnormal.
+notch), resampled, normalised per recording (robust scale: the median over its windows; for a
+long recording, over snippets spread across it), cut into overlapping windows and scored by the
+detector. Windows above the threshold (calibrated on held-out normal windows at
+``window_fpr``) that form runs of at least ``min_windows`` become flagged intervals; a recording
+with any flagged interval is abnormal.
 
 Outputs in ``out/``: ``results.csv`` and ``results.json`` (one row per recording, bad recordings
 reported with their error), and per screened recording ``<id>_window_scores.csv``,
@@ -269,10 +270,15 @@ class Preprocessor:
     def scale(self, path: Path, hdr, picks: list[int], n_pieces: int = 32) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (center, scale) of the recording for ``normalize="recording"``.
 
-        The recording is cut into window-long pieces (a short recording read whole, a long one as
-        ``n_pieces`` 10 s snippets spread over it); the result is the median over pieces of each
-        piece's median and robust scale, so abnormal stretches -- a minority of pieces -- do not
-        shift it.
+        The median, over the recording's windows (``window_seconds`` every ``step_seconds``, the
+        scoring grid), of each window's median and robust scale (:func:`robust_scale`), so
+        abnormal stretches -- a minority of windows -- do not shift it. A recording up to
+        ``n_pieces`` snippets long is filtered whole and every window of it counts, the first and
+        last included: they are scored too, and the zero-phase filter odd-extends the ends, so
+        its edges stay close to the rest (dropping ``pad`` seconds of edges would leave only the
+        middle 8 s of a 20 s recording, which one burst fills). A longer recording gives
+        ``n_pieces`` 10 s snippets spread over it, each read with ``pad`` seconds of context on
+        both sides that are dropped after filtering; it is never read whole.
         """
         from medad.io.signals import iter_signal_chunks
         from medad.transforms.signal import robust_scale
@@ -282,24 +288,27 @@ class Preprocessor:
         dur = hdr.n_times / hdr.sfreq
         snippet = 10.0
         span = snippet + 2 * self.pad
-        n = max(1, int(round(self.cfg.window_seconds * self.sfreq)))  # window-long pieces
+        n = max(1, int(round(self.cfg.window_seconds * self.sfreq)))
+        hop = max(1, int(round(self.cfg.step_seconds * self.sfreq)))
 
-        def pieces_of(start: float, stop: float) -> list[np.ndarray]:
+        def windows_of(start: float, stop: float, edge: float) -> np.ndarray:
+            """(P, C, n) windows of [start, stop) after filtering, ``edge`` s dropped each side."""
             _, x = next(iter_signal_chunks(path, stop - start + 1.0, picks=picks, header=hdr, start_seconds=start,
                                            stop_seconds=stop, sfreq=self.cfg.text_sfreq))
             y, fs = self.filter(x, hdr.sfreq)
-            e = int(self.pad * fs)  # drop the filter's edges unless that leaves less than a window
-            y = y[:, e: y.shape[1] - e] if y.shape[1] > 2 * e + n else y
-            return [y[:, i:i + n] for i in range(0, max(y.shape[1] - n, 0) + 1, n)]
+            e = int(round(edge * fs))
+            y = y[:, e: y.shape[1] - e]
+            if y.shape[1] < n:  # shorter than a window: the whole of it is the one window
+                return y[None]
+            return np.lib.stride_tricks.sliding_window_view(y, n, axis=1)[:, ::hop].transpose(1, 0, 2)
 
-        if dur <= n_pieces * span:  # short: all of it
-            pieces = pieces_of(0.0, dur)
-        else:  # long: snippets spread over the recording, never the whole of it
-            pieces = [p for a in np.linspace(0, dur - span, n_pieces) for p in pieces_of(float(a), float(a + span))]
-        stats = [robust_scale(p, axis=1, eps=1e-12) for p in pieces]
-        med = np.median(np.stack([m for m, _ in stats]), axis=0)
-        sc = np.median(np.stack([v for _, v in stats]), axis=0)
-        return med.astype(np.float32), sc.astype(np.float32)
+        if dur <= n_pieces * span:  # short: every window of it
+            w = windows_of(0.0, dur, 0.0)
+        else:  # long: snippets spread over the recording, their filter edges dropped
+            w = np.concatenate([windows_of(float(a), float(a + span), self.pad)
+                                for a in np.linspace(0, dur - span, n_pieces)])
+        med, sc = robust_scale(w, axis=-1, eps=1e-12)  # (P, C, 1) each
+        return np.median(med, axis=0).astype(np.float32), np.median(sc, axis=0).astype(np.float32)
 
     def windows(self, path: Path, hdr=None, fn: Callable[[np.ndarray, np.ndarray], Any] | None = None,
                 workers: int | None = None) -> Iterator[Any]:

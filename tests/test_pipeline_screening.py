@@ -537,9 +537,7 @@ def _burst_signal(seconds: float, n_ch: int, sf: int, seed: int, burst: tuple[fl
     return x
 
 
-# off the middle of the recording: a 20 s recording's scale comes from its middle 8 s (6 s filter
-# edges dropped each side), which a central burst would dominate
-BURST = (14.0, 18.0)
+BURST = (14.0, 18.0)  # a central burst: test_short_recording_with_a_central_burst_is_flagged_only_there
 
 
 def _check_mne_copies(out: Path, rid: str, n_ch: int, sf: float, n_times: int, copy: str):
@@ -660,3 +658,48 @@ def test_edf_copy_of_a_non_integer_rate_recording_is_padded_to_whole_records(tmp
     d = dict(zip(raw.annotations.description, zip(raw.annotations.onset, raw.annotations.duration)))
     assert d["medad_abnormal"] == pytest.approx((5.0, 4.0), abs=2e-3)
     assert d["BAD_ACQ_SKIP"][0] == pytest.approx(4097 / 173.61, abs=0.01)
+
+
+# ---------------------------------------------------------------- short recordings: the amplitude scale
+CENTRAL_BURST = (7.0, 13.0)  # 6 s in the middle of a 20 s recording
+
+
+def test_short_recording_scale_ignores_a_central_burst(tmp_path):
+    """A 20 s recording's scale comes from every window of it (filter edges included), so a 6 s
+    burst in its middle -- all of the middle 8 s that dropping 6 s filter edges would leave --
+    does not move it (was: scale x6 from the burst)."""
+    from scipy.io import wavfile
+
+    sf = 100
+    clean = _burst_signal(20, 1, sf, 3, None)
+    burst = _burst_signal(20, 1, sf, 3, CENTRAL_BURST)
+    pre = Preprocessor(ScreeningConfig(notch=None), sf, None)
+    assert pre.pad == 6.0  # the case that went wrong: 2 x 6 s of edges leave the middle 8 s
+    scales = []
+    for name, x in (("clean", clean), ("burst", burst)):
+        wavfile.write(tmp_path / f"{name}.wav", sf, (x.T / 16 * 32767).astype(np.int16))
+        hdr = pre.header(tmp_path / f"{name}.wav")
+        scales.append(pre.scale(tmp_path / f"{name}.wav", hdr, [0])[1].ravel())
+    np.testing.assert_allclose(scales[1], scales[0], rtol=0.25)
+
+
+def test_short_recording_with_a_central_burst_is_flagged_only_there(tmp_path):
+    """End to end: a model trained on clean 20 s recordings flags the burst of a 20 s recording,
+    not the whole recording (an inflated scale made its quiet parts look abnormal)."""
+    from scipy.io import wavfile
+
+    sf = 100
+    for folder, n, burst in (("n", 4, None), ("t", 1, CENTRAL_BURST)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            x = _burst_signal(20, 1, sf, i + 10 * (n == 1), burst)
+            wavfile.write(tmp_path / folder / f"{folder}{i}.wav", sf, (x.T / 16 * 32767).astype(np.int16))
+    model = train_screening(tmp_path / "n", tmp_path / "m", ScreeningConfig(notch=None), progress=False)
+    rec = screen_folder(model, tmp_path / "t", tmp_path / "o", plots=False, progress=False)["recordings"][0]
+    assert rec["decision"] == "abnormal", rec
+    assert all(CENTRAL_BURST[0] - 2.0 <= iv["start_s"] and iv["end_s"] <= CENTRAL_BURST[1] + 2.0
+               for iv in rec["intervals"]), rec["intervals"]
+    rows = list(csv.DictReader(open(tmp_path / "o" / "t0_window_scores.csv")))
+    far = [float(r["score"]) for r in rows if float(r["start_s"]) + 2.0 <= CENTRAL_BURST[0] - 1.0
+           or float(r["start_s"]) >= CENTRAL_BURST[1] + 1.0]
+    assert len(far) >= 6 and max(far) <= rec["threshold"], (far, rec["threshold"])
