@@ -755,12 +755,19 @@ def feature_scorer(det):
 
 
 def recording_items(model: ScreeningModel, path: Path, *, features: bool = False, batch: int = 4096,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, top_k: int = 0) -> dict[str, Any]:
     """Every window (beat mode: beat) of one recording: ``starts`` (s), ``times`` (window
     centres / R peaks), a small min/max ``envelope`` for the plot, and ``scores`` -- or, with
-    ``features``, the ``features`` (scored later, after per-site normalisation)."""
+    ``features``, the ``features`` (scored later, after per-site normalisation).
+
+    ``top_k`` (window mode, scores): also keep the ``top_k`` highest-scoring windows themselves,
+    preprocessed as scored -- ``top_windows`` (k, C, W) and their ``top_starts``, best first
+    (ties: the earlier window) -- for explanations; only k windows per chunk are ever held.
+    """
     from tqdm.auto import tqdm
 
+    if top_k and (features or model.cfg.unit == "beats"):
+        raise ConfigError("top_k keeps scored windows: window mode without features only")
     pre = Preprocessor(model.cfg, model.sfreq, model.channels)
     hdr = pre.header(path)
     if model.cfg.unit == "beats":
@@ -784,20 +791,27 @@ def recording_items(model: ScreeningModel, path: Path, *, features: bool = False
         # a small trace summary for the plot (first channels, min/max per window): the
         # recording itself is never held in memory
         env = np.stack([w[:, :4].min(-1), w[:, :4].max(-1)], axis=-1)
-        return st, out, env
+        best = np.argsort(-out, kind="stable")[:top_k] if top_k else slice(0, 0)  # this chunk's best
+        return st, out, env, (st[best], out[best], w[best])
 
-    starts, outs, env = [], [], []
-    for st, o, e in pre.windows(path, hdr, fn=work):
+    starts, outs, env, tops = [], [], [], []
+    for st, o, e, top in pre.windows(path, hdr, fn=work):
         starts.append(st)
         outs.append(o)
         env.append(e)
+        tops.append(top)
         if len(st):
             bar.update(max(0, round(st[-1] + model.cfg.step_seconds) - bar.n))
     bar.close()
     t = np.concatenate(starts)
-    return {"header": hdr, "starts": t, "times": t + model.cfg.window_seconds / 2, "envelope": np.concatenate(env),
-            "channels": [hdr.ch_names[i] for i in pre.picks(hdr)],
-            ("features" if features else "scores"): np.concatenate(outs)}
+    res = {"header": hdr, "starts": t, "times": t + model.cfg.window_seconds / 2, "envelope": np.concatenate(env),
+           "channels": [hdr.ch_names[i] for i in pre.picks(hdr)],
+           ("features" if features else "scores"): np.concatenate(outs)}
+    if top_k:  # the best of the chunks' best; chunks come in time order, so a tie keeps the earlier window
+        ts, ss, ws = (np.concatenate(a) for a in zip(*tops))
+        keep = np.argsort(-ss, kind="stable")[:top_k]
+        res["top_starts"], res["top_windows"] = ts[keep], ws[keep]
+    return res
 
 
 def decide(model: ScreeningModel, res: dict[str, Any], scores: np.ndarray | None = None) -> dict[str, Any]:
@@ -821,6 +835,45 @@ def decide(model: ScreeningModel, res: dict[str, Any], scores: np.ndarray | None
 def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096, progress: bool = False) -> dict[str, Any]:
     """Scores of every window (beat) of one recording, its flagged intervals and decision."""
     return decide(model, recording_items(model, path, batch=batch, progress=progress))
+
+
+def explain_recording(model_path: str | Path, path: str | Path, out: str | Path, *,
+                      methods: Sequence[str] | None = None, top_k: int = 3, case_id: str | None = None,
+                      include_identity: bool = False, text_sfreq: float | None = None, **explain_kw: Any):
+    """Explain a screening model's decision on one recording (``medad explain`` on a
+    ``medad screen train`` model): the recording is windowed, preprocessed and scored by
+    :func:`recording_items` and decided by :func:`decide`, as ``medad screen run`` does; its
+    ``top_k`` highest-scoring windows are explained (:func:`medad.report.cases.explain_windows`:
+    one signal plot per method and window, ``case.json``, ``report.html`` in ``out``).
+    ``text_sfreq``: sampling rate of a plain-text recording (default: the model's). Per-site
+    normalisation needs the whole screened folder and is not applied (the report says so)."""
+    from medad.report.cases import explain_windows
+    from medad.report.html import identity_from_file
+
+    model = ScreeningModel.load(model_path)
+    if text_sfreq is not None:  # plain-text recordings carry no rate
+        model.cfg.text_sfreq = float(text_sfreq)
+    if model.cfg.unit == "beats":
+        raise ConfigError("explaining a beat-mode screening model is not implemented; the per-beat scores are "
+                          "in <id>_beat_scores.csv of `medad screen run`", model_path)
+    path = Path(path)
+    if not path.exists():
+        raise ReadError("file not found", path)
+    res = decide(model, recording_items(model, path, top_k=max(1, int(top_k))))
+    ivs, cfg = res["intervals"], model.cfg
+    details = {"windows": len(res["scores"]), "window (s)": cfg.window_seconds, "step (s)": cfg.step_seconds,
+               "windows above threshold": int(res["flagged"].sum()),
+               "flagged spans (s)": ", ".join(f"{iv['start_s']:.1f}-{iv['end_s']:.1f}" for iv in ivs[:20]) or "none",
+               "decision rule": f">= {cfg.min_windows} consecutive windows above the threshold",
+               "case score": "maximum over windows"}
+    if cfg.site_normalize != "none":  # per-site statistics need the whole screened folder
+        details["site normalisation"] = (f"not applied here (the model screens with site_normalize="
+                                         f"{cfg.site_normalize!r}): scores may differ from `medad screen run`")
+    return explain_windows(model.detector, res["top_windows"], res["top_starts"], model.sfreq, out, methods=methods,
+                           cid=case_id or path.name.split(".")[0], score=float(res["scores"].max()),
+                           threshold=model.threshold, decision="abnormal" if ivs else "normal",
+                           ch_names=res["channels"], details=details, source=path.name,
+                           identity=identity_from_file(path) if include_identity else None, **explain_kw)
 
 
 def site_normalise(features: Sequence[np.ndarray], groups: Sequence[str], det) -> list[np.ndarray]:

@@ -143,6 +143,8 @@ def test_explain_screening_model_uses_its_preprocessing(tmp_path, screening_mode
     assert case["score"] == pytest.approx(screened["max_score"], rel=1e-5)
     assert case["details"]["flagged spans (s)"].startswith(f"{screened['intervals'][0]['start_s']:.1f}")
     assert len(case["figures"]) == 1 and (tmp_path / "e" / case["figures"][0]["png"]).is_file()
+    start = float(Path(case["figures"][0]["png"]).stem.split("_")[-1].rstrip("s"))  # <method>_<start>s.png
+    assert 6.0 <= start <= 14.0  # the explained (best) window overlaps the burst at 8-14 s
 
 
 def test_screening_config_errors_name_the_file(tmp_path):

@@ -109,6 +109,25 @@ def test_screen_folder_flags_spikes_and_reports_bad_files(folders):
     np.testing.assert_allclose(ws[:, 0], np.arange(59.0))
 
 
+
+def test_recording_items_keeps_the_best_windows_across_chunks(folders):
+    """``top_k`` (what `medad explain` explains): the k highest-scoring windows of a recording read
+    in 3+ chunks, best first, as scored -- the same windows the pipeline's own windowing cuts."""
+    from pipelines.screening import recording_items
+
+    _, model, test = folders
+    sm = ScreeningModel.load(model)
+    f = test / "sub-11_eeg.edf"
+    pre = Preprocessor(sm.cfg, sm.sfreq, sm.channels)
+    chunks = list(pre.windows(f))
+    assert len(chunks) >= 3 and max(len(c[0]) for c in chunks) < 30  # 30 best: from several chunks
+    t, w = (np.concatenate(a) for a in zip(*chunks))
+    res = recording_items(sm, f, top_k=30)
+    order = np.argsort(-res["scores"], kind="stable")[:30]
+    np.testing.assert_array_equal(res["top_starts"], res["starts"][order])
+    np.testing.assert_allclose(res["top_windows"], w[np.searchsorted(t, res["top_starts"])], rtol=1e-6)
+    np.testing.assert_allclose(sm.detector.score(res["top_windows"]).score, res["scores"][order], rtol=1e-5)
+
 def test_mne_annotations_roundtrip(folders):
     import mne
 

@@ -43,8 +43,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
             return
         if (model / "screening.json").is_file():  # a `medad screen train` model: its own windows
-            case = _explain_screening(model, input, out, methods=method or None, top_k=top_k, case_id=case_id,
-                                      include_identity=include_identity, text_sfreq=sfreq, **kw)
+            from pipelines.screening import explain_recording
+
+            case = explain_recording(model, input, out, methods=method or None, top_k=top_k, case_id=case_id,
+                                     include_identity=include_identity, text_sfreq=sfreq, **kw)
             typer.echo(f"{case.case_id}: {case.decision} (max window score {case.score:.4g}, "
                        f"threshold {case.threshold:.4g})")
             typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
@@ -82,57 +84,3 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         run(data_root=data_root, out=out, quick=quick, threads=threads, part=part)
 
-
-def _explain_screening(model: Path, path: Path, out: Path, *, methods, top_k: int, case_id, include_identity: bool,
-                       text_sfreq: float | None = None, **explain_kw):
-    """Explain a recording with a `medad screen train` model: windows cut and preprocessed as
-    `medad screen run` does (filters, resampling, the recording's own scale), scored, the decision
-    taken by the same rule; the ``top_k`` highest-scoring windows are explained. ``text_sfreq``:
-    sampling rate of a plain-text recording (default: the model's)."""
-    import numpy as np
-
-    from medad.errors import ConfigError, ReadError
-    from medad.report.cases import explain_windows
-    from medad.report.html import identity_from_file
-    from pipelines.screening import Preprocessor, ScreeningModel, decide
-
-    sm = ScreeningModel.load(model)
-    if text_sfreq is not None:  # plain-text recordings carry no rate
-        sm.cfg.text_sfreq = float(text_sfreq)
-    if sm.cfg.unit == "beats":
-        raise ConfigError("explaining a beat-mode screening model is not implemented; the per-beat scores are "
-                          "in <id>_beat_scores.csv of `medad screen run`", model)
-    path = Path(path)
-    if not path.exists():
-        raise ReadError("file not found", path)
-    pre = Preprocessor(sm.cfg, sm.sfreq, sm.channels)
-    hdr = pre.header(path)
-    k = max(1, int(top_k))
-    starts, scores = [], []
-    top_s, top_t, top_w = np.zeros(0), np.zeros(0), None
-    for st, w in pre.windows(path, hdr, workers=1):  # only the k best windows are kept (long recordings)
-        if not len(w):
-            continue
-        s = sm.detector.score(w).score.astype(np.float64)
-        starts.append(st)
-        scores.append(s)
-        cand_s, cand_t = np.concatenate([top_s, s]), np.concatenate([top_t, st])
-        cand_w = w if top_w is None else np.concatenate([top_w, w])
-        keep = np.argsort(-cand_s, kind="stable")[:k]
-        top_s, top_t, top_w = cand_s[keep], cand_t[keep], cand_w[keep]
-    res = decide(sm, {"starts": np.concatenate(starts), "scores": np.concatenate(scores)})
-    ivs = res["intervals"]
-    details = {"windows": len(res["scores"]), "window (s)": sm.cfg.window_seconds, "step (s)": sm.cfg.step_seconds,
-               "windows above threshold": int(res["flagged"].sum()),
-               "flagged spans (s)": ", ".join(f"{iv['start_s']:.1f}-{iv['end_s']:.1f}" for iv in ivs[:20]) or "none",
-               "decision rule": f">= {sm.cfg.min_windows} consecutive windows above the threshold",
-               "case score": "maximum over windows"}
-    if sm.cfg.site_normalize != "none":  # per-site statistics need the whole screened folder
-        details["site normalisation"] = (f"not applied here (the model screens with site_normalize="
-                                         f"{sm.cfg.site_normalize!r}): scores may differ from `medad screen run`")
-    ch = [hdr.ch_names[i] for i in pre.picks(hdr)]
-    return explain_windows(sm.detector, top_w, top_t, pre.sfreq, out, methods=methods,
-                           cid=case_id or path.name.split(".")[0], score=float(res["scores"].max()),
-                           threshold=sm.threshold, decision="abnormal" if ivs else "normal", ch_names=ch,
-                           details=details, source=path.name,
-                           identity=identity_from_file(path) if include_identity else None, **explain_kw)
