@@ -917,24 +917,15 @@ TEXT_UNIT = "uV"
 _TO_VOLTS = {"v": 1.0, "mv": 1e-3, "uv": 1e-6, "\u00b5v": 1e-6, "\u03bcv": 1e-6, "nv": 1e-9}
 
 
-def _source_units(hdr) -> tuple[list[float | None], Any]:
+def _source_units(hdr) -> list[float | None]:
     """Per channel of a non-MNE recording, the factor that turns its values into volts (``None``:
-    no voltage unit known), and its measurement date (``None`` where it has none)."""
-    import datetime as dt
-
+    no voltage unit known), from what :func:`medad.io.signals.read_header` parsed."""
     n = len(hdr.ch_names)
     if hdr.format == "text":
-        return [_TO_VOLTS[TEXT_UNIT.lower()]] * n, None
+        return [_TO_VOLTS[TEXT_UNIT.lower()]] * n
     if hdr.format != "wfdb":  # WAV: fractions of full scale, no physical unit
-        return [None] * n, None
-    from medad.io.signals import _wfdb
-
-    h = _wfdb().rdheader(str(Path(hdr.path).with_suffix("")))
-    units = list(h.units or [None] * n)
-    date = None
-    if h.base_date is not None:
-        date = dt.datetime.combine(h.base_date, h.base_time or dt.time(0), tzinfo=dt.timezone.utc)
-    return [_TO_VOLTS.get((u or "").strip().lower()) for u in units], date
+        return [None] * n
+    return [_TO_VOLTS.get((u or "").strip().lower()) for u in hdr.meta["units"]]
 
 
 def _unique_labels(names: Sequence[str], max_len: int | None = None) -> list[str]:
@@ -967,7 +958,7 @@ def recording_as_raw(src: Path, hdr, sfreq: float | None = None):
 
     from medad.io.signals import iter_signal_chunks
 
-    scale, date = _source_units(hdr)
+    scale = _source_units(hdr)
     types = ["misc" if s is None else "ecg" if looks_like_ecg(c) else "eeg" for c, s in zip(hdr.ch_names, scale)]
     fs = float(hdr.sfreq)
     data = np.empty((len(hdr.ch_names), hdr.n_times))
@@ -977,8 +968,8 @@ def recording_as_raw(src: Path, hdr, sfreq: float | None = None):
     data *= np.array([1.0 if s is None else s for s in scale])[:, None]
     info = mne.create_info(_unique_labels(hdr.ch_names), fs, types)
     raw = mne.io.RawArray(data, info, copy="auto", verbose="error")  # float64 already: not copied
-    if date is not None:
-        raw.set_meas_date(date)
+    if hdr.meas_date is not None:
+        raw.set_meas_date(hdr.meas_date)
     if hdr.annotations:
         a = hdr.annotations
         raw.set_annotations(mne.Annotations([x.onset for x in a], [x.duration for x in a],
@@ -1033,7 +1024,7 @@ def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path,
     check_annotated_copy(annotated_copy)
     hdr = header if header is not None else read_header(src, sfreq=sfreq)
     raw = mne.io.read_raw(str(src), preload=False, verbose="error") if hdr.format == "mne" else None
-    orig = raw.annotations.orig_time if raw is not None else _source_units(hdr)[1]
+    orig = raw.annotations.orig_time if raw is not None else hdr.meas_date
     ann = mne_annotations(intervals, orig_time=orig)
     f = out_dir / f"{rid}-annot.fif"
     with atomic_path(f, suffix="-annot.fif") as tmp:

@@ -635,26 +635,32 @@ def test_wav_recordings_get_mne_annotations_and_annotated_copies(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore")  # wfdb's pandas deprecation warnings
-def test_wfdb_copy_is_in_volts_with_ecg_type_and_base_date(tmp_path):
+def test_wfdb_copy_is_in_volts_with_ecg_type_and_base_date(tmp_path, monkeypatch):
     """WFDB: mV channels -> volts (an ECG lead typed ecg), other units kept as misc; the header's
     base date is the measurement date the annotations refer to."""
     import datetime as dt
 
     import mne
 
-    from medad.io.signals import _wfdb
+    from medad.io.signals import _wfdb, describe, read_header
     from pipelines.screening import write_mne_outputs
 
     x = np.c_[np.sin(np.arange(1000) / 20), 100 + np.cos(np.arange(1000) / 30)]
     _wfdb().wrsamp("r", fs=100, units=["mV", "mmHg"], sig_name=["MLII", "ABP"], p_signal=x, fmt=["16", "16"],
                    base_date=dt.date(2020, 1, 2), base_time=dt.time(3, 4, 5), write_dir=str(tmp_path))
     ivs = [{"start_s": 2.0, "end_s": 4.5, "max_score": 3.0, "probability": 0.99}]
-    ann_f, copy_f = write_mne_outputs(tmp_path / "r.hea", ivs, tmp_path, "r", annotated_copy="fif")
+    hdr = read_header(tmp_path / "r.hea")
+    when = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    assert hdr.meta["units"] == ["mV", "mmHg"] and hdr.meas_date == when
+    assert "2020" not in json.dumps(describe(tmp_path / "r.hea"))  # a date of care is not shown
+    parsed = []  # the copy reuses the header the reader parsed: the .hea is not parsed again
+    monkeypatch.setattr(_wfdb(), "rdheader", lambda *a, **k: parsed.append(a) or pytest.fail("header re-read"))
+    ann_f, copy_f = write_mne_outputs(tmp_path / "r.hea", ivs, tmp_path, "r", annotated_copy="fif", header=hdr)
+    assert not parsed
     raw = mne.io.read_raw(copy_f, preload=True, verbose="error")
     assert raw.get_channel_types() == ["ecg", "misc"] and raw.info["sfreq"] == 100 and raw.n_times == 1000
     np.testing.assert_allclose(raw.get_data()[0], x[:, 0] * 1e-3, atol=1e-6)
     np.testing.assert_allclose(raw.get_data()[1], x[:, 1], rtol=1e-3)
-    when = dt.datetime(2020, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
     ann = mne.read_annotations(ann_f)
     assert raw.info["meas_date"] == when and ann.orig_time == when
     assert ann.onset[0] == pytest.approx(2.0) and ann.duration[0] == pytest.approx(2.5)

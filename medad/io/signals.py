@@ -15,6 +15,7 @@ output never reach the user.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -48,7 +49,11 @@ class SignalHeader:
         ch_names: channel names.
         n_times: samples per channel.
         annotations: annotations stored with the recording.
-        meta: format facts (units, file type); never patient identity.
+        meta: format facts (units, file type); never patient identity. WFDB: ``units``, the
+            header's unit per channel (``None`` where it gives none).
+        meas_date: when the recording started (UTC), where the file says (EDF/BDF/FIF measurement
+            date, WFDB base date and time); kept out of ``meta`` (and so out of ``describe``), as
+            dates of care identify patients.
     """
 
     path: Path
@@ -58,6 +63,7 @@ class SignalHeader:
     n_times: int
     annotations: list[Annotation] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    meas_date: datetime.datetime | None = None
 
     @property
     def duration(self) -> float | None:
@@ -203,7 +209,7 @@ def _mne_header(p: Path) -> tuple[SignalHeader, Any]:
     meta = {"file_type": _suffix(p).lstrip(".").upper(), "unit": "V (MNE SI units)",
             "channel_types": sorted(set(raw.get_channel_types()))}
     hdr = SignalHeader(p, "mne", float(raw.info["sfreq"]), list(raw.ch_names), int(raw.n_times),
-                       _mne_annotations(raw), meta)
+                       _mne_annotations(raw), meta, raw.info["meas_date"])
     return hdr, raw
 
 
@@ -221,8 +227,13 @@ def _wfdb_header(p: Path) -> SignalHeader:
         raise ReadError("WFDB record has no signal (no channels or zero length)", base.with_suffix(".hea"))
     _check_wfdb_files(base, h)
     anns, annotator = _wfdb_annotations(base, float(h.fs))
-    meta = {"file_type": "WFDB", "unit": ",".join(u or "?" for u in (h.units or [])), "annotator": annotator}
-    return SignalHeader(base.with_suffix(".hea"), "wfdb", float(h.fs), list(h.sig_name), int(h.sig_len), anns, meta)
+    units = [u or None for u in (h.units or [None] * len(h.sig_name))]
+    meta = {"file_type": "WFDB", "unit": ",".join(u or "?" for u in units), "units": units, "annotator": annotator}
+    date = None
+    if h.base_date is not None:  # a base time without a date places the recording on no day
+        date = datetime.datetime.combine(h.base_date, h.base_time or datetime.time(0), tzinfo=datetime.timezone.utc)
+    return SignalHeader(base.with_suffix(".hea"), "wfdb", float(h.fs), list(h.sig_name), int(h.sig_len), anns, meta,
+                        date)
 
 
 # bytes per sample of the WFDB storage formats (compressed FLAC formats are not checked)
