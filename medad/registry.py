@@ -29,6 +29,7 @@ _MODULES = (
     "medad.detectors.patchcore",
     "medad.detectors.classifier",
     "medad.detectors.pca",
+    "medad.detectors.descriptor_knn",
 )
 
 

@@ -179,3 +179,27 @@ def patch_descriptors(f: np.ndarray, fg: np.ndarray, scales: Sequence[int], stri
             pos.append(torch.stack(torch.meshgrid(pr, pc, indexing="ij")))
         d = torch.cat([d, torch.stack(pos)], 1)
     return d.permute(0, 2, 3, 1).contiguous(), cover.contiguous()
+
+
+def hog_descriptors(x: np.ndarray, image_size: int = 64, cell: int = 8, orientations: int = 9,
+                    median: int = 3) -> np.ndarray:
+    """Histograms of oriented gradients of whole images: ``(N, C, H, W)`` -> ``(N, bh, bw, F)``,
+    one row of ``F = 4 * orientations`` values per block of 2 x 2 cells (blocks overlap by a
+    cell; L2-Hys normalised, so brightness and contrast do not count).
+
+    Each image is averaged over its channels, median filtered (``median`` px at the input
+    resolution, 0: off -- impulse noise otherwise adds gradients everywhere) and area-resized
+    to ``image_size`` before the gradients are taken."""
+    import cv2
+    from skimage.feature import hog
+
+    out = []
+    for im in x.mean(1).astype(np.float32):
+        if median:
+            im = cv2.medianBlur(im, int(median))
+        if im.shape != (image_size, image_size):
+            im = cv2.resize(im, (int(image_size), int(image_size)), interpolation=cv2.INTER_AREA)
+        h = hog(im, orientations=int(orientations), pixels_per_cell=(int(cell), int(cell)),
+                cells_per_block=(2, 2), block_norm="L2-Hys", feature_vector=False)
+        out.append(h.reshape(h.shape[0], h.shape[1], -1))
+    return np.stack(out).astype(np.float32)
