@@ -559,6 +559,22 @@ def _burst_signal(seconds: float, n_ch: int, sf: int, seed: int, burst: tuple[fl
 BURST = (14.0, 18.0)  # a central burst: test_short_recording_with_a_central_burst_is_flagged_only_there
 
 
+def _write_wav(path: Path, x: np.ndarray, sf: int) -> None:
+    from scipy.io import wavfile
+
+    wavfile.write(path, sf, (x.T / 16 * 32767).astype(np.int16))
+
+
+def _wav_model_and_test(tmp_path: Path, n_ch: int, burst: tuple[float, float], sf: int = 100) -> Path:
+    """A model trained on 4 clean 20 s WAV recordings in ``n/`` (returned); ``t/t0.wav`` holds one
+    with ``burst``."""
+    for folder, n, b in (("n", 4, None), ("t", 1, burst)):
+        (tmp_path / folder).mkdir()
+        for i in range(n):
+            _write_wav(tmp_path / folder / f"{folder}{i}.wav", _burst_signal(20, n_ch, sf, i + 10 * (n == 1), b), sf)
+    return train_screening(tmp_path / "n", tmp_path / "m", ScreeningConfig(notch=None), progress=False)
+
+
 def _check_mne_copies(out: Path, rid: str, n_ch: int, sf: float, n_times: int, copy: str):
     """The annotated copy and ``-annot.fif`` reopen with MNE, match the source's channel count, rate
     and length, and carry exactly the results.json intervals, which lie on the burst. Returns the
@@ -616,12 +632,7 @@ def test_wav_recordings_get_mne_annotations_and_annotated_copies(tmp_path):
     from scipy.io import wavfile
 
     sf = 100
-    for folder, n, burst in (("n", 4, None), ("t", 1, BURST)):
-        (tmp_path / folder).mkdir()
-        for i in range(n):
-            x = _burst_signal(20, 2, sf, i + 10 * (n == 1), burst)
-            wavfile.write(tmp_path / folder / f"{folder}{i}.wav", sf, (x.T / 16 * 32767).astype(np.int16))
-    model = train_screening(tmp_path / "n", tmp_path / "m", ScreeningConfig(notch=None), progress=False)
+    model = _wav_model_and_test(tmp_path, 2, BURST, sf)
     _, pcm = wavfile.read(tmp_path / "t" / "t0.wav")
     for copy in ("fif", "edf"):
         out = tmp_path / f"o_{copy}"
@@ -693,8 +704,6 @@ def test_short_recording_scale_ignores_a_central_burst(tmp_path):
     """A 20 s recording's scale comes from every window of it (filter edges included), so a 6 s
     burst in its middle -- all of the middle 8 s that dropping 6 s filter edges would leave --
     does not move it (was: scale x6 from the burst)."""
-    from scipy.io import wavfile
-
     sf = 100
     clean = _burst_signal(20, 1, sf, 3, None)
     burst = _burst_signal(20, 1, sf, 3, CENTRAL_BURST)
@@ -702,7 +711,7 @@ def test_short_recording_scale_ignores_a_central_burst(tmp_path):
     assert pre.pad == 6.0  # the case that went wrong: 2 x 6 s of edges leave the middle 8 s
     scales = []
     for name, x in (("clean", clean), ("burst", burst)):
-        wavfile.write(tmp_path / f"{name}.wav", sf, (x.T / 16 * 32767).astype(np.int16))
+        _write_wav(tmp_path / f"{name}.wav", x, sf)
         hdr = pre.header(tmp_path / f"{name}.wav")
         scales.append(pre.scale(tmp_path / f"{name}.wav", hdr, [0])[1].ravel())
     np.testing.assert_allclose(scales[1], scales[0], rtol=0.25)
@@ -711,15 +720,7 @@ def test_short_recording_scale_ignores_a_central_burst(tmp_path):
 def test_short_recording_with_a_central_burst_is_flagged_only_there(tmp_path):
     """End to end: a model trained on clean 20 s recordings flags the burst of a 20 s recording,
     not the whole recording (an inflated scale made its quiet parts look abnormal)."""
-    from scipy.io import wavfile
-
-    sf = 100
-    for folder, n, burst in (("n", 4, None), ("t", 1, CENTRAL_BURST)):
-        (tmp_path / folder).mkdir()
-        for i in range(n):
-            x = _burst_signal(20, 1, sf, i + 10 * (n == 1), burst)
-            wavfile.write(tmp_path / folder / f"{folder}{i}.wav", sf, (x.T / 16 * 32767).astype(np.int16))
-    model = train_screening(tmp_path / "n", tmp_path / "m", ScreeningConfig(notch=None), progress=False)
+    model = _wav_model_and_test(tmp_path, 1, CENTRAL_BURST)
     rec = screen_folder(model, tmp_path / "t", tmp_path / "o", plots=False, progress=False)["recordings"][0]
     assert rec["decision"] == "abnormal", rec
     assert all(CENTRAL_BURST[0] - 2.0 <= iv["start_s"] and iv["end_s"] <= CENTRAL_BURST[1] + 2.0
