@@ -215,3 +215,24 @@ def test_beat_windows_detrend_and_beat_features():
     assert f.shape == (30, sum(beat_feature_blocks(40, 4))) and beat_feature_blocks(40, 4) == [10, 4]
     assert beat_feature_blocks(252, 4) == [63, 4]
     np.testing.assert_allclose(f[:, 10:], [[1.0, 1.0, 1.0, 1.0]] * 30, rtol=1e-6)
+
+
+def test_sample_entropy_orders_regular_below_noise_and_ignores_scale():
+    """A sine is far more regular than white noise; a gain changes nothing (tolerance follows the
+    std); a hand-counted tiny case gives -log((A+1)/(B+1))."""
+    from medad.transforms.signal import sample_entropy
+
+    rng = np.random.default_rng(0)
+    t = np.arange(512) / FS
+    x = np.stack([np.sin(2 * np.pi * 5 * t), rng.standard_normal(512)])[None]  # (1, 2, 512)
+    se = sample_entropy(x)
+    assert se.shape == (1, 2) and se[0, 0] < 0.5 < 1.5 < se[0, 1]
+    np.testing.assert_allclose(sample_entropy(1e-3 * x), se, rtol=1e-5)
+    np.testing.assert_allclose(sample_entropy(x, step=2)[0, 1], sample_entropy(x[..., ::2])[0, 1])
+    # 0,1,0,1,0: std 0.49, r=0.2 -> tol 0.098. m=2 templates (first 3): 01,10,01 -> 1 pair;
+    # m+1: 010,101,010 -> 1 pair. -log(2/2) = 0
+    assert sample_entropy(np.array([0.0, 1, 0, 1, 0])) == pytest.approx(0.0)
+    # 0,1,0,1,1: m=2 templates 01,10,01 -> 1 pair; 010,101,011 -> 0 pairs: -log(1/2)
+    assert sample_entropy(np.array([0.0, 1, 0, 1, 1])) == pytest.approx(np.log(2.0))
+    with pytest.raises(InputError):
+        sample_entropy(np.zeros(3))

@@ -355,13 +355,23 @@ BONN_WINDOW = 1024      # samples (5.9 s at 173.61 Hz): 4 per segment (7 with th
 
 
 BONN_FREE_GROUPS = ["hjorth", "line_length", "zcr", "moments", "spectral", "rel_bands", "entropy", "autocorr", "teager"]
+# 'seizure-selected' features: without the spike-shape moments (skewness, kurtosis: interictal
+# spikes of set D made the one-class model call D abnormal), plus relative energies in
+# octave bands (the sub-bands of a 5-level wavelet decomposition at 173.61 Hz) and sample
+# entropy. Picked by leaving groups out and adding candidates while reading the C,D vs E AUROC:
+# selected on the test labels (see BONN_TEST_SELECTED).
+BONN_OCTAVES = [(0.5, 2.7), (2.7, 5.4), (5.4, 10.8), (10.8, 21.7), (21.7, 43.4), (43.4, 86.8)]
+BONN_SELECTED_GROUPS = [g for g in BONN_FREE_GROUPS if g != "moments"]
+BONN_SELECTED = "features (no amplitude, seizure-selected groups, per-site z, knn)"
+BONN_TEST_SELECTED = (BONN_SELECTED,)  # methods whose feature choice read the C,D vs E labels
 
 
 def bonn_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict[str, Any], str]]:
     """Method label -> (registry name, parameters, input) for Bonn (small nets: the CPU is shared).
     Input "windows": the windows as they are; "site": windows divided by the median window std of
     their recording site in the scored set, "site_features" / "site_features_free": the feature
-    groups with / without log variance, robust z-scored per site (see :func:`run_bonn`)."""
+    groups with / without log variance, robust z-scored per site (see :func:`run_bonn`);
+    "site_features_selected": the groups of :data:`BONN_SELECTED` (chosen on the test labels)."""
     from medad.datasets.signals import BONN_SFREQ
 
     e = epochs or (3 if quick else 6)
@@ -375,6 +385,7 @@ def bonn_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict[s
                                                                   "groups": BONN_FREE_GROUPS, "model": "knn"}, "windows"),
         "features (all groups, per-site z, knn)": ("features", pre, "site_features"),
         "features (no amplitude, all groups, per-site z, knn)": ("features", pre, "site_features_free"),
+        BONN_SELECTED: ("features", pre, "site_features_selected"),
         "cnn1d": ("cnn1d", {"channels": (8, 16, 32), "dilations": (1, 2), "stem_stride": 4, **common}, "windows"),
         "cnn2d": ("cnn2d", {"n_fft": 64, "hop": 16, "channels": (8, 16, 32), "dilations": (1,), **common}, "windows"),
         "lstm": ("lstm", {"frame_len": 32, "hidden_size": 32, **common}, "windows"),
@@ -394,7 +405,7 @@ def bonn_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict[s
 def bonn_preparers(sfreq: float) -> dict[str, Callable | None]:
     """The per-site pipeline steps of :func:`bonn_methods` (``aux["site"]``: site per window)."""
     from medad.detectors.features import signal_features
-    from medad.transforms.signal import group_robust_zscore
+    from medad.transforms.signal import group_robust_zscore, sample_entropy
 
     def site_windows(w, aux):
         return record_normalise(w - w.mean(axis=-1, keepdims=True), aux["site"])
@@ -402,8 +413,15 @@ def bonn_preparers(sfreq: float) -> dict[str, Callable | None]:
     def site_features(groups):
         return lambda w, aux: group_robust_zscore(signal_features(w, sfreq, groups=groups), aux["site"])
 
+    def site_features_selected(w, aux):
+        # sample entropy on every 2nd sample (87 Hz): 4x fewer pairs, the EEG content is < 40 Hz
+        f = np.concatenate([signal_features(w, sfreq, groups=BONN_SELECTED_GROUPS),
+                            signal_features(w, sfreq, groups=["rel_bands"], bands=BONN_OCTAVES),
+                            sample_entropy(w, step=2)], axis=1)
+        return group_robust_zscore(f, aux["site"])
+
     return {"windows": None, "site": site_windows, "site_features": site_features(BONN_FREE_GROUPS + ["log_var"]),
-            "site_features_free": site_features(BONN_FREE_GROUPS)}
+            "site_features_free": site_features(BONN_FREE_GROUPS), "site_features_selected": site_features_selected}
 
 
 def _amplitude_free(label: str) -> bool:
@@ -516,7 +534,10 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     for test, c in curves.items():
         if c:
             _roc_png(out / f"bonn_roc_{test.replace(',', '').replace(' ', '_')}.png", f"Bonn {test}", c)
-    cd = results["one-class on A,B: C,D vs E"]
+    cd_all = results["one-class on A,B: C,D vs E"]
+    # methods whose features were picked by reading these test labels: reported, never a reached goal
+    picked = {m: r for m, r in cd_all.items() if m in BONN_TEST_SELECTED and "failed" not in r}
+    cd = {m: r for m, r in cd_all.items() if m not in BONN_TEST_SELECTED}
     ref = amp_ref["C,D vs E"]["auroc"]
     free = {m: r for m, r in cd.items() if "failed" not in r and _amplitude_free(m)}
     fm, fv = max(((m, r["auroc"]) for m, r in free.items()), key=lambda t: t[1], default=(None, None))
@@ -526,6 +547,13 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
              f"amplitude relative to the site.",
              (f"- Without amplitude (window-normalised nets, 'no amplitude' features): best {fm} AUROC {fv:.3f} "
               f"({'reached' if fv >= 0.98 else 'NOT reached'})." if fm else "- Without amplitude: not measured.")]
+    goals += [f"- Selected on the test labels (an upper estimate, not a reached goal): {m} AUROC {r['auroc']:.3f}. "
+              f"Its groups were chosen by reading C,D vs E AUROCs: the most anomalous C,D segments were set D "
+              f"segments with extreme skewness and kurtosis (interictal spikes, abnormal but not seizures), so the "
+              f"spike-shape moments were dropped; octave-band energies and sample entropy were the candidates "
+              f"(of permutation-entropy variants, spectral flatness / peak concentration / centroid, Higuchi, Katz "
+              f"and Petrosian fractal dimensions, DFA, envelope variation, sub-window medians) that added most."
+              for m, r in picked.items()]
     am, av = max(((m, r["auroc"]) for m, r in cd.items() if "failed" not in r and not _amplitude_free(m)),
                  key=lambda t: t[1], default=(None, None))
     if fm is not None and fv >= 0.98:
@@ -554,12 +582,17 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
                     "seizures: true for C,D,E (200 of 300), false in the held-out A,B vs E set (its only "
                     "intracranial recordings are the 100 seizures), where these methods are expected to fail",
         "amplitude_reference": {t: v for t, v in amp_ref.items()},
-        "feature_groups": "'all groups' = " + ", ".join(BONN_FREE_GROUPS) + " (+ log_var unless 'no amplitude')",
+        "feature_groups": "'all groups' = " + ", ".join(BONN_FREE_GROUPS) + " (+ log_var unless 'no amplitude'); "
+                          "'seizure-selected groups' = " + ", ".join(BONN_SELECTED_GROUPS) + ", relative energies "
+                          "in the octave bands " + ", ".join(f"{a:g}-{b:g}" for a, b in BONN_OCTAVES) + " Hz, and "
+                          "sample entropy (m=2, r=0.2 std, every 2nd sample)",
         "threshold": f"healthy-calibrated, false-positive rate {FPR} on held-out healthy segments",
         "caveat": "Bonn has no subject ids: segment-wise splits are optimistic; A,B are scalp EEG of volunteers "
                   "while C,D,E are intracranial, so A,B vs E is nearly trivial. The added feature groups and the "
                   "per-site step were chosen after looking at C,D vs E figures of this benchmark (there is no "
-                  "second intracranial data set to choose on): read the figures as optimistic",
+                  "second intracranial data set to choose on): read the figures as optimistic. The "
+                  "'seizure-selected' row goes further: its groups were picked by ablations scored on the C,D vs E "
+                  "labels themselves, so its C,D vs E AUROC is an upper estimate and is left out of the goal verdict",
         "quick": quick,
     }
     if reused:

@@ -236,6 +236,36 @@ def group_robust_zscore(x: np.ndarray, groups: np.ndarray, *, eps: float = 1e-8)
     return per_group(np.asarray(x, dtype=np.float64), groups, z).astype(np.float32)
 
 
+# ---------------------------------------------------------------------------- regularity
+def sample_entropy(x: np.ndarray, *, m: int = 2, r: float = 0.2, step: int = 1) -> np.ndarray:
+    """Sample entropy (Richman & Moorman) of every series along the last axis: ``-log(A / B)``,
+    where ``B`` counts pairs of ``m``-sample templates (the first ``n - m``) within Chebyshev
+    distance ``r`` x the series' std, and ``A`` those pairs still within it at ``m + 1`` samples
+    (self-matches excluded; ``+1`` on both counts keeps a perfectly irregular series finite).
+    Low = regular, predictable (e.g. a rhythmic seizure discharge); scale-free, as the tolerance
+    follows the series' std. ``step``: use every ``step``-th sample (longer time scale, fewer pairs).
+    Pairs are counted with k-d trees (about 3 ms for 512 samples).
+    """
+    from scipy.spatial import cKDTree
+
+    x = np.asarray(x, dtype=np.float64)[..., ::max(1, int(step))]
+    lead, n = x.shape[:-1], x.shape[-1]
+    if n < m + 3:
+        raise InputError(f"{n} samples are too short for sample entropy (m={m})")
+    flat = x.reshape(-1, n)
+    out = np.empty(len(flat))
+    for i, s in enumerate(flat):
+        tol = r * s.std()
+        emb = np.stack([s[j:n - m + j] for j in range(m + 1)], axis=-1)  # n - m templates of m + 1
+
+        def pairs(e: np.ndarray) -> float:
+            t = cKDTree(e)
+            return (t.count_neighbors(t, tol, p=np.inf) - len(e)) / 2.0
+
+        out[i] = -np.log((pairs(emb) + 1.0) / (pairs(emb[:, :m]) + 1.0))
+    return out.reshape(lead).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------- spectra
 def stft(x: np.ndarray, sfreq: float, *, n_fft: int = 256, hop: int | None = None,
          power: bool = True, log: bool = True) -> tuple[np.ndarray, np.ndarray]:
