@@ -143,3 +143,14 @@ def test_kvasir_frame_settings_extend_the_common_patchstats_settings():
     kvasir = bench._kvasir_frame_specs(False)["patchstats"][1]
     assert {k: v for k, v in kvasir.items() if k in common} == common
     assert kvasir["masked"] and not kvasir["texture"]
+
+
+def test_near_copies_are_found_and_other_slices_are_not():
+    from medad.bench.image_screening import _near_copies
+
+    ref = _heads(10, 0)
+    rng = np.random.default_rng(5)
+    copies = np.clip(ref[:3] + rng.normal(0, 0.005, ref[:3].shape), 0, 1).astype(np.float32)  # re-saved copies
+    others = _heads(5, 1)
+    found = _near_copies(np.concatenate([copies, others]), ref)
+    assert found.tolist() == [True] * 3 + [False] * 5

@@ -475,6 +475,22 @@ def _blank_centre(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _near_copies(x: np.ndarray, ref: np.ndarray, rms: float = 0.03) -> np.ndarray:
+    """Images of ``x`` whose root-mean-square difference from some image of ``ref`` is below
+    ``rms``, both shrunk to 32 px (values in [0, 1]): ``(N,)`` bool. On the brain set the
+    distances of `test/notumor` to `train/notumor` jump from 0.024 to 0.05: those below are copies."""
+    import torch
+
+    from medad.nets.image_encoders import resize
+
+    def flat(a):
+        t = resize(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)), 32).mean(1)
+        return t.reshape(len(t), -1).double()
+
+    q, r = flat(x), flat(ref)
+    return (torch.cdist(q, r).min(1).values / np.sqrt(q.shape[1]) < rms).numpy()
+
+
 def _task_brain(root: Path, quick: bool, only, per_image: bool = False) -> dict[str, Any]:
     from medad.datasets.images import load_class_folders
 
@@ -495,6 +511,8 @@ def _task_brain(root: Path, quick: bool, only, per_image: bool = False) -> dict[
     lab = np.array([it.label for it in te])
     # many slices of this copy are pure noise (no anatomy): counted so the figures can be read
     noisy_te = _noise_images(x_te)
+    # z-scored slices have no common intensity scale for the copy rule: counted on the raw run only
+    copies = None if per_image else _near_copies(x_te, x_tr) & (lab == "notumor")
     noise = {"train/notumor": int(_noise_images(x_tr).sum()), "validation/notumor": int(_noise_images(x_cal).sum()),
              **{f"test/{c}": int(noisy_te[lab == c].sum()) for c in np.unique(lab)}}
 
@@ -508,6 +526,8 @@ def _task_brain(root: Path, quick: bool, only, per_image: bool = False) -> dict[
         out["auroc_all"] = out["all"]["auroc"]
         real = ~noisy_te  # diagnostic: the same, noise slices left out of both sides
         out["all_without_noise_slices"] = _image_metrics(s[real & (lab == "notumor")], s[real & (lab != "notumor")], None)
+        if copies is not None:  # diagnostic: test notumor slices that are copies of training slices left out
+            out["all_without_near_copies"] = _image_metrics(s[~copies & (lab == "notumor")], s[lab != "notumor"], None)
         return out
 
     specs = {"intensity": ("intensity", {"median_size": 3, "normalize": "item", "quantile": 0.99}),
@@ -530,11 +550,35 @@ def _task_brain(root: Path, quick: bool, only, per_image: bool = False) -> dict[
                          "calibration": "validation/notumor", "n_calibration": len(cal),
                          "test": {c: int((lab == c).sum()) for c in np.unique(lab)},
                          "noise_images": noise,
-                         "caveat": "26 test/notumor images are near-copies of training images (known leak; not removed); "
+                         "near_copies": None if copies is None else {
+                             "test/notumor": int(copies.sum()),
+                             "rule": "RMS difference < 0.03 from a train/notumor slice at 32 px, [0, 1] intensities "
+                                     "(left out of `all_without_near_copies` only)"},
+                         "caveat": "test/notumor holds near-copies of training images (known leak; counted in "
+                                   "near_copies, kept in the main figures); "
                                    "noise_images: slices that are pure pixel noise (mean |horizontal difference| > 0.2 "
                                    "on [0, 1] before z-scoring), kept as they are",
                          "selection": BRAIN_SELECTION},
             "results": results}
+
+
+# what was tried for COVID-CT one-class without the test halves: fitted on 133 non-COVID slices of
+# the training half's groups, AUROC of the other 58 (30 % of its groups, seed 1) vs the 160 COVID
+# slices of the COVID training half (used otherwise only by the supervised classifier); 128 px
+COVID_SELECTION = {
+    "figures": "validation AUROC, [k = 1, k = 5] nearest neighbours, features standardised by the fitted set",
+    "hog_knn 64 px, 8 px cells, median 3 (the brain setting)": [0.606, 0.564],
+    "the same, mirror images banked": [0.606, 0.568],
+    "HOG 32 px, 8 px cells": [0.524, 0.505],
+    "HOG 96 px, 12 px cells": [0.619, 0.584],
+    "HOG 128 px, 16 px cells (median 3; mirrored: [0.638, 0.599]; no median: [0.641, 0.586])": [0.635, 0.593],
+    "HOG 128 px, 32 px cells": [0.568, 0.532],
+    "global intensity histogram (32 bins)": [0.442, 0.401],
+    "intensity histogram inside a thresholded lung mask": [0.534, 0.540],
+    "LBP histograms inside the lung mask": [0.459, 0.449],
+    "HOG 128/16 + lung histogram": [0.618, 0.582],
+    "reading": "none near the 0.85 goal; the brain setting of hog_knn runs unchanged in the table",
+}
 
 
 def _task_covid(root: Path, quick: bool, only) -> dict[str, Any]:
@@ -547,28 +591,33 @@ def _task_covid(root: Path, quick: bool, only) -> dict[str, Any]:
     cov = [it for it in items if it.label == "CT_COVID"]
     a_n, b_n = _group_halves([it.subject_id for it in non], seed=0)
     a_c, b_c = _group_halves([it.subject_id for it in cov], seed=0)
-    x_non = _load_images([it.path for it in non], S, grey=True)
-    x_cov = _load_images([it.path for it in cov], S, grey=True)
     rng = np.random.default_rng(0)
     tr_idx = np.flatnonzero(a_n)
     rng.shuffle(tr_idx)
     n_cal = len(tr_idx) // 5
-    cal, train = x_non[tr_idx[:n_cal]], x_non[tr_idx[n_cal:]]
-    te_n, te_c = x_non[b_n], x_cov[b_c]
+    parts = [tr_idx[n_cal:], tr_idx[:n_cal], np.flatnonzero(b_n), np.flatnonzero(b_c)]  # train, cal, test
     if quick:
-        train, cal, te_n, te_c = train[:60], cal[:20], te_n[:30], te_c[:30]
-    x_te = np.concatenate([te_n, te_c])
-    y_te = np.r_[np.zeros(len(te_n), bool), np.ones(len(te_c), bool)]
+        parts = [p[:n] for p, n in zip(parts, (60, 20, 30, 30))]
 
-    def evaluate(name, det, score):
+    def load(size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x_n = _load_images([non[i].path for i in np.concatenate(parts[:3])], size, grey=True)
+        train, cal, te_n = np.split(x_n, np.cumsum([len(parts[0]), len(parts[1])]))
+        return train, cal, np.concatenate([te_n, _load_images([cov[i].path for i in parts[3]], size, grey=True)])
+
+    loaded = {S: load(S)}
+    train, cal, x_te = loaded[S]
+    y_te = np.r_[np.zeros(len(parts[2]), bool), np.ones(len(parts[3]), bool)]
+
+    def evaluate(x_te, name, det, score):
         res, ips = _score_timed(score, x_te)
         return {**_image_metrics(res.score[~y_te], res.score[y_te], det.threshold_), "images_per_s": round(ips, 2)}
 
     specs = {"intensity": ("intensity", {"median_size": 3, "normalize": "item", "quantile": 0.99}),
              **_specs("covid", quick, len(train))}
-    results = _one_class_runs("covid", specs, train, cal, evaluate, only)
+    results = _runs_by_size("covid", specs, S, loaded, load, evaluate, only)
     if not only or "classifier" in only:  # supervised, beside: trained on both training halves
-        x_sup = np.concatenate([train, x_cov[a_c][: (40 if quick else None)]])
+        cov_train = [cov[i].path for i in np.flatnonzero(a_c)][: (40 if quick else None)]
+        x_sup = np.concatenate([train, _load_images(cov_train, S, grey=True)])
         y_sup = np.r_[np.zeros(len(train), int), np.ones(len(x_sup) - len(train), int)]
         params = {"arch": "densenet_small", "image_size": S, "epochs": _budget_epochs(300, quick, len(x_sup)),
                   "batch_size": 32}
@@ -583,8 +632,10 @@ def _task_covid(root: Path, quick: bool, only) -> dict[str, Any]:
         print(f"[covid] classifier: auroc={results['classifier (supervised)']['auroc']:.3f}", flush=True)
     return {"protocol": {"image_size": S, "split": "figure/paper groups of each class split in halves (seed 0)",
                          "train_non_covid": int(len(train)), "calibration_non_covid": int(len(cal)),
-                         "test": {"non_covid": int(len(te_n)), "covid": int(len(te_c))},
-                         "caveat": "non-COVID is not healthy (other findings occur); no patient ids exist"},
+                         "test": {"non_covid": int(len(parts[2])), "covid": int(len(parts[3]))},
+                         "input_sizes": {k: v for k, v in INPUT_SIZE.items() if k in specs},
+                         "caveat": "non-COVID is not healthy (other findings occur); no patient ids exist",
+                         "selection": COVID_SELECTION},
             "results": results}
 
 
@@ -685,13 +736,17 @@ def _markdown(results: dict[str, Any]) -> str:
         rows = [[k, (v.get("all") or {}).get("auroc"), (v.get("glioma") or {}).get("auroc"),
                  (v.get("meningioma") or {}).get("auroc"), (v.get("pituitary") or {}).get("auroc"),
                  (v.get("all_without_noise_slices") or {}).get("auroc"),
+                 (v.get("all_without_near_copies") or {}).get("auroc"),
                  (v.get("all") or {}).get("sensitivity_at_healthy_threshold"),
                  (v.get("all") or {}).get("specificity_at_healthy_threshold"),
                  v.get("train_seconds"), v.get("images_per_s"), v.get("error", "")] for k, v in t[key]["results"].items()]
-        lines += [markdown_table(["method", "AUROC all", "glioma", "meningioma", "pituitary", "all, no noise slices", "sens@healthy thr",
-                                  "spec@healthy thr", "train s", "img/s", "error"], rows),
+        lines += [markdown_table(["method", "AUROC all", "glioma", "meningioma", "pituitary", "all, no noise slices",
+                                  "all, no near-copies", "sens@healthy thr", "spec@healthy thr", "train s", "img/s",
+                                  "error"], rows),
                   "Goal: AUROC >= 0.95 overall, >= 0.90 per class. `all, no noise slices`: the same with the "
-                  "pure-noise slices of every class left out (diagnostic; counts in the JSON protocol).", ""]
+                  "pure-noise slices of every class left out; `all, no near-copies`: the same with the test "
+                  "`notumor` slices that are copies of training slices left out (diagnostics; counts in the "
+                  "JSON protocol; `–`: not computed in the run that made the row).", ""]
     if "covid" in t:
         lines += ["## COVID-CT (train: half of non-COVID groups)", ""]
         rows = [[k, v.get("auroc"), v.get("auprc"), v.get("sensitivity_at_healthy_threshold"),
@@ -800,6 +855,9 @@ def _goal_lines(t: dict[str, Any]) -> list[str]:
         say(label, "AUROC all", *_best(r, lambda v: (v.get("all") or {}).get("auroc")), 0.95)
         for c in ("glioma", "meningioma", "pituitary"):
             say(label, f"AUROC {c}", *_best(r, lambda v, c=c: (v.get(c) or {}).get("auroc")), 0.90)
+        # the test notumor slices copied from training ones make the task easier (a leak)
+        say(label + ", test notumor copies of training slices left out", "AUROC all",
+            *_best(r, lambda v: (v.get("all_without_near_copies") or {}).get("auroc")), 0.95)
     if "covid" in t:
         say("COVID-CT", "one-class AUROC", *_best(t["covid"]["results"], lambda v: v.get("auroc")), 0.85)
     return out
