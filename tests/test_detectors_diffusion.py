@@ -162,3 +162,77 @@ def test_bad_patch_setting_is_a_config_error(patch, stride):
     det.train_options = {"progress": False}
     with pytest.raises(ConfigError, match="patch"):
         det.fit(healthy_images(4, seed=0))
+
+
+# ----------------------------------------------------------------------------------- inference speed-ups
+
+
+def _reference_reconstruction(det: DDPMDetector, x, generator):
+    """The straightforward inference (every copy at once, nothing skipped) the chunked one must equal."""
+    import torch
+    from monai.networks.schedulers import DDIMScheduler
+
+    sched = DDIMScheduler(num_train_timesteps=1000, clip_sample=False)
+    n_inf, ts = ddim_timesteps(int(det.t0), int(det.inference_steps))
+    sched.set_timesteps(n_inf)
+    xn = det._normalise(x)
+    mask, k = None, 1
+    if det.patch_size is not None:
+        patch, stride = det._patch_setting(x.shape[2:])
+        masks = patch_masks((1, *xn.shape[2:]), patch_grid(x.shape[2:], patch, stride), patch)
+        k = masks.shape[0]
+        mask = masks.repeat_interleave(xn.shape[0], dim=0)
+        xn = xn.repeat(k, 1, 1, 1)
+    recon = torch.zeros_like(xn)
+    for _ in range(int(det.n_reconstructions)):
+        sample = noise_in_patch(sched, xn, det._noise(xn, generator), torch.full((len(xn),), ts[0]), mask)
+        for t in ts:
+            sample, x0 = sched.step(det.net_(sample, timesteps=torch.full((len(xn),), t)), t, sample)
+            if mask is not None:
+                sample = torch.where(mask, sample, xn)
+        recon += x0
+    recon = recon / int(det.n_reconstructions)
+    if mask is not None:
+        recon = stitch_patches(recon, mask, k)
+    return recon[:, :, :x.shape[2], :x.shape[3]] * det.half_range_ + det.offset_
+
+
+@pytest.mark.parametrize("patched", [True, False])
+def test_chunked_inference_equals_the_reference_and_skips_constant_patches(patched):
+    import torch
+
+    x = healthy_images(16, seed=0)[:, :, :30, :28]
+    det = DDPMDetector(**TINY, epochs=1, t0=300, inference_steps=2, n_reconstructions=2, noise="coarse",
+                       noise_res=4, noise_octaves=2, **(dict(patch_size=(16, 14), patch_stride=(7, 14)) if patched else {}))
+    det.train_options = {"progress": False}
+    det.fit(x)
+    for p in det.net_.parameters():  # MONAI zero-initialises the output layer: give it something to say
+        if not p.abs().sum():
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(1))
+    xt = torch.from_numpy(x[:5].copy())
+    xt[1] = 0.0  # an empty item: every patch constant
+    xt[2, :, :16, :14] = 0.0  # one constant patch (corner (0, 0)) in an item that has tissue
+    with torch.no_grad():
+        ref = _reference_reconstruction(det, xt, torch.Generator().manual_seed(7))
+        got = {}
+        for eb in (1, 3, None):
+            det.eval_batch = eb
+            got[eb] = det._reconstruct(det.net_, xt, torch.Generator().manual_seed(7))
+    same = torch.ones_like(xt, dtype=torch.bool)  # where the reconstruction must equal the reference
+    kept = torch.zeros_like(same)  # where it must be the input itself (skipped: residual 0)
+    same[1], kept[1] = False, True
+    if patched:  # the constant patch rows 0-15, cols 0-13: alone on rows 0-6, averaged with others below
+        same[2, :, :16, :14] = False
+        kept[2, :, :7, :14] = True
+    for eb, r in got.items():
+        torch.testing.assert_close(r[same], ref[same], rtol=1e-4, atol=1e-4, msg=f"eval_batch {eb}")
+        torch.testing.assert_close(r[kept], xt[kept], rtol=0, atol=1e-6)
+    assert (ref[same] - xt[same]).abs().mean() > 1e-2  # the reference really reconstructs something
+
+
+def test_bad_eval_batch_is_a_config_error():
+    det = DDPMDetector(**TINY, epochs=1, t0=100, inference_steps=1, eval_batch=0)
+    det.train_options = {"progress": False}
+    det.fit(healthy_images(4, seed=0))
+    with pytest.raises(ConfigError, match="eval_batch"):
+        det.score(healthy_images(2, seed=1))
