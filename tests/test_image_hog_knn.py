@@ -143,6 +143,8 @@ def test_kvasir_frame_settings_extend_the_common_patchstats_settings():
     kvasir = bench._kvasir_frame_specs(False)["patchstats"][1]
     assert {k: v for k, v in kvasir.items() if k in common} == common
     assert kvasir["masked"] and not kvasir["texture"]
+    # hog_knn runs where its input size is honoured (the grey MRI / CT slice tasks)
+    assert {t for t in bench.ALL_TASKS if "hog_knn" in bench._specs(t, False, 100)} == {"brain", "covid"}
 
 
 def test_near_copies_are_found_and_other_slices_are_not():

@@ -158,11 +158,13 @@ def _specs(task: str, quick: bool, n_train: int) -> dict[str, tuple[str, dict]]:
     # nearest normal image by its histograms of oriented gradients (outline and texture, blind
     # to brightness); settings chosen on the brain set's `validation` split (BRAIN_SELECTION)
     specs["hog_knn"] = ("hog_knn", {"image_size": 64, "cell": 8, "orientations": 9, "median": 3, "flip": True, "k": 1})
+    if task not in ("brain", "covid"):  # grey slices loaded at their own INPUT_SIZE: those tasks only
+        specs.pop("hog_knn")
     if patch_task:  # gradient maps tiled over whole frames are too slow here and say little
-        for name in ("svdd", "patchstats", "patchstats_masked", "pca_knn", "hog_knn"):
+        for name in ("svdd", "patchstats", "patchstats_masked", "pca_knn"):
             specs.pop(name)
     if task == "brain_z":  # slices already z-scored: no dark background left to tell foreground by
-        for name in ("patchstats", "patchstats_masked", "pca_knn", "hog_knn"):
+        for name in ("patchstats", "patchstats_masked", "pca_knn"):
             specs.pop(name)
     return specs
 
