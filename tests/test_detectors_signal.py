@@ -189,8 +189,12 @@ def test_benchmark_window_helpers():
 
 
 def test_benchmark_template_features_and_score_fusion():
-    """The MIT-BIH patient-adaptive features and the calibrated score fusion of the benchmark."""
-    from medad.bench.signals import TEMPLATE_BLOCKS, ScoreFusion, Split, template_features, template_residual_beats
+    """The MIT-BIH patient-adaptive features and the calibrated score fusion of the benchmark
+    (:class:`medad.detectors.fusion.ScoreFusion`, shared with the screening pipeline's beat mode)."""
+    from medad.bench.signals import (
+        FULL_BLOCKS, TEMPLATE_BLOCKS, Split, template_features, template_full_features,
+    )
+    from medad.detectors.fusion import ScoreFusion
     from medad.detectors.features import FeatureDetector
 
     rng = np.random.default_rng(0)
@@ -215,22 +219,25 @@ def test_benchmark_template_features_and_score_fusion():
     odd[list(range(5)) + list(range(60, 65))] = True
     assert resid[odd].min() > resid[~odd].max()  # each record's odd beats stand out of its own template
     assert f[0, 63] == pytest.approx(0.5 / 0.8) and f[0, 66] == pytest.approx(0.8 / 0.5)
-    assert template_residual_beats(x, rec).shape == (120, 1, 252)
+    full = template_full_features(x, rec, rr)
+    assert full.shape == (120, sum(FULL_BLOCKS)) and FULL_BLOCKS == [252, 4]
+    np.testing.assert_allclose(full[:, :252:4], f[:, :63])  # the same residual, every sample
+    np.testing.assert_allclose(full[:, 252:], f[:, 63:])  # the same RR features
 
-    # fusion: two members on different inputs, standardised on healthy calibration items only
+    # fusion: two members on two column blocks, standardised on healthy calibration items only
     tr = rng.normal(size=(300, 6))
-    m1 = FeatureDetector(feature_fn="precomputed").fit(tr[:, :4])
-    m2 = FeatureDetector(feature_fn="precomputed", model="knn").fit(tr[:, 4:])
+    fus = ScoreFusion([FeatureDetector(feature_fn="precomputed"),
+                       FeatureDetector(feature_fn="precomputed", model="knn")], [4, 2]).fit(tr)
     cal = rng.normal(size=(100, 6))
-    fus = ScoreFusion([m1, m2]).set_reference((cal[:, :4], cal[:, 4:]))
+    fus.set_reference(cal)
     test = rng.normal(size=(40, 6))
     test[20:, 4:] += 4.0
-    s = fus.score((test[:, :4], test[:, 4:])).score
+    s = fus.score(test).score
     assert auroc(np.r_[np.zeros(20), np.ones(20)], s) > 0.95
-    z_cal = fus.score((cal[:, :4], cal[:, 4:])).score
+    z_cal = fus.score(cal).score
     assert abs(float(np.median(z_cal))) < 0.5
     sp = Split(test[:, None, :], np.r_[np.zeros(20), np.ones(20)])
-    assert sp.inputs(lambda xx, aux: (xx[:, 0, :4], xx[:, 0, 4:]))[1].shape == (40, 2)
+    assert sp.inputs(lambda xx, aux: xx[:, 0])[1].shape == (6,)
 
 
 def test_benchmark_goal_lines_and_amplitude_reference():

@@ -14,7 +14,9 @@ Every deep model is run beside the classical ``features`` detector under the sam
 
 MIT-BIH also runs the screening pipeline's ECG beat mode end to end on the same split
 (:func:`mitbih_pipeline_check`: ``train_screening`` / ``screen_folder`` with
-``configs/screening_ecg_beats.yaml``, the pipeline's own R peaks matched to the reference beats).
+``configs/screening_ecg_beats.yaml`` or the configs given by ``--pipeline-config``, e.g. the deep
+``configs/screening_ecg_beats_ae.yaml``; the pipeline's own R peaks matched to the reference
+beats). ``--merge`` keeps an earlier run's results that are not rerun.
 
 Training seconds, inference seconds per item and the process's peak memory so far are recorded
 for every method. The machine these run on may be shared: wall-clock figures are inflated by
@@ -793,71 +795,52 @@ BEAT_STEP = 4  # beat shape every 4th sample (90 Hz at 360 Hz)
 TEMPLATE_BLOCKS = beat_feature_blocks(252, BEAT_STEP)  # [63, 4]: the residual and RR blocks of template_features
 
 
-def template_residual_beats(x: np.ndarray, records: np.ndarray) -> np.ndarray:
-    """Deep-model input ``(N, 1, 252)``: the beat minus its record's median beat (the rhythm goes
-    to the RR member of the fusion instead; with the rhythm channel kept as a second channel,
+def template_full_features(x: np.ndarray, records: np.ndarray, rr: np.ndarray) -> np.ndarray:
+    """:func:`medad.transforms.signal.beat_template_features` at full resolution (``step=1``) of
+    per-record normalised beats ``(N, 2, 252)``: 252 columns of beat minus its record's median
+    beat, then the 4 RR columns -- the input of the screening pipeline's beat mode with a signal
+    detector, and of the benchmark's fusion (blocks :data:`FULL_BLOCKS`). The rhythm channel is
+    left out: the RR member carries the rhythm (with the rhythm channel kept beside the residual,
     seq_ae reached AUROC 0.954 here instead of 0.965)."""
-    from medad.transforms.signal import group_template
+    from medad.transforms.signal import beat_template_features
 
-    b = x[:, :1]
-    return np.ascontiguousarray(b - group_template(b, records))
-
-
-class ScoreFusion:
-    """Mean of several fitted detectors' scores, each robust z-scored (median, IQR) on healthy
-    calibration items -- never on test or abnormal items. Inputs are tuples, one array per member.
-    Duck-types the part of the detector contract the benchmark uses (``score``)."""
-
-    def __init__(self, members: Sequence[Any]):
-        self.members = list(members)
-        self.stats_: np.ndarray | None = None
-
-    def _raw(self, inputs: tuple) -> np.ndarray:
-        return np.stack([np.asarray(m.score(x).score, np.float64) for m, x in zip(self.members, inputs)])
-
-    def set_reference(self, inputs: tuple) -> "ScoreFusion":
-        """Standardisation statistics from healthy calibration inputs."""
-        from medad.transforms.signal import robust_scale
-
-        med, scale = robust_scale(self._raw(inputs), axis=1, eps=1e-12)
-        self.stats_ = np.concatenate([med, scale], axis=1)
-        return self
-
-    def score(self, inputs: tuple):
-        from medad.detectors.base import AnomalyResult
-
-        if self.stats_ is None:
-            raise RuntimeError("ScoreFusion.set_reference must run first")
-        z = (self._raw(inputs) - self.stats_[:, :1]) / self.stats_[:, 1:]
-        return AnomalyResult(score=z.mean(axis=0).astype(np.float32))
+    return beat_template_features(x[:, 0], records, rr, step=1)
 
 
-def run_fusion(members: Sequence[tuple[str, dict[str, Any], str]], preps: dict[str, Callable], train: Split,
-               calib: Split, tests: dict[str, Split], conditions: dict[str, Callable] | None = None,
+FULL_BLOCKS = beat_feature_blocks(252, 1)  # [252, 4]: the residual and RR blocks of template_full_features
+
+
+def run_fusion(members: Sequence[tuple[str, dict[str, Any]]], blocks: Sequence[int], prepare: Callable,
+               train: Split, calib: Split, tests: dict[str, Split], conditions: dict[str, Callable] | None = None,
                progress: bool = False) -> dict[str, Any]:
-    """Fit every member ``(registry name, params, input key)`` on its input of the healthy
-    ``train`` items, fuse them with :class:`ScoreFusion` (standardised on ``calib``), and
-    evaluate like :func:`run_method` (threshold from ``calib`` too)."""
+    """Fit every member ``(registry name, params)`` on its block of columns of the prepared
+    healthy ``train`` items, fuse them with :class:`medad.detectors.fusion.ScoreFusion`
+    (standardised on ``calib``), and evaluate like :func:`run_method` (threshold from ``calib`` too)."""
     from medad import registry
+    from medad.detectors.fusion import ScoreFusion
 
-    dets, secs = [], 0.0
-    for name, params, key in members:
-        det = registry.create(name, **params)
+    dets = [registry.create(name, **params) for name, params in members]
+    for det in dets:
         if hasattr(det, "train_options"):
             det.train_options = {"progress": progress}
+    secs = 0.0
+
+    def fit_member(det, xi) -> None:
+        nonlocal secs
         with Timer() as t:
-            det.fit(train.inputs(preps[key]))
+            det.fit(xi)
         secs += t.seconds
-        dets.append(det)
-    prepare = lambda x, aux: tuple(preps[k](x, aux) for _, _, k in members)  # noqa: E731
-    fusion = ScoreFusion(dets).set_reference(calib.inputs(prepare))
+
+    fusion = ScoreFusion(dets, blocks).fit(train.inputs(prepare), fit_member)
+    fusion.set_reference(calib.inputs(prepare))
     return _evaluate(fusion, secs, calib, tests, conditions, prepare)
 
 
 def mitbih_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict[str, Any], str]]:
     """Label -> (registry name, parameters, input): input "raw" (beat + RR features, recording
     units), "features" (the same, per-record normalised), "template" (:func:`template_features`),
-    "beats" (per-record normalised 2-channel beats), "residual" (:func:`template_residual_beats`)."""
+    "beats" (per-record normalised 2-channel beats), "residual" (the beat-minus-template columns of
+    :func:`template_full_features`, one channel)."""
     e = epochs or (4 if quick else 10)
     # inputs are normalised per record by the benchmark's pipeline step, so not again per window
     common = {"batch_size": 64, "lr": 2e-3, "epochs": e, "normalize": "none"}
@@ -876,19 +859,25 @@ def mitbih_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict
     }
 
 
-def mitbih_fusions(quick: bool, epochs: int | None) -> dict[str, list[tuple[str, dict[str, Any], str]]]:
-    """Label -> members of a :class:`ScoreFusion`: the template-residual seq_ae (beat shape
-    against the patient's own beat) with a Mahalanobis model of the 4 RR features (rhythm)."""
-    m = mitbih_methods(quick, epochs)
-    rr = ("features", {"feature_fn": "precomputed", "model": "mahalanobis"}, "rr")
-    return {"fusion: seq_ae (beat - template) + RR mahalanobis": [m["seq_ae (beat - template)"], rr]}
+def mitbih_fusions(quick: bool, epochs: int | None) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Label -> members of a :class:`medad.detectors.fusion.ScoreFusion` on
+    :func:`template_full_features` (blocks :data:`FULL_BLOCKS`): the template-residual seq_ae
+    (beat shape against the patient's own beat) with a Mahalanobis model of the 4 RR features."""
+    name, params, _ = mitbih_methods(quick, epochs)["seq_ae (beat - template)"]
+    rr = ("features", {"feature_fn": "precomputed", "model": "mahalanobis"})
+    return {"fusion: seq_ae (beat - template) + RR mahalanobis": [(name, params), rr]}
 
 
 def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = False, epochs: int | None = None,
                methods: Sequence[str] | None = None, seed: int = 0, max_train: int = 6000,
-               progress: bool = False, threads: int = 1) -> dict[str, Any]:
+               progress: bool = False, threads: int = 1, pipeline_configs: Sequence[str | Path] | None = None,
+               merge: str | Path | None = None) -> dict[str, Any]:
     """MIT-BIH subset, normal vs PVC beats, inter-patient one-class: train on the normal beats of
-    half the records, test on every beat of the other half."""
+    half the records, test on every beat of the other half.
+
+    ``pipeline_configs``: screening configs run through the pipeline (default
+    :data:`SCREENING_CONFIG`); ``merge``: an earlier ``mitbih.json`` whose results (methods,
+    per-record AUROCs, pipeline configs) not rerun now are kept beside this run's."""
     _set_threads(threads)
     d = load_mitbih_beats(data_root)
     x, y, rec, rr = d["x"], d["y"], d["record"], d["rr"]
@@ -910,10 +899,12 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     norm = lambda xx, aux: record_normalise(xx, aux["record"])  # noqa: E731
     preps = {
         "beats": norm,
-        "residual": lambda xx, aux: template_residual_beats(norm(xx, aux), aux["record"]),
+        "full": lambda xx, aux: template_full_features(norm(xx, aux), aux["record"], aux["rr"]),
+        # the deep models' input: the residual columns of "full" as one channel (N, 1, 252)
+        "residual": lambda xx, aux: template_full_features(norm(xx, aux), aux["record"], aux["rr"])[
+            :, None, :FULL_BLOCKS[0]],
         "features": lambda xx, aux: beat_rr_features(norm(xx, aux), aux["rr"]),
         "template": lambda xx, aux: template_features(norm(xx, aux), aux["record"], aux["rr"]),
-        "rr": lambda xx, aux: template_features(norm(xx, aux), aux["record"], aux["rr"])[:, TEMPLATE_BLOCKS[0]:],
         "raw": lambda xx, aux: beat_rr_features(xx, aux["rr"]),
     }
     chosen = {k: v for k, v in mitbih_methods(quick, epochs).items()
@@ -937,7 +928,8 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
         if methods is not None and label not in methods and "fusion" not in methods:
             continue
         print(f"[mitbih] {label}", flush=True)
-        one = _safe(run_fusion, members, preps, sub(fit), sub(cal), tests, conds, progress=progress)
+        one = _safe(run_fusion, members, FULL_BLOCKS, preps["full"], sub(fit), sub(cal), tests, conds,
+                    progress=progress)
         if "failed" in one:
             results[task][label] = one
             continue
@@ -951,16 +943,21 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
             _isolation_forest, beat_rr_features(x[fit], rr[fit]), beat_rr_features(x[cal], rr[cal]),
             beat_rr_features(x[te], rr[te]), y[te], seed)
     out = Path(out)
-    pipeline = None
+    pipelines: dict[str, Any] = {}
     if methods is None or "pipeline" in methods:
-        print("[mitbih] screening pipeline, beat mode", flush=True)
-        pipeline = _safe(mitbih_pipeline_check, data_root, out, seed=seed)
+        for c in pipeline_configs or [SCREENING_CONFIG]:
+            print(f"[mitbih] screening pipeline, beat mode, {Path(c).name}", flush=True)
+            pipelines[Path(c).name] = _safe(mitbih_pipeline_check, data_root, out, seed=seed, config=c)
     if curves:
         _roc_png(out / "mitbih_roc.png", "MIT-BIH inter-patient PVC (one-class)", curves)
     per_record = {}
     for label, (yy, s) in curves.items():
         per_record[label] = {r: {"n": int((rec[te] == r).sum()), "n_pvc": int(yy[rec[te] == r].sum()),
                                  "auroc": auroc(yy[rec[te] == r], s[rec[te] == r])} for r in MITBIH_TEST}
+    rerun = list(results[task]) + [f"pipeline {c}" for c in pipelines]
+    if merge is not None:
+        results[task], per_record, pipelines, merged = _merge_mitbih(merge, quick, results[task], per_record,
+                                                                     pipelines)
     goals = [_goal_line("MIT-BIH inter-patient PVC one-class", results[task], 0.98, 0.951)]
     protocol = {
         "data": "MIT-BIH subset (12 records, MLII, 360 Hz); beats from the R-peak lists; PVC = abnormal, every "
@@ -990,19 +987,47 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
         "n_test_pvc": int(y[te].sum()),
         "quick": quick,
     }
+    if merge is not None:  # which rows this run made, and where the others come from
+        protocol["merged"] = (f"this run: {'; '.join(rerun) or 'nothing'}; every other row is kept from {merged}")
     md = _markdown("MIT-BIH PVC beats (inter-patient, one-class)", protocol, results, goals)
     md += "\n## Per test record (AUROC; NaN where a record has no PVC)\n\n" + markdown_table(
         ["method"] + list(MITBIH_TEST),
         [[m] + [f"{v[r]['auroc']:.3f} ({v[r]['n_pvc']} PVC)" for r in MITBIH_TEST] for m, v in per_record.items()])
-    if pipeline is not None:
-        md += "\n" + _pipeline_markdown(pipeline)
+    for name, p in pipelines.items():
+        md += "\n" + _pipeline_markdown(p, name)
     write_benchmark(out, "mitbih", {"protocol": protocol, "results": results, "per_record": per_record,
-                                    "goals": goals, "pipeline": pipeline}, md)
+                                    "goals": goals, "pipelines": pipelines}, md)
     print(md)
     return results
 
 
 SCREENING_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "screening_ecg_beats.yaml"
+
+
+def _merge_mitbih(previous: str | Path, quick: bool, results: dict[str, Any], per_record: dict[str, Any],
+                  pipelines: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
+    """This run's results over those of an earlier ``mitbih.json`` (same split; a quick run is
+    never merged with a full one): earlier entries not rerun are kept, in their order. Results
+    of an older file with one ``pipeline`` entry belong to :data:`SCREENING_CONFIG`. Also returns
+    where the kept entries come from (the earlier file's run date, and its own merge note)."""
+    import json
+
+    from medad.errors import InputError, ReadError
+
+    try:
+        prev = json.loads(Path(previous).read_text())
+        old_results = prev["results"]["inter-patient normal vs PVC, one-class"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReadError(f"not a mitbih benchmark result to merge into: {e}", previous) from None
+    if bool(prev.get("protocol", {}).get("quick")) != bool(quick):
+        raise InputError(f"cannot merge a {'quick' if quick else 'full'} run into a "
+                         f"{'quick' if not quick else 'full'} one", previous)
+    old_pipes = prev.get("pipelines") or ({SCREENING_CONFIG.name: prev["pipeline"]} if prev.get("pipeline") else {})
+    source = f"the run of {prev.get('environment', {}).get('date', 'an unknown date')}"
+    if prev.get("protocol", {}).get("merged"):
+        source += f" (itself merged: {prev['protocol']['merged']})"
+    return ({**old_results, **results}, {**prev.get("per_record", {}), **per_record}, {**old_pipes, **pipelines},
+            source)
 
 
 def _pipeline_beat_metrics(root: Path, screened: Path, threshold: float) -> dict[str, Any]:
@@ -1032,14 +1057,15 @@ def _pipeline_beat_metrics(root: Path, screened: Path, threshold: float) -> dict
             "n_pvc_matched": int(y.sum()), "n_detected_unmatched": int(n_extra), "per_record": per}
 
 
-def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0) -> dict[str, Any]:
-    """The screening pipeline's beat mode (``configs/screening_ecg_beats.yaml``) on the same
+def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0,
+                          config: str | Path = SCREENING_CONFIG) -> dict[str, Any]:
+    """The screening pipeline's beat mode (``config``, default ``configs/screening_ecg_beats.yaml``) on the same
     inter-patient split: ``train_screening`` on the training records (their listed PVCs left
     out through ``train_exclude_beats``; whole normal recordings held out for the threshold),
     ``screen_folder`` on the test records. R peaks are the pipeline's own detections, not the
     reference lists (see :func:`_pipeline_beat_metrics`). Robustness: the test records again at
-    3x gain and resampled to 250 Hz (written as new WFDB records), screened as they are and with
-    ``site_normalize: folder``."""
+    3x gain and resampled to 250 Hz (written as new WFDB records), screened as they are and (the
+    ``features`` detector only) with ``site_normalize: folder``."""
     import json
 
     from medad.datasets import dataset_root
@@ -1064,16 +1090,19 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0) -> dict[
         x = 3.0 * resample(rec.data, rec.sfreq, 250.0)
         wfdb.wrsamp(r, fs=250, units=["mV"], sig_name=rec.ch_names, p_signal=x.T.astype(np.float64), fmt=["16"],
                     write_dir=str(other))
-    cfg = ScreeningConfig.from_yaml(SCREENING_CONFIG)
+    cfg = ScreeningConfig.from_yaml(config)
     cfg.train_exclude_beats = "{record}_pvc_beats.csv"
     cfg.seed = seed
+    run = work / Path(config).stem  # model and outputs per config; the record links are shared
     with Timer() as t_train:
-        model = train_screening(work / "train", work / "model", cfg, progress=False)
+        model = train_screening(work / "train", run / "model", cfg, progress=False)
     with Timer() as t_run:
-        summary = screen_folder(model, work / "test", work / "out", progress=False)
+        summary = screen_folder(model, work / "test", run / "out", progress=False)
     info = json.loads((model / "screening.json").read_text())
     thr = summary["threshold"]
-    res = {**_pipeline_beat_metrics(root, work / "out", thr),
+    res = {**_pipeline_beat_metrics(root, run / "out", thr), "config": Path(config).name,
+           "detector": cfg.detector, "detector_params": cfg.detector_params,
+           **({"rr_detector_params": cfg.rr_detector_params} if cfg.beat_fusion else {}),
            "train_seconds": t_train.seconds, "screen_seconds": t_run.seconds, "peak_rss_mb": peak_rss_mb(),
            "n_train_beats": info.get("n_train_beats"), "calibration": info.get("calibration"),
            "train_recordings": info.get("train_recordings"), "val_recordings": info.get("val_recordings"),
@@ -1081,7 +1110,9 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0) -> dict[
     for label, folder, site in (("site_normalize folder", work / "test", "folder"),
                                 ("x3 gain, 250 Hz", other, "none"),
                                 ("x3 gain, 250 Hz, site_normalize folder", other, "folder")):
-        dst = work / ("out_" + label.replace(" ", "_").replace(",", ""))
+        if site != "none" and cfg.detector != "features":  # per-site z-scores need feature vectors
+            continue
+        dst = run / ("out_" + label.replace(" ", "_").replace(",", ""))
         screen_folder(model, folder, dst, progress=False, plots=False, site_normalize=site)
         m = _pipeline_beat_metrics(root, dst, thr)
         res["robustness"][label] = {k: m[k] for k in ("auroc", "auprc", "sensitivity", "specificity", "n_matched",
@@ -1089,9 +1120,22 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0) -> dict[
     return res
 
 
-def _pipeline_markdown(p: dict[str, Any]) -> str:
-    """The Markdown section of :func:`mitbih_pipeline_check`."""
-    head = "## Screening pipeline, beat mode (`medad screen train|run`, configs/screening_ecg_beats.yaml)\n\n"
+def _pipeline_model_text(p: dict[str, Any]) -> str:
+    """One sentence naming the pipeline run's model (results saved before it was recorded: none)."""
+    if "detector" not in p:
+        return ""
+    params = ", ".join(f"{k}={v}" for k, v in (p.get("detector_params") or {}).items())
+    if "rr_detector_params" not in p:
+        return f" Model: `{p['detector']}` ({params}) on the beat-minus-template + RR features."
+    rr = ", ".join(f"{k}={v}" for k, v in p["rr_detector_params"].items())
+    return (f" Model: `{p['detector']}` ({params}) on the beat minus its recording's median beat (every sample, "
+            f"one channel), fused with `features` ({rr}) on the 4 RR features: both scores robust z-scored on the "
+            f"held-out normal beats and averaged (ScoreFusion, as the fusion row above).")
+
+
+def _pipeline_markdown(p: dict[str, Any], config: str) -> str:
+    """The Markdown section of :func:`mitbih_pipeline_check` run with ``configs/<config>``."""
+    head = f"## Screening pipeline, beat mode (`medad screen train|run`, configs/{config})\n\n"
     if "failed" in p:
         return head + f"Failed: {p['failed']}\n"
     cal = p.get("calibration") or {}
@@ -1106,7 +1150,8 @@ def _pipeline_markdown(p: dict[str, Any]) -> str:
         f"beats matched no reference beat (the R-peak detector's settings were chosen on these records' reference "
         f"beats). Train {p['train_seconds']:.1f} s, screening the 6 test records {p['screen_seconds']:.1f} s "
         f"(shared CPU). Conditions: the test records at 3x gain resampled to 250 Hz (written as new records); "
-        f"`site_normalize folder` = features robust z-scored over the screened folder.\n\n")
+        f"`site_normalize folder` = features robust z-scored over the screened folder (features detector "
+        f"only).{_pipeline_model_text(p)}\n\n")
     cols = ("auroc", "auprc", "sensitivity", "specificity")
     rows = [["test records as they are"] + [p[c] for c in cols]]
     rows += [[k] + [v[c] for c in cols] for k, v in p["robustness"].items()]
@@ -1160,10 +1205,17 @@ def register_bench(bench_app) -> None:
             copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
             reuse_cv: Optional[Path] = typer.Option(None, help="bonn/yaseen: copy the cross-validation results "
                                                                 "of an earlier <name>.json instead of rerunning"),
+            pipeline_config: List[Path] = typer.Option([], "--pipeline-config", help="mitbih: screening config(s) "
+                                                       "run through the pipeline (default configs/screening_ecg_"
+                                                       "beats.yaml); repeatable"),
+            merge: Optional[Path] = typer.Option(None, help="mitbih: an earlier mitbih.json; its results not rerun "
+                                                            "now are kept beside this run's"),
         ) -> None:
             kw = dict(quick=quick, epochs=epochs, methods=method or None, threads=threads, progress=progress)
             if has_folds:
                 kw.update(folds=folds, reuse_cv=reuse_cv)
+            else:
+                kw.update(pipeline_configs=pipeline_config or None, merge=merge)
             fn(data_root, out, **kw)
             _copy(out, name, copy_to)
 

@@ -1,0 +1,80 @@
+"""Score fusion (the deep beat mode's model and the MIT-BIH benchmark's fusion rows) and the
+MIT-BIH benchmark's merging of partial reruns. The end-to-end deep beat-mode test on synthetic
+ECG is in tests/test_pipeline_screening.py (it shares that file's ECG generator)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from medad import registry
+from medad.detectors.fusion import ScoreFusion
+from medad.errors import InputError, NotFittedError, ReadError
+
+
+def _members():
+    return [registry.create("features", feature_fn="precomputed", model="mahalanobis") for _ in range(2)]
+
+
+def _data(n: int, seed: int) -> np.ndarray:
+    """Healthy items: block 0 = 3 columns around 0, block 1 = 2 columns around 100 (another scale)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.normal(0, 1, (n, 3)), rng.normal(100, 20, (n, 2))], axis=1).astype(np.float32)
+
+
+def test_fusion_standardises_members_on_healthy_items_and_round_trips(tmp_path):
+    fusion = ScoreFusion(_members(), [3, 2]).fit(_data(400, 0))
+    with pytest.raises(NotFittedError):
+        fusion.score(_data(5, 1))
+    cal = _data(300, 2)
+    fusion.calibrate(cal, fpr=0.05)
+    z = fusion.standardised(fusion.member_scores(cal))
+    np.testing.assert_allclose(np.median(z, axis=1), 0.0, atol=1e-9)  # each member centred on healthy items
+    assert np.mean(fusion.score(cal).score > fusion.threshold_) == pytest.approx(0.05, abs=0.01)
+    odd = _data(4, 3)
+    odd[:2, 0] += 8.0   # abnormal in block 0 only
+    odd[2:, 3] += 200.0  # abnormal in block 1 only (10 of its own sd): both blocks count
+    s = fusion.score(odd).score
+    assert (s > fusion.threshold_).all()
+    fusion.save(tmp_path / "f")
+    back = ScoreFusion.load(tmp_path / "f")
+    np.testing.assert_allclose(back.score(odd).score, s, rtol=1e-6)
+    assert back.threshold_ == fusion.threshold_ and back.blocks == [3, 2]
+    with pytest.raises(InputError, match=r"\(N, 5\)"):
+        fusion.score(np.zeros((3, 4), np.float32))
+    (tmp_path / "f" / "fusion.json").write_text("{\"members\": [\"features\"]}")
+    with pytest.raises(ReadError, match="corrupt fusion.json"):
+        ScoreFusion.load(tmp_path / "f")
+
+
+def test_fusion_gives_signal_members_one_channel_and_refuses_image_members():
+    seq = registry.create("seq_ae", frame_len=4, hidden_size=4, latent_size=2, epochs=1)
+    f = ScoreFusion([seq, _members()[0]], [16, 2])
+    a, b = f.member_inputs(np.zeros((3, 18), np.float32))
+    assert a.shape == (3, 1, 16) and b.shape == (3, 2)
+    with pytest.raises(InputError, match="image"):
+        ScoreFusion([registry.create("ae", spatial_dims=2)], [16])
+    with pytest.raises(InputError, match="blocks"):
+        ScoreFusion(_members(), [3])
+
+
+def test_mitbih_merge_keeps_earlier_results_not_rerun(tmp_path):
+    from medad.bench.signals import SCREENING_CONFIG, _merge_mitbih
+
+    task = "inter-patient normal vs PVC, one-class"
+    prev = {"environment": {"date": "2026-01-02"}, "protocol": {"quick": False}, "results": {task: {"a": {"auroc": 0.9}, "b": {"auroc": 0.8}}},
+            "per_record": {"a": {"100": 1}}, "pipeline": {"auroc": 0.99}}
+    f = tmp_path / "mitbih.json"
+    f.write_text(json.dumps(prev))
+    res, per, pipes, source = _merge_mitbih(f, False, {"b": {"auroc": 0.85}, "c": {"auroc": 0.7}}, {"c": {}},
+                                    {"x.yaml": {"auroc": 0.5}})
+    assert list(res) == ["a", "b", "c"] and res["b"]["auroc"] == 0.85 and res["a"]["auroc"] == 0.9
+    assert set(per) == {"a", "c"} and "2026-01-02" in source
+    assert pipes == {SCREENING_CONFIG.name: {"auroc": 0.99}, "x.yaml": {"auroc": 0.5}}
+    with pytest.raises(InputError, match="quick"):
+        _merge_mitbih(f, True, {}, {}, {})
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ReadError):
+        _merge_mitbih(tmp_path / "bad.json", False, {}, {}, {})
