@@ -35,6 +35,14 @@ threshold flags ``window_fpr`` of the beats of held-out normal recordings. Outpu
 with every beat (``N``; ``Q`` with aux ``medad_abnormal score=...`` when flagged) plus the
 flagged spans (runs of at least ``min_windows`` flagged beats), ``events.tsv`` and the PNG.
 
+Beat mode also takes any one-class **signal detector** (``detector: seq_ae``, ``seq_predictor``;
+``configs/screening_ecg_beats_ae.yaml``): it scores the beat minus the recording's median beat at
+full resolution as one channel ``(N, 1, before + after)``, and a ``features`` detector
+(``rr_detector_params``, Mahalanobis by default) scores the 4 RR features; the two scores are
+robust z-scored on the held-out normal beats and averaged
+(:class:`medad.detectors.fusion.ScoreFusion`, the MIT-BIH benchmark's fusion), and the threshold
+comes from the same held-out beats. Image or supervised detectors are refused with a ConfigError.
+
 **Per-site normalisation** (``site_normalize: folder|subfolder``, or ``medad screen run
 --site-normalize``): recordings from another site or device shift feature levels (gain,
 electrodes, filters). With the option, the feature vectors of all windows (beats) of the screened
@@ -94,10 +102,14 @@ class ScreeningConfig:
             and annotate every beat (``N``, or ``Q`` inside flagged spans) in the output WFDB
             annotation file.
         unit: ``"windows"`` (fixed windows on a time grid) or ``"beats"`` (ECG beat mode, see the
-            module docstring; needs the ``features`` detector).
+            module docstring): the ``features`` detector, or any one-class signal detector
+            (``seq_ae``, ``seq_predictor``) fused with an RR model (``rr_detector_params``).
         beat_before / beat_after: seconds kept before / after each R peak (beat mode).
         beat_step: beat shape sampled every this many samples (beat mode; default about 90 Hz:
-            4 at 360 Hz).
+            4 at 360 Hz, for the ``features`` detector; every sample for a signal detector).
+        rr_detector_params: beat mode with a signal detector: parameters of the ``features``
+            detector (precomputed features) on the 4 RR features whose score is fused with the
+            signal detector's (:class:`medad.detectors.fusion.ScoreFusion`).
         train_exclude_beats: beat mode, training only: name pattern (``{record}`` = record id) of
             a CSV next to each normal recording listing R-peak samples (last column, one header
             line) of known abnormal beats, e.g. ``"{record}_pvc_beats.csv"``; detected beats
@@ -132,6 +144,7 @@ class ScreeningConfig:
     beat_before: float = 0.25
     beat_after: float = 0.45
     beat_step: int | None = None
+    rr_detector_params: dict[str, Any] = field(default_factory=lambda: {"model": "mahalanobis"})
     train_exclude_beats: str | None = None
     site_normalize: str = "none"
     seed: int = 0
@@ -173,9 +186,11 @@ class ScreeningConfig:
         if self.unit not in ("windows", "beats"):
             raise ConfigError(f"unit must be 'windows' or 'beats', got {self.unit!r}")
         if self.unit == "beats":
-            if self.detector != "features":
-                raise ConfigError(f"unit: beats scores beat features with the 'features' detector, got "
-                                  f"detector {self.detector!r}")
+            if self.beat_fusion:
+                check_beat_detector(self.detector)
+                if not isinstance(self.rr_detector_params, dict):
+                    raise ConfigError(f"rr_detector_params must be a mapping (name: value), got "
+                                      f"{self.rr_detector_params!r}")
             if self.beat_before <= 0 or self.beat_after <= 0:
                 raise ConfigError(f"beat_before and beat_after must be positive, got {self.beat_before}, "
                                   f"{self.beat_after}")
@@ -183,9 +198,17 @@ class ScreeningConfig:
                 raise ConfigError(f"beat_step must be >= 1, got {self.beat_step}")
         check_site_normalize(self.site_normalize, self.detector)
 
+    @property
+    def beat_fusion(self) -> bool:
+        """Beat mode with a signal detector (on the beat minus its template) fused with an RR model."""
+        return self.unit == "beats" and self.detector != "features"
+
     def beat_step_at(self, sfreq: float) -> int:
-        """Beat shape sampling step at ``sfreq`` (``beat_step`` or about 90 Hz)."""
-        return int(self.beat_step) if self.beat_step else max(1, int(round(sfreq / 90.0)))
+        """Beat shape sampling step at ``sfreq``: ``beat_step``, else every sample for a signal
+        detector and about 90 Hz for the ``features`` detector."""
+        if self.beat_step:
+            return int(self.beat_step)
+        return 1 if self.beat_fusion else max(1, int(round(sfreq / 90.0)))
 
     def beat_samples(self, sfreq: float) -> tuple[int, int]:
         """Samples kept before and after each R peak at ``sfreq``."""
@@ -193,6 +216,20 @@ class ScreeningConfig:
 
 
 SITE_MODES = ("none", "folder", "subfolder")
+
+
+def check_beat_detector(name: str) -> None:
+    """Clear error for a detector beat mode cannot train: beat mode fits on normal beats only,
+    so it takes the ``features`` detector or a one-class detector of signal input."""
+    from medad import registry
+
+    cls = registry.get(name)  # an unknown name is a ConfigError listing the known ones
+    if cls.input_kind != "signal" or cls.supervised:
+        why = (f"takes {cls.input_kind} input" if cls.input_kind != "signal"
+               else "is supervised (needs labelled abnormal beats; beat mode trains on normal recordings only)")
+        one_class = sorted(n for n in registry.available()
+                           if registry.get(n).input_kind == "signal" and not registry.get(n).supervised)
+        raise ConfigError(f"unit: beats cannot use detector {name!r}: it {why}; use one of {', '.join(one_class)}")
 
 
 def check_site_normalize(mode: str, detector: str) -> None:
@@ -500,29 +537,41 @@ def recording_beat_features(pre: Preprocessor, path: Path, hdr=None,
 
 # ---------------------------------------------------------------------------- training
 def _detector(cfg: ScreeningConfig, sfreq: float):
+    """The unfitted model of ``cfg``: its detector, or in beat mode with a signal detector a
+    :class:`~medad.detectors.fusion.ScoreFusion` of that detector (beat minus template, one
+    channel) and a ``features`` detector of the 4 RR features."""
+    import inspect
+
     from medad import registry
 
     if cfg.detector == "features":  # registered on import; spares importing every detector module
         import medad.detectors.features  # noqa: F401
 
-    cls = registry.get(cfg.detector)
-    params = dict(cfg.detector_params)
-    import inspect
+    def create(name: str, params: dict[str, Any]):
+        cls = registry.get(name)
+        params = dict(params)
+        sig = inspect.signature(cls.__init__).parameters
+        if "sfreq" in sig and "sfreq" not in params:
+            params["sfreq"] = sfreq
+        if "seed" in sig and "seed" not in params:
+            params["seed"] = cfg.seed
+        if cls.input_kind != "signal":
+            raise ConfigError(f"detector {name!r} takes {cls.input_kind} input; screening needs a signal detector")
+        return registry.create(name, **params)
 
-    sig = inspect.signature(cls.__init__).parameters
-    if "sfreq" in sig and "sfreq" not in params:
-        params["sfreq"] = sfreq
-    if "seed" in sig and "seed" not in params:
-        params["seed"] = cfg.seed
-    if cfg.unit == "beats":  # precomputed beat features: a shape block and an RR block
-        from medad.transforms.signal import beat_feature_blocks
+    if cfg.unit != "beats":
+        return create(cfg.detector, cfg.detector_params)
+    from medad.transforms.signal import beat_feature_blocks
 
-        before, after = cfg.beat_samples(sfreq)
-        params["feature_fn"] = "precomputed"
-        params.setdefault("blocks", beat_feature_blocks(before + after, cfg.beat_step_at(sfreq)))
-    if cls.input_kind != "signal":
-        raise ConfigError(f"detector {cfg.detector!r} takes {cls.input_kind} input; screening needs a signal detector")
-    return registry.create(cfg.detector, **params)
+    before, after = cfg.beat_samples(sfreq)
+    blocks = beat_feature_blocks(before + after, cfg.beat_step_at(sfreq))  # [shape columns, RR columns]
+    if not cfg.beat_fusion:  # precomputed beat features: a shape block and an RR block
+        return create("features", {"blocks": blocks, **cfg.detector_params, "feature_fn": "precomputed"})
+    from medad.detectors.fusion import ScoreFusion
+
+    check_beat_detector(cfg.detector)
+    rr = create("features", {**cfg.rr_detector_params, "feature_fn": "precomputed"})
+    return ScoreFusion([create(cfg.detector, cfg.detector_params), rr], blocks)
 
 
 def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_bytes: int,
@@ -652,6 +701,9 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         print(f"skipped {len(bad)} normal recording(s) that could not be used: "
               + "; ".join(f"{Path(b['file']).name}: {b['error']}" for b in bad[:5]))
     det = _detector(cfg, sfreq)
+    for m in getattr(det, "members", [det]):  # neural members: their epoch bars follow `progress`
+        if hasattr(m, "train_options"):
+            m.train_options = {"progress": progress}
     with tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} {unit}", disable=not progress) as bar:
         det.fit(x)
         bar.update()
@@ -706,7 +758,12 @@ class ScreeningModel:
             raise ReadError(f"corrupt {MODEL_CONFIG}: {e}", path / MODEL_CONFIG) from None
         if cfg.detector == "features":
             import medad.detectors.features  # noqa: F401  (registers it; see _detector)
-        det = Detector.load(path / DETECTOR_DIR)
+        if cfg.beat_fusion:
+            from medad.detectors.fusion import ScoreFusion
+
+            det = ScoreFusion.load(path / DETECTOR_DIR)
+        else:
+            det = Detector.load(path / DETECTOR_DIR)
         return cls(det, cfg, float(info["sfreq"]), list(info["channels"]), float(info["threshold"]),
                    np.asarray(info["val_scores"], dtype=np.float64), info)
 
@@ -760,14 +817,15 @@ def recording_items(model: ScreeningModel, path: Path, *, features: bool = False
     centres / R peaks), a small min/max ``envelope`` for the plot, and ``scores`` -- or, with
     ``features``, the ``features`` (scored later, after per-site normalisation).
 
-    ``top_k`` (window mode, scores): also keep the ``top_k`` highest-scoring windows themselves,
-    preprocessed as scored -- ``top_windows`` (k, C, W) and their ``top_starts``, best first
-    (ties: the earlier window) -- for explanations; only k windows per chunk are ever held.
+    ``top_k`` (scores): also keep the ``top_k`` highest-scoring items themselves, as scored, best
+    first (ties: the earlier one), for explanations: window mode ``top_windows`` (k, C, W)
+    (only k windows per chunk are ever held), beat mode ``top_features`` (k, F); with their
+    ``top_starts`` (s).
     """
     from tqdm.auto import tqdm
 
-    if top_k and (features or model.cfg.unit == "beats"):
-        raise ConfigError("top_k keeps scored windows: window mode without features only")
+    if top_k and features:
+        raise ConfigError("top_k keeps scored items: not with features (scored after per-site normalisation)")
     pre = Preprocessor(model.cfg, model.sfreq, model.channels)
     hdr = pre.header(path)
     if model.cfg.unit == "beats":
@@ -778,8 +836,11 @@ def recording_items(model: ScreeningModel, path: Path, *, features: bool = False
                "samples": np.round(t * float(hdr.sfreq)).astype(np.int64)}  # in the recording's own rate
         if features:
             res["features"] = r["features"]
-        else:
-            res["scores"] = _scores(model.detector, r["features"], batch)
+            return res
+        res["scores"] = _scores(model.detector, r["features"], batch)
+        if top_k:
+            best = np.argsort(-res["scores"], kind="stable")[:top_k]
+            res["top_starts"], res["top_features"] = res["starts"][best], r["features"][best]
         return res
     dur = hdr.n_times / hdr.sfreq if hdr.sfreq else 0.0
     # a bar over recording time for long recordings (hours of EEG)
@@ -841,39 +902,78 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                       methods: Sequence[str] | None = None, top_k: int = 3, case_id: str | None = None,
                       include_identity: bool = False, text_sfreq: float | None = None, **explain_kw: Any):
     """Explain a screening model's decision on one recording (``medad explain`` on a
-    ``medad screen train`` model): the recording is windowed, preprocessed and scored by
-    :func:`recording_items` and decided by :func:`decide`, as ``medad screen run`` does; its
-    ``top_k`` highest-scoring windows are explained (:func:`medad.report.cases.explain_windows`:
-    one signal plot per method and window, ``case.json``, ``report.html`` in ``out``).
-    ``text_sfreq``: sampling rate of a plain-text recording (default: the model's). Per-site
-    normalisation needs the whole screened folder and is not applied (the report says so)."""
+    ``medad screen train`` model): the recording is windowed (beat mode: cut into beats),
+    preprocessed and scored by :func:`recording_items` and decided by :func:`decide`, as ``medad
+    screen run`` does; its ``top_k`` highest-scoring windows (beats) are explained
+    (:func:`medad.report.cases.explain_windows`: one signal plot per method and item,
+    ``case.json``, ``report.html`` in ``out``). ``text_sfreq``: sampling rate of a plain-text
+    recording (default: the model's). Per-site normalisation needs the whole screened folder and
+    is not applied (the report says so).
+
+    Beat mode with a signal detector: the explained input is what that detector scores, the beat
+    minus the recording's median beat; the attributions are the detector's. The fused beat score
+    is the detector's score z-scored plus a term of the RR features alone, i.e. an increasing
+    affine function of it for the beat's RR intervals, so gradient and perturbation attributions
+    of the fused score over the beat's samples are these up to a positive factor. The plots show
+    the detector's own score (it has no threshold of its own); the fused scores, their parts and
+    the threshold are in the report's details. Beat mode with the ``features`` detector is not
+    explained (its input is 67 numbers, not a trace): a ConfigError says so.
+    """
     from medad.report.cases import explain_windows
-    from medad.report.html import identity_from_file
+    from medad.report.html import identity_from_file, write_case, write_case_report
 
     model = ScreeningModel.load(model_path)
     if text_sfreq is not None:  # plain-text recordings carry no rate
         model.cfg.text_sfreq = float(text_sfreq)
-    if model.cfg.unit == "beats":
-        raise ConfigError("explaining a beat-mode screening model is not implemented; the per-beat scores are "
-                          "in <id>_beat_scores.csv of `medad screen run`", model_path)
+    cfg = model.cfg
+    beats = cfg.unit == "beats"
+    if beats and not cfg.beat_fusion:
+        raise ConfigError("explaining a beat-mode model with the features detector is not implemented (its input "
+                          "is beat-shape and RR numbers, not a trace); the per-beat scores are in "
+                          "<id>_beat_scores.csv of `medad screen run`. A beat-mode model with a signal detector "
+                          "(configs/screening_ecg_beats_ae.yaml) is explained beat by beat", model_path)
     path = Path(path)
     if not path.exists():
         raise ReadError("file not found", path)
     res = decide(model, recording_items(model, path, top_k=max(1, int(top_k))))
-    ivs, cfg = res["intervals"], model.cfg
-    details = {"windows": len(res["scores"]), "window (s)": cfg.window_seconds, "step (s)": cfg.step_seconds,
-               "windows above threshold": int(res["flagged"].sum()),
+    ivs = res["intervals"]
+    unit = "beats" if beats else "windows"
+    details = {unit: len(res["scores"]), f"{unit} above threshold": int(res["flagged"].sum()),
                "flagged spans (s)": ", ".join(f"{iv['start_s']:.1f}-{iv['end_s']:.1f}" for iv in ivs[:20]) or "none",
-               "decision rule": f">= {cfg.min_windows} consecutive windows above the threshold",
-               "case score": "maximum over windows"}
+               "decision rule": f">= {cfg.min_windows} consecutive {unit} above the threshold",
+               "case score": f"maximum over {unit}"}
+    det, windows, ch_names, item_thr = model.detector, res.get("top_windows"), res["channels"], model.threshold
+    if beats:
+        fusion = model.detector
+        feats = res["top_features"]
+        det, windows, item_thr = fusion.members[0], fusion.member_inputs(feats)[0], None
+        ch_names = [f"{ch_names[0]} - median beat"]
+        z = fusion.standardised(fusion.member_scores(feats))
+        details.update({
+            "beat (s)": f"{cfg.beat_before:g} s before to {cfg.beat_after:g} s after the R peak",
+            "explained": f"{det.name} on the beat minus the recording's median beat; its attributions are those of "
+                         f"the fused beat score up to a positive factor (the RR part does not depend on the trace)",
+            "fused score": f"mean of the z-scores of {det.name} (beat shape) and features (RR) on held-out normal beats",
+            "threshold (fused)": f"{model.threshold:.4g}"})
+        for t0, sc, zz in zip(res["top_starts"], fusion.score(feats).score, z.T):
+            details[f"beat at {t0 + cfg.beat_before:.2f} s"] = (f"fused score {sc:.4g} "
+                                                                f"({'>' if sc > model.threshold else '<='} threshold); "
+                                                                f"shape z {zz[0]:.3g}, RR z {zz[1]:.3g}")
+    else:
+        details.update({"window (s)": cfg.window_seconds, "step (s)": cfg.step_seconds})
     if cfg.site_normalize != "none":  # per-site statistics need the whole screened folder
         details["site normalisation"] = (f"not applied here (the model screens with site_normalize="
                                          f"{cfg.site_normalize!r}): scores may differ from `medad screen run`")
-    return explain_windows(model.detector, res["top_windows"], res["top_starts"], model.sfreq, out, methods=methods,
+    case = explain_windows(det, windows, res["top_starts"], model.sfreq, out, methods=methods,
                            cid=case_id or path.name.split(".")[0], score=float(res["scores"].max()),
-                           threshold=model.threshold, decision="abnormal" if ivs else "normal",
-                           ch_names=res["channels"], details=details, source=path.name,
+                           threshold=item_thr, decision="abnormal" if ivs else "normal", ch_names=ch_names,
+                           details=details, source=path.name,
                            identity=identity_from_file(path) if include_identity else None, **explain_kw)
+    if item_thr is None:  # the plots had no threshold in the explained detector's units; the case has the fused one
+        case.threshold = model.threshold
+        write_case(out, case)
+        write_case_report(Path(out) / "report.html", case)
+    return case
 
 
 def site_normalise(features: Sequence[np.ndarray], groups: Sequence[str], det) -> list[np.ndarray]:

@@ -447,14 +447,82 @@ def test_ecg_beat_mode_flags_ectopic_beats_and_writes_wfdb(tmp_path):
     assert (tmp_path / "o" / "ecto_screening.png").stat().st_size > 5000
     csv_rows = {row["record_id"]: row for row in csv.DictReader(open(tmp_path / "o" / "results.csv"))}
     assert csv_rows["ecto"]["n_beats"] == str(len(peaks)) and csv_rows["ecto"]["n_windows"] == ""
+    from medad.errors import ConfigError
+    from pipelines.screening import explain_recording
+
+    with pytest.raises(ConfigError, match="features detector is not implemented"):
+        explain_recording(model, test / "ecto.hea", tmp_path / "ex")
+
+
+@pytest.mark.filterwarnings("ignore")  # wfdb's pandas deprecation warnings
+def test_ecg_beat_mode_with_a_deep_detector_flags_ectopic_beats_and_round_trips(tmp_path):
+    """Beat mode with seq_ae (configs/screening_ecg_beats_ae.yaml, few epochs): the autoencoder
+    on beat minus template, fused with the RR model, flags the inserted ectopic beats; the
+    autoencoder's own score separates them too (not only the RR member); the model folder holds
+    no pickle and loads back to the same scores."""
+    from medad.detectors.fusion import ScoreFusion
+    from medad.evaluation import auroc
+    from pipelines.screening import Preprocessor, match_beats, recording_beat_features
+
+    normals, test = tmp_path / "normals", tmp_path / "test"
+    normals.mkdir()
+    test.mkdir()
+    for i in range(3):
+        _write_ecg(normals, f"n{i}", _ecg(60, seed=i)[0])
+    x, peaks, odd = _ecg(60, seed=7, ectopic=(10, 22, 35, 47, 60))
+    _write_ecg(test, "ecto", x)
+    cfg = ScreeningConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "screening_ecg_beats_ae.yaml")
+    cfg.chunk_seconds = 20.0
+    cfg.detector_params["epochs"] = 5
+    model = train_screening(normals, tmp_path / "m", cfg, progress=False)
+    det_dir = tmp_path / "m" / "detector"
+    assert sorted(p.name for p in det_dir.iterdir()) == ["fusion.json", "member_0", "member_1"]
+    assert not list(det_dir.rglob("*.pkl")) and not list(det_dir.rglob("*.pt"))
+    s = screen_folder(model, test, tmp_path / "o", progress=False)
+    r = s["recordings"][0]
+    assert r["status"] == "ok" and r["decision"] == "abnormal" and s["detector"] == "seq_ae"
+    tab = np.loadtxt(tmp_path / "o" / "ecto_beat_scores.csv", delimiter=",", skiprows=1)
+    j = match_beats(peaks / ECG_FS, tab[:, 1], 0.05)
+    assert (j >= 0).all()
+    score, flagged = tab[j, 2], tab[j, 3] > 0
+    near = np.zeros(len(odd), bool)
+    near[np.flatnonzero(odd) - 1] = near[np.flatnonzero(odd) + 1] = True
+    assert auroc(odd.astype(int), score) > 0.99 and flagged[odd].all() and flagged[~odd & ~near].mean() < 0.3
+    m = ScreeningModel.load(model)
+    assert isinstance(m.detector, ScoreFusion) and [d.name for d in m.detector.members] == ["seq_ae", "features"]
+    f = recording_beat_features(Preprocessor(m.cfg, m.sfreq, m.channels), test / "ecto.hea")["features"]
+    assert f.shape[1] == int(round(0.25 * ECG_FS)) + int(round(0.45 * ECG_FS)) + 4  # every sample + 4 RR
+    np.testing.assert_allclose(m.detector.score(f).score[j], score, rtol=1e-4)  # the loaded model, same scores
+    z_shape = m.detector.standardised(m.detector.member_scores(f))[0][j]
+    assert z_shape[odd].min() > z_shape[~odd & ~near].max()  # the autoencoder alone tells the ectopic beats
+    # medad explain: the 3 top-scoring beats (all ectopic here), explained on what seq_ae scores
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    res = CliRunner().invoke(app, ["explain", str(model), str(test / "ecto.hea"), "--out", str(tmp_path / "ex")])
+    assert res.exit_code == 0, res.output
+    case = json.loads((tmp_path / "ex" / "case.json").read_text())
+    assert case["threshold"] == pytest.approx(m.threshold) and case["decision"] == "abnormal"
+    assert case["model"] == "SequenceAEDetector" and len(case["figures"]) == 3
+    explained = [float(k.split()[2]) for k in case["details"] if k.startswith("beat at")]
+    assert len(explained) == 3 and all(np.abs(peaks[odd] / ECG_FS - t).min() < 0.05 for t in explained)
+    assert all((tmp_path / "ex" / Path(fig["png"]).name).stat().st_size > 5000 for fig in case["figures"])
 
 
 def test_beat_and_site_options_are_checked():
     from medad.errors import ConfigError
     from pipelines.screening import check_site_normalize
 
-    with pytest.raises(ConfigError, match="features"):
+    with pytest.raises(ConfigError, match="supervised"):
         ScreeningConfig(unit="beats", detector="cnn1d").validate()
+    with pytest.raises(ConfigError, match="image input"):
+        ScreeningConfig(unit="beats", detector="ae").validate()
+    with pytest.raises(ConfigError, match="unknown detector"):
+        ScreeningConfig(unit="beats", detector="no_such_model").validate()
+    with pytest.raises(ConfigError, match="needs the 'features' detector"):
+        ScreeningConfig(unit="beats", detector="seq_ae", site_normalize="folder").validate()
+    ScreeningConfig(unit="beats", detector="seq_predictor").validate()
     with pytest.raises(ConfigError, match="needs the 'features' detector"):
         ScreeningConfig(detector="seq_ae", site_normalize="folder").validate()
     with pytest.raises(ConfigError):

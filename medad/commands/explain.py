@@ -47,7 +47,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
             case = explain_recording(model, input, out, methods=method or None, top_k=top_k, case_id=case_id,
                                      include_identity=include_identity, text_sfreq=sfreq, **kw)
-            typer.echo(f"{case.case_id}: {case.decision} (max window score {case.score:.4g}, "
+            typer.echo(f"{case.case_id}: {case.decision} (max window or beat score {case.score:.4g}, "
                        f"threshold {case.threshold:.4g})")
             typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
             return
