@@ -140,6 +140,19 @@ def test_bench_merge_keeps_other_methods_of_a_task():
     assert again["covid"]["merged_from"] == "old.json" and again["covid"]["run_date"] == "D0"
 
 
+def test_border_distance_grows_inwards_from_the_tissue_edge():
+    """The Kvasir geometry reference: 0 on the black border, largest in the tissue's middle,
+    and a thin overlay line on the border is not tissue."""
+    from medad.bench.image_screening import _border_distance
+
+    x = np.zeros((1, 3, 40, 40), np.float32)
+    x[:, :, 8:32, 8:32] = 0.6  # tissue square
+    x[:, :, 2, 0:40] = 1.0  # one-pixel overlay line on the black border
+    tissue, dist = _border_distance(x)
+    assert not tissue[0, 2].any() and (dist[0][~tissue[0]] == 0).all()
+    assert dist[0, 20, 20] == dist[0].max() > dist[0, 12, 20] > dist[0, 10, 20] > 0
+
+
 def _views(n: int, seed: int) -> np.ndarray:
     """Grey 'scans' of two kinds of view (a disc or a bar on a dark background) plus pixel noise."""
     rng = np.random.default_rng(seed)
