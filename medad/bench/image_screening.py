@@ -892,7 +892,8 @@ def _markdown(results: dict[str, Any]) -> str:
               "configuration, run unchanged (not tuned) on the other tasks.",
               "- `patchstats_colour` (WCE): `patchstats_masked` without the texture channels, chosen for its maps on "
               "100 WCE train/bleeding frames with boxes (never trained on) and the 40 held-out non-bleeding "
-              "frames, not on `valid` (table in the JSON protocol, `selection`).",
+              "frames, not on `valid` (table in the JSON protocol, `selection`); its other settings are the common "
+              "ones, which were picked partly by looking at WCE `valid` (below).",
               "- `pca_knn`: each image minus its foreground median over its 10th-90th percentile spread, "
               "shrunk to 32 px; score = distance to the nearest training image in the PCA coordinates "
               "(95 % variance); map = squared difference from that image.",
