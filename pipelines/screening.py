@@ -948,14 +948,15 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
         feats = res["top_features"]
         det, windows, item_thr = fusion.members[0], fusion.member_inputs(feats)[0], None
         ch_names = [f"{ch_names[0]} - median beat"]
-        z = fusion.standardised(fusion.member_scores(feats))
+        raw = fusion.member_scores(feats)  # once: the z-scores and the fused scores below
+        z = fusion.standardised(raw)
         details.update({
             "beat (s)": f"{cfg.beat_before:g} s before to {cfg.beat_after:g} s after the R peak",
             "explained": f"{det.name} on the beat minus the recording's median beat; its attributions are those of "
                          f"the fused beat score up to a positive factor (the RR part does not depend on the trace)",
             "fused score": f"mean of the z-scores of {det.name} (beat shape) and features (RR) on held-out normal beats",
             "threshold (fused)": f"{model.threshold:.4g}"})
-        for t0, sc, zz in zip(res["top_starts"], fusion.score(feats).score, z.T):
+        for t0, sc, zz in zip(res["top_starts"], fusion.fused(raw), z.T):
             details[f"beat at {t0 + cfg.beat_before:.2f} s"] = (f"fused score {sc:.4g} "
                                                                 f"({'>' if sc > model.threshold else '<='} threshold); "
                                                                 f"shape z {zz[0]:.3g}, RR z {zz[1]:.3g}")

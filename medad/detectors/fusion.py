@@ -90,20 +90,23 @@ class ScoreFusion:
         return np.stack([np.asarray(m.score(xi).score, np.float64)
                          for m, xi in zip(self.members, self.member_inputs(x))])
 
-    def set_reference(self, healthy) -> "ScoreFusion":
-        """Standardisation statistics of every member from healthy calibration items."""
+    def set_reference(self, healthy) -> np.ndarray:
+        """Standardisation statistics of every member from healthy calibration items; returns
+        the members' raw scores of those items ``(M, N)``."""
         from medad.transforms.signal import robust_scale
 
-        med, scale = robust_scale(self.member_scores(healthy), axis=1, eps=1e-12)
+        raw = self.member_scores(healthy)
+        med, scale = robust_scale(raw, axis=1, eps=1e-12)
         self.stats_ = np.concatenate([med, scale], axis=1)
-        return self
+        return raw
 
     def calibrate(self, healthy, *, fpr: float = 0.05) -> "ScoreFusion":
-        """:meth:`set_reference` and the threshold flagging ``fpr`` of the same healthy items."""
+        """:meth:`set_reference` and the threshold flagging ``fpr`` of the same healthy items
+        (their member scores computed once)."""
         from medad.detectors.base import threshold_at_fpr
 
-        self.set_reference(healthy)
-        self.threshold_ = threshold_at_fpr(self.score(healthy).score, fpr)
+        raw = self.set_reference(healthy)
+        self.threshold_ = threshold_at_fpr(self.fused(raw), fpr)
         return self
 
     def standardised(self, raw: np.ndarray) -> np.ndarray:
@@ -113,11 +116,15 @@ class ScoreFusion:
                                  "items first")
         return (np.asarray(raw, np.float64) - self.stats_[:, :1]) / self.stats_[:, 1:]
 
+    def fused(self, raw: np.ndarray) -> np.ndarray:
+        """Member scores ``(M, N)`` -> the fused score ``(N,)``: mean of the robust z-scores."""
+        return self.standardised(raw).mean(axis=0).astype(np.float32)
+
     def score(self, x):
         """Mean of the members' standardised scores (no map: members' maps live on their own blocks)."""
         from medad.detectors.base import AnomalyResult
 
-        return AnomalyResult(score=self.standardised(self.member_scores(x)).mean(axis=0).astype(np.float32))
+        return AnomalyResult(score=self.fused(self.member_scores(x)))
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
