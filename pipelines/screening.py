@@ -42,6 +42,9 @@ full resolution as one channel ``(N, 1, before + after)``, and a ``features`` de
 robust z-scored on the held-out normal beats and averaged
 (:class:`medad.detectors.fusion.ScoreFusion`, the MIT-BIH benchmark's fusion), and the threshold
 comes from the same held-out beats. Image or supervised detectors are refused with a ConfigError.
+Either beat model's score is the mean of a beat-shape part and an RR part (:class:`BeatPart`);
+``medad explain`` (:func:`explain_recording`) explains the shape part over the beat's samples
+(the kNN model by KernelSHAP / LIME) and the RR part over the 4 RR features.
 
 **Per-site normalisation** (``site_normalize: folder|subfolder``, or ``medad screen run
 --site-normalize``): recordings from another site or device shift feature levels (gain,
@@ -64,6 +67,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from medad.detectors.base import Detector
 from medad.errors import ConfigError, InputError, MedadError, ReadError
 
 MODEL_CONFIG = "screening.json"
@@ -898,6 +902,75 @@ def screen_recording(model: ScreeningModel, path: Path, *, batch: int = 4096, pr
     return decide(model, recording_items(model, path, batch=batch, progress=progress))
 
 
+# ---------------------------------------------------------------------------- beat explanations
+#: the 4 RR columns of a beat's features (:func:`medad.transforms.signal.beat_template_features`)
+RR_FEATURE_NAMES = ("previous RR / median RR", "next RR / median RR", "previous RR / local mean RR",
+                    "next RR / previous RR")
+
+
+class BeatPart(Detector):
+    """Part ``part`` (0: beat shape, 1: RR) of a beat-mode model's score, as a detector of that
+    part's feature columns seen as one channel ``(N, 1, L)`` -- what the explanation methods
+    perturb. For explanations only: made from a fitted model, never fitted or saved itself.
+
+    Its score is the part's robust z-score: for the blocked ``features`` model (kNN or
+    Mahalanobis) that block's score standardised on its training beats; for a
+    :class:`~medad.detectors.fusion.ScoreFusion`, that member's score standardised on the held-out
+    normal beats. Either model's beat score is the plain mean of its parts' z-scores, so the parts
+    add up to it exactly and a part's attributions are the beat score's up to the factor
+    1 / (number of parts), whatever the other part's values.
+    """
+
+    input_kind = "signal"
+
+    def __init__(self, model, part: int):
+        from medad.detectors.fusion import ScoreFusion
+
+        self.model, self.part = model, int(part)
+        if isinstance(model, ScoreFusion):
+            edges = np.cumsum([0] + model.blocks)
+            self.columns = slice(int(edges[part]), int(edges[part + 1]))
+        else:
+            if getattr(model, "block_stats_", None) is None:
+                raise ConfigError(f"{type(model).__name__} scores no separate blocks: its beat score has no parts")
+            self.columns = model.slices_[part]
+        self.fitted_ = True
+
+    def _score(self, x: np.ndarray):
+        from medad.detectors.base import AnomalyResult
+        from medad.detectors.fusion import ScoreFusion
+
+        v = np.asarray(x, dtype=np.float64)[:, 0]
+        m, p = self.model, self.part
+        if v.shape[1] != self.columns.stop - self.columns.start:
+            raise InputError(f"part {p} of the beat features has {self.columns.stop - self.columns.start} columns, "
+                             f"got {v.shape[1]}")
+        if isinstance(m, ScoreFusion):
+            member = m.members[p]
+            raw = member.score(v[:, None] if m.views[p] == "signal" else v).score
+            z = (np.asarray(raw, np.float64) - m.stats_[p, 0]) / m.stats_[p, 1]
+        else:  # the features detector's own block score (standardised features, then that block)
+            full = np.zeros((len(v), m.n_features_))
+            full[:, self.columns] = (v - m.center_[self.columns]) / m.scale_[self.columns]
+            z = (m._block_score(full, p) - m.block_stats_[p, 0]) / m.block_stats_[p, 1]
+        return AnomalyResult(score=z.astype(np.float32))
+
+    def of(self, features: np.ndarray) -> np.ndarray:
+        """This part's columns of beat features ``(N, F)`` as its input ``(N, 1, L)``."""
+        return np.ascontiguousarray(np.asarray(features, np.float32)[:, None, self.columns])
+
+
+def explain_rr(rr_part, rr_x: np.ndarray, **explain_kw: Any) -> np.ndarray:
+    """KernelSHAP attributions ``(N, 4)`` of the RR part's z-score to each of the 4 RR features
+    of the beats ``rr_x`` ``(N, 1, 4)``, against a perfectly regular rhythm (every RR ratio 1):
+    one feature per segment, so with 4 features they are close to exact Shapley values and sum
+    to z(beat) - z(regular rhythm)."""
+    from medad.explain import explain
+
+    kw = {k: v for k, v in explain_kw.items() if k not in ("n_segments", "baseline")}
+    return explain(rr_part, rr_x, "kernel_shap", spatial_dims=1, baseline=1.0, n_segments=rr_x.shape[-1], **kw)
+
+
 def explain_recording(model_path: str | Path, path: str | Path, out: str | Path, *,
                       methods: Sequence[str] | None = None, top_k: int = 3, case_id: str | None = None,
                       include_identity: bool = False, text_sfreq: float | None = None, **explain_kw: Any):
@@ -910,14 +983,22 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
     recording (default: the model's). Per-site normalisation needs the whole screened folder and
     is not applied (the report says so).
 
-    Beat mode with a signal detector: the explained input is what that detector scores, the beat
-    minus the recording's median beat; the attributions are the detector's. The fused beat score
-    is the detector's score z-scored plus a term of the RR features alone, i.e. an increasing
-    affine function of it for the beat's RR intervals, so gradient and perturbation attributions
-    of the fused score over the beat's samples are these up to a positive factor. The plots show
-    the detector's own score (it has no threshold of its own); the fused scores, their parts and
-    the threshold are in the report's details. Beat mode with the ``features`` detector is not
-    explained (its input is 67 numbers, not a trace): a ConfigError says so.
+    Beat mode: a beat's score is the mean of two parts' z-scores (:class:`BeatPart`), the beat
+    shape (the beat minus the recording's median beat) and the 4 RR features; the report's
+    details give both z-scores of every explained beat and KernelSHAP attributions of the RR
+    z-score to each RR feature against a regular rhythm (:func:`explain_rr`). The plots explain
+    the shape part over the beat's samples -- up to a positive factor the beat score's own
+    attributions, since the RR part does not depend on them:
+
+    * with a signal detector (ScoreFusion), the detector itself on the beat minus the median
+      beat at full resolution (any method; gradient methods by default); the plots show its own
+      score (it has no threshold of its own);
+    * with the ``features`` detector (kNN / Mahalanobis blocks), the shape block's z-score on the
+      shape columns (the beat minus the median beat, every ``beat_step``-th sample), explained by
+      a perturbation method (KernelSHAP by default, or LIME: the model has no gradients) over
+      time segments switched to 0, i.e. to the recording's own median beat.
+
+    The fused scores and the threshold are in the report's details.
     """
     from medad.report.cases import explain_windows
     from medad.report.html import identity_from_file, write_case, write_case_report
@@ -927,11 +1008,14 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
         model.cfg.text_sfreq = float(text_sfreq)
     cfg = model.cfg
     beats = cfg.unit == "beats"
-    if beats and not cfg.beat_fusion:
-        raise ConfigError("explaining a beat-mode model with the features detector is not implemented (its input "
-                          "is beat-shape and RR numbers, not a trace); the per-beat scores are in "
-                          "<id>_beat_scores.csv of `medad screen run`. A beat-mode model with a signal detector "
-                          "(configs/screening_ecg_beats_ae.yaml) is explained beat by beat", model_path)
+    if beats and not cfg.beat_fusion and methods:
+        from medad.explain import METHODS, canonical_method
+
+        grad = [m for m in methods if METHODS[canonical_method(m)][0]]
+        if grad:
+            raise ConfigError(f"{', '.join(grad)} needs gradients, but this beat model ({cfg.detector}, "
+                              f"{cfg.detector_params.get('model', 'mahalanobis')}) has none: use kernel_shap or "
+                              f"lime", model_path)
     path = Path(path)
     if not path.exists():
         raise ReadError("file not found", path)
@@ -943,35 +1027,51 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                "decision rule": f">= {cfg.min_windows} consecutive {unit} above the threshold",
                "case score": f"maximum over {unit}"}
     det, windows, ch_names, item_thr = model.detector, res.get("top_windows"), res["channels"], model.threshold
+    sfreq = model.sfreq
     if beats:
-        fusion = model.detector
         feats = res["top_features"]
-        det, windows, item_thr = fusion.members[0], fusion.member_inputs(feats)[0], None
+        shape, rr = BeatPart(model.detector, 0), BeatPart(model.detector, 1)
+        z = np.stack([shape.score(shape.of(feats)).score, rr.score(rr.of(feats)).score]).astype(np.float64)
+        rr_attr = explain_rr(rr, rr.of(feats), **explain_kw)
+        item_thr, windows = None, shape.of(feats)
         ch_names = [f"{ch_names[0]} - median beat"]
-        raw = fusion.member_scores(feats)  # once: the z-scores and the fused scores below
-        z = fusion.standardised(raw)
+        if cfg.beat_fusion:
+            det = model.detector.members[0]
+            what = (f"{det.name} on the beat minus the recording's median beat; its attributions are those of the "
+                    f"beat score up to a positive factor (the RR part does not depend on the trace)")
+        else:
+            det, step = shape, cfg.beat_step_at(model.sfreq)
+            sfreq = model.sfreq / step
+            what = (f"the beat-shape z-score of features ({cfg.detector_params.get('model', 'mahalanobis')}) on the "
+                    f"beat minus the recording's median beat (one sample in {step}), perturbation methods over time "
+                    f"segments set to the median beat; half the beat score beside the RR z-score, so its "
+                    f"attributions are the beat score's up to a factor 2")
         details.update({
             "beat (s)": f"{cfg.beat_before:g} s before to {cfg.beat_after:g} s after the R peak",
-            "explained": f"{det.name} on the beat minus the recording's median beat; its attributions are those of "
-                         f"the fused beat score up to a positive factor (the RR part does not depend on the trace)",
-            "fused score": f"mean of the z-scores of {det.name} (beat shape) and features (RR) on held-out normal beats",
-            "threshold (fused)": f"{model.threshold:.4g}"})
-        for t0, sc, zz in zip(res["top_starts"], fusion.fused(raw), z.T):
-            details[f"beat at {t0 + cfg.beat_before:.2f} s"] = (f"fused score {sc:.4g} "
-                                                                f"({'>' if sc > model.threshold else '<='} threshold); "
-                                                                f"shape z {zz[0]:.3g}, RR z {zz[1]:.3g}")
+            "explained": what,
+            "beat score": "mean of the z-scores of the beat shape and the RR features (on normal beats)",
+            "RR attributions": "KernelSHAP of the RR z-score to each RR feature, against a regular rhythm (all 1)",
+            "threshold (beat score)": f"{model.threshold:.4g}"})
+        # the beat score is the mean of its parts (exactly, see BeatPart): no third scoring pass
+        for t0, sc, zz, f, a in zip(res["top_starts"], z.mean(0), z.T, rr.of(feats)[:, 0], rr_attr):
+            rr_text = ", ".join(f"{n} {v:.2f} ({w:+.2g})" for n, v, w in zip(RR_FEATURE_NAMES, f, a))
+            details[f"beat at {t0 + cfg.beat_before:.2f} s"] = (
+                f"beat score {sc:.4g} ({'>' if sc > model.threshold else '<='} threshold); shape z {zz[0]:.3g}, "
+                f"RR z {zz[1]:.3g}; {rr_text}")
     else:
         details.update({"window (s)": cfg.window_seconds, "step (s)": cfg.step_seconds})
     if cfg.site_normalize != "none":  # per-site statistics need the whole screened folder
         details["site normalisation"] = (f"not applied here (the model screens with site_normalize="
                                          f"{cfg.site_normalize!r}): scores may differ from `medad screen run`")
-    case = explain_windows(det, windows, res["top_starts"], model.sfreq, out, methods=methods,
+    case = explain_windows(det, windows, res["top_starts"], sfreq, out, methods=methods,
                            cid=case_id or path.name.split(".")[0], score=float(res["scores"].max()),
                            threshold=item_thr, decision="abnormal" if ivs else "normal", ch_names=ch_names,
                            details=details, source=path.name,
                            identity=identity_from_file(path) if include_identity else None, **explain_kw)
-    if item_thr is None:  # the plots had no threshold in the explained detector's units; the case has the fused one
+    if item_thr is None:  # the plots had no threshold in the explained part's units; the case has the beat one
         case.threshold = model.threshold
+        if not cfg.beat_fusion:
+            case.model = f"{type(model.detector).__name__} (beat shape block)"
         write_case(out, case)
         write_case_report(Path(out) / "report.html", case)
     return case

@@ -394,20 +394,26 @@ def _write_ecg(folder: Path, name: str, x: np.ndarray, fs: float = ECG_FS) -> No
                    fmt=["16"], write_dir=str(folder))
 
 
+def _ecg_folders(root: Path) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """``root/normals``: 3 normal synthetic ECGs of 60 s; ``root/test/ecto``: one with 5 ectopic
+    beats. Returns (normals, test, its R-peak samples, its ectopic flags)."""
+    normals, test = root / "normals", root / "test"
+    normals.mkdir()
+    test.mkdir()
+    for i in range(3):
+        _write_ecg(normals, f"n{i}", _ecg(60, seed=i)[0])
+    x, peaks, odd = _ecg(60, seed=7, ectopic=(10, 22, 35, 47, 60))
+    _write_ecg(test, "ecto", x)
+    return normals, test, peaks, odd
+
+
 @pytest.mark.filterwarnings("ignore")  # wfdb's pandas deprecation warnings
 def test_ecg_beat_mode_flags_ectopic_beats_and_writes_wfdb(tmp_path):
     from medad.evaluation import auroc
     from medad.io.signals import _wfdb
     from pipelines.screening import match_beats
 
-    normals, test = tmp_path / "normals", tmp_path / "test"
-    normals.mkdir()
-    test.mkdir()
-    for i in range(3):
-        _write_ecg(normals, f"n{i}", _ecg(60, seed=i)[0])
-    ect = (10, 22, 35, 47, 60)
-    x, peaks, odd = _ecg(60, seed=7, ectopic=ect)
-    _write_ecg(test, "ecto", x)
+    normals, test, peaks, odd = _ecg_folders(tmp_path)
     _write_ecg(test, "short", _ecg(60, seed=8)[0][: ECG_FS])  # 1 s: too short for beats
     (test / "bad.hea").write_text("this is not a WFDB header\n")
     cfg = ScreeningConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "screening_ecg_beats.yaml")
@@ -447,11 +453,7 @@ def test_ecg_beat_mode_flags_ectopic_beats_and_writes_wfdb(tmp_path):
     assert (tmp_path / "o" / "ecto_screening.png").stat().st_size > 5000
     csv_rows = {row["record_id"]: row for row in csv.DictReader(open(tmp_path / "o" / "results.csv"))}
     assert csv_rows["ecto"]["n_beats"] == str(len(peaks)) and csv_rows["ecto"]["n_windows"] == ""
-    from medad.errors import ConfigError
-    from pipelines.screening import explain_recording
-
-    with pytest.raises(ConfigError, match="features detector is not implemented"):
-        explain_recording(model, test / "ecto.hea", tmp_path / "ex")
+    # explaining this (kNN) model: tests/test_screening_beats_explain.py
 
 
 @pytest.mark.filterwarnings("ignore")  # wfdb's pandas deprecation warnings
@@ -464,13 +466,7 @@ def test_ecg_beat_mode_with_a_deep_detector_flags_ectopic_beats_and_round_trips(
     from medad.evaluation import auroc
     from pipelines.screening import Preprocessor, match_beats, recording_beat_features
 
-    normals, test = tmp_path / "normals", tmp_path / "test"
-    normals.mkdir()
-    test.mkdir()
-    for i in range(3):
-        _write_ecg(normals, f"n{i}", _ecg(60, seed=i)[0])
-    x, peaks, odd = _ecg(60, seed=7, ectopic=(10, 22, 35, 47, 60))
-    _write_ecg(test, "ecto", x)
+    normals, test, peaks, odd = _ecg_folders(tmp_path)
     cfg = ScreeningConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "screening_ecg_beats_ae.yaml")
     cfg.chunk_seconds = 20.0
     cfg.detector_params["epochs"] = 5
