@@ -52,7 +52,8 @@ electrodes, filters). With the option, the feature vectors of all windows (beats
 folder -- or of each subfolder, one per site -- are robust z-scored (median, IQR) against that
 group's own statistics, and put on the training features' scale before scoring, in place of
 the training set's statistics. Assumption: most items of each group are normal (a folder of
-mostly abnormal recordings would look normal). Needs the ``features`` detector; every
+mostly abnormal recordings would look normal). Needs feature vectors: the ``features``
+detector, or beat mode with any detector (its input is the beat features); every
 recording of the folder is featurised before any is scored (features are held in memory).
 """
 
@@ -121,7 +122,7 @@ class ScreeningConfig:
             recording's template. Recordings without such a file are used whole.
         site_normalize: ``"none"``, ``"folder"`` or ``"subfolder"``: at screening, robust z-score
             the features of the screened items against the statistics of the whole folder or of
-            each subfolder (a site); see the module docstring. ``features`` detector only.
+            each subfolder (a site); see the module docstring. ``features`` detector or beat mode.
         seed: seeds the detector and the recording split.
     """
 
@@ -200,7 +201,7 @@ class ScreeningConfig:
                                   f"{self.beat_after}")
             if self.beat_step is not None and int(self.beat_step) < 1:
                 raise ConfigError(f"beat_step must be >= 1, got {self.beat_step}")
-        check_site_normalize(self.site_normalize, self.detector)
+        check_site_normalize(self.site_normalize, self.detector, self.unit)
 
     @property
     def beat_fusion(self) -> bool:
@@ -236,15 +237,16 @@ def check_beat_detector(name: str) -> None:
         raise ConfigError(f"unit: beats cannot use detector {name!r}: it {why}; use one of {', '.join(one_class)}")
 
 
-def check_site_normalize(mode: str, detector: str) -> None:
+def check_site_normalize(mode: str, detector: str, unit: str = "windows") -> None:
     """Clear error when per-site normalisation is asked for where it cannot work: it rescales
-    feature vectors, so the detector must score features (``features``), not raw windows."""
+    feature vectors, so the model must score features: the ``features`` detector, or beat mode
+    (any detector there scores the beat features: the beat minus its template and RR)."""
     if mode not in SITE_MODES:
         raise ConfigError(f"site_normalize must be one of {', '.join(SITE_MODES)}, got {mode!r}")
-    if mode != "none" and detector != "features":
-        raise ConfigError(f"site_normalize={mode!r} z-scores feature vectors and needs the 'features' detector; "
-                          f"detector {detector!r} scores raw windows (use normalize: recording or window for "
-                          f"amplitude robustness there)")
+    if mode != "none" and detector != "features" and unit != "beats":
+        raise ConfigError(f"site_normalize={mode!r} z-scores feature vectors and needs the 'features' detector "
+                          f"(or unit: beats); detector {detector!r} scores raw windows (use normalize: recording "
+                          f"or window for amplitude robustness there)")
 
 
 # ---------------------------------------------------------------------------- files
@@ -803,10 +805,11 @@ def _scores(det, x: np.ndarray, batch: int = 4096) -> np.ndarray:
 
 def feature_scorer(det):
     """A view of a fitted ``features`` detector that scores precomputed feature vectors (what
-    per-site normalisation hands it): the detector itself when it already takes features."""
+    per-site normalisation hands it): the detector itself when it already takes features (as a
+    beat-mode ScoreFusion does)."""
     import copy
 
-    if getattr(det, "feature_fn", None) == "precomputed":
+    if getattr(det, "feature_fn", None) == "precomputed" or hasattr(det, "members"):
         return det
     view = copy.copy(det)  # shares the fitted arrays; only how input becomes features changes
     view.feature_fn = "precomputed"
@@ -1082,7 +1085,8 @@ def site_normalise(features: Sequence[np.ndarray], groups: Sequence[str], det) -
     (median, IQR) of every feature over all items of each group of recordings (a site), then
     onto the training features' scale (the ``features`` detector's ``center_`` / ``scale_``), so
     the detector sees each item relative to its own site's typical item. Assumes most items of
-    each group are normal."""
+    each group are normal. ``det``: a ``features`` detector or a beat-mode ScoreFusion (its
+    training input's column statistics)."""
     from medad.transforms.signal import group_robust_zscore
 
     lens = [len(f) for f in features]
@@ -1526,7 +1530,10 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
     check_annotated_copy(annotated_copy)  # before any work, not once per recording
     model = ScreeningModel.load(model_path)
     site = model.cfg.site_normalize if site_normalize is None else site_normalize
-    check_site_normalize(site, model.cfg.detector)
+    check_site_normalize(site, model.cfg.detector, model.cfg.unit)
+    if site != "none" and getattr(model.detector, "center_", None) is None:
+        raise ConfigError("this model keeps no statistics of its training features (a beat model saved before "
+                          "they were kept): retrain it to use site_normalize", model_path)
     folder = Path(folder)
     files = list_recordings(folder)
     rids = unique_record_ids(files)

@@ -463,6 +463,7 @@ def test_ecg_beat_mode_with_a_deep_detector_flags_ectopic_beats_and_round_trips(
     autoencoder's own score separates them too (not only the RR member); the model folder holds
     no pickle and loads back to the same scores."""
     from medad.detectors.fusion import ScoreFusion
+    from medad.errors import ConfigError
     from medad.evaluation import auroc
     from pipelines.screening import Preprocessor, match_beats, recording_beat_features
 
@@ -484,6 +485,12 @@ def test_ecg_beat_mode_with_a_deep_detector_flags_ectopic_beats_and_round_trips(
     near = np.zeros(len(odd), bool)
     near[np.flatnonzero(odd) - 1] = near[np.flatnonzero(odd) + 1] = True
     assert auroc(odd.astype(int), score) > 0.99 and flagged[odd].all() and flagged[~odd & ~near].mean() < 0.3
+    # per-site normalisation works in deep beat mode too: the beat features z-scored over the folder,
+    # put on the fusion's training-feature scale, still flag the ectopic beats
+    s2 = screen_folder(model, test, tmp_path / "o2", progress=False, plots=False, site_normalize="folder")
+    assert s2["site_normalize"] == "folder" and s2["sites"]["."]["n_items"] == len(tab)
+    tab2 = np.loadtxt(tmp_path / "o2" / "ecto_beat_scores.csv", delimiter=",", skiprows=1)
+    assert auroc(odd.astype(int), tab2[j, 2]) > 0.99 and (tab2[j, 3] > 0)[odd].all()
     m = ScreeningModel.load(model)
     assert isinstance(m.detector, ScoreFusion) and [d.name for d in m.detector.members] == ["seq_ae", "features"]
     f = recording_beat_features(Preprocessor(m.cfg, m.sfreq, m.channels), test / "ecto.hea")["features"]
@@ -504,6 +511,12 @@ def test_ecg_beat_mode_with_a_deep_detector_flags_ectopic_beats_and_round_trips(
     explained = [float(k.split()[2]) for k in case["details"] if k.startswith("beat at")]
     assert len(explained) == 3 and all(np.abs(peaks[odd] / ECG_FS - t).min() < 0.05 for t in explained)
     assert all((tmp_path / "ex" / Path(fig["png"]).name).stat().st_size > 5000 for fig in case["figures"])
+    # a beat model saved before the fusion kept its training-feature statistics: site_normalize refused
+    fj = tmp_path / "m" / "detector" / "fusion.json"
+    info = json.loads(fj.read_text())
+    fj.write_text(json.dumps({k: v for k, v in info.items() if not k.startswith("input_")}))
+    with pytest.raises(ConfigError, match="retrain it to use site_normalize"):
+        screen_folder(model, test, tmp_path / "o3", progress=False, site_normalize="folder")
 
 
 def test_beat_and_site_options_are_checked():
@@ -516,8 +529,7 @@ def test_beat_and_site_options_are_checked():
         ScreeningConfig(unit="beats", detector="ae").validate()
     with pytest.raises(ConfigError, match="unknown detector"):
         ScreeningConfig(unit="beats", detector="no_such_model").validate()
-    with pytest.raises(ConfigError, match="needs the 'features' detector"):
-        ScreeningConfig(unit="beats", detector="seq_ae", site_normalize="folder").validate()
+    ScreeningConfig(unit="beats", detector="seq_ae", site_normalize="folder").validate()  # beat features
     ScreeningConfig(unit="beats", detector="seq_predictor").validate()
     with pytest.raises(ConfigError, match="needs the 'features' detector"):
         ScreeningConfig(detector="seq_ae", site_normalize="folder").validate()

@@ -78,3 +78,33 @@ def test_mitbih_merge_keeps_earlier_results_not_rerun(tmp_path):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ReadError):
         _merge_mitbih(tmp_path / "bad.json", False, {}, {}, {})
+
+
+def test_fusion_keeps_its_training_input_statistics_for_site_normalisation(tmp_path):
+    """The training input's column median / IQR scale (what per-site normalisation maps another
+    site's items onto) is kept, saved and loaded; a fusion saved before it was kept loads without
+    it (screening such a model with site_normalize is refused: tests/test_pipeline_screening.py)."""
+    from medad.transforms.signal import robust_scale
+    from pipelines.screening import site_normalise
+
+    x = _data(400, 0)
+    fusion = ScoreFusion(_members(), [3, 2]).fit(x).calibrate(_data(300, 2))
+    c, s = robust_scale(x.astype(np.float64), axis=0)
+    np.testing.assert_allclose(fusion.center_, c[0]) and np.testing.assert_allclose(fusion.scale_, s[0])
+    # a site whose items are shifted and scaled column-wise lands back on the training scale
+    site = _data(500, 5) * np.array([2, 1, 1, 3, 1], np.float32) + 50
+    back = site_normalise([site[:200], site[200:]], ["a", "a"], fusion)
+    np.testing.assert_allclose(np.median(np.concatenate(back), axis=0), fusion.center_, atol=1e-6)
+    assert np.median(fusion.score(np.concatenate(back)).score) < fusion.threshold_ < np.median(fusion.score(site).score)
+    fusion.save(tmp_path / "f")
+    back = ScoreFusion.load(tmp_path / "f")
+    np.testing.assert_allclose(back.center_, fusion.center_) and np.testing.assert_allclose(back.scale_, fusion.scale_)
+    cfg = json.loads((tmp_path / "f" / "fusion.json").read_text())
+    for k in ("input_center", "input_scale"):
+        cfg.pop(k)
+    (tmp_path / "f" / "fusion.json").write_text(json.dumps(cfg))
+    assert ScoreFusion.load(tmp_path / "f").center_ is None
+    cfg["input_center"], cfg["input_scale"] = [0.0] * 4, [1.0] * 4
+    (tmp_path / "f" / "fusion.json").write_text(json.dumps(cfg))
+    with pytest.raises(ReadError, match="input statistics"):
+        ScoreFusion.load(tmp_path / "f")

@@ -1064,8 +1064,8 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0,
     out through ``train_exclude_beats``; whole normal recordings held out for the threshold),
     ``screen_folder`` on the test records. R peaks are the pipeline's own detections, not the
     reference lists (see :func:`_pipeline_beat_metrics`). Robustness: the test records again at
-    3x gain and resampled to 250 Hz (written as new WFDB records), screened as they are and (the
-    ``features`` detector only) with ``site_normalize: folder``."""
+    3x gain and resampled to 250 Hz (written as new WFDB records), screened as they are and with
+    ``site_normalize: folder`` (beat mode scores beat features with any detector)."""
     import json
 
     from medad.datasets import dataset_root
@@ -1110,8 +1110,6 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0,
     for label, folder, site in (("site_normalize folder", work / "test", "folder"),
                                 ("x3 gain, 250 Hz", other, "none"),
                                 ("x3 gain, 250 Hz, site_normalize folder", other, "folder")):
-        if site != "none" and cfg.detector != "features":  # per-site z-scores need feature vectors
-            continue
         dst = run / ("out_" + label.replace(" ", "_").replace(",", ""))
         screen_folder(model, folder, dst, progress=False, plots=False, site_normalize=site)
         m = _pipeline_beat_metrics(root, dst, thr)
@@ -1150,8 +1148,8 @@ def _pipeline_markdown(p: dict[str, Any], config: str) -> str:
         f"beats matched no reference beat (the R-peak detector's settings were chosen on these records' reference "
         f"beats). Train {p['train_seconds']:.1f} s, screening the 6 test records {p['screen_seconds']:.1f} s "
         f"(shared CPU). Conditions: the test records at 3x gain resampled to 250 Hz (written as new records); "
-        f"`site_normalize folder` = features robust z-scored over the screened folder (features detector "
-        f"only).{_pipeline_model_text(p)}\n\n")
+        f"`site_normalize folder` = beat features robust z-scored over the screened folder and put on the "
+        f"training features' scale.{_pipeline_model_text(p)}\n\n")
     cols = ("auroc", "auprc", "sensitivity", "specificity")
     rows = [["test records as they are"] + [p[c] for c in cols]]
     rows += [[k] + [v[c] for c in cols] for k, v in p["robustness"].items()]

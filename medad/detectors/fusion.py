@@ -18,8 +18,12 @@ on **healthy calibration items** -- never test or abnormal items -- so members o
 scales weigh equally. A member that takes signals (``input_kind="signal"``, not precomputed
 features) gets its block as one channel ``(N, 1, L)``; a features member gets ``(N, L)``.
 
+The training input's column statistics (median, IQR scale: ``center_``, ``scale_``) are kept, as
+a ``features`` detector keeps its own: per-site normalisation
+(:func:`pipelines.screening.site_normalise`) maps another site's inputs onto them.
+
 Saved without pickle: one folder per member (:meth:`Detector.save`) and ``fusion.json``
-(blocks, standardisation statistics, threshold).
+(blocks, standardisation statistics, input column statistics, threshold).
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class ScoreFusion:
         self.views = [member_view(m) for m in self.members]
         self.stats_: np.ndarray | None = None  # (M, 2): median, scale of each member's healthy scores
         self.threshold_: float | None = None
+        self.center_: np.ndarray | None = None  # (F,): median of every input column of the training items
+        self.scale_: np.ndarray | None = None   # (F,): their IQR scale (robust_scale)
 
     # ------------------------------------------------------------------ inputs
     def member_inputs(self, x) -> list[np.ndarray]:
@@ -80,8 +86,12 @@ class ScoreFusion:
     def fit(self, x, fit_member: Callable[[Any, np.ndarray], Any] | None = None) -> "ScoreFusion":
         """Fit every member on its block of the healthy items ``x``; ``fit_member(det, xi)``
         replaces ``det.fit(xi)`` (e.g. to time each member)."""
+        from medad.transforms.signal import robust_scale
+
         for m, xi in zip(self.members, self.member_inputs(x)):
             (fit_member or (lambda d, v: d.fit(v)))(m, xi)
+        center, scale = robust_scale(np.asarray(x, np.float64), axis=0, eps=1e-9)
+        self.center_, self.scale_ = center[0], scale[0]
         self.stats_ = self.threshold_ = None
         return self
 
@@ -141,7 +151,9 @@ class ScoreFusion:
             m.save(path / f"member_{i}")
         write_json(path / FUSION_FILE, {
             "kind": "medad score fusion", "blocks": self.blocks, "members": [m.name for m in self.members],
-            "median": self.stats_[:, 0].tolist(), "scale": self.stats_[:, 1].tolist(), "threshold": self.threshold_})
+            "median": self.stats_[:, 0].tolist(), "scale": self.stats_[:, 1].tolist(), "threshold": self.threshold_,
+            "input_center": None if self.center_ is None else self.center_.tolist(),
+            "input_scale": None if self.scale_ is None else self.scale_.tolist()})
         return path
 
     @classmethod
@@ -157,9 +169,15 @@ class ScoreFusion:
             out = cls([Detector.load(path / f"member_{i}") for i in range(n)], cfg["blocks"])
             out.stats_ = np.stack([np.asarray(cfg["median"], np.float64), np.asarray(cfg["scale"], np.float64)], 1)
             out.threshold_ = None if cfg.get("threshold") is None else float(cfg["threshold"])
+            if cfg.get("input_center") is not None:  # absent from fusions saved before it was kept
+                out.center_ = np.asarray(cfg["input_center"], np.float64)
+                out.scale_ = np.asarray(cfg["input_scale"], np.float64)
         except (KeyError, TypeError, ValueError) as e:
             raise ReadError(f"corrupt {FUSION_FILE}: {e}", path / FUSION_FILE) from None
         if out.stats_.shape != (n, 2):
             raise ReadError(f"corrupt {FUSION_FILE}: statistics for {len(out.stats_)} of {n} members",
+                            path / FUSION_FILE)
+        if out.center_ is not None and not out.center_.shape == out.scale_.shape == (sum(out.blocks),):
+            raise ReadError(f"corrupt {FUSION_FILE}: input statistics do not match the blocks {out.blocks}",
                             path / FUSION_FILE)
         return out
