@@ -1070,7 +1070,8 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                            cid=case_id or path.name.split(".")[0], score=float(res["scores"].max()),
                            threshold=item_thr, decision="abnormal" if ivs else "normal", ch_names=ch_names,
                            details=details, source=path.name,
-                           identity=identity_from_file(path) if include_identity else None, **explain_kw)
+                           identity=identity_from_file(path) if include_identity else None,
+                           item="beat" if beats else "window", **explain_kw)
     if item_thr is None:  # the plots had no threshold in the explained part's units; the case has the beat one
         case.threshold = model.threshold
         if not cfg.beat_fusion:

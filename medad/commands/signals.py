@@ -49,7 +49,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         site_normalize: Optional[str] = typer.Option(
             None, help="robust z-score the features against the screened folder's own statistics: 'folder' (one "
                        "site), 'subfolder' (each subfolder a site) or 'none' (default: the model's setting). "
-                       "Assumes most recordings of a site are normal; features detector only"),
+                       "Assumes most recordings of a site are normal; features detector, or any detector in ECG beat mode"),
     ) -> None:
         """Screen every recording: results.csv/json, events.tsv, MNE/WFDB annotations, PNGs."""
         from pipelines.screening import screen_folder

@@ -350,12 +350,14 @@ def _explain_signal(det, p, out, *, sfreq, methods, cid, normalise, top_k, expla
 def explain_windows(det, windows: np.ndarray, starts: Sequence[float], sfreq: float, out_dir: str | Path, *,
                     methods: Sequence[str] | None, cid: str, score: float, threshold: float | None, decision: str,
                     ch_names: Sequence[str] | None = None, details: dict[str, Any] | None = None,
-                    source: str | None = None, identity: dict[str, str] | None = None, **explain_kw) -> CaseReport:
+                    source: str | None = None, identity: dict[str, str] | None = None, item: str = "window",
+                    **explain_kw) -> CaseReport:
     """Explain already preprocessed windows ``(N, C, T)`` of one recording (e.g. the highest-scoring
     windows of a screening model, cut by its own preprocessing) and write one signal plot per
     method and window, ``case.json`` and ``report.html`` into ``out_dir``. ``starts`` are the
     windows' start times in the recording (s); ``score``/``threshold``/``decision`` are the
-    recording's, as the pipeline decided them."""
+    recording's, as the pipeline decided them; ``item`` names what each row is in titles
+    (``"window"``, or ``"beat"`` for ECG beat mode)."""
     from medad.explain import canonical_method
 
     out = Path(out_dir)
@@ -369,9 +371,9 @@ def explain_windows(det, windows: np.ndarray, starts: Sequence[float], sfreq: fl
             f = out / f"{m}_{t0:.1f}s.png"
             t1 = t0 + w.shape[-1] / sfreq
             save_signal_plot(w, sfreq, f, attribution=np.abs(mp), ch_names=ch_names,
-                             title=_title(cid, f"{m}, window {t0:.1f}-{t1:.1f} s (time from its start)",
+                             title=_title(cid, f"{m}, {item} {t0:.1f}-{t1:.1f} s (time from its start)",
                                           float(s), threshold))
-            figs.append(Figure(png=str(f), title=f"{m}: window {t0:.1f}-{t1:.1f} s (preprocessed as screened)",
+            figs.append(Figure(png=str(f), title=f"{m}: {item} {t0:.1f}-{t1:.1f} s (preprocessed as screened)",
                                kind="signal"))
     case = CaseReport(case_id=cid, decision=decision, score=score, threshold=threshold, method=", ".join(methods),
                       model=type(det).__name__, source=source, figures=figs, details=dict(details or {}),
