@@ -7,7 +7,7 @@ import pytest
 
 from medad.config import data_root
 from medad.datasets.signals import (
-    SignalSet, load, load_bonn, split, load_heart_sounds, load_physionet2016, load_ucr, load_wfdb_beats, rr_features,
+    SignalSet, load, load_bonn, load_wang_chung, split, load_heart_sounds, load_physionet2016, load_ucr, load_wfdb_beats, rr_features,
     summarize,
 )
 from medad.errors import InputError, ReadError
@@ -123,3 +123,28 @@ def test_errors_on_bad_roots(tmp_path):
         load_physionet2016(tmp_path)
     with pytest.raises(InputError, match="unknown signal dataset kind"):
         load("eeg_magic", tmp_path)
+
+
+@needs_data
+def test_wang_chung_recording():
+    r = load_wang_chung(ROOT / "eeg/wang_chung")
+    assert r.data.shape == (8, 32678) and r.sfreq == 100.0 and r.ch_names[0] == "C3"
+    (a,) = r.annotations
+    assert a.description == "seizure" and a.onset == a.duration == 32678 / 100.0 / 2
+
+
+def test_wang_chung_bad_folders_name_the_file(tmp_path):
+    from medad.datasets.signals import WANG_CHUNG_CHANNELS
+
+    for i, c in enumerate(WANG_CHUNG_CHANNELS):
+        (tmp_path / f"{c}.txt").write_text(" ".join(["1.5"] * (10 if i else 12)))
+    with pytest.raises(ReadError, match="differ in length"):
+        load_wang_chung(tmp_path)
+    (tmp_path / "c3.txt").write_text("1 2 x")
+    with pytest.raises(ReadError, match="not numeric") as e:
+        load_wang_chung(tmp_path)
+    assert "c3.txt" in str(e.value)
+    (tmp_path / "c3.txt").write_text("1 2 3")
+    (tmp_path / "t5.txt").unlink()
+    with pytest.raises(ReadError, match="t5.txt"):
+        load_wang_chung(tmp_path)

@@ -101,6 +101,7 @@ KINDS: dict[str, Kind] = {
                          "capsule endoscopy, class folders + YOLO boxes"),
     # signal kinds: loaders written in medad.datasets.signals
     "bonn": Kind(_SIG, "load_bonn", "eeg/bonn", "Bonn EEG sets A-E"),
+    "wang_chung": Kind(_SIG, "load_wang_chung", "eeg/wang_chung", "one patient's scalp EEG: pre-seizure, then seizure"),
     "heart_sounds": Kind(_SIG, "load_heart_sounds", "pcg/yaseen", "heart sounds, class per folder"),
     "physionet2016": Kind(_SIG, "load_physionet2016", "pcg/physionet2016_sample", "PhysioNet 2016 WAV + REFERENCE"),
     "wfdb_beats": Kind(_SIG, "load_wfdb_beats", "ecg/mitbih_subset", "WFDB records, beats around R peaks"),

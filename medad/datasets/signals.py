@@ -137,6 +137,38 @@ def load_bonn(root: str | Path | None = None, *, sets: Sequence[str] = ("A", "B"
     return out
 
 
+WANG_CHUNG_CHANNELS = ("c3", "c4", "cz", "p3", "p4", "t3", "t4", "t5")
+WANG_CHUNG_SFREQ = 100.0
+
+
+def load_wang_chung(root: str | Path | None = None) -> SignalRecord:
+    """One epilepsy patient's scalp EEG (Wang, Ombao & Chung 2018): 8 channels at 100 Hz, one
+    whitespace-separated text file per channel; the first half precedes the seizure, the second
+    half is the seizure (one ``seizure`` annotation from the midpoint to the end)."""
+    from medad.io.records import Annotation
+
+    root = _root(root, "wang_chung")
+    chans = []
+    for c in WANG_CHUNG_CHANNELS:
+        f = root / f"{c}.txt"
+        if not f.is_file():
+            raise ReadError(f"channel file {f.name} not found", root)
+        try:
+            v = np.array(f.read_text().split(), dtype=np.float32)
+        except ValueError as e:
+            raise ReadError(f"not numeric text: {e}", f) from None
+        if v.size < 2:
+            raise ReadError("channel holds fewer than 2 samples", f)
+        chans.append(v)
+    n = {len(v) for v in chans}
+    if len(n) != 1:
+        raise ReadError(f"channel files differ in length ({sorted(n)} samples)", root)
+    t = len(chans[0]) / WANG_CHUNG_SFREQ
+    return SignalRecord(np.stack(chans), WANG_CHUNG_SFREQ, [c.upper() for c in WANG_CHUNG_CHANNELS],
+                        [Annotation(t / 2, t / 2, "seizure")], record_id="wang_chung", subject_id="wang_chung",
+                        path=root, meta={"abnormal": 1})
+
+
 def load_heart_sounds(root: str | Path | None = None, *, normal: Sequence[str] = HEART_SOUND_NORMAL) -> list[SignalRecord]:
     """Class-per-folder heart sounds (Yaseen): ``label`` = folder name, abnormal unless it is in ``normal``."""
     root = _root(root, "heart_sounds")
