@@ -20,9 +20,18 @@ import numpy as np
 from medad.detectors.base import AnomalyResult, Detector
 from medad.errors import ConfigError, InputError
 from medad.registry import register
-from medad.transforms.brain import robust_stats, robust_zscore
+from medad.transforms.brain import mirror_asymmetry, robust_stats, robust_zscore
 
-__all__ = ["IntensityDetector"]
+__all__ = ["IntensityDetector", "AsymmetryDetector"]
+
+
+def _grey_and_foreground(x: np.ndarray, background: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(N, C, *spatial)`` -> grey ``(N, *spatial)`` and foreground mask (pixels not equal to
+    ``background`` in some channel; every pixel when ``background`` is ``None``)."""
+    grey = x.mean(axis=1)
+    if background is None:
+        return grey, np.ones(grey.shape, dtype=bool)
+    return grey, (x != background).any(axis=1)
 
 
 @register("intensity")
@@ -58,17 +67,10 @@ class IntensityDetector(Detector):
         if self.median_size and int(self.median_size) > 1 and int(self.median_size) % 2 == 0:
             raise ConfigError(f"median_size must be odd, got {self.median_size}")
 
-    def _grey_and_foreground(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(N, C, *spatial)`` -> grey ``(N, *spatial)`` and foreground mask."""
-        grey = x.mean(axis=1)
-        if self.background is None:
-            return grey, np.ones(grey.shape, dtype=bool)
-        return grey, (x != self.background).any(axis=1)
-
     # ------------------------------------------------------------------ contract
     def _fit(self, x: np.ndarray, val, y) -> None:
         self._check_params()
-        grey, fg = self._grey_and_foreground(x)
+        grey, fg = _grey_and_foreground(x, self.background)
         if not fg.any():
             raise InputError("the training images have no foreground pixels")
         self.center_, self.scale_ = robust_stats(grey[fg])
@@ -77,7 +79,7 @@ class IntensityDetector(Detector):
         from scipy import ndimage as ndi
 
         self._check_params()
-        grey, fg = self._grey_and_foreground(x)
+        grey, fg = _grey_and_foreground(x, self.background)
         maps = np.zeros(grey.shape, dtype=np.float32)
         scores = np.zeros(len(grey), dtype=np.float32)
         k = int(self.median_size or 0)
@@ -104,3 +106,55 @@ class IntensityDetector(Detector):
     def _set_state(self, arrays: dict[str, Any], extra: dict[str, Any]) -> None:
         self.center_ = float(extra["center"])
         self.scale_ = float(extra["scale"])
+
+
+@register("asymmetry")
+class AsymmetryDetector(Detector):
+    """Left-right (hemispheric) asymmetry: the map is ``|s(x) - mirror(s(x))|`` per item (see
+    :func:`medad.transforms.brain.mirror_asymmetry`), an item's score a high quantile of it.
+
+    For contrasts where a lesion is not simply brighter than healthy tissue (T1c: the oedema of a
+    glioma is only slightly darker than white matter, the enhancing rim brighter), tissue that
+    differs from its contralateral counterpart is the cue. Nothing is learned; thresholds come
+    from healthy data through :meth:`calibrate`. Healthy brains are not perfectly symmetric
+    (gyri, ventricles), and the tissue opposite a lesion scores as high as the lesion itself.
+
+    Args:
+        sigma: Gaussian smoothing in pixels over the spatial axes, inside the foreground.
+        axis: spatial axis that is mirrored, about its centre (0 = the first spatial axis: left-
+            right for the RAS-ordered axial slices and 3D crops of brain preprocessing, whose
+            grid is centred on the brain).
+        quantile: an item's score is this quantile of its map inside the foreground.
+        background: pixels equal to this value are outside the foreground (0 after brain
+            preprocessing); ``None`` makes every pixel foreground.
+    """
+
+    input_kind = "image"
+    conformance_params = {"sigma": 1.0}
+
+    def __init__(self, sigma: float = 2.0, axis: int = 0, quantile: float = 0.99, background: float | None = 0.0):
+        self._set_params(locals())
+
+    def _check_params(self, spatial_ndim: int) -> None:
+        if float(self.sigma) < 0:
+            raise ConfigError(f"sigma must be >= 0, got {self.sigma}")
+        if not 0.0 < float(self.quantile) <= 1.0:
+            raise ConfigError(f"quantile must be in (0, 1], got {self.quantile}")
+        if not 0 <= int(self.axis) < spatial_ndim:
+            raise ConfigError(f"axis must be a spatial axis in [0, {spatial_ndim}), got {self.axis}")
+
+    def _fit(self, x: np.ndarray, val, y) -> None:
+        self._check_params(x.ndim - 2)
+        if not _grey_and_foreground(x, self.background)[1].any():
+            raise InputError("the training images have no foreground pixels")
+
+    def _score(self, x: np.ndarray) -> AnomalyResult:
+        self._check_params(x.ndim - 2)
+        grey, fg = _grey_and_foreground(x, self.background)
+        maps = np.zeros(grey.shape, dtype=np.float32)
+        scores = np.zeros(len(grey), dtype=np.float32)
+        for i in range(len(grey)):
+            if fg[i].any():
+                maps[i] = mirror_asymmetry(grey[i], fg[i], sigma=float(self.sigma), axis=int(self.axis))
+                scores[i] = np.quantile(maps[i][fg[i]], float(self.quantile))
+        return AnomalyResult(score=scores, map=maps)
