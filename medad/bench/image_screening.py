@@ -233,6 +233,29 @@ KVASIR_SELECTION = {
     "chosen map averaged inside SLIC superpixels (30-250 segments; edge-aware smoothing)": "0.819-0.824 AUROC",
     "reading": "every descriptor tried levels off at 0.82-0.83; inside fifths of the distance to the tissue edge "
                "the chosen colour map separates polyp from mucosa at about 0.72, texture maps at 0.45-0.71",
+    "learned context inpainting (not adopted; scratch code, not in the package)":
+        "MONAI BasicUNet (16/16/32/64/128/16, ReLU, no norm) trained on the bench's 300 frames (polyp dilated "
+        "4 px and blacked out: unknown to the net and out of the loss) to fill square holes on a lattice of "
+        "period 2x their side from the rest of the frame (input: RGB with holes and blacked-out pixels zeroed "
+        "+ a known-pixel channel; flips / 90-degree turns; batch 8, 1500 steps, 1 thread, 520-640 s); test: 16 "
+        "shifted hole lattices per frame, map = error averaged over the holes covering a pixel, Gaussian-"
+        "blurred, zero off tissue. Figures [AUROC, AUPRC, fifths] on these frames:",
+    "inpainting, L1 loss, holes 16-40 px; map |error| at hole 16 / 24 / 32 / 48 px, blur 4 px":
+        "0.677 / 0.680 / 0.650 / 0.622 AUROC; zero off tissue 0.739 / 0.740 / 0.739 / 0.724, fifths 0.65-0.66",
+    "the same, error of the blurred signed residual (texture errors cancel)": "0.717-0.730 AUROC, fifths 0.59-0.62",
+    "inpainting, Laplace likelihood (net also predicts the error scale b), holes 16-40 px, hole 16 px, |error| / b":
+        "blur 4 / 8 / 12 px: [0.761, 0.261, 0.655] / [0.775, 0.280, 0.670] / [0.780, 0.290, 0.674]",
+    "the same, negative log-likelihood (blur 4 px) / plain |error| (blur 8 px) as the map": "0.758 / 0.749 AUROC",
+    "the same net, holes 24-64 px, tested at 24 / 40 / 56 px (|error| / b, blur 8 px)": "0.759 / 0.765 / 0.756 AUROC, "
+                                                                                         "fifths 0.66",
+    "the same net as the Laplace one, trained twice as long (3000 steps, 1170 s)": "blur 8 / 16 px: 0.767 / 0.782 "
+                                                                                   "AUROC, fifths 0.65 / 0.66",
+    "chosen patchstats map + inpainting map fused by pixel ranks (weights 0.8 / 0.2; 0.5 / 0.5 0.821)":
+        [0.830, 0.354],
+    "inpainting checked once on `valid` after this choice (Laplace net, hole 16 px, blur 8 px)":
+        "alone [0.738, 0.278], fifths 0.617; fused with patchstats (0.8 / 0.2) [0.822, 0.356], fifths 0.718 -- "
+        "below patchstats alone (0.824 / 0.358 / 0.722): not adopted. A raised polyp's inside is predicted "
+        "well from its own rim, so the fill error flags edges, glare and folds more than polyps",
 }
 
 
@@ -887,7 +910,9 @@ def _markdown(results: dict[str, Any]) -> str:
               "frames, surround-relative colour and mixtures were tried there too and did not raise it "
               "(0.80-0.83): its map rises towards the frame's middle, where polyps mostly are, and inside "
               "fifths of the distance to the tissue edge it scores about 0.72 (column `AUROC within border "
-              "fifths`).",
+              "fifths`). A learned context-inpainting U-Net (fill error of holes slid over the frame, trained "
+              "on polyp-free mucosa) reached only 0.74-0.78 there (0.738 on `valid`) and did not raise "
+              "`patchstats` when fused with it: not shipped (figures in the JSON protocol).",
               "- `patchstats_masked`: `patchstats` with those masked box statistics, otherwise the common "
               "configuration, run unchanged (not tuned) on the other tasks.",
               "- `patchstats_colour` (WCE): `patchstats_masked` without the texture channels, chosen for its maps on "
