@@ -415,13 +415,10 @@ def select_groups_on_recording(rec, candidates: Sequence[str] = BONN_CANDIDATES,
                          f"{len(ictal)} ictal windows per channel)", rec.path)
     groups_of = {"train": tr, "test": np.r_[te_pre, ictal]}
     y = np.r_[np.zeros(len(te_pre)), np.ones(len(ictal))]
-    blocks = {}
-    for g in candidates:
-        feats = {}
-        for part, st in groups_of.items():
-            w = np.stack([x[c, s:s + window] for c in range(x.shape[0]) for s in st])[:, None]
-            feats[part] = bonn_features(w, sfreq, [g]).astype(np.float64).reshape(x.shape[0], len(st), -1)
-        blocks[g] = feats
+    wins = {part: np.stack([x[c, s:s + window] for c in range(x.shape[0]) for s in st])[:, None]
+            for part, st in groups_of.items()}  # channel-major: (channels * windows, 1, window)
+    blocks = {g: {part: bonn_features(w, sfreq, [g]).astype(np.float64).reshape(x.shape[0], len(groups_of[part]), -1)
+                  for part, w in wins.items()} for g in candidates}
 
     def auc(groups: Sequence[str]) -> float:
         f_tr = np.concatenate([blocks[g]["train"] for g in groups], axis=2)
