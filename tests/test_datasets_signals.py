@@ -141,7 +141,7 @@ def test_wang_chung_bad_folders_name_the_file(tmp_path):
     with pytest.raises(ReadError, match="differ in length"):
         load_wang_chung(tmp_path)
     (tmp_path / "c3.txt").write_text("1 2 x")
-    with pytest.raises(ReadError, match="not numeric") as e:
+    with pytest.raises(ReadError, match="non-numeric") as e:
         load_wang_chung(tmp_path)
     assert "c3.txt" in str(e.value)
     (tmp_path / "c3.txt").write_text("1 2 3")

@@ -443,7 +443,8 @@ def select_groups_on_recording(rec, candidates: Sequence[str] = BONN_CANDIDATES,
         trace.append({"dropped": g, "auroc": round(v, 4)})
     return {"groups": cur, "auroc": round(best, 4), "alone": alone, "trace": trace,
             "windows_per_channel": {"train": len(tr), "pre-ictal test": len(te_pre), "ictal": len(ictal)},
-            "record": rec.record_id, "channels": len(rec.ch_names), "resampled_to_hz": sfreq}
+            "record": rec.record_id, "channels": len(rec.ch_names), "resampled_to_hz": sfreq,
+            "train_fraction": train_fraction}
 
 
 def bonn_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict[str, Any], str]]:
@@ -685,9 +686,9 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
             "method": BONN_EXTERNAL,
             "how": "backward elimination over " + ", ".join(BONN_CANDIDATES) + " on ANOTHER seizure recording "
                    "(wang_chung: one patient, 8 scalp channels, pre-ictal first half, ictal second half, resampled "
-                   "to 173.61 Hz): one-class kNN trained on the first 70 % of the pre-ictal windows of every "
-                   "channel (features z-scored per channel with them), AUROC of the rest of the pre-ictal windows "
-                   "vs the ictal ones; no Bonn label is read",
+                   "to resampled_to_hz): one-class kNN trained on the first train_fraction of the pre-ictal windows "
+                   "of every channel (features z-scored per channel with them), AUROC of the rest of the pre-ictal "
+                   "windows vs the ictal ones; no Bonn label is read",
             **external}} if external is not None else {}),
         "caveat": "Bonn has no subject ids: segment-wise splits are optimistic; A,B are scalp EEG of volunteers "
                   "while C,D,E are intracranial, so A,B vs E is nearly trivial. The added feature groups and the "

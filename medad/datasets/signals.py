@@ -148,18 +148,8 @@ def load_wang_chung(root: str | Path | None = None) -> SignalRecord:
     from medad.io.records import Annotation
 
     root = _root(root, "wang_chung")
-    chans = []
-    for c in WANG_CHUNG_CHANNELS:
-        f = root / f"{c}.txt"
-        if not f.is_file():
-            raise ReadError(f"channel file {f.name} not found", root)
-        try:
-            v = np.array(f.read_text().split(), dtype=np.float32)
-        except ValueError as e:
-            raise ReadError(f"not numeric text: {e}", f) from None
-        if v.size < 2:
-            raise ReadError("channel holds fewer than 2 samples", f)
-        chans.append(v)
+    # the plain-text reader takes several samples a line (this layout), row by row
+    chans = [read_signal(root / f"{c}.txt", sfreq=WANG_CHUNG_SFREQ).data[0] for c in WANG_CHUNG_CHANNELS]
     n = {len(v) for v in chans}
     if len(n) != 1:
         raise ReadError(f"channel files differ in length ({sorted(n)} samples)", root)
