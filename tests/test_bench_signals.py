@@ -61,3 +61,81 @@ def test_groups_are_chosen_on_another_recording_by_backward_elimination():
         select_groups_on_recording(rec, ["zcr"])
     with pytest.raises(InputError, match="too short"):
         select_groups_on_recording(_seizure_recording(seconds=20.0), ["zcr"])
+
+
+def test_paired_auroc_difference_and_the_bonn_amplitude_verdict():
+    """A row that uses amplitude relative to the site counts only when clearly above the
+    amplitude-only reference: paired-bootstrap interval above 0 and a difference >= the margin."""
+    from medad.bench.signals import BONN_CLEAR_MARGIN, BONN_FUSION, _bonn_verdict, paired_auroc_difference
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(200), np.ones(100)]
+    ref = y + rng.normal(0, 0.8, 300)
+    same = paired_auroc_difference(y, ref, ref, n_boot=100)
+    assert same["difference"] == 0 and same["ci95"] == [0.0, 0.0]
+    better = paired_auroc_difference(y, ref + y, ref, n_boot=100)
+    assert better["difference"] > 0.05 and better["ci95"][0] > 0
+    assert paired_auroc_difference(y, rng.normal(size=300), ref, n_boot=100)["ci95"][1] < 0
+
+    def row(a, d, lo, hi):
+        return {"auroc": a, "vs_amplitude_reference": {"difference": d, "ci95": [lo, hi]}}
+
+    free = "features (no amplitude, x)"
+    cd = {free: {"auroc": 0.95}, BONN_FUSION: row(0.989, 0.004, 0.001, 0.007),
+          "seq_predictor (per-site amplitude) (error)": {"auroc": 0.987}}  # kept from an earlier run: no interval
+    lines = _bonn_verdict(cd, 0.986, free, 0.95)
+    assert "0.989: +0.004 [+0.001, +0.007]" in lines[0] and "(error) 0.987" not in lines[0]
+    assert lines[-1].startswith("- Verdict: NOT reached") and "best is 0.950" in lines[-1]
+    cd[BONN_FUSION] = row(0.995, 2 * BONN_CLEAR_MARGIN, 0.003, 0.015)
+    assert "reached with amplitude relative to the site and more: " + BONN_FUSION in _bonn_verdict(
+        cd, 0.986, free, 0.95)[-1]
+    cd[BONN_FUSION] = row(0.995, 2 * BONN_CLEAR_MARGIN, -0.001, 0.015)  # the interval holds 0
+    assert _bonn_verdict(cd, 0.986, free, 0.95)[-1].startswith("- Verdict: NOT reached")
+    assert _bonn_verdict(cd, 0.986, free, 0.985)[-1] == f"- Verdict: reached without amplitude ({free}, 0.985)."
+
+
+def test_bonn_fusion_takes_one_input_per_member_of_any_window_length():
+    """The Bonn fusion: per-site windows for the net, per-site features for kNN, one array each
+    (the half-length robustness condition shortens the windows, not the feature block)."""
+    from medad.bench.signals import BONN_FUSION, BONN_WINDOW, bonn_fusions
+    from medad.datasets.signals import BONN_SFREQ
+    from medad.detectors.fusion import ScoreFusion
+    from medad import registry
+
+    groups = ["zcr", "octaves"]
+    prep = bonn_preparers(BONN_SFREQ, groups)["site_fusion"]
+    (label, (members, blocks)), = bonn_fusions(True, 1, BONN_SFREQ, groups).items()
+    assert label == BONN_FUSION and blocks == [BONN_WINDOW, 1 + 6]
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((16, 1, BONN_WINDOW)).astype(np.float32)
+    site = {"site": np.array(["a"] * 16)}
+    inp = prep(w, site)
+    assert inp[0].shape == (16, 1, BONN_WINDOW) and inp[1].shape == (16, blocks[1])
+    fus = ScoreFusion([registry.create(n, **p) for n, p in members], blocks).fit(inp)
+    assert fus.center_ is None  # no column statistics of a list input
+    fus.calibrate(inp)
+    half = prep(np.ascontiguousarray(w[..., :BONN_WINDOW // 2]), site)
+    s = fus.score(half).score
+    assert s.shape == (16,) and np.isfinite(s).all()
+    with pytest.raises(InputError, match="one array per member"):
+        fus.score(inp[:1])
+
+
+def test_previous_run_to_merge_into(tmp_path):
+    import json
+
+    from medad.bench.signals import _previous_run
+    from medad.errors import ReadError
+
+    p = tmp_path / "bonn.json"
+    p.write_text(json.dumps({"environment": {"date": "D0"}, "protocol": {"quick": False, "reused": "CV from D-1"},
+                             "results": {"task": {"m": {"auroc": 0.9}}}}))
+    prev, source = _previous_run(p, False, "task")
+    assert prev["results"]["task"]["m"]["auroc"] == 0.9 and source == "the run of D0 (itself: CV from D-1)"
+    with pytest.raises(InputError, match="cannot merge a quick run"):
+        _previous_run(p, True, "task")
+    with pytest.raises(ReadError, match="'other' to merge into"):
+        _previous_run(p, False, "other")
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(ReadError):
+        _previous_run(tmp_path / "bad.json", False, "task")

@@ -74,7 +74,14 @@ class ScoreFusion:
 
     # ------------------------------------------------------------------ inputs
     def member_inputs(self, x) -> list[np.ndarray]:
-        """Member ``i``'s input: its block of the columns of ``x`` (``(N, sum(blocks))``)."""
+        """Member ``i``'s input: its block of the columns of ``x`` (``(N, sum(blocks))``), or
+        ``x[i]`` when ``x`` is a list of the members' inputs (N items each, shaped for the member:
+        e.g. windows whose length changes with the recording)."""
+        if isinstance(x, (list, tuple)):
+            if len(x) != len(self.members) or len({len(v) for v in x}) != 1:
+                raise InputError(f"a list fusion input needs one array per member ({len(self.members)}), each with "
+                                 f"the same number of items; got {[np.shape(v) for v in x]}")
+            return [np.ascontiguousarray(v, dtype=np.float32) for v in x]
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != sum(self.blocks):
             raise InputError(f"fusion input must be (N, {sum(self.blocks)}) (blocks {self.blocks}), got {x.shape}")
@@ -90,8 +97,10 @@ class ScoreFusion:
 
         for m, xi in zip(self.members, self.member_inputs(x)):
             (fit_member or (lambda d, v: d.fit(v)))(m, xi)
-        center, scale = robust_scale(np.asarray(x, np.float64), axis=0, eps=1e-9)
-        self.center_, self.scale_ = center[0], scale[0]
+        self.center_ = self.scale_ = None  # no column statistics of a list input
+        if not isinstance(x, (list, tuple)):
+            center, scale = robust_scale(np.asarray(x, np.float64), axis=0, eps=1e-9)
+            self.center_, self.scale_ = center[0], scale[0]
         self.stats_ = self.threshold_ = None
         return self
 
