@@ -139,3 +139,55 @@ def test_previous_run_to_merge_into(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ReadError):
         _previous_run(tmp_path / "bad.json", False, "task")
+
+
+def test_mitbih_rr_channels_and_training_beats():
+    from medad.bench.signals import FULL_BLOCKS, mitbih_fit_calibration, mitbih_preparers, residual_rr_channels
+
+    rng = np.random.default_rng(0)
+    full = np.concatenate([rng.normal(size=(5, FULL_BLOCKS[0])), np.ones((5, 4))], axis=1).astype(np.float32)
+    full[0, FULL_BLOCKS[0]] = np.e ** -0.2  # a premature beat: previous RR 0.82 of the record's median
+    assert residual_rr_channels(full, 0.0).shape == (5, 1, FULL_BLOCKS[0])
+    x = residual_rr_channels(full, 5.0)
+    assert x.shape == (5, 5, FULL_BLOCKS[0]) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 0], full[:, :FULL_BLOCKS[0]])
+    np.testing.assert_allclose(x[0, 1], -1.0, rtol=1e-5)  # 5 * log(e^-0.2), constant over the beat
+    assert np.all(x[1:, 1:] == 0) and np.all(x[0, 2:] == 0)
+    assert {"residual", "residual_rr5"} <= set(mitbih_preparers([5.0]))
+
+    rec = np.array(["a"] * 10 + ["b"] * 10 + ["c"] * 10)
+    y = np.zeros(30, int)
+    y[[3, 12]] = 1
+    fit, cal = mitbih_fit_calibration(rec, y, ["a", "b"], max_train=100, seed=0)
+    assert cal.tolist() == [8, 9, 18, 19]  # the last 20 % in time of each record's normal beats
+    assert set(fit) == set(range(20)) - {3, 12, 8, 9, 18, 19}
+    assert len(mitbih_fit_calibration(rec, y, ["a", "b"], max_train=5, seed=0)[0]) == 5
+
+
+def test_deep_settings_are_chosen_on_training_records_only():
+    """Leave-records-out folds inside the training records; the test records are never read
+    (here they are NaN: a look at them would make the figures NaN)."""
+    from medad.bench.signals import MITBIH_TEST, MITBIH_TRAIN, MITBIH_VAL_FOLDS, select_on_training_records
+
+    rng = np.random.default_rng(0)
+    tt = np.linspace(-1, 1, 252)
+    recs = list(MITBIH_TRAIN) + list(MITBIH_TEST)
+    n = 30
+    x = 0.05 * rng.normal(size=(len(recs) * n, 2, 252)) + np.exp(-(tt / 0.05) ** 2)
+    y = np.zeros(len(recs) * n, int)
+    y[np.arange(len(recs)) * n + n - 3] = 1  # one wide (PVC-like) beat per record
+    x[y == 1, 0] = np.exp(-(tt / 0.4) ** 2)
+    rr = np.tile([0.8, 0.8, 1.0], (len(y), 1))
+    rec = np.repeat(recs, n)
+    x[np.isin(rec, MITBIH_TEST)] = np.nan
+    d = {"x": x.astype(np.float32), "y": y, "record": rec, "rr": rr}
+    tiny = {"frame_len": 12, "hidden_size": 8, "latent_size": 2, "epochs": 1, "batch_size": 16, "normalize": "none"}
+    cands = {"seq_ae, RR x0": ("seq_ae", tiny, 0.0), "seq_ae, RR x5": ("seq_ae", tiny, 5.0)}
+    sel = select_on_training_records(d, cands, max_train=200, seed=0)
+    assert set(sel["table"]) == {f"{c} ({s})" for c in cands for s in ("error", "combined")}
+    assert sel["folds"] == ["+".join(f) for f in MITBIH_VAL_FOLDS]
+    for row in sel["table"].values():
+        assert set(row["folds"]) == set(sel["folds"]) and all(np.isfinite(v) for v in row["folds"].values())
+    best = max(v["mean_fold_auroc"] for v in sel["table"].values())
+    assert sel["table"][sel["chosen"]]["mean_fold_auroc"] == best
+    assert sel["chosen"] == f"{sel['candidate']} ({sel['scoring']})" and sel["candidate"] in cands
