@@ -778,7 +778,10 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
                   "on wang_chung' row picks its groups on a second, scalp seizure recording instead (see "
                   "external_selection); its candidate pool and per-site step are the ones above. The "
                   "'seizure-selected' row goes further: its groups were picked by ablations scored on the C,D vs E "
-                  "labels themselves, so its C,D vs E AUROC is an upper estimate and is left out of the goal verdict",
+                  "labels themselves, so its C,D vs E AUROC is an upper estimate and is left out of the goal verdict. "
+                  "The intracranial ieeg_seizure_onset recording (84 channels, 3 s at 1000 Hz, onset at 1.0 s) cannot "
+                  "serve as a second source to choose on: at 173.61 Hz it is 521 samples (174 before the onset), "
+                  f"shorter than one {BONN_WINDOW}-sample window",
         "quick": quick,
     }
     if reused:
@@ -809,7 +812,7 @@ def _bonn_verdict(cd: dict[str, dict[str, Any]], ref: float, fm: str | None, fv:
         if r["auroc"] >= 0.95 and d is not None:
             diffs.append(f"{m} {r['auroc']:.3f}: {d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]")
     lines = ["- Against the amplitude-only reference (AUROC difference on the same 300 segments, paired bootstrap "
-             "95 % interval; rows at >= 0.95 measured in this run): " + ("; ".join(diffs) or "none") + "."]
+             "95 % interval; rows at >= 0.95 whose run measured it): " + ("; ".join(diffs) or "none") + "."]
     def clear(r: dict[str, Any]) -> bool:
         d = r.get("vs_amplitude_reference")
         return d is not None and d["ci95"][0] > 0 and d["difference"] >= BONN_CLEAR_MARGIN
