@@ -42,7 +42,11 @@ full resolution as one channel ``(N, 1, before + after)``, and a ``features`` de
 robust z-scored on the held-out normal beats and averaged
 (:class:`medad.detectors.fusion.ScoreFusion`, the MIT-BIH benchmark's fusion), and the threshold
 comes from the same held-out beats. Image or supervised detectors are refused with a ConfigError.
-Either beat model's score is the mean of a beat-shape part and an RR part (:class:`BeatPart`);
+With ``rr_channels: SCALE`` the signal detector instead gets the 4 RR features itself, as 4
+constant channels ``SCALE * log(ratio)`` beside the beat ``(N, 5, before + after)``
+(:func:`medad.transforms.signal.beat_rr_channels`, :class:`RRChannelModel`): one model, no fusion
+(``configs/screening_ecg_beats_rr.yaml``, the MIT-BIH benchmark's deep model chosen on training
+records). Otherwise either beat model's score is the mean of a beat-shape part and an RR part (:class:`BeatPart`);
 ``medad explain`` (:func:`explain_recording`) explains the shape part over the beat's samples
 (the kNN model by KernelSHAP / LIME) and the RR part over the 4 RR features.
 
@@ -115,6 +119,9 @@ class ScreeningConfig:
         rr_detector_params: beat mode with a signal detector: parameters of the ``features``
             detector (precomputed features) on the 4 RR features whose score is fused with the
             signal detector's (:class:`medad.detectors.fusion.ScoreFusion`).
+        rr_channels: beat mode with a signal detector: instead of that fusion, give the detector
+            the 4 RR features as constant input channels ``rr_channels * log(ratio)`` beside the
+            beat (:class:`RRChannelModel`; ``None``: the fusion).
         train_exclude_beats: beat mode, training only: name pattern (``{record}`` = record id) of
             a CSV next to each normal recording listing R-peak samples (last column, one header
             line) of known abnormal beats, e.g. ``"{record}_pvc_beats.csv"``; detected beats
@@ -150,6 +157,7 @@ class ScreeningConfig:
     beat_after: float = 0.45
     beat_step: int | None = None
     rr_detector_params: dict[str, Any] = field(default_factory=lambda: {"model": "mahalanobis"})
+    rr_channels: float | None = None
     train_exclude_beats: str | None = None
     site_normalize: str = "none"
     seed: int = 0
@@ -191,8 +199,12 @@ class ScreeningConfig:
         if self.unit not in ("windows", "beats"):
             raise ConfigError(f"unit must be 'windows' or 'beats', got {self.unit!r}")
         if self.unit == "beats":
-            if self.beat_fusion:
+            if self.beat_signal:
                 check_beat_detector(self.detector)
+            if self.rr_channels is not None and (not self.beat_signal or not float(self.rr_channels) > 0):
+                raise ConfigError(f"rr_channels ({self.rr_channels}) needs unit: beats with a signal detector and a "
+                                  f"positive scale (e.g. 5); leave it null for the RR fusion")
+            if self.beat_fusion:
                 if not isinstance(self.rr_detector_params, dict):
                     raise ConfigError(f"rr_detector_params must be a mapping (name: value), got "
                                       f"{self.rr_detector_params!r}")
@@ -204,16 +216,21 @@ class ScreeningConfig:
         check_site_normalize(self.site_normalize, self.detector, self.unit)
 
     @property
-    def beat_fusion(self) -> bool:
-        """Beat mode with a signal detector (on the beat minus its template) fused with an RR model."""
+    def beat_signal(self) -> bool:
+        """Beat mode with a signal detector (on the beat minus its template), not ``features``."""
         return self.unit == "beats" and self.detector != "features"
+
+    @property
+    def beat_fusion(self) -> bool:
+        """Beat mode with a signal detector fused with an RR model (no ``rr_channels``)."""
+        return self.beat_signal and not self.rr_channels
 
     def beat_step_at(self, sfreq: float) -> int:
         """Beat shape sampling step at ``sfreq``: ``beat_step``, else every sample for a signal
         detector and about 90 Hz for the ``features`` detector."""
         if self.beat_step:
             return int(self.beat_step)
-        return 1 if self.beat_fusion else max(1, int(round(sfreq / 90.0)))
+        return 1 if self.beat_signal else max(1, int(round(sfreq / 90.0)))
 
     def beat_samples(self, sfreq: float) -> tuple[int, int]:
         """Samples kept before and after each R peak at ``sfreq``."""
@@ -542,10 +559,84 @@ def recording_beat_features(pre: Preprocessor, path: Path, hdr=None,
 
 
 # ---------------------------------------------------------------------------- training
+RR_CHANNELS_FILE = "rr_channels.json"
+
+
+class RRChannelModel:
+    """Beat mode with ``rr_channels``: one signal detector scoring the beat minus the recording's
+    median beat together with 4 constant RR channels (:func:`medad.transforms.signal.beat_rr_channels`),
+    from beat features ``(N, L + 4)`` -- what the pipeline hands every beat model. The detector's
+    score is the beat score; its threshold comes from held-out normal beats as for any detector.
+
+    Keeps the training features' column statistics (``center_``, ``scale_``: median, IQR) for
+    per-site normalisation (:func:`site_normalise`), as a ``features`` detector or a
+    :class:`~medad.detectors.fusion.ScoreFusion` does. Saved without pickle: the detector's folder
+    plus ``rr_channels.json`` (written last: a folder cut short has none and fails to load).
+    """
+
+    def __init__(self, detector: Detector, rr_scale: float):
+        self.detector, self.rr_scale = detector, float(rr_scale)
+        self.members = [detector]  # what the training loop sets progress options on
+        self.center_ = self.scale_ = None
+
+    def inputs(self, features: np.ndarray) -> np.ndarray:
+        """The detector's input ``(N, 5, L)`` of beat features ``(N, L + 4)``."""
+        from medad.transforms.signal import beat_rr_channels
+
+        return beat_rr_channels(features, self.rr_scale)
+
+    @property
+    def threshold_(self) -> float | None:
+        return self.detector.threshold_
+
+    def fit(self, features: np.ndarray) -> "RRChannelModel":
+        from medad.transforms.signal import robust_scale
+
+        f = np.asarray(features, dtype=np.float64)
+        center, scale = robust_scale(f, axis=0, eps=1e-9)
+        self.center_, self.scale_ = center[0], scale[0]
+        self.detector.fit(self.inputs(f))
+        return self
+
+    def calibrate(self, features: np.ndarray, *, fpr: float = 0.05) -> "RRChannelModel":
+        self.detector.calibrate(self.inputs(features), fpr=fpr)
+        return self
+
+    def score(self, features: np.ndarray):
+        return self.detector.score(self.inputs(features))
+
+    def save(self, path: str | Path) -> Path:
+        from medad.detectors.fusion import input_stats_json
+        from medad.utils import write_json
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / RR_CHANNELS_FILE).unlink(missing_ok=True)
+        self.detector.save(path)
+        write_json(path / RR_CHANNELS_FILE, {"kind": "medad beat model with RR channels", "rr_scale": self.rr_scale,
+                                             **input_stats_json(self)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RRChannelModel":
+        from medad.detectors.fusion import input_stats_from
+        from medad.utils import read_model_json
+
+        path = Path(path)
+        info = read_model_json(path, RR_CHANNELS_FILE, "saved medad beat model with RR channels")
+        try:
+            out = cls(Detector.load(path), float(info["rr_scale"]))
+            out.center_, out.scale_ = input_stats_from(info)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ReadError(f"corrupt {RR_CHANNELS_FILE}: {e}", path / RR_CHANNELS_FILE) from None
+        return out
+
+
 def _detector(cfg: ScreeningConfig, sfreq: float):
     """The unfitted model of ``cfg``: its detector, or in beat mode with a signal detector a
     :class:`~medad.detectors.fusion.ScoreFusion` of that detector (beat minus template, one
-    channel) and a ``features`` detector of the 4 RR features."""
+    channel) and a ``features`` detector of the 4 RR features -- with ``rr_channels``, an
+    :class:`RRChannelModel` (the detector alone, the RR features as input channels)."""
     import inspect
 
     from medad import registry
@@ -571,11 +662,13 @@ def _detector(cfg: ScreeningConfig, sfreq: float):
 
     before, after = cfg.beat_samples(sfreq)
     blocks = beat_feature_blocks(before + after, cfg.beat_step_at(sfreq))  # [shape columns, RR columns]
-    if not cfg.beat_fusion:  # precomputed beat features: a shape block and an RR block
+    if not cfg.beat_signal:  # precomputed beat features: a shape block and an RR block
         return create("features", {"blocks": blocks, **cfg.detector_params, "feature_fn": "precomputed"})
+    check_beat_detector(cfg.detector)
+    if cfg.rr_channels:
+        return RRChannelModel(create(cfg.detector, cfg.detector_params), float(cfg.rr_channels))
     from medad.detectors.fusion import ScoreFusion
 
-    check_beat_detector(cfg.detector)
     rr = create("features", {**cfg.rr_detector_params, "feature_fn": "precomputed"})
     return ScoreFusion([create(cfg.detector, cfg.detector_params), rr], blocks)
 
@@ -768,6 +861,8 @@ class ScreeningModel:
             from medad.detectors.fusion import ScoreFusion
 
             det = ScoreFusion.load(path / DETECTOR_DIR)
+        elif cfg.beat_signal:
+            det = RRChannelModel.load(path / DETECTOR_DIR)
         else:
             det = Detector.load(path / DETECTOR_DIR)
         return cls(det, cfg, float(info["sfreq"]), list(info["channels"]), float(info["threshold"]),
@@ -1001,7 +1096,9 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
       a perturbation method (KernelSHAP by default, or LIME: the model has no gradients) over
       time segments switched to 0, i.e. to the recording's own median beat.
 
-    The fused scores and the threshold are in the report's details.
+    The fused scores and the threshold are in the report's details. With ``rr_channels``
+    (:class:`RRChannelModel`) there are no parts: the detector is explained on the beat and its 4
+    constant RR channels together (gradient methods by default), its score being the beat score.
     """
     from medad.report.cases import explain_windows
     from medad.report.html import identity_from_file, write_case, write_case_report
@@ -1011,7 +1108,7 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
         model.cfg.text_sfreq = float(text_sfreq)
     cfg = model.cfg
     beats = cfg.unit == "beats"
-    if beats and not cfg.beat_fusion and methods:
+    if beats and not cfg.beat_signal and methods:
         from medad.explain import METHODS, canonical_method
 
         grad = [m for m in methods if METHODS[canonical_method(m)][0]]
@@ -1031,7 +1128,21 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                "case score": f"maximum over {unit}"}
     det, windows, ch_names, item_thr = model.detector, res.get("top_windows"), res["channels"], model.threshold
     sfreq = model.sfreq
-    if beats:
+    if beats and cfg.rr_channels:  # one detector on the beat and its RR channels: its score is the beat score
+        feats, m = res["top_features"], model.detector
+        det, windows = m.detector, m.inputs(feats)
+        ch_names = [f"{ch_names[0]} - median beat"] + [f"{n} ({m.rr_scale:g} x log)" for n in RR_FEATURE_NAMES]
+        details.update({
+            "beat (s)": f"{cfg.beat_before:g} s before to {cfg.beat_after:g} s after the R peak",
+            "explained": (f"{det.name} on the beat minus the recording's median beat and 4 constant RR channels "
+                          f"({m.rr_scale:g} x log of each RR ratio, 0 on the recording's rhythm); the attributions "
+                          f"on an RR channel say how much that part of the rhythm counts"),
+            "beat score": "the detector's score of the beat with its RR channels",
+            "threshold (beat score)": f"{model.threshold:.4g}"})
+        for t0, f in zip(res["top_starts"], feats):
+            details[f"beat at {t0 + cfg.beat_before:.2f} s"] = ", ".join(
+                f"{n} {v:.2f}" for n, v in zip(RR_FEATURE_NAMES, f[-len(RR_FEATURE_NAMES):]))
+    elif beats:
         feats = res["top_features"]
         shape, rr = BeatPart(model.detector, 0), BeatPart(model.detector, 1)
         z = np.stack([shape.score(shape.of(feats)).score, rr.score(rr.of(feats)).score]).astype(np.float64)
@@ -1074,7 +1185,7 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                            item="beat" if beats else "window", **explain_kw)
     if item_thr is None:  # the plots had no threshold in the explained part's units; the case has the beat one
         case.threshold = model.threshold
-        if not cfg.beat_fusion:
+        if not cfg.beat_signal:
             case.model = f"{type(model.detector).__name__} (beat shape block)"
         write_case(out, case)
         write_case_report(Path(out) / "report.html", case)

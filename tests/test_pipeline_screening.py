@@ -519,6 +519,55 @@ def test_ecg_beat_mode_with_a_deep_detector_flags_ectopic_beats_and_round_trips(
         screen_folder(model, test, tmp_path / "o3", progress=False, site_normalize="folder")
 
 
+@pytest.mark.filterwarnings("ignore")  # wfdb's pandas deprecation warnings
+def test_ecg_beat_mode_with_rr_channels_flags_ectopic_beats_and_round_trips(tmp_path):
+    """Beat mode with rr_channels (configs/screening_ecg_beats_rr.yaml, few epochs): one seq_ae on
+    the beat minus template and 4 constant RR channels, no fusion; it flags the inserted ectopic
+    beats, saves without pickle, loads back to the same scores, screens with per-site
+    normalisation and is explained over its 5 input channels."""
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+    from medad.errors import ReadError
+    from medad.evaluation import auroc
+    from pipelines.screening import Preprocessor, RRChannelModel, match_beats, recording_beat_features
+
+    normals, test, peaks, odd = _ecg_folders(tmp_path)
+    cfg = ScreeningConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "screening_ecg_beats_rr.yaml")
+    assert cfg.rr_channels == 5.0 and not cfg.beat_fusion and cfg.beat_signal
+    cfg.chunk_seconds = 20.0
+    cfg.detector_params["epochs"] = 4
+    model = train_screening(normals, tmp_path / "m", cfg, progress=False)
+    det_dir = tmp_path / "m" / "detector"
+    assert (det_dir / "rr_channels.json").is_file() and not list(det_dir.rglob("*.pkl"))
+    s = screen_folder(model, test, tmp_path / "o", progress=False)
+    r = s["recordings"][0]
+    assert r["status"] == "ok" and r["decision"] == "abnormal"
+    tab = np.loadtxt(tmp_path / "o" / "ecto_beat_scores.csv", delimiter=",", skiprows=1)
+    j = match_beats(peaks / ECG_FS, tab[:, 1], 0.05)
+    assert (j >= 0).all()
+    score, flagged = tab[j, 2], tab[j, 3] > 0
+    assert auroc(odd.astype(int), score) > 0.99 and flagged[odd].all()
+    m = ScreeningModel.load(model)
+    assert isinstance(m.detector, RRChannelModel) and m.detector.detector.name == "seq_ae"
+    f = recording_beat_features(Preprocessor(m.cfg, m.sfreq, m.channels), test / "ecto.hea")["features"]
+    x = m.detector.inputs(f)
+    assert x.shape == (len(f), 5, f.shape[1] - 4) and np.ptp(x[:, 1:], axis=2).max() == 0  # constant RR channels
+    np.testing.assert_allclose(m.detector.score(f).score[j], score, rtol=1e-4)
+    s2 = screen_folder(model, test, tmp_path / "o2", progress=False, plots=False, site_normalize="folder")
+    tab2 = np.loadtxt(tmp_path / "o2" / "ecto_beat_scores.csv", delimiter=",", skiprows=1)
+    assert s2["site_normalize"] == "folder" and auroc(odd.astype(int), tab2[j, 2]) > 0.99
+    res = CliRunner().invoke(app, ["explain", str(model), str(test / "ecto.hea"), "--out", str(tmp_path / "ex")])
+    assert res.exit_code == 0, res.output
+    case = json.loads((tmp_path / "ex" / "case.json").read_text())
+    assert case["threshold"] == pytest.approx(m.threshold) and len(case["figures"]) == 3
+    explained = [float(k.split()[2]) for k in case["details"] if k.startswith("beat at")]
+    assert len(explained) == 3 and all(np.abs(peaks[odd] / ECG_FS - t).min() < 0.05 for t in explained)
+    (det_dir / "rr_channels.json").write_text("{")  # a cut-short / corrupt model folder: a clear error
+    with pytest.raises(ReadError, match="corrupt rr_channels.json"):
+        ScreeningModel.load(model)
+
+
 def test_beat_and_site_options_are_checked():
     from medad.errors import ConfigError
     from pipelines.screening import check_site_normalize
@@ -531,6 +580,11 @@ def test_beat_and_site_options_are_checked():
         ScreeningConfig(unit="beats", detector="no_such_model").validate()
     ScreeningConfig(unit="beats", detector="seq_ae", site_normalize="folder").validate()  # beat features
     ScreeningConfig(unit="beats", detector="seq_predictor").validate()
+    ScreeningConfig(unit="beats", detector="seq_ae", rr_channels=5.0).validate()
+    with pytest.raises(ConfigError, match="rr_channels"):
+        ScreeningConfig(unit="beats", detector="features", rr_channels=5.0).validate()
+    with pytest.raises(ConfigError, match="rr_channels"):
+        ScreeningConfig(unit="beats", detector="seq_ae", rr_channels=-1.0).validate()
     with pytest.raises(ConfigError, match="needs the 'features' detector"):
         ScreeningConfig(detector="seq_ae", site_normalize="folder").validate()
     with pytest.raises(ConfigError):

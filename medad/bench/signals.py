@@ -1092,16 +1092,12 @@ def mitbih_fit_calibration(rec: np.ndarray, y: np.ndarray, train_records: Sequen
 
 
 def residual_rr_channels(full: np.ndarray, rr_scale: float) -> np.ndarray:
-    """The deep models' beat input from :func:`template_full_features` columns ``full``: the beat
-    minus its template as one channel ``(N, 1, 252)``, and with ``rr_scale > 0`` 4 more channels,
-    each a constant ``rr_scale * log`` of one RR ratio (1 for a beat on the record's rhythm, so
-    0 there): the rhythm the classical RR model sees, in the network's own input."""
-    n = FULL_BLOCKS[0]
-    res = np.asarray(full[:, None, :n], np.float32)
-    if not rr_scale:
-        return res
-    rrc = float(rr_scale) * np.log(np.clip(full[:, n:], 1e-3, None))
-    return np.concatenate([res, np.repeat(rrc[:, :, None].astype(np.float32), n, axis=2)], axis=1)
+    """The deep models' beat input from :func:`template_full_features` columns ``full``
+    (:func:`medad.transforms.signal.beat_rr_channels`: the beat minus its template, and with
+    ``rr_scale > 0`` 4 constant RR channels, as the screening pipeline's ``rr_channels``)."""
+    from medad.transforms.signal import beat_rr_channels
+
+    return beat_rr_channels(full, rr_scale)
 
 
 def mitbih_preparers(rr_scales: Sequence[float] = ()) -> dict[str, Callable]:
@@ -1426,6 +1422,7 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0,
     res = {**_pipeline_beat_metrics(root, run / "out", thr), "config": Path(config).name,
            "detector": cfg.detector, "detector_params": cfg.detector_params,
            **({"rr_detector_params": cfg.rr_detector_params} if cfg.beat_fusion else {}),
+           **({"rr_channels": cfg.rr_channels} if cfg.rr_channels else {}),
            "train_seconds": t_train.seconds, "screen_seconds": t_run.seconds, "peak_rss_mb": peak_rss_mb(),
            "n_train_beats": info.get("n_train_beats"), "calibration": info.get("calibration"),
            "train_recordings": info.get("train_recordings"), "val_recordings": info.get("val_recordings"),
@@ -1446,6 +1443,10 @@ def _pipeline_model_text(p: dict[str, Any]) -> str:
     if "detector" not in p:
         return ""
     params = ", ".join(f"{k}={v}" for k, v in (p.get("detector_params") or {}).items())
+    if p.get("rr_channels"):
+        return (f" Model: `{p['detector']}` ({params}) alone on the beat minus its recording's median beat (every "
+                f"sample) and 4 constant channels, {p['rr_channels']:g} x log of each RR ratio (rr_channels; no "
+                f"fusion).")
     if "rr_detector_params" not in p:
         return f" Model: `{p['detector']}` ({params}) on the beat-minus-template + RR features."
     rr = ", ".join(f"{k}={v}" for k, v in p["rr_detector_params"].items())

@@ -48,6 +48,20 @@ def member_view(det) -> str:
     return "signal"
 
 
+def input_stats_json(model) -> dict[str, Any]:
+    """A model's training-input column statistics (``center_``, ``scale_``, for per-site
+    normalisation) as JSON fields ``input_center`` / ``input_scale`` (``None`` when not kept)."""
+    return {"input_center": None if model.center_ is None else np.asarray(model.center_).tolist(),
+            "input_scale": None if model.scale_ is None else np.asarray(model.scale_).tolist()}
+
+
+def input_stats_from(info: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(center, scale)`` back from :func:`input_stats_json`'s fields (``None`` when absent)."""
+    if info.get("input_center") is None:
+        return None, None
+    return np.asarray(info["input_center"], np.float64), np.asarray(info["input_scale"], np.float64)
+
+
 class ScoreFusion:
     """Mean of the robust z-scores of several detectors, each scoring a block of columns.
 
@@ -161,8 +175,7 @@ class ScoreFusion:
         write_json(path / FUSION_FILE, {
             "kind": "medad score fusion", "blocks": self.blocks, "members": [m.name for m in self.members],
             "median": self.stats_[:, 0].tolist(), "scale": self.stats_[:, 1].tolist(), "threshold": self.threshold_,
-            "input_center": None if self.center_ is None else self.center_.tolist(),
-            "input_scale": None if self.scale_ is None else self.scale_.tolist()})
+            **input_stats_json(self)})
         return path
 
     @classmethod
@@ -178,9 +191,7 @@ class ScoreFusion:
             out = cls([Detector.load(path / f"member_{i}") for i in range(n)], cfg["blocks"])
             out.stats_ = np.stack([np.asarray(cfg["median"], np.float64), np.asarray(cfg["scale"], np.float64)], 1)
             out.threshold_ = None if cfg.get("threshold") is None else float(cfg["threshold"])
-            if cfg.get("input_center") is not None:  # absent from fusions saved before it was kept
-                out.center_ = np.asarray(cfg["input_center"], np.float64)
-                out.scale_ = np.asarray(cfg["input_scale"], np.float64)
+            out.center_, out.scale_ = input_stats_from(cfg)  # None in fusions saved before they were kept
         except (KeyError, TypeError, ValueError) as e:
             raise ReadError(f"corrupt {FUSION_FILE}: {e}", path / FUSION_FILE) from None
         if out.stats_.shape != (n, 2):

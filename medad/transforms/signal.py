@@ -476,6 +476,22 @@ def beat_feature_blocks(n_samples: int, step: int = 4) -> list[int]:
     return [len(range(0, int(n_samples), int(step))), BEAT_RR_FEATURES]
 
 
+def beat_rr_channels(features: np.ndarray, rr_scale: float) -> np.ndarray:
+    """A signal detector's beat input from :func:`beat_template_features` columns ``(N, L + 4)``:
+    the beat minus its template as one channel ``(N, 1, L)`` and, with ``rr_scale > 0``, 4 more
+    channels, each a constant ``rr_scale * log`` of one RR ratio (0 for a beat on the record's
+    rhythm): the rhythm the RR model of a fusion sees, in the network's own input ``(N, 5, L)``."""
+    f = np.asarray(features, dtype=np.float32)
+    n = f.shape[1] - BEAT_RR_FEATURES
+    if f.ndim != 2 or n < 1:
+        raise InputError(f"beat features must be (N, L + {BEAT_RR_FEATURES}), got shape {f.shape}")
+    res = np.ascontiguousarray(f[:, None, :n])
+    if not rr_scale:
+        return res
+    rrc = (float(rr_scale) * np.log(np.clip(f[:, n:], 1e-3, None))).astype(np.float32)
+    return np.concatenate([res, np.repeat(rrc[:, :, None], n, axis=2)], axis=1)
+
+
 def beat_template_features(beats: np.ndarray, groups: np.ndarray, rr: np.ndarray, step: int = 4) -> np.ndarray:
     """Patient-adaptive beat features, no labels used: the beat minus its group's (record's)
     median beat (:func:`group_template`; every ``step``-th sample), then 4 RR features relative
