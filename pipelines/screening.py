@@ -1138,10 +1138,22 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                           f"({m.rr_scale:g} x log of each RR ratio, 0 on the recording's rhythm); the attributions "
                           f"on an RR channel say how much that part of the rhythm counts"),
             "beat score": "the detector's score of the beat with its RR channels",
+            "plots": "the attributions summed over the 5 input channels, shaded on every row",
+            "RR features": ("each beat's RR ratios, and in brackets how much its score would drop with that "
+                            "ratio set to the recording's rhythm (its channel set to 0; occlusion)"),
             "threshold (beat score)": f"{model.threshold:.4g}"})
-        for t0, f in zip(res["top_starts"], feats):
-            details[f"beat at {t0 + cfg.beat_before:.2f} s"] = ", ".join(
-                f"{n} {v:.2f}" for n, v in zip(RR_FEATURE_NAMES, f[-len(RR_FEATURE_NAMES):]))
+        n_rr = len(RR_FEATURE_NAMES)
+        occluded = np.repeat(windows[None], n_rr + 1, axis=0)  # [k]: RR channel k at 0; [n_rr]: all of them
+        for k in range(n_rr):
+            occluded[k, :, 1 + k] = 0.0
+        occluded[n_rr, :, 1:] = 0.0
+        full = det.score(windows).score.astype(np.float64)
+        drop = full[None] - det.score(occluded.reshape(-1, *windows.shape[1:])).score.reshape(n_rr + 1, -1)
+        for i, (t0, f) in enumerate(zip(res["top_starts"], feats)):
+            details[f"beat at {t0 + cfg.beat_before:.2f} s"] = (
+                f"beat score {full[i]:.4g}; " + ", ".join(f"{n} {v:.2f} ({d:+.3g})" for n, v, d in
+                                                          zip(RR_FEATURE_NAMES, f[-n_rr:], drop[:n_rr, i]))
+                + f"; whole rhythm regular: {drop[n_rr, i]:+.3g}")
     elif beats:
         feats = res["top_features"]
         shape, rr = BeatPart(model.detector, 0), BeatPart(model.detector, 1)

@@ -563,6 +563,9 @@ def test_ecg_beat_mode_with_rr_channels_flags_ectopic_beats_and_round_trips(tmp_
     assert case["threshold"] == pytest.approx(m.threshold) and len(case["figures"]) == 3
     explained = [float(k.split()[2]) for k in case["details"] if k.startswith("beat at")]
     assert len(explained) == 3 and all(np.abs(peaks[odd] / ECG_FS - t).min() < 0.05 for t in explained)
+    # the RR occlusion figures: an ectopic beat's score drops when its rhythm is made regular
+    regular = [float(v.split("whole rhythm regular: ")[1]) for k, v in case["details"].items() if k.startswith("beat at")]
+    assert len(regular) == 3 and all(d > 0 for d in regular)
     (det_dir / "rr_channels.json").write_text("{")  # a cut-short / corrupt model folder: a clear error
     with pytest.raises(ReadError, match="corrupt rr_channels.json"):
         ScreeningModel.load(model)
