@@ -44,7 +44,7 @@ robust z-scored on the held-out normal beats and averaged
 comes from the same held-out beats. Image or supervised detectors are refused with a ConfigError.
 With ``rr_channels: SCALE`` the signal detector instead gets the 4 RR features itself, as 4
 constant channels ``SCALE * log(ratio)`` beside the beat ``(N, 5, before + after)``
-(:func:`medad.transforms.signal.beat_rr_channels`, :class:`RRChannelModel`): one model, no fusion
+(:func:`medad.transforms.signal.beat_rr_channels`, :class:`~medad.detectors.beats.RRChannelModel`): one model, no fusion
 (``configs/screening_ecg_beats_rr.yaml``, the MIT-BIH benchmark's deep model chosen on training
 records). Otherwise either beat model's score is the mean of a beat-shape part and an RR part (:class:`BeatPart`);
 ``medad explain`` (:func:`explain_recording`) explains the shape part over the beat's samples
@@ -73,6 +73,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from medad.detectors.base import Detector
+from medad.detectors.beats import RRChannelModel
 from medad.errors import ConfigError, InputError, MedadError, ReadError
 
 MODEL_CONFIG = "screening.json"
@@ -121,7 +122,7 @@ class ScreeningConfig:
             signal detector's (:class:`medad.detectors.fusion.ScoreFusion`).
         rr_channels: beat mode with a signal detector: instead of that fusion, give the detector
             the 4 RR features as constant input channels ``rr_channels * log(ratio)`` beside the
-            beat (:class:`RRChannelModel`; ``None``: the fusion).
+            beat (:class:`~medad.detectors.beats.RRChannelModel`; ``None``: the fusion).
         train_exclude_beats: beat mode, training only: name pattern (``{record}`` = record id) of
             a CSV next to each normal recording listing R-peak samples (last column, one header
             line) of known abnormal beats, e.g. ``"{record}_pvc_beats.csv"``; detected beats
@@ -559,84 +560,11 @@ def recording_beat_features(pre: Preprocessor, path: Path, hdr=None,
 
 
 # ---------------------------------------------------------------------------- training
-RR_CHANNELS_FILE = "rr_channels.json"
-
-
-class RRChannelModel:
-    """Beat mode with ``rr_channels``: one signal detector scoring the beat minus the recording's
-    median beat together with 4 constant RR channels (:func:`medad.transforms.signal.beat_rr_channels`),
-    from beat features ``(N, L + 4)`` -- what the pipeline hands every beat model. The detector's
-    score is the beat score; its threshold comes from held-out normal beats as for any detector.
-
-    Keeps the training features' column statistics (``center_``, ``scale_``: median, IQR) for
-    per-site normalisation (:func:`site_normalise`), as a ``features`` detector or a
-    :class:`~medad.detectors.fusion.ScoreFusion` does. Saved without pickle: the detector's folder
-    plus ``rr_channels.json`` (written last: a folder cut short has none and fails to load).
-    """
-
-    def __init__(self, detector: Detector, rr_scale: float):
-        self.detector, self.rr_scale = detector, float(rr_scale)
-        self.members = [detector]  # what the training loop sets progress options on
-        self.center_ = self.scale_ = None
-
-    def inputs(self, features: np.ndarray) -> np.ndarray:
-        """The detector's input ``(N, 5, L)`` of beat features ``(N, L + 4)``."""
-        from medad.transforms.signal import beat_rr_channels
-
-        return beat_rr_channels(features, self.rr_scale)
-
-    @property
-    def threshold_(self) -> float | None:
-        return self.detector.threshold_
-
-    def fit(self, features: np.ndarray) -> "RRChannelModel":
-        from medad.transforms.signal import robust_scale
-
-        f = np.asarray(features, dtype=np.float64)
-        center, scale = robust_scale(f, axis=0, eps=1e-9)
-        self.center_, self.scale_ = center[0], scale[0]
-        self.detector.fit(self.inputs(f))
-        return self
-
-    def calibrate(self, features: np.ndarray, *, fpr: float = 0.05) -> "RRChannelModel":
-        self.detector.calibrate(self.inputs(features), fpr=fpr)
-        return self
-
-    def score(self, features: np.ndarray):
-        return self.detector.score(self.inputs(features))
-
-    def save(self, path: str | Path) -> Path:
-        from medad.detectors.fusion import input_stats_json
-        from medad.utils import write_json
-
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / RR_CHANNELS_FILE).unlink(missing_ok=True)
-        self.detector.save(path)
-        write_json(path / RR_CHANNELS_FILE, {"kind": "medad beat model with RR channels", "rr_scale": self.rr_scale,
-                                             **input_stats_json(self)})
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> "RRChannelModel":
-        from medad.detectors.fusion import input_stats_from
-        from medad.utils import read_model_json
-
-        path = Path(path)
-        info = read_model_json(path, RR_CHANNELS_FILE, "saved medad beat model with RR channels")
-        try:
-            out = cls(Detector.load(path), float(info["rr_scale"]))
-            out.center_, out.scale_ = input_stats_from(info)
-        except (KeyError, TypeError, ValueError) as e:
-            raise ReadError(f"corrupt {RR_CHANNELS_FILE}: {e}", path / RR_CHANNELS_FILE) from None
-        return out
-
-
 def _detector(cfg: ScreeningConfig, sfreq: float):
     """The unfitted model of ``cfg``: its detector, or in beat mode with a signal detector a
     :class:`~medad.detectors.fusion.ScoreFusion` of that detector (beat minus template, one
     channel) and a ``features`` detector of the 4 RR features -- with ``rr_channels``, an
-    :class:`RRChannelModel` (the detector alone, the RR features as input channels)."""
+    :class:`~medad.detectors.beats.RRChannelModel` (the detector alone, the RR features as input channels)."""
     import inspect
 
     from medad import registry
@@ -1097,7 +1025,7 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
       time segments switched to 0, i.e. to the recording's own median beat.
 
     The fused scores and the threshold are in the report's details. With ``rr_channels``
-    (:class:`RRChannelModel`) there are no parts: the detector is explained on the beat and its 4
+    (:class:`~medad.detectors.beats.RRChannelModel`) there are no parts: the detector is explained on the beat and its 4
     constant RR channels together (gradient methods by default), its score being the beat score.
     """
     from medad.report.cases import explain_windows

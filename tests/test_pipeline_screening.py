@@ -530,7 +530,8 @@ def test_ecg_beat_mode_with_rr_channels_flags_ectopic_beats_and_round_trips(tmp_
     from medad.cli import app
     from medad.errors import ReadError
     from medad.evaluation import auroc
-    from pipelines.screening import Preprocessor, RRChannelModel, match_beats, recording_beat_features
+    from medad.detectors.beats import RRChannelModel
+    from pipelines.screening import Preprocessor, match_beats, recording_beat_features
 
     normals, test, peaks, odd = _ecg_folders(tmp_path)
     cfg = ScreeningConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "screening_ecg_beats_rr.yaml")
