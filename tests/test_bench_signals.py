@@ -97,15 +97,17 @@ def test_paired_auroc_difference_and_the_bonn_amplitude_verdict():
 def test_bonn_fusion_takes_one_input_per_member_of_any_window_length():
     """The Bonn fusion: per-site windows for the net, per-site features for kNN, one array each
     (the half-length robustness condition shortens the windows, not the feature block)."""
-    from medad.bench.signals import BONN_FUSION, BONN_WINDOW, bonn_fusions
+    from medad.bench.signals import BONN_FUSION, BONN_FUSION_FREE, BONN_WINDOW, bonn_fusions
     from medad.datasets.signals import BONN_SFREQ
     from medad.detectors.fusion import ScoreFusion
     from medad import registry
 
     groups = ["zcr", "octaves"]
     prep = bonn_preparers(BONN_SFREQ, groups)["site_fusion"]
-    (label, (members, blocks)), = bonn_fusions(True, 1, BONN_SFREQ, groups).items()
-    assert label == BONN_FUSION and blocks == [BONN_WINDOW, 1 + 6]
+    fusions = bonn_fusions(True, 1, BONN_SFREQ, groups)
+    assert set(fusions) == {BONN_FUSION, BONN_FUSION_FREE}
+    members, blocks, inputs = fusions[BONN_FUSION]
+    assert inputs == "site_fusion" and blocks == [BONN_WINDOW, 1 + 6]
     rng = np.random.default_rng(0)
     w = rng.standard_normal((16, 1, BONN_WINDOW)).astype(np.float32)
     site = {"site": np.array(["a"] * 16)}
@@ -119,6 +121,49 @@ def test_bonn_fusion_takes_one_input_per_member_of_any_window_length():
     assert s.shape == (16,) and np.isfinite(s).all()
     with pytest.raises(InputError, match="one array per member"):
         fus.score(inp[:1])
+
+
+def test_site_scored_net_is_read_per_site_and_ignores_gain():
+    """SiteScored: a net's window score (or its code, then kNN) robust z-scored over the windows of
+    its own site; with a window-normalised net a site's gain changes nothing. The amplitude-free
+    fusion takes the site-packed windows for that member."""
+    from medad import registry
+    from medad.bench.signals import (BONN_FUSION_FREE, BONN_SITE_CODES, BONN_SITE_SCORE, SiteScored, _amplitude_free,
+                                     bonn_fusions, pack_site, run_fusion, unpack_site, Split)
+    from medad.datasets.signals import BONN_SFREQ
+
+    assert all(_amplitude_free(m) for m in (BONN_SITE_SCORE + " (error)", BONN_SITE_CODES, BONN_FUSION_FREE))
+    rng = np.random.default_rng(0)
+    t = np.arange(256) / 100.0
+    w = rng.standard_normal((24, 1, 256)).astype(np.float32)
+    w[12:] = 5.0 * w[12:] + 3.0  # site b: another gain and offset
+    w[-2:] += 8.0 * np.sin(2 * np.pi * 5 * t).astype(np.float32)  # two rhythmic windows in site b
+    site = np.array(["a"] * 12 + ["b"] * 12)
+    x = pack_site(w, site)
+    back, code = unpack_site(x)
+    assert np.array_equal(back, w) and np.array_equal(code, np.r_[np.zeros(12), np.ones(12)])
+    louder = w.copy()
+    louder[12:] *= 40.0
+    for mode in ("score", "code"):
+        net = registry.create("seq_predictor", frame_len=16, hidden_size=8, epochs=1, batch_size=8)
+        sc = SiteScored(net, mode).fit(pack_site(w[:12], site[:12]))
+        s = sc.score(x).score
+        assert s.shape == (24,) and np.isfinite(s).all()
+        if mode == "score":  # z-scored within each site
+            np.testing.assert_allclose([np.median(s[:12]), np.median(s[12:])], 0.0, atol=1e-5)
+        np.testing.assert_allclose(sc.score(pack_site(louder, site)).score, s, atol=1e-3)
+    with pytest.raises(InputError, match="mode"):
+        SiteScored(net, "amplitude")
+    groups = ["zcr"]
+    members, blocks, inputs = bonn_fusions(True, 1, BONN_SFREQ, groups)[BONN_FUSION_FREE]
+    prep = bonn_preparers(BONN_SFREQ, groups)[inputs]
+    (net_name, net_params, wrap), feat = members
+    assert net_params.get("normalize", "window") == "window" and wrap.keywords == {"mode": "score"}
+    members = [(net_name, {**net_params, "frame_len": 16, "hidden_size": 8, "epochs": 1}, wrap), feat]
+    healthy = Split(w[:12], np.zeros(12), None, {"site": site[:12]})
+    sp = Split(w, np.r_[np.zeros(12), np.ones(12)], None, {"site": site})
+    res = run_fusion(members, blocks, prep, healthy, healthy, {"t": sp})
+    assert np.isfinite(res["scores"]["t"]).all() and res["scores"]["t"].shape == (24,)
 
 
 def test_previous_run_to_merge_into(tmp_path):
