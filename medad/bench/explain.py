@@ -390,17 +390,6 @@ ECG_MIN_PART_Z = 1.0
 CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-def link_records(src: Path, records, dest: Path) -> Path:
-    """Symbolic links in ``dest`` to every file of the WFDB ``records`` in ``src`` (header, signal,
-    beat lists): the pipeline reads a folder, the data stay where they are."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for r in records:
-        for f in Path(src).glob(f"{r}[._]*"):
-            if not (dest / f.name).exists():
-                (dest / f.name).symlink_to(f.resolve())
-    return dest
-
-
 def ecg_beats(model, folder: Path) -> dict[str, np.ndarray]:
     """Every beat the screening ``model`` finds in the WFDB records of ``folder`` (its own R peaks,
     preprocessing and features, as ``medad screen run`` computes them), with its record, time (s)
@@ -594,7 +583,7 @@ def ecg_faithfulness(train_dir: Path, test_dir: Path, out: Path, *, models=tuple
 def bench_ecg(root: Path, out: Path, quick: bool, device: str) -> dict[str, Any]:
     """The ECG part on MIT-BIH: train on the normal beats of the benchmark's training records
     (:data:`medad.bench.signals.MITBIH_TRAIN`), explain PVC beats of its test records."""
-    from medad.bench.signals import MITBIH_TEST, MITBIH_TRAIN
+    from medad.bench.signals import MITBIH_TEST, MITBIH_TRAIN, link_records
     from medad.datasets import dataset_root
 
     src = dataset_root("wfdb_beats", data_root=root)

@@ -1521,6 +1521,17 @@ def _pipeline_beat_metrics(root: Path, screened: Path, threshold: float) -> dict
             "n_pvc_matched": int(y.sum()), "n_detected_unmatched": int(n_extra), "per_record": per}
 
 
+def link_records(src: Path, records, dest: Path) -> Path:
+    """Symbolic links in ``dest`` to every file of the WFDB ``records`` in ``src`` (header, signal,
+    beat lists): the pipeline reads a folder, the data stay where they are."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for r in records:
+        for f in Path(src).glob(f"{r}[._]*"):
+            if not (dest / f.name).exists():
+                (dest / f.name).symlink_to(f.resolve())
+    return dest
+
+
 def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0,
                           config: str | Path = SCREENING_CONFIG) -> dict[str, Any]:
     """The screening pipeline's beat mode (``config``, default ``configs/screening_ecg_beats.yaml``) on the same
@@ -1540,12 +1551,7 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0,
     root = dataset_root("wfdb_beats", data_root=data_root)
     work = Path(out) / "mitbih_pipeline"
     for name, recs in (("train", MITBIH_TRAIN), ("test", MITBIH_TEST)):
-        d = work / name
-        d.mkdir(parents=True, exist_ok=True)
-        for r in recs:  # links: the records stay where they are
-            for f in root.glob(f"{r}[._]*"):
-                if not (d / f.name).exists():
-                    (d / f.name).symlink_to(f.resolve())
+        link_records(root, recs, work / name)
     other = work / "test_x3_250Hz"  # another "device": gain x3, 250 Hz
     other.mkdir(exist_ok=True)
     wfdb = _wfdb()

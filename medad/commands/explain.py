@@ -76,7 +76,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         out: Path = typer.Option(Path("outputs/bench"), help="output folder"),
         quick: bool = typer.Option(False, help="fewer slices, windows and epochs (minutes)"),
         threads: int = typer.Option(2, help="torch CPU threads"),
-        part: str = typer.Option("all", help="all, brats or bonn (one part keeps the other's earlier results)"),
+        part: str = typer.Option("all", help="all, brats, bonn or ecg (one part keeps the others' earlier results)"),
     ) -> None:
         """Deletion/insertion AUC against random maps, share inside lesion masks (BraTS) and
         seizure windows (Bonn), and seconds per map, for every explanation method."""
