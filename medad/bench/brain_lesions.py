@@ -291,6 +291,7 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
         "item_unit": model.info.get("item_unit", "slices"), "model_loaded_from": model.info.get("loaded_from"),
         "train_seconds": round(model.info["train_seconds"], 2), "fit_and_calibrate_seconds": round(t_fit.seconds, 2),
         "inference_seconds_per_volume": round(float(np.mean(infer)), 2), "peak_memory_mb": round(peak_rss_mb(), 1),
+        "torch_threads": _threads(),
     })
     return res
 
@@ -331,6 +332,7 @@ def run_reference(modality: str, data: BenchData) -> dict[str, Any]:
         "(the issue's reference protocol; not held-out subjects)", "voxel_threshold": det.pixel_threshold_,
         "pixel_fpr": 0.005, "train_seconds": round(t_fit.seconds, 2), "calibrate_seconds": round(t_cal.seconds, 2),
         "inference_seconds_per_volume": round(float(np.mean(infer)), 2), "peak_memory_mb": round(peak_rss_mb(), 1),
+        "torch_threads": _threads(),
     })
     return res
 
@@ -345,17 +347,18 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "Metrics inside the BraTS brain mask on the original 1 mm grid, OTMultiClass > 0 = lesion. "
              "train s = fitting only (preprocessing and calibration excluded); infer s/vol = scoring one "
              "240x240x155 volume from its preprocessed slices to the post-processed map and mask on the 1 mm grid; "
-             "peak MB = peak resident memory of the benchmark process up to that row (cumulative: it includes "
+             "threads = torch CPU threads of the row's run (–: not recorded; the train s of a model loaded from "
+             "--models-dir were taken in the run that fitted it); peak MB = peak resident memory of the benchmark process up to that row (cumulative: it includes "
              "all data held).", ""]
     merged = [r for r in results if r.get("merged_from")]
     if merged:
         lines += ["Rows kept from an earlier run of the same benchmark (`--merge`): "
                   + "; ".join(f"{r['modality']} / {r['detector']} (run {r.get('run_date')})" for r in merged), ""]
     head = ["modality", "detector", "Dice (calibrated)", "Dice (optimistic)", "AUPRC", "pixel AUROC",
-            "mean case Dice", "train s", "infer s/vol", "peak MB"]
+            "mean case Dice", "train s", "infer s/vol", "threads", "peak MB"]
     rows = [[r["modality"], r["detector"], r["pooled"]["dice"], r["pooled"]["dice_optimistic"], r["pooled"]["auprc"],
              r["pooled"]["auroc"], r["mean_over_cases"]["dice"], r["train_seconds"],
-             r["inference_seconds_per_volume"], r["peak_memory_mb"]] for r in results]
+             r["inference_seconds_per_volume"], r.get("torch_threads", "–"), r["peak_memory_mb"]] for r in results]
     lines += ["## Pooled over the 4 test cases", "", markdown_table(head, rows)]
     head2 = ["modality", "detector", "case", "lesion ml", "Dice (cal.)", "Dice (opt.)", "AUPRC", "AUROC"]
     rows2 = [[r["modality"], r["detector"], cid, m["lesion_ml"], m["dice"], m["dice_optimistic"], m["auprc"], m["auroc"]]
@@ -427,6 +430,13 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     return payload
 
 
+def _threads() -> int:
+    """torch CPU threads the timings of a row were taken with (the cores it could use)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
 def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
     """Best deep detector per modality against the issue's goals, and the cost limits."""
     out = []
@@ -441,6 +451,7 @@ def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
     slow = [f"{r['modality']}/{r['detector']} {r['train_seconds']:.0f} s" for r in deep if r["train_seconds"] > 1800]
     out.append("training under 30 min on 2 CPU cores: " + ("all deep detectors" if not slow else "NOT for " + ", ".join(slow)))
     slow = [f"{r['modality']}/{r['detector']} {r['inference_seconds_per_volume']:.1f} s"
+            + (f" ({r['torch_threads']} thread{'s' if r['torch_threads'] > 1 else ''})" if "torch_threads" in r else "")
             for r in results if r["inference_seconds_per_volume"] > 20]
     out.append("a volume scored in under 20 s: " + ("all detectors" if not slow else "NOT for " + ", ".join(slow))
                + " (times on a shared CPU)")
