@@ -51,3 +51,17 @@ def test_goal_lines_name_the_best_deep_detector():
     assert "0.960 (vae)" in lines[1] and lines[1].endswith("-> reached")
     assert lines[2].endswith("NOT reached")
     assert "NOT for flair/vae" in lines[3] and "NOT for t1c/dae" in lines[4]
+
+
+def test_t1c_adds_the_healthy_t1_scans_and_does_not_reuse_models_fitted_without_them(tmp_path):
+    from medad.bench.brain_lesions import ModelStore, healthy_t1_files
+
+    assert healthy_t1_files(tmp_path) == []
+    for rel in ("mri/ixi_t1_2mm/IXI2_T1.nii.gz", "mri/ixi_t1_2mm/IXI1_T1.nii.gz", "mri/ixi_t1_2mm/IXI1_T2.nii.gz",
+                "mri/niivue_samples/chris_t1.nii.gz", "mri/niivue_samples/FLAIR.nii.gz"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    assert [f.name for f in healthy_t1_files(tmp_path)] == ["IXI1_T1.nii.gz", "IXI2_T1.nii.gz", "chris_t1.nii.gz"]
+    plain, with_t1 = ModelStore(tmp_path, "t1c", False), ModelStore(tmp_path, "t1c", False, ["IXI1_T1.nii.gz"])
+    assert plain._dir("k") != with_t1._dir("k")  # a model fitted on other training scans is another model
+    assert ModelStore(tmp_path, "flair", False)._dir("k") == ModelStore(tmp_path, "flair", False, [])._dir("k")
