@@ -1056,12 +1056,15 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                "case score": f"maximum over {unit}"}
     det, windows, ch_names, item_thr = model.detector, res.get("top_windows"), res["channels"], model.threshold
     sfreq = model.sfreq
+    if beats:
+        feats = res["top_features"]
+        ch_names = [f"{ch_names[0]} - median beat"]
+        details["beat (s)"] = f"{cfg.beat_before:g} s before to {cfg.beat_after:g} s after the R peak"
     if beats and cfg.rr_channels:  # one detector on the beat and its RR channels: its score is the beat score
-        feats, m = res["top_features"], model.detector
+        m = model.detector
         det, windows = m.detector, m.inputs(feats)
-        ch_names = [f"{ch_names[0]} - median beat"] + [f"{n} ({m.rr_scale:g} x log)" for n in RR_FEATURE_NAMES]
+        ch_names += [f"{n} ({m.rr_scale:g} x log)" for n in RR_FEATURE_NAMES]
         details.update({
-            "beat (s)": f"{cfg.beat_before:g} s before to {cfg.beat_after:g} s after the R peak",
             "explained": (f"{det.name} on the beat minus the recording's median beat and 4 constant RR channels "
                           f"({m.rr_scale:g} x log of each RR ratio, 0 on the recording's rhythm); the attributions "
                           f"on an RR channel say how much that part of the rhythm counts"),
@@ -1083,12 +1086,10 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                                                           zip(RR_FEATURE_NAMES, f[-n_rr:], drop[:n_rr, i]))
                 + f"; whole rhythm regular: {drop[n_rr, i]:+.3g}")
     elif beats:
-        feats = res["top_features"]
         shape, rr = BeatPart(model.detector, 0), BeatPart(model.detector, 1)
         z = np.stack([shape.score(shape.of(feats)).score, rr.score(rr.of(feats)).score]).astype(np.float64)
         rr_attr = explain_rr(rr, rr.of(feats), **explain_kw)
         item_thr, windows = None, shape.of(feats)
-        ch_names = [f"{ch_names[0]} - median beat"]
         if cfg.beat_fusion:
             det = model.detector.members[0]
             what = (f"{det.name} on the beat minus the recording's median beat; its attributions are those of the "
@@ -1101,7 +1102,6 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                     f"segments set to the median beat; half the beat score beside the RR z-score, so its "
                     f"attributions are the beat score's up to a factor 2")
         details.update({
-            "beat (s)": f"{cfg.beat_before:g} s before to {cfg.beat_after:g} s after the R peak",
             "explained": what,
             "beat score": "mean of the z-scores of the beat shape and the RR features (on normal beats)",
             "RR attributions": "KernelSHAP of the RR z-score to each RR feature, against a regular rhythm (all 1)",

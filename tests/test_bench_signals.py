@@ -187,7 +187,8 @@ def test_previous_run_to_merge_into(tmp_path):
 
 
 def test_mitbih_rr_channels_and_training_beats():
-    from medad.bench.signals import FULL_BLOCKS, mitbih_fit_calibration, mitbih_preparers, residual_rr_channels
+    from medad.bench.signals import FULL_BLOCKS, mitbih_fit_calibration, mitbih_preparers
+    from medad.transforms.signal import beat_rr_channels as residual_rr_channels
 
     rng = np.random.default_rng(0)
     full = np.concatenate([rng.normal(size=(5, FULL_BLOCKS[0])), np.ones((5, 4))], axis=1).astype(np.float32)

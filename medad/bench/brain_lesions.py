@@ -37,11 +37,11 @@ from medad.errors import ConfigError, ReadError
 MODALITY_FILES = {"flair": "Flair_subtrMeanDivStd.nii.gz", "t1c": "T1c_subtrMeanDivStd.nii.gz"}
 QUICK_NICHART = 4
 QUICK_EPOCHS = 1
-CLASSICAL = ("intensity", "asymmetry")
+CLASSICAL = ("intensity", "asymmetry")  # row names starting with these are no-learning baselines, not deep
 # healthy non-contrast T1 scans added to T1c training (under the data root). Chosen on the BraTS validation
 # patient (pat0006) with the dae: calibrated Dice / optimistic / AUPRC 0.095 / 0.414 / 0.427 with the 38 BraTS
 # slices alone, 0.145 / 0.439 / 0.464 with these 3 scans added (310 slices)
-HEALTHY_T1 = ("mri/ixi_t1_2mm/*_T1.nii.gz", "mri/niivue_samples/chris_t1.nii.gz")  # row names starting with these are no-learning baselines, not deep
+HEALTHY_T1 = ("mri/ixi_t1_2mm/*_T1.nii.gz", "mri/niivue_samples/chris_t1.nii.gz")
 
 
 @dataclass
@@ -192,7 +192,7 @@ class BenchData:
 
     def store(self, modality: str) -> ModelStore:
         if modality not in self.fitted:
-            extra = [f.name for f in self.healthy_t1_files()] if modality == "t1c" else []
+            extra = [f.name for f in healthy_t1_files(self.root)] if modality == "t1c" else []
             self.fitted[modality] = ModelStore(self.models_dir, modality, self.quick, extra)
         return self.fitted[modality]
 
@@ -209,24 +209,22 @@ class BenchData:
             out.append((f, m if m.is_file() else None))
         return out
 
-    def healthy_t1_files(self) -> list[Path]:
-        return healthy_t1_files(self.root)
-
-    def _registered(self, f: Path, sid: str, prep, iterations: int):
+    def _registered(self, f: Path, sid: str, prep):
         """A scan without a brain mask (NiChart, healthy T1): read, skull-stripped with its
-        MNI152-registration mask, preprocessed."""
+        MNI152-registration mask, N4-corrected (raw scanner intensities), preprocessed."""
         from medad.io.volumes import read_volume
-        from medad.transforms.brain import preprocess_volume
+        from medad.transforms.brain import BrainPrepConfig, preprocess_volume
 
         rec = read_volume(f)
         rec.subject_id = sid
         if f not in self._registered_masks:  # registration is the slow part: once per scan
-            self._registered_masks[f] = self._registered_mask(f, rec, iterations)
-        return rec, preprocess_volume(rec, prep, brain_mask=self._registered_masks[f])
+            self._registered_masks[f] = self._registered_mask(f, rec, prep.registration_iterations)
+        n4 = BrainPrepConfig.from_dict({**prep.to_dict(), "n4": True})
+        return rec, preprocess_volume(rec, n4, brain_mask=self._registered_masks[f])
 
     def _registered_mask(self, f: Path, rec, iterations: int) -> np.ndarray:
-        """MNI152-registration brain mask of a scan without one (NiChart, healthy T1), kept in ``cache_dir`` (as .npy,
-        no pickle) when one is given so reruns skip the registrations."""
+        """MNI152-registration brain mask of a scan without one (NiChart, healthy T1), kept in
+        ``cache_dir`` (as .npy, no pickle) when one is given so reruns skip the registrations."""
         from medad.transforms.brain import register_brain_mask
 
         cached = None if self.cache_dir is None else self.cache_dir / f"{f.name}.it{iterations}.brainmask.npy"
@@ -274,17 +272,15 @@ class BenchData:
             ids = [f.name.split("_")[0] for f, _ in files]
             sp = split_by_subject(ids, {"train": 0.8, "val": 0.2}, seed=self.seed)
             val_ids = {ids[i] for i in sp["val"]} or {ids[-1]}
-            nprep = BrainPrepConfig.from_dict({**prep.to_dict(), "n4": True})  # raw scanner intensities
             for (f, m), sid in zip(tqdm(files, desc="NiChart FLAIR", unit="scan"), ids):
-                rec, vol = self._registered(f, sid, nprep, prep.registration_iterations)
+                rec, vol = self._registered(f, sid, prep)
                 wmh = _read_mask(m, rec) if m is not None else None
                 split = "val" if sid in val_ids else "train"
                 sets[split].append(vol)
                 les[split].append(wmh)
         if modality == "t1c":  # healthy non-contrast T1: more normal anatomy than one BraTS case's slices
-            nprep = BrainPrepConfig.from_dict({**prep.to_dict(), "n4": True})
-            for f in tqdm(self.healthy_t1_files(), desc="healthy T1", unit="scan"):
-                sets["train"].append(self._registered(f, f.name.split(".")[0], nprep, prep.registration_iterations)[1])
+            for f in tqdm(healthy_t1_files(self.root), desc="healthy T1", unit="scan"):
+                sets["train"].append(self._registered(f, f.name.split(".")[0], prep)[1])
                 les["train"].append(None)
         out = {"sets": sets, "lesions": les}
         self._cache[key] = out
@@ -379,8 +375,8 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
              "train s = fitting only (preprocessing and calibration excluded); infer s/vol = scoring one "
              "240x240x155 volume from its preprocessed slices to the post-processed map and mask on the 1 mm grid; "
              "threads = torch CPU threads of the row's run (–: not recorded; the train s of a model loaded from "
-             "--models-dir were taken in the run that fitted it); peak MB = peak resident memory of the benchmark process up to that row (cumulative: it includes "
-             "all data held).", ""]
+             "--models-dir were taken in the run that fitted it); peak MB = peak resident memory of the benchmark "
+             "process up to that row (cumulative: it includes all data held).", ""]
     merged = [r for r in results if r.get("merged_from")]
     if merged:
         lines += ["Rows kept from an earlier run of the same benchmark (`--merge`): "

@@ -396,18 +396,15 @@ def ecg_beats(model, folder: Path) -> dict[str, np.ndarray]:
     and whether it is a listed PVC (``<record>_pvc_beats.csv``, matched within 50 ms)."""
     from medad.datasets.signals import read_beat_csv
     from medad.io.signals import record_id_from_path
-    from pipelines.screening import BEAT_MATCH_SECONDS, Preprocessor, list_recordings, match_beats, \
-        recording_beat_features
+    from pipelines.screening import BEAT_MATCH_SECONDS, list_recordings, match_beats, recording_items
 
-    pre = Preprocessor(model.cfg, model.sfreq, model.channels)
     feats, rec, t, pvc = [], [], [], []
     for f in list_recordings(folder):
         rid = record_id_from_path(f)
-        hdr = pre.header(f)
-        r = recording_beat_features(pre, f, hdr)
-        tt = r["peaks"] / pre.sfreq
+        r = recording_items(model, f, features=True)
+        tt = r["times"]
         lst = f.parent / f"{rid}_pvc_beats.csv"
-        listed = np.sort(read_beat_csv(lst) / float(hdr.sfreq)) if lst.is_file() else np.zeros(0)
+        listed = np.sort(read_beat_csv(lst) / float(r["header"].sfreq)) if lst.is_file() else np.zeros(0)
         feats.append(r["features"])
         rec += [rid] * len(tt)
         t.append(tt)

@@ -35,7 +35,7 @@ from medad.bench.common import markdown_table, write_benchmark
 from medad.detectors.base import threshold_at_fpr
 from medad.errors import InputError, MedadError
 from medad.evaluation import auprc, auroc, group_kfold, sensitivity_specificity, split_by_subject
-from medad.transforms.signal import beat_feature_blocks
+from medad.transforms.signal import beat_feature_blocks, beat_rr_channels
 from medad.utils import Timer, peak_rss_mb
 
 FPR = 0.05
@@ -1236,32 +1236,24 @@ def mitbih_fit_calibration(rec: np.ndarray, y: np.ndarray, train_records: Sequen
     return fit, cal
 
 
-def residual_rr_channels(full: np.ndarray, rr_scale: float) -> np.ndarray:
-    """The deep models' beat input from :func:`template_full_features` columns ``full``
-    (:func:`medad.transforms.signal.beat_rr_channels`: the beat minus its template, and with
-    ``rr_scale > 0`` 4 constant RR channels, as the screening pipeline's ``rr_channels``)."""
-    from medad.transforms.signal import beat_rr_channels
-
-    return beat_rr_channels(full, rr_scale)
-
-
 def mitbih_preparers(rr_scales: Sequence[float] = ()) -> dict[str, Callable]:
     """The inputs of :func:`mitbih_methods`, each from the beats and their ``aux`` (record, RR),
     behind the pipeline step: per-record amplitude normalisation, computed from the (perturbed)
-    beats; ``residual_rr<scale>``: :func:`residual_rr_channels` for each of ``rr_scales``."""
+    beats; ``residual_rr<scale>``: :func:`medad.transforms.signal.beat_rr_channels` for each of
+    ``rr_scales``."""
     norm = lambda xx, aux: record_normalise(xx, aux["record"])  # noqa: E731
     full = lambda xx, aux: template_full_features(norm(xx, aux), aux["record"], aux["rr"])  # noqa: E731
     preps = {
         "beats": norm,
         "full": full,
         # the deep models' input: the residual columns of "full" as one channel (N, 1, 252)
-        "residual": lambda xx, aux: residual_rr_channels(full(xx, aux), 0.0),
+        "residual": lambda xx, aux: beat_rr_channels(full(xx, aux), 0.0),
         "features": lambda xx, aux: beat_rr_features(norm(xx, aux), aux["rr"]),
         "template": lambda xx, aux: template_features(norm(xx, aux), aux["record"], aux["rr"]),
         "raw": lambda xx, aux: beat_rr_features(xx, aux["rr"]),
     }
     for sc in rr_scales:
-        preps[f"residual_rr{sc:g}"] = lambda xx, aux, sc=sc: residual_rr_channels(full(xx, aux), sc)
+        preps[f"residual_rr{sc:g}"] = lambda xx, aux, sc=sc: beat_rr_channels(full(xx, aux), sc)
     return preps
 
 

@@ -48,11 +48,10 @@ class RRChannelModel:
         return self.detector.threshold_
 
     def fit(self, features: np.ndarray) -> "RRChannelModel":
-        from medad.transforms.signal import robust_scale
+        from medad.detectors.fusion import input_stats
 
         f = np.asarray(features, dtype=np.float64)
-        center, scale = robust_scale(f, axis=0, eps=1e-9)
-        self.center_, self.scale_ = center[0], scale[0]
+        self.center_, self.scale_ = input_stats(f)
         self.detector.fit(self.inputs(f))
         return self
 

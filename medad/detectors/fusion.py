@@ -48,6 +48,15 @@ def member_view(det) -> str:
     return "signal"
 
 
+def input_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column statistics (median, IQR scale) of a model's training input ``(N, F)``: what per-site
+    normalisation maps another site's inputs onto (``center_``, ``scale_``)."""
+    from medad.transforms.signal import robust_scale
+
+    center, scale = robust_scale(np.asarray(x, np.float64), axis=0, eps=1e-9)
+    return center[0], scale[0]
+
+
 def input_stats_json(model) -> dict[str, Any]:
     """A model's training-input column statistics (``center_``, ``scale_``, for per-site
     normalisation) as JSON fields ``input_center`` / ``input_scale`` (``None`` when not kept)."""
@@ -107,14 +116,11 @@ class ScoreFusion:
     def fit(self, x, fit_member: Callable[[Any, np.ndarray], Any] | None = None) -> "ScoreFusion":
         """Fit every member on its block of the healthy items ``x``; ``fit_member(det, xi)``
         replaces ``det.fit(xi)`` (e.g. to time each member)."""
-        from medad.transforms.signal import robust_scale
-
         for m, xi in zip(self.members, self.member_inputs(x)):
             (fit_member or (lambda d, v: d.fit(v)))(m, xi)
         self.center_ = self.scale_ = None  # no column statistics of a list input
         if not isinstance(x, (list, tuple)):
-            center, scale = robust_scale(np.asarray(x, np.float64), axis=0, eps=1e-9)
-            self.center_, self.scale_ = center[0], scale[0]
+            self.center_, self.scale_ = input_stats(x)
         self.stats_ = self.threshold_ = None
         return self
 
