@@ -7,7 +7,8 @@ registry (any 2D image detector), :mod:`medad.report.overlay` (PNGs) and atomic 
 
 Outputs of :func:`screen_frames` in ``out/``:
 
-* ``frames.csv`` -- ``index, time_s, score, flagged`` per screened frame;
+* ``frames.csv`` -- ``index, time_s, file, score, flagged`` per screened frame (``file``: the image's
+  name for a folder of frames, empty for a video);
 * ``summary.json`` -- source, model, threshold, flagged spans ``(start_s, end_s, n_frames,
   max_score)``, unreadable frames with the reason;
 * ``overlays/frame_<index>.png`` -- image | map | blend for each flagged frame.
@@ -100,8 +101,9 @@ def frame_preparer(model: str | Path):
 
 
 def read_frames(source: str | Path, stride: int = 1, fps: float | None = None) -> tuple[list, list[dict]]:
-    """``[(index, time_s, rgb)]`` of a video or a folder of frames, and the unreadable ones
-    (``fps``: frame rate of a folder of frames, default 1; a video's own rate is used)."""
+    """``[(index, time_s, rgb, file)]`` of a video or a folder of frames (``file``: the image's
+    name, ``None`` for a video), and the unreadable ones (``fps``: frame rate of a folder of
+    frames, default 1; a video's own rate is used)."""
     from medad.io.images import iter_video_frames
 
     errors: list[dict] = []
@@ -110,7 +112,8 @@ def read_frames(source: str | Path, stride: int = 1, fps: float | None = None) -
         errors.append({"index": int(index), "error": str(err)})
         log.warning("skipping frame %d: %s", index, err)
 
-    frames = [(f.index, f.time_s, f.image) for f in iter_video_frames(source, stride, fps=fps, on_error=on_error)]
+    frames = [(f.index, f.time_s, f.image, f.file)
+              for f in iter_video_frames(source, stride, fps=fps, on_error=on_error)]
     return frames, errors
 
 
@@ -212,16 +215,17 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
             path = out / "overlays" / f"frame_{idx[k]:06d}.png"
             save_overlay(img[..., 0] if img.shape[-1] == 1 else img, res.map[j], path,
                          mask=None if res.mask is None else res.mask[j],
-                         title=f"frame {idx[k]}  t={times[k]:.2f}s  score={scores[k]:.4g}  threshold={det.threshold_:.4g}")
+                         title=f"frame {idx[k]}{' ' + frames[k][3] if frames[k][3] else ''}  t={times[k]:.2f}s  "
+                               f"score={scores[k]:.4g}  threshold={det.threshold_:.4g}")
             overlay_files.append(str(path.relative_to(out)))
     step_s = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
     spans = flagged_spans(times, scores, flagged, step_s)
 
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["index", "time_s", "score", "flagged"])
+    w.writerow(["index", "time_s", "file", "score", "flagged"])
     for k in range(len(frames)):
-        w.writerow([int(idx[k]), f"{times[k]:.4f}", f"{scores[k]:.6g}", int(flagged[k])])
+        w.writerow([int(idx[k]), f"{times[k]:.4f}", frames[k][3] or "", f"{scores[k]:.6g}", int(flagged[k])])
     with atomic_path(out / "frames.csv") as tmp:
         tmp.write_text(buf.getvalue())
     summary = {

@@ -310,7 +310,10 @@ class Preprocessor:
         if self.channels is None:
             return list(range(len(hdr.ch_names)))
         if len(self.channels) == 1:
-            return [0]  # single-channel models take the first channel of any recording
+            # a single-channel model takes its own channel where the recording has it (an EEG
+            # model of C3 must not read Fp1), else the first channel (text files, renamed leads)
+            names = list(hdr.ch_names)
+            return [names.index(self.channels[0]) if self.channels[0] in names else 0]
         missing = [c for c in self.channels if c not in hdr.ch_names]
         if missing:
             raise ReadError(f"recording lacks channels the model needs: {', '.join(missing)}", hdr.path)
@@ -1599,6 +1602,8 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
         except Exception as e:  # noqa: BLE001 -- a bug or an unforeseen file problem must not stop the batch
             row = _error_row(f, rid, e)
             done[k] = (row, dict(row))
+            if progress:  # one line naming the file, as the brain and frame pipelines do
+                tqdm.write(f"skipped: {f}: {row['error']}")
             continue
         if site == "none":
             done[k] = _write_recording(model, f, rid, decide(model, res), out, annotated_copy, plots)

@@ -31,6 +31,11 @@ def describe_path(path: Path, *, series_uid: str | None = None, sfreq: float | N
         from medad.io.volumes import describe_volume, list_dicom_series, read_volume
 
         series = list_dicom_series(path)
+        if _holds_other_data(path):  # DICOM beside NIfTI, images, ...: a data folder, not one series
+            info = describe_folder(path)
+            info["dicom_series"] = [{"series_uid": uid, "n_files": len(f)} for uid, f in series.items()]
+            info["note"] = "inspect one DICOM series with --series-uid, or a file by its path"
+            return info
         if len(series) == 1:
             return describe_volume(read_volume(path))
         return {"kind": "dicom_folder", "path": str(path), "n_series": len(series),
@@ -51,6 +56,17 @@ def describe_path(path: Path, *, series_uid: str | None = None, sfreq: float | N
             raise ConfigError("signal support (medad.io.signals) is not available") from None
         return describe(path, sfreq=sfreq)
     return describe_folder(path)
+
+
+def _holds_other_data(folder: Path) -> bool:
+    """Files in ``folder`` itself, by extension (nothing read), that medad reads and that are not
+    DICOM: NIfTI/MGZ, images, videos, EDF/BDF/FIF/WFDB/WAV (text is left out: notes sit beside
+    DICOM files)."""
+    from medad.io.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+    from medad.io.volumes import MGH_SUFFIXES, NIFTI_SUFFIXES, volume_suffix
+
+    other = NIFTI_SUFFIXES + MGH_SUFFIXES + IMAGE_SUFFIXES + VIDEO_SUFFIXES + (".edf", ".bdf", ".fif", ".wav", ".hea")
+    return any(f.is_file() and not f.name.startswith(".") and volume_suffix(f) in other for f in folder.iterdir())
 
 
 def describe_folder(folder: Path, max_depth: int = 3) -> dict[str, Any]:

@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from medad.errors import InputError, ReadError
+
+
+_ABNORMAL = ("1", "true", "yes", "abnormal")
+_NORMAL = ("0", "false", "no", "normal")
+
+
+def _label(value: str | None, line: int, path: Path) -> bool:
+    """1/true/yes/abnormal -> True, 0/false/no/normal -> False (also 1.0 / 0.0, as pandas writes
+    integer columns holding gaps); anything else is refused rather than silently read as normal."""
+    v = str(value if value is not None else "").strip().lower()
+    try:
+        num = float(v)
+    except ValueError:
+        num = None
+    if v in _ABNORMAL or num == 1.0:
+        return True
+    if v in _NORMAL or num == 0.0:
+        return False
+    raise ReadError(f"line {line}: label {value!r} is not 0/1 (true/false, yes/no, normal/abnormal); "
+                    "map other classes to 0 (normal) / 1 (abnormal) first", path)
+
+
+def _finite_or_none(x):
+    """NaN metrics (undefined: one class only) as JSON null, not the non-standard NaN token."""
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite_or_none(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
 
 
 def read_scores_csv(path: Path) -> dict[str, list]:
@@ -29,10 +61,13 @@ def read_scores_csv(path: Path) -> dict[str, list]:
     out: dict[str, list] = {"score": [], "label": [], "subject": [], "healthy_val": []}
     for i, r in enumerate(rows, start=2):
         try:
-            out["score"].append(float(r["score"]))
-            out["label"].append(str(r["label"]).strip().lower() in ("1", "true", "yes", "abnormal"))
-        except ValueError:
+            score = float(r["score"])
+        except (TypeError, ValueError):
             raise ReadError(f"line {i}: score {r['score']!r} is not a number", path) from None
+        if not math.isfinite(score):
+            raise ReadError(f"line {i}: score {r['score']!r} is not finite", path)
+        out["score"].append(score)
+        out["label"].append(_label(r["label"], i, path))
         out["subject"].append(r.get("subject") or f"row{i}")
         out["healthy_val"].append(str(r.get("healthy_val", "0")).strip() in ("1", "true"))
     return out
@@ -52,6 +87,9 @@ def evaluate_scores(data: dict[str, list], *, threshold: float | None = None, fp
     ev = ~hv
     if not ev.any():
         raise InputError("every row is marked healthy_val: nothing left to evaluate")
+    if y[ev].all() or not y[ev].any():  # AUROC/AUPRC are undefined with one class
+        raise InputError(f"the evaluated rows hold only {'abnormal' if y[ev].all() else 'normal'} labels "
+                         "(label 1 = abnormal, 0 = normal): AUROC needs both")
     if threshold is not None:
         source = "given by the user"
     elif hv.any():
@@ -72,7 +110,9 @@ def evaluate_scores(data: dict[str, list], *, threshold: float | None = None, fp
         res["at_threshold"] = {"threshold": float(threshold), **sensitivity_specificity(y[ev], s[ev] > threshold)}
     protocol = {"threshold_source": source or "none (threshold-free metrics only)",
                 "bootstrap": {"n": n_boot, "resampled": "subjects", "seed": seed}}
-    return {"metrics": res, "protocol": protocol}
+    if len(set(ys.tolist())) < 2:
+        protocol["per_subject_note"] = "undefined (null): every subject has the same label"
+    return {"metrics": _finite_or_none(res), "protocol": protocol}
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -93,5 +133,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         result["protocol"]["source_file"] = str(scores)
         write_json(out, result)
         m = result["metrics"]
-        typer.echo(f"AUROC {m['auroc']:.3f} [{m['auroc_ci95'][0]:.3f}, {m['auroc_ci95'][1]:.3f}]  "
-                   f"AUPRC {m['auprc']:.3f}  n={m['n_items']}  -> {out}")
+
+        def f3(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.3f}"
+
+        typer.echo(f"AUROC {f3(m['auroc'])} [{f3(m['auroc_ci95'][0])}, {f3(m['auroc_ci95'][1])}]  "
+                   f"AUPRC {f3(m['auprc'])}  n={m['n_items']}  -> {out}")

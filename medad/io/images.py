@@ -122,11 +122,13 @@ def describe_image(record: ImageRecord) -> dict[str, Any]:
 
 @dataclass
 class VideoFrame:
-    """One frame: index in the source, time in seconds, RGB uint8 ``(H, W, 3)``."""
+    """One frame: index in the source, time in seconds, RGB uint8 ``(H, W, 3)``, and for a folder
+    of frames the image's file name (``None`` for a video)."""
 
     index: int
     time_s: float
     image: np.ndarray
+    file: str | None = None
 
     def __iter__(self):  # unpack as (index, time_s, image)
         return iter((self.index, self.time_s, self.image))
@@ -246,7 +248,7 @@ def _iter_folder(p: Path, stride: int, fps: float, on_error: ErrorCallback | Non
         except ReadError as e:
             _report(on_error, i, e)
             continue
-        yield VideoFrame(i, i / fps, frame_rgb(rgb))
+        yield VideoFrame(i, i / fps, frame_rgb(rgb), file=f.name)
 
 
 def _iter_video(p: Path, stride: int, on_error: ErrorCallback | None) -> Iterator[VideoFrame]:

@@ -369,14 +369,16 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray
     elif series_uid not in series:
         raise ReadError(f"series {series_uid} not in folder (found: {', '.join(series)})", folder)
     files = series[series_uid]
+    if len(files) == 1:  # one (e.g. enhanced multi-frame) file: the series reader would make it 4D
+        return _read_dicom_file(Path(files[0]))
     _check_slices(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
         img = reader.Execute()
+        arr, affine = _sitk_to_ras_arrays(img)
     except Exception as e:
         raise ReadError(f"cannot decode DICOM series {series_uid}: {_itk_message(e)}", folder) from None
-    arr, affine = _sitk_to_ras_arrays(img)
     meta = _dicom_meta(_dicom_header(Path(files[0])))
     meta["n_files"] = len(files)
     if series_uid:

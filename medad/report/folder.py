@@ -46,14 +46,37 @@ def _num(v: Any) -> float | None:
         return None
 
 
+# summary.csv columns shown by the generic page itself, not again among its details; ``path``
+# is left out (folder paths can hold patient names; the file name is shown as the source)
+_SHOWN_COLUMNS = {"score", "max_score", "threshold", "decision", "label", "status", "error", "path", "file"}
+
+
 def _generic_case(folder: Path, root: Path, summary: dict[str, dict[str, Any]]) -> CaseReport:
     pngs = sorted(folder.glob("*.png"))
     cid = folder.name if folder != root else root.name
     row = summary.get(cid) or next((summary[p.stem] for p in pngs if p.stem in summary), None) or {}
     decision = str(row.get("decision") or row.get("label") or "see the pipeline's summary")
-    return CaseReport(case_id=cid, decision=decision, score=_num(row.get("score")),
-                      threshold=_num(row.get("threshold")),
-                      figures=[Figure(png=str(p), title=p.stem, kind="figure") for p in pngs])
+    key = next(iter(row), None)
+    # `medad brain score` writes max_score (the case score), lesion_ml, mean_score, brain_ml...
+    details = {k: v for k, v in row.items() if k != key and k not in _SHOWN_COLUMNS and v not in (None, "")}
+    src = row.get("path") or row.get("file")
+    return CaseReport(case_id=cid, decision=decision, score=_num(row.get("score", row.get("max_score"))),
+                      threshold=_num(row.get("threshold")), source=Path(src).name if src else None,
+                      figures=[Figure(png=str(p), title=p.stem, kind="figure") for p in pngs], details=details)
+
+
+def _summary_failures(summary: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """Rows of a pipeline's summary.csv that record a failure (``status`` error, as `medad brain
+    score` writes for a scan it could not read), for the index."""
+    out = []
+    for cid, r in summary.items():
+        if str(r.get("status", "")).lower() == "error":
+            src = r.get("path") or r.get("file")
+            why = str(r.get("error") or "not processed")
+            if src:  # the file's name, not its full path (folder paths can hold names)
+                why = why.replace(str(src), Path(src).name)
+            out.append((cid, why))
+    return out
 
 
 SCREENING_NOTE = ("Top: the recording (its first channels, preprocessed as screened) with the flagged spans "
@@ -155,6 +178,7 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
         raise ReadError("results folder not found", root)
     summary = _summary_rows(root)
     pipeline, failed = _pipeline_cases(root)
+    failed += _summary_failures(summary)
     done: list[tuple[CaseReport, str]] = []
     for folder, cases in pipeline.items():
         for case, page in cases:

@@ -1,0 +1,165 @@
+"""Regressions found by a user-acceptance run of the README's commands on the real data:
+each test fails on the code before its fix."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from medad.config import data_root
+from medad.errors import InputError, ReadError
+
+FS = 128
+
+
+# ------------------------------------------------------------------ screening (pipelines/screening.py)
+def test_single_channel_model_reads_its_own_channel():
+    """A model of one named channel took channel 0 of any recording (an EEG model of C3 read Fp1)."""
+    from pipelines.screening import Preprocessor, ScreeningConfig
+
+    hdr = SimpleNamespace(ch_names=["Fp1", "C3", "O1"], path=Path("x.edf"))
+    assert Preprocessor(ScreeningConfig(), FS, ["C3"]).picks(hdr) == [1]
+    # no channel of that name (a text file, a renamed lead): the first one, as before
+    assert Preprocessor(ScreeningConfig(), FS, ["Z001"]).picks(hdr) == [0]
+
+
+def _write_edf(path: Path, seconds: float, seed: int) -> None:
+    import mne
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(0, 20e-6, (1, int(seconds * FS)))
+    raw = mne.io.RawArray(x, mne.create_info(["EEG0"], FS, "eeg"), verbose="error")
+    mne.export.export_raw(str(path), raw, fmt="edf", overwrite=True, verbose="error")
+
+
+def test_screen_run_names_each_unreadable_recording(tmp_path, capsys):
+    """`medad screen run` only printed a count ('1 could not be read'), never which file."""
+    from pipelines.screening import ScreeningConfig, screen_folder, train_screening
+
+    normals, test = tmp_path / "n", tmp_path / "t"
+    normals.mkdir()
+    test.mkdir()
+    for i in range(3):
+        _write_edf(normals / f"n{i}.edf", 20, i)
+    _write_edf(test / "good.edf", 20, 7)
+    (test / "broken.edf").write_bytes(b"0       " + b"x" * 300)
+    cfg = ScreeningConfig(bandpass=None, notch=None, window_seconds=2.0, step_seconds=2.0, val_fraction=0.34)
+    model = train_screening(normals, tmp_path / "m", cfg, progress=False)
+    capsys.readouterr()
+    summary = screen_folder(model, test, tmp_path / "o", plots=False, progress=True)
+    assert summary["n_errors"] == 1
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "broken.edf" in ln]
+    assert len(lines) == 1 and lines[0].startswith("skipped:"), lines
+
+
+# ------------------------------------------------------------------ volumes / inspect (medad/io, commands/data.py)
+def _niivue() -> Path:
+    root = data_root(required=False)
+    d = None if root is None else Path(root) / "mri" / "niivue_samples"
+    if d is None or not (d / "enh.dcm").is_file():
+        pytest.skip("real data (mri/niivue_samples/enh.dcm) not found: set MEDAD_DATA_ROOT")
+    return d
+
+
+def test_folder_with_one_multiframe_dicom_reads_as_3d(tmp_path):
+    """A folder whose DICOM series is one enhanced multi-frame file crashed with a bare
+    'ValueError: 4D image' traceback (`medad inspect mri/niivue_samples/`)."""
+    from medad.commands.data import describe_path
+    from medad.io.volumes import read_volume
+
+    d = _niivue()
+    (tmp_path / "enh.dcm").symlink_to(d / "enh.dcm")
+    vol = read_volume(tmp_path)
+    assert vol.data.shape == read_volume(d / "enh.dcm").data.shape == (64, 64, 6)
+    info = describe_path(d)  # DICOM beside NIfTI/MGZ files: described as a folder, series listed
+    assert info["kind"] == "folder" and len(info["dicom_series"]) == 1
+
+
+# ------------------------------------------------------------------ frames (pipelines/frames.py)
+def test_frames_csv_names_the_frame_files(tmp_path):
+    """frames.csv of a folder of frames held only an index, so a flagged row could not be traced
+    back to its image."""
+    cv2 = pytest.importorskip("cv2")
+    from pipelines.frames import FramesConfig, screen_frames, train_frames
+
+    rng = np.random.default_rng(0)
+    normal, test = tmp_path / "normal", tmp_path / "test"
+    normal.mkdir()
+    test.mkdir()
+    for i in range(8):
+        cv2.imwrite(str(normal / f"n{i}.png"), rng.integers(100, 140, (24, 24, 3), dtype=np.uint8))
+    names = ["case_b.png", "case_a10.png", "case_a2.png"]
+    for n in names:
+        cv2.imwrite(str(test / n), rng.integers(100, 140, (24, 24, 3), dtype=np.uint8))
+    (test / "zz_bad.png").write_bytes(b"not a png")
+    train_frames(normal, tmp_path / "m", FramesConfig(detector="pca", image_size=16, val_fraction=0.25),
+                 progress=False)
+    screen_frames(tmp_path / "m", test, tmp_path / "o", overlays=False)
+    rows = list(csv.DictReader(open(tmp_path / "o" / "frames.csv")))
+    assert [r["file"] for r in rows] == ["case_a2.png", "case_a10.png", "case_b.png"]  # natural order
+    assert [int(r["index"]) for r in rows] == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ report (medad/report/folder.py)
+def test_report_of_brain_score_folder_shows_score_and_skipped_scans(tmp_path):
+    """`medad report` on a `medad brain score` folder showed '–' for the score (summary.csv has
+    max_score, not score), no lesion volume, and did not list the scans that could not be read."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from medad.report.folder import build_reports
+
+    (tmp_path / "Subj5").mkdir()
+    plt.imsave(tmp_path / "Subj5" / "overlay.png", np.zeros((8, 8)))
+    fields = ["scan", "path", "status", "lesion_ml", "max_score", "mean_score", "decision", "error"]
+    with open(tmp_path / "summary.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=fields)
+        w.writeheader()
+        w.writerow({"scan": "Subj5", "path": "/data/site/Subj5.nii.gz", "status": "ok", "lesion_ml": "12.5",
+                    "max_score": "4.25", "mean_score": "0.1", "decision": "abnormal", "error": ""})
+        w.writerow({"scan": "bad", "path": "/data/site/bad.nii.gz", "status": "error",
+                    "error": "/data/site/bad.nii.gz: cannot read as .nii.gz: not a gzip file"})
+    _, done, failed = build_reports(tmp_path)
+    (case, _page), = done
+    assert case.score == pytest.approx(4.25) and case.details["lesion_ml"] == "12.5"
+    assert case.source == "Subj5.nii.gz"
+    assert failed == [("bad", "bad.nii.gz: cannot read as .nii.gz: not a gzip file")]
+
+
+# ------------------------------------------------------------------ evaluate (medad/commands/evaluate.py)
+def _csv(path: Path, rows: list[tuple]) -> Path:
+    path.write_text("score,label,subject\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return path
+
+
+def test_evaluate_reads_float_labels_and_refuses_unknown_ones(tmp_path):
+    """Labels '1.0' (pandas) were read as normal, and so was any other label ('2', '-1'): all
+    rows normal gave AUROC NaN with exit code 0."""
+    from medad.commands.evaluate import read_scores_csv
+
+    d = read_scores_csv(_csv(tmp_path / "a.csv", [(0.1, "0.0", "a"), (0.9, "1.0", "b")]))
+    assert d["label"] == [False, True]
+    with pytest.raises(ReadError, match="line 3: label '2'"):
+        read_scores_csv(_csv(tmp_path / "b.csv", [(0.1, 0, "a"), (0.9, 2, "b")]))
+    with pytest.raises(ReadError, match="line 2: score 'nan' is not finite"):
+        read_scores_csv(_csv(tmp_path / "c.csv", [("nan", 0, "a"), (0.9, 1, "b")]))
+
+
+def test_evaluate_json_is_strict_json(tmp_path):
+    """An undefined per-subject AUROC (every subject abnormal) was written as the NaN token,
+    which strict JSON readers reject; one-class input is refused."""
+    from medad.commands.evaluate import evaluate_scores, read_scores_csv
+
+    rows = [(0.1, 0, "a"), (0.9, 1, "a"), (0.2, 0, "b"), (0.8, 1, "b")]
+    res = evaluate_scores(read_scores_csv(_csv(tmp_path / "a.csv", rows)), n_boot=20)
+    json.dumps(res, allow_nan=False)
+    assert res["metrics"]["per_subject"]["auroc"] is None and res["metrics"]["auroc"] == 1.0
+    with pytest.raises(InputError, match="only normal"):
+        evaluate_scores(read_scores_csv(_csv(tmp_path / "b.csv", [(0.1, 0, "a"), (0.2, 0, "b")])), n_boot=20)
