@@ -163,3 +163,19 @@ def test_evaluate_json_is_strict_json(tmp_path):
     assert res["metrics"]["per_subject"]["auroc"] is None and res["metrics"]["auroc"] == 1.0
     with pytest.raises(InputError, match="only normal"):
         evaluate_scores(read_scores_csv(_csv(tmp_path / "b.csv", [(0.1, 0, "a"), (0.2, 0, "b")])), n_boot=20)
+
+
+def test_datasets_inspect_one_recording_layout():
+    """`medad datasets inspect --kind wang_chung` crashed with a bare TypeError traceback (its
+    loader returns one recording, the summary expected a list)."""
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    root = data_root(required=False)
+    if root is None or not (Path(root) / "eeg" / "wang_chung").is_dir():
+        pytest.skip("real data (eeg/wang_chung) not found: set MEDAD_DATA_ROOT")
+    r = CliRunner().invoke(app, ["datasets", "inspect", "--kind", "wang_chung", "--data-root", str(root), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["n_items"] == 1 and info["sfreq"] == [100.0]

@@ -176,7 +176,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         import inspect as _inspect
 
         kw = {"seed": seed} if "seed" in _inspect.signature(loader).parameters else {}
-        summary = {"kind": kind, "root": str(folder), **summarize(kind, loader(folder, **kw))}
+        from medad.io.records import SignalRecord
+
+        loaded = loader(folder, **kw)
+        if isinstance(loaded, SignalRecord):  # a one-recording layout (wang_chung): a list of one
+            loaded = [loaded]
+        summary = {"kind": kind, "root": str(folder), **summarize(kind, loaded)}
         if as_json:
             typer.echo(json.dumps(summary, indent=2, default=str))
         else:

@@ -57,7 +57,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             kw["prepare_image"] = frame_preparer(model)
         case = explain_file(model, input, out, methods=method or None, case_id=case_id,
                             include_identity=include_identity, normalise=normalise, sfreq=sfreq, top_k=top_k, **kw)
-        typer.echo(f"{case.case_id}: {case.decision} (score {case.score:.4g}, threshold {case.threshold})")
+        thr = "none" if case.threshold is None else f"{case.threshold:.4g}"
+        typer.echo(f"{case.case_id}: {case.decision} (score {case.score:.4g}, threshold {thr})")
         typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
 
     @app.command("report")
