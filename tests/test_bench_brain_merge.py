@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from medad.bench.brain_lesions import _merge_rows
@@ -65,3 +66,35 @@ def test_t1c_adds_the_healthy_t1_scans_and_does_not_reuse_models_fitted_without_
     plain, with_t1 = ModelStore(tmp_path, "t1c", False), ModelStore(tmp_path, "t1c", False, ["IXI1_T1.nii.gz"])
     assert plain._dir("k") != with_t1._dir("k")  # a model fitted on other training scans is another model
     assert ModelStore(tmp_path, "flair", False)._dir("k") == ModelStore(tmp_path, "flair", False, [])._dir("k")
+
+
+def test_region_recall_and_the_core_only_ceiling():
+    """A mask that covers the tumour core exactly: core recall 1, oedema recall 0, and its Dice
+    against the whole lesion is the core-only ceiling; the Markdown shows the recalls (and '–' for
+    a row made without regions)."""
+    from medad.bench.brain_lesions import _markdown, evaluate_maps
+
+    shape = (12, 12, 6)
+    brain = np.zeros(shape, bool)
+    brain[1:11, 1:11, :] = True
+    core = np.zeros(shape, bool)
+    core[4:6, 4:6, 2:4] = True  # 8 voxels
+    oedema = np.zeros(shape, bool)
+    oedema[3:7, 3:7, 2:4] = True
+    oedema &= ~core  # 24 voxels
+    lesion = core | oedema
+    amap = core.astype(np.float32) + 0.5 * oedema
+    cases = [("a", amap, core.copy(), lesion, brain), ("b", amap, lesion.copy(), lesion, brain)]
+    res = evaluate_maps(cases, [{"core": core, "oedema": oedema}] * 2)
+    a, b, p = res["per_case"]["a"], res["per_case"]["b"], res["pooled"]
+    assert a["recall_core"] == 1.0 and a["recall_oedema"] == 0.0 and b["recall_oedema"] == 1.0
+    assert a["core_only_dice"] == pytest.approx(2 * 8 / (8 + 32)) and a["dice"] == pytest.approx(a["core_only_dice"])
+    assert p["recall_oedema"] == pytest.approx(0.5) and p["oedema_ml"] == pytest.approx(48 / 1000)
+    assert "recall_core" not in evaluate_maps(cases)["pooled"]  # no regions given: none reported
+    row = {**res, "modality": "t1c", "detector": "x", "train_seconds": 1.0, "inference_seconds_per_volume": 1.0,
+           "peak_memory_mb": 1.0}
+    old = {**evaluate_maps(cases), "modality": "t1c", "detector": "old", "train_seconds": 1.0,
+           "inference_seconds_per_volume": 1.0, "peak_memory_mb": 1.0}
+    md = _markdown([row, old], {"date": "d", "cpu_note": "n", "protocol": "p"})
+    assert "| 1.000 | 0.500 |" in md and "| – | – |" in md
+    assert "pooled Dice 0.400" in md  # the core-only ceiling, said in words

@@ -16,7 +16,11 @@ Protocol (issue 3, section 4):
   the model grid; the RAS grid used here is a pure axis permutation of the file's grid).
 * Per detector and modality: Dice at the healthy-calibrated threshold, optimistic Dice (best
   threshold chosen on the test data itself, labelled as such), AUPRC and pixel AUROC, per case
-  and pooled; training seconds, inference seconds per volume, peak memory.
+  and pooled; training seconds, inference seconds per volume, peak memory. Beside them, what the
+  calibrated mask catches of each tumour region (:data:`REGIONS`): recall of the tumour core
+  (OTMultiClass 1, 3, 4: necrosis, non-enhancing and enhancing tumour) and of the oedema (2), and
+  the Dice a mask of exactly the core would score against the whole lesion (a property of the
+  cases: the ceiling of a detector that sees the core only, e.g. on T1c, where oedema is faint).
 * Beside them, the reference baseline as the issue states it: robust z-score of the 1 mm
   volume + 3D median filter (5 voxels), threshold at the 99.5th percentile of lesion-free brain
   voxels of the 2 BraTS ``train`` cases (issue figure: pooled Dice 0.886, AUPRC 0.943 on FLAIR).
@@ -42,6 +46,11 @@ CLASSICAL = ("intensity", "asymmetry")  # row names starting with these are no-l
 # patient (pat0006) with the dae: calibrated Dice / optimistic / AUPRC 0.095 / 0.414 / 0.427 with the 38 BraTS
 # slices alone, 0.145 / 0.439 / 0.464 with these 3 scans added (310 slices)
 HEALTHY_T1 = ("mri/ixi_t1_2mm/*_T1.nii.gz", "mri/niivue_samples/chris_t1.nii.gz")
+
+
+# BraTS OTMultiClass labels of the tumour regions whose recall the benchmark reports beside the
+# whole-lesion figures (lesion = any label > 0)
+REGIONS = {"core": (1, 3, 4), "oedema": (2,)}
 
 
 @dataclass
@@ -71,6 +80,17 @@ def _read_mask(path: Path, like) -> np.ndarray:
     if m.shape != like.shape:
         raise ReadError(f"mask grid {m.shape} differs from the scan's {like.shape}", path)
     return m.data > 0.5
+
+
+def _read_regions(path: Path, like) -> dict[str, np.ndarray]:
+    """The :data:`REGIONS` of a BraTS label volume, as boolean masks on ``like``'s grid."""
+    from medad.io.volumes import read_volume
+
+    lab = read_volume(path)
+    if lab.shape != like.shape:
+        raise ReadError(f"label grid {lab.shape} differs from the scan's {like.shape}", path)
+    labels = np.rint(lab.data).astype(np.int16)
+    return {name: np.isin(labels, values) for name, values in REGIONS.items()}
 
 
 def _detector_config(name: str, config_dir: Path, quick: bool, modality: str | None = None):
@@ -109,15 +129,38 @@ def _metrics(amap: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> dict[str,
             "predicted_ml": float(pred.sum()) / 1000.0}
 
 
-def evaluate_maps(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+def _region_metrics(pred: np.ndarray, truth: np.ndarray, regions: dict[str, np.ndarray]) -> dict[str, float | None]:
+    """Recall of each region by the predicted mask, and the Dice of a mask of exactly the core
+    against the whole lesion (``None`` for an empty region)."""
+    from medad.evaluation import dice
+
+    out: dict[str, float | None] = {}
+    for name, r in regions.items():
+        out[f"{name}_ml"] = float(r.sum()) / 1000.0
+        out[f"recall_{name}"] = float(pred[r].mean()) if r.any() else None
+    if "core" in regions:
+        out["core_only_dice"] = dice(regions["core"], truth)
+    return out
+
+
+def evaluate_maps(cases: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+                  regions: Sequence[dict[str, np.ndarray] | None] | None = None) -> dict[str, Any]:
     """Per-case and pooled metrics from ``(case_id, map, predicted mask, lesion, brain)`` on the
-    1 mm grid, counted inside the brain mask."""
-    per_case, maps, preds, truths = {}, [], [], []
-    for cid, amap, pred, les, brain in cases:
+    1 mm grid, counted inside the brain mask; with ``regions`` (per case, :data:`REGIONS` masks
+    or ``None``) also each region's recall (when every case has them)."""
+    per_case, maps, preds, truths, regs = {}, [], [], [], []
+    regions = list(regions) if regions is not None else [None] * len(cases)
+    for (cid, amap, pred, les, brain), reg in zip(cases, regions):
         a, p, t = amap[brain].astype(np.float32), pred[brain], les[brain]
         per_case[cid] = _metrics(a, p, t)
+        if reg is not None:
+            regs.append({k: v[brain] for k, v in reg.items()})
+            per_case[cid].update(_region_metrics(p, t, regs[-1]))
         maps.append(a); preds.append(p); truths.append(t)
     pooled = _metrics(np.concatenate(maps), np.concatenate(preds), np.concatenate(truths))
+    if regs and len(regs) == len(cases):
+        pooled.update(_region_metrics(np.concatenate(preds), np.concatenate(truths),
+                                      {k: np.concatenate([r[k] for r in regs]) for k in regs[0]}))
     mean = {k: float(np.mean([c[k] for c in per_case.values()])) for k in ("dice", "dice_optimistic", "auprc", "auroc")}
     return {"pooled": pooled, "per_case": per_case, "mean_over_cases": mean}
 
@@ -254,6 +297,7 @@ class BenchData:
         fname = MODALITY_FILES[modality]
         sets: dict[str, list] = {"train": [], "val": [], "test": []}
         les: dict[str, list] = {"train": [], "val": [], "test": []}
+        regions: list[dict[str, np.ndarray]] = []  # tumour regions of the test cases
         brats_train = [c for c in self.cases if c.split == "train"]
         # subject-wise hold-out: the last BraTS train case calibrates, the others train
         for i, c in enumerate(tqdm(self.cases, desc=f"BraTS {modality}", unit="case")):
@@ -265,6 +309,8 @@ class BenchData:
             split = "test" if c.split != "train" else ("val" if c is brats_train[-1] and len(brats_train) > 1 else "train")
             sets[split].append(vol)
             les[split].append(lesion)
+            if split == "test":
+                regions.append(_read_regions(c.folder / "OTMultiClass.nii.gz", rec))
         if modality == "flair":
             from medad.evaluation import split_by_subject
 
@@ -282,7 +328,7 @@ class BenchData:
             for f in tqdm(healthy_t1_files(self.root), desc="healthy T1", unit="scan"):
                 sets["train"].append(self._registered(f, f.name.split(".")[0], prep)[1])
                 les["train"].append(None)
-        out = {"sets": sets, "lesions": les}
+        out = {"sets": sets, "lesions": les, "test_regions": regions}
         self._cache[key] = out
         return out
 
@@ -308,7 +354,7 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
             pred = model.segment(amap, model.support(vol))
         infer.append(t.seconds)
         rows.append((vol.record.subject_id, amap, pred, lesion, vol.brain))
-    res = evaluate_maps(rows)
+    res = evaluate_maps(rows, d["test_regions"])
     res.update({
         "detector": name, "modality": modality, "config": cfg_src, "params": cfg.detector_params,
         "preprocessing": cfg.prep.to_dict(), "threshold_source": "held-out healthy subjects",
@@ -330,13 +376,15 @@ def run_reference(modality: str, data: BenchData) -> dict[str, Any]:
     from medad.utils import Timer, peak_rss_mb
 
     fname = MODALITY_FILES[modality]
-    vols = {}
+    vols, regions = {}, []
     for c in data.cases:
         rec = read_volume(c.folder / fname)
         brain = _read_mask(c.folder / "brainmask.nii.gz", rec)
         lesion = _read_mask(c.folder / "OTMultiClass.nii.gz", rec)
         x = np.where(brain, rec.data, 0.0).astype(np.float32)[None, None]
         vols[c.case_id] = (c.split, x, brain, lesion)
+        if c.split != "train":
+            regions.append(_read_regions(c.folder / "OTMultiClass.nii.gz", rec))
     det = registry.create("intensity", normalize="item", median_size=5, quantile=0.99)
     train = [(x, b & ~l) for s, x, b, l in vols.values() if s == "train"]
     with Timer() as t_fit:
@@ -352,7 +400,7 @@ def run_reference(modality: str, data: BenchData) -> dict[str, Any]:
             r = det.predict(x)
         infer.append(t.seconds)
         rows.append((cid, r.map[0], r.mask[0], l, b))
-    res = evaluate_maps(rows)
+    res = evaluate_maps(rows, regions)
     res.update({
         "detector": "intensity (reference, 3D 1 mm)", "modality": modality,
         "params": det.get_params(), "threshold_source": "lesion-free brain voxels of the 2 BraTS train cases "
@@ -382,14 +430,17 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         lines += ["Rows kept from an earlier run of the same benchmark (`--merge`): "
                   + "; ".join(f"{r['modality']} / {r['detector']} (run {r.get('run_date')})" for r in merged), ""]
     head = ["modality", "detector", "Dice (calibrated)", "Dice (optimistic)", "AUPRC", "pixel AUROC",
-            "mean case Dice", "train s", "infer s/vol", "threads", "peak MB"]
+            "mean case Dice", "core recall", "oedema recall", "train s", "infer s/vol", "threads", "peak MB"]
     rows = [[r["modality"], r["detector"], r["pooled"]["dice"], r["pooled"]["dice_optimistic"], r["pooled"]["auprc"],
-             r["pooled"]["auroc"], r["mean_over_cases"]["dice"], r["train_seconds"],
+             r["pooled"]["auroc"], r["mean_over_cases"]["dice"], *_region_cells(r["pooled"]), r["train_seconds"],
              r["inference_seconds_per_volume"], r.get("torch_threads", "–"), r["peak_memory_mb"]] for r in results]
-    lines += ["## Pooled over the 4 test cases", "", markdown_table(head, rows)]
-    head2 = ["modality", "detector", "case", "lesion ml", "Dice (cal.)", "Dice (opt.)", "AUPRC", "AUROC"]
-    rows2 = [[r["modality"], r["detector"], cid, m["lesion_ml"], m["dice"], m["dice_optimistic"], m["auprc"], m["auroc"]]
-             for r in results for cid, m in r["per_case"].items()]
+    lines += ["## Pooled over the 4 test cases", "", markdown_table(head, rows), "",
+              "core / oedema recall: share of the tumour core (OTMultiClass 1, 3, 4) / of the oedema (2) inside the "
+              "calibrated mask (–: not computed in the run that made the row)." + _ceiling_text(results)]
+    head2 = ["modality", "detector", "case", "lesion ml", "Dice (cal.)", "Dice (opt.)", "AUPRC", "AUROC",
+             "core recall", "oedema recall"]
+    rows2 = [[r["modality"], r["detector"], cid, m["lesion_ml"], m["dice"], m["dice_optimistic"], m["auprc"], m["auroc"],
+              *_region_cells(m)] for r in results for cid, m in r["per_case"].items()]
     lines += ["## Per case", "", markdown_table(head2, rows2)]
     lines += ["## Detector settings", ""]
     for r in results:
@@ -405,6 +456,24 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if meta.get("errors"):
         lines += ["## Failed runs", ""] + [f"- {e}" for e in meta["errors"]] + [""]
     return "\n".join(lines)
+
+
+def _region_cells(m: dict[str, Any]) -> list[Any]:
+    return [m.get("recall_core", "–") if m.get("recall_core") is not None else "–",
+            m.get("recall_oedema", "–") if m.get("recall_oedema") is not None else "–"]
+
+
+def _ceiling_text(results: list[dict[str, Any]]) -> str:
+    """What the test cases' regions say about T1c-like maps that see the core only."""
+    r = next((r for r in results if "core_only_dice" in r["pooled"]), None)
+    if r is None:
+        return ""
+    p = r["pooled"]
+    cases = "; ".join(f"{cid} {m['oedema_ml']:.0f} of {m['lesion_ml']:.0f} ml" for cid, m in r["per_case"].items()
+                      if "oedema_ml" in m)
+    return (f" Oedema is {p['oedema_ml']:.0f} of the {p['lesion_ml']:.0f} ml of lesion in the 4 test cases ({cases}): "
+            f"a mask of exactly the tumour core, and nothing else, would score pooled Dice {p['core_only_dice']:.3f} "
+            "against the whole lesion -- the ceiling of a map that finds the core and misses the oedema.")
 
 
 def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detectors: Sequence[str],
@@ -509,5 +578,6 @@ def _merge_rows(results: list[dict[str, Any]], merge: Sequence[str | Path], orde
 def _print(r: dict[str, Any]) -> None:
     p = r["pooled"]
     print(f"[{r['modality']}] {r['detector']}: Dice {p['dice']:.3f} (optimistic {p['dice_optimistic']:.3f}), "
-          f"AUPRC {p['auprc']:.3f}, AUROC {p['auroc']:.3f}; train {r['train_seconds']} s, "
-          f"{r['inference_seconds_per_volume']} s/volume")
+          f"AUPRC {p['auprc']:.3f}, AUROC {p['auroc']:.3f}"
+          + (f", recall core {p['recall_core']:.3f} / oedema {p['recall_oedema']:.3f}" if "recall_core" in p else "")
+          + f"; train {r['train_seconds']} s, {r['inference_seconds_per_volume']} s/volume")
