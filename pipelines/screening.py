@@ -1505,11 +1505,24 @@ def _error_row(f: Path, rid: str, e: Exception) -> dict[str, Any]:
     return {"file": str(f), "record_id": rid, "status": "error", "error": problem}
 
 
+# every per-recording file screening (and `medad report`) writes, by record id
+_RECORDING_OUTPUTS = ("{}_events.tsv", "{}_window_scores.csv", "{}_beat_scores.csv", "{}-annot.fif",
+                      "{}_screened_raw.fif", "{}_screened.edf", "{}_screening.png", "{}.medad", "{}_report.html")
+
+
+def _clear_outputs(out: Path, rid: str) -> None:
+    """Remove what an earlier run into ``out`` wrote for ``rid``: a recording that now fails, or
+    now has no flagged span or no annotated copy, must not keep files that contradict results.csv."""
+    for pattern in _RECORDING_OUTPUTS:
+        (out / pattern.format(rid)).unlink(missing_ok=True)
+
+
 def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, Any], out: Path,
                      annotated_copy: str, plots: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write one screened recording's outputs; returns its results.csv row and results.json entry."""
     from medad.utils import write_text
 
+    _clear_outputs(out, rid)
     hdr, ivs, s = res["header"], res["intervals"], res["scores"]
     beats = model.cfg.unit == "beats"
     fs = float(hdr.sfreq)
@@ -1602,6 +1615,7 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
         except Exception as e:  # noqa: BLE001 -- a bug or an unforeseen file problem must not stop the batch
             row = _error_row(f, rid, e)
             done[k] = (row, dict(row))
+            _clear_outputs(out, rid)
             if progress:  # one line naming the file, as the brain and frame pipelines do
                 tqdm.write(f"skipped: {f}: {row['error']}")
             continue

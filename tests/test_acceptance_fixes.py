@@ -50,11 +50,19 @@ def test_screen_run_names_each_unreadable_recording(tmp_path, capsys):
     (test / "broken.edf").write_bytes(b"0       " + b"x" * 300)
     cfg = ScreeningConfig(bandpass=None, notch=None, window_seconds=2.0, step_seconds=2.0, val_fraction=0.34)
     model = train_screening(normals, tmp_path / "m", cfg, progress=False)
+    # an earlier run's outputs: the now-unreadable recording's, and a copy this run does not ask for
+    (tmp_path / "o").mkdir()
+    for name in ("broken_events.tsv", "broken_screening.png", "good_screened.edf"):
+        (tmp_path / "o" / name).write_text("old")
     capsys.readouterr()
     summary = screen_folder(model, test, tmp_path / "o", plots=False, progress=True)
     assert summary["n_errors"] == 1
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "broken.edf" in ln]
     assert len(lines) == 1 and lines[0].startswith("skipped:"), lines
+    # stale files would contradict results.csv (the recording failed / no copy was written)
+    left = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert not [n for n in left if n.startswith("broken") or n == "good_screened.edf"], left
+    assert "good_events.tsv" in left
 
 
 # ------------------------------------------------------------------ volumes / inspect (medad/io, commands/data.py)
@@ -108,7 +116,8 @@ def test_frames_csv_names_the_frame_files(tmp_path):
 # ------------------------------------------------------------------ report (medad/report/folder.py)
 def test_report_of_brain_score_folder_shows_score_and_skipped_scans(tmp_path):
     """`medad report` on a `medad brain score` folder showed '–' for the score (summary.csv has
-    max_score, not score), no lesion volume, and did not list the scans that could not be read."""
+    max_score, not score), no lesion volume, did not list the scans that could not be read, and
+    reported an earlier run's figures of a scan that now failed as a case."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,8 +125,9 @@ def test_report_of_brain_score_folder_shows_score_and_skipped_scans(tmp_path):
 
     from medad.report.folder import build_reports
 
-    (tmp_path / "Subj5").mkdir()
-    plt.imsave(tmp_path / "Subj5" / "overlay.png", np.zeros((8, 8)))
+    for case in ("Subj5", "bad"):  # bad/: figures of an earlier run, before the scan went bad
+        (tmp_path / case).mkdir()
+        plt.imsave(tmp_path / case / "overlay.png", np.zeros((8, 8)))
     fields = ["scan", "path", "status", "lesion_ml", "max_score", "mean_score", "decision", "error"]
     with open(tmp_path / "summary.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)

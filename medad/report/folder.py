@@ -178,7 +178,10 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
         raise ReadError("results folder not found", root)
     summary = _summary_rows(root)
     pipeline, failed = _pipeline_cases(root)
-    failed += _summary_failures(summary)
+    summary_failed = _summary_failures(summary)
+    failed += summary_failed
+    # a case folder whose row now says error holds an earlier run's figures: not a case of this run
+    stale = {(root / cid).resolve() for cid, _ in summary_failed}
     done: list[tuple[CaseReport, str]] = []
     for folder, cases in pipeline.items():
         for case, page in cases:
@@ -190,8 +193,8 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
     # pipeline folders (and their overlays/ subfolders) are reported above, not as loose figures
     covered = [f.resolve() for f in pipeline]
     folders = sorted({f.parent for f in root.rglob(CASE_FILE)} | {f.parent for f in root.rglob("*.png")})
-    folders = [f for f in folders if (f / CASE_FILE).is_file()
-               or not any(f.resolve().is_relative_to(c) for c in covered)]
+    folders = [f for f in folders if ((f / CASE_FILE).is_file()
+               or not any(f.resolve().is_relative_to(c) for c in covered)) and f.resolve() not in stale]
     for folder in folders:
         try:
             case = (read_case(folder / CASE_FILE) if (folder / CASE_FILE).is_file()
