@@ -193,6 +193,8 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     if not frames:
         raise ReadError("no readable frame to screen", Path(source))
     out.mkdir(parents=True, exist_ok=True)
+    for old in (out / "overlays").glob("frame_*.png"):  # an earlier run's: not this run's flagged frames
+        old.unlink()
     idx = np.array([f[0] for f in frames])
     times = np.array([f[1] for f in frames], dtype=np.float64)
     scores, flagged = np.zeros(len(frames)), np.zeros(len(frames), bool)

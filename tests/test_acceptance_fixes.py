@@ -91,7 +91,7 @@ def test_folder_with_one_multiframe_dicom_reads_as_3d(tmp_path):
 # ------------------------------------------------------------------ frames (pipelines/frames.py)
 def test_frames_csv_names_the_frame_files(tmp_path):
     """frames.csv of a folder of frames held only an index, so a flagged row could not be traced
-    back to its image."""
+    back to its image; overlays of an earlier run into the same folder stayed beside this run's."""
     cv2 = pytest.importorskip("cv2")
     from pipelines.frames import FramesConfig, screen_frames, train_frames
 
@@ -107,7 +107,10 @@ def test_frames_csv_names_the_frame_files(tmp_path):
     (test / "zz_bad.png").write_bytes(b"not a png")
     train_frames(normal, tmp_path / "m", FramesConfig(detector="pca", image_size=16, val_fraction=0.25),
                  progress=False)
+    (tmp_path / "o" / "overlays").mkdir(parents=True)
+    (tmp_path / "o" / "overlays" / "frame_000099.png").write_bytes(b"an earlier run's")
     screen_frames(tmp_path / "m", test, tmp_path / "o", overlays=False)
+    assert not list((tmp_path / "o" / "overlays").glob("*.png"))  # stale overlays removed
     rows = list(csv.DictReader(open(tmp_path / "o" / "frames.csv")))
     assert [r["file"] for r in rows] == ["case_a2.png", "case_a10.png", "case_b.png"]  # natural order
     assert [int(r["index"]) for r in rows] == [0, 1, 2]
@@ -189,3 +192,20 @@ def test_datasets_inspect_one_recording_layout():
     assert r.exit_code == 0, r.output
     info = json.loads(r.output)
     assert info["n_items"] == 1 and info["sfreq"] == [100.0]
+
+
+def test_brain_score_with_no_readable_scan_fails(tmp_path, monkeypatch):
+    """`medad brain score` exited 0 when every scan was unreadable (screen run and images screen
+    exit 2 then); the command now fails naming the folder and the first problem."""
+    import pipelines.brain_lesions as bl
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    rows = [{"scan": "a", "path": "s/a.nii.gz", "status": "error", "error": "s/a.nii.gz: not a gzip file"}]
+    monkeypatch.setattr(bl, "score_folder", lambda *a, **k: rows)
+    r = CliRunner().invoke(app, ["brain", "score", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, ReadError) and "none of the 1 scan(s)" in str(r.exception)
+    rows[0]["status"] = "ok"  # one scored scan: success
+    r = CliRunner().invoke(app, ["brain", "score", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 0, r.output

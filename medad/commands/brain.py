@@ -44,7 +44,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Write anomaly_map.nii.gz, mask.nii.gz (input grid) and overlay.png per scan + summary.csv."""
         from pipelines.brain_lesions import score_folder
 
-        score_folder(model, scans, out, overlays=overlays, image_pattern=image_pattern, mask_pattern=mask_pattern)
+        rows = score_folder(model, scans, out, overlays=overlays, image_pattern=image_pattern,
+                            mask_pattern=mask_pattern)
+        if rows and all(r["status"] != "ok" for r in rows):  # nothing scored: a failure for scripts too
+            from medad.errors import ReadError
+
+            raise ReadError(f"none of the {len(rows)} scan(s) could be scored (e.g. {rows[0]['error']}); "
+                            f"see {Path(out) / 'summary.csv'}", scans)
 
     @bench_app.command("brain-lesions")
     def bench_brain_lesions(
