@@ -117,10 +117,12 @@ def test_frames_csv_names_the_frame_files(tmp_path):
 
 
 # ------------------------------------------------------------------ report (medad/report/folder.py)
-def test_report_of_brain_score_folder_shows_score_and_skipped_scans(tmp_path):
+@pytest.mark.parametrize("nested", [False, True])
+def test_report_of_brain_score_folder_shows_score_and_skipped_scans(tmp_path, nested):
     """`medad report` on a `medad brain score` folder showed '–' for the score (summary.csv has
     max_score, not score), no lesion volume, did not list the scans that could not be read, and
-    reported an earlier run's figures of a scan that now failed as a case."""
+    reported an earlier run's figures of a scan that now failed as a case. Nested (the brain
+    folder beside other results under the reported root), its summary.csv was not read at all."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,11 +130,12 @@ def test_report_of_brain_score_folder_shows_score_and_skipped_scans(tmp_path):
 
     from medad.report.folder import build_reports
 
+    res = tmp_path / "brain" if nested else tmp_path
     for case in ("Subj5", "bad"):  # bad/: figures of an earlier run, before the scan went bad
-        (tmp_path / case).mkdir()
-        plt.imsave(tmp_path / case / "overlay.png", np.zeros((8, 8)))
+        (res / case).mkdir(parents=True)
+        plt.imsave(res / case / "overlay.png", np.zeros((8, 8)))
     fields = ["scan", "path", "status", "lesion_ml", "max_score", "mean_score", "decision", "error"]
-    with open(tmp_path / "summary.csv", "w", newline="") as fh:
+    with open(res / "summary.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=fields)
         w.writeheader()
         w.writerow({"scan": "Subj5", "path": "/data/site/Subj5.nii.gz", "status": "ok", "lesion_ml": "12.5",
@@ -142,8 +145,8 @@ def test_report_of_brain_score_folder_shows_score_and_skipped_scans(tmp_path):
     _, done, failed = build_reports(tmp_path)
     (case, _page), = done
     assert case.score == pytest.approx(4.25) and case.details["lesion_ml"] == "12.5"
-    assert case.source == "Subj5.nii.gz"
-    assert failed == [("bad", "bad.nii.gz: cannot read as .nii.gz: not a gzip file")]
+    assert case.source == "Subj5.nii.gz" and case.decision == "abnormal"
+    assert failed == [("brain/bad" if nested else "bad", "bad.nii.gz: cannot read as .nii.gz: not a gzip file")]
 
 
 # ------------------------------------------------------------------ evaluate (medad/commands/evaluate.py)

@@ -176,12 +176,22 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
     root = Path(root)
     if not root.is_dir():
         raise ReadError("results folder not found", root)
-    summary = _summary_rows(root)
     pipeline, failed = _pipeline_cases(root)
-    summary_failed = _summary_failures(summary)
-    failed += summary_failed
-    # a case folder whose row now says error holds an earlier run's figures: not a case of this run
-    stale = {(root / cid).resolve() for cid, _ in summary_failed}
+    # summary.csv of every pipeline output folder under root (a `medad brain score` folder may sit
+    # beside others): its rows describe the case folders next to it
+    summaries: dict[Path, dict[str, dict[str, Any]]] = {}
+    stale: set[Path] = set()
+    for f in sorted(root.rglob("summary.csv")):
+        rel = f.parent.relative_to(root)
+        try:
+            summaries[f.parent.resolve()] = rows = _summary_rows(f.parent)
+        except MedadError as e:
+            failed.append((str(rel), _why(e)))
+            continue
+        for cid, why in _summary_failures(rows):
+            failed.append((cid if str(rel) == "." else f"{rel}/{cid}", why))
+            # a case folder whose row now says error holds an earlier run's figures: not this run's
+            stale.add((f.parent / cid).resolve())
     done: list[tuple[CaseReport, str]] = []
     for folder, cases in pipeline.items():
         for case, page in cases:
@@ -198,7 +208,9 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
     for folder in folders:
         try:
             case = (read_case(folder / CASE_FILE) if (folder / CASE_FILE).is_file()
-                    else _generic_case(folder, root, summary))
+                    else _generic_case(folder, root, summaries.get(folder.parent.resolve() if folder != root
+                                                                   else root.resolve())
+                                       or summaries.get(folder.resolve(), {})))
             page = write_case_report(folder / REPORT_FILE, case)
             done.append((case, str(page.relative_to(root))))
         except MedadError as e:
