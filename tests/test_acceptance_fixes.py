@@ -212,3 +212,16 @@ def test_brain_score_with_no_readable_scan_fails(tmp_path, monkeypatch):
     rows[0]["status"] = "ok"  # one scored scan: success
     r = CliRunner().invoke(app, ["brain", "score", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "o")])
     assert r.exit_code == 0, r.output
+
+
+def test_brain_train_checks_the_detector_before_preprocessing(tmp_path):
+    """`medad brain train --detector nosuch` preprocessed (registered) every healthy scan before
+    saying the detector does not exist."""
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+    from medad.errors import ConfigError
+
+    (tmp_path / "a.nii.gz").write_bytes(b"not read: the name is checked first")
+    r = CliRunner().invoke(app, ["brain", "train", str(tmp_path), "--detector", "nosuch", "--out", str(tmp_path / "m")])
+    assert isinstance(r.exception, ConfigError) and "unknown detector 'nosuch'" in str(r.exception)

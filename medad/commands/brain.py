@@ -30,6 +30,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         for k, v in {"detector": detector, "image_pattern": image_pattern, "mask_pattern": mask_pattern}.items():
             if v is not None:
                 setattr(cfg, k, v)
+        if cfg.detector != "ensemble":  # a wrong name or parameter: now, not after the preprocessing
+            from medad import registry
+
+            registry.create(cfg.detector, **cfg.detector_params)
         train_brain(healthy, out, cfg)
 
     @brain_app.command("score")
