@@ -1570,7 +1570,8 @@ def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, An
         "flagged_seconds": round(float(sum(iv["end_s"] - iv["start_s"] for iv in ivs)), 3),
         "threshold": model.threshold,
     }
-    return row, {**row, "intervals": ivs, "outputs": outputs}
+    # results.json: fields that do not apply (n_beats in window mode, ...) are null, not ""
+    return row, {**{k: None if v == "" else v for k, v in row.items()}, "intervals": ivs, "outputs": outputs}
 
 
 def site_group(path: Path, folder: Path, mode: str) -> str:

@@ -57,6 +57,9 @@ def test_screen_run_names_each_unreadable_recording(tmp_path, capsys):
     capsys.readouterr()
     summary = screen_folder(model, test, tmp_path / "o", plots=False, progress=True)
     assert summary["n_errors"] == 1
+    good = next(r for r in json.loads((tmp_path / "o" / "results.json").read_text())["recordings"]
+                if r["status"] == "ok")
+    assert good["n_beats"] is None and good["error"] is None and good["n_windows"] == 10  # JSON null, not ""
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "broken.edf" in ln]
     assert len(lines) == 1 and lines[0].startswith("skipped:"), lines
     # stale files would contradict results.csv (the recording failed / no copy was written)
