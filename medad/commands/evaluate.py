@@ -111,7 +111,8 @@ def evaluate_scores(data: dict[str, list], *, threshold: float | None = None, fp
     protocol = {"threshold_source": source or "none (threshold-free metrics only)",
                 "bootstrap": {"n": n_boot, "resampled": "subjects", "seed": seed}}
     if len(set(ys.tolist())) < 2:
-        protocol["per_subject_note"] = "undefined (null): every subject has the same label"
+        protocol["per_subject_note"] = ("per-subject figures undefined (null): with each subject's rows reduced by "
+                                        "max, every subject has the same label")
     return {"metrics": _finite_or_none(res), "protocol": protocol}
 
 
