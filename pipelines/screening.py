@@ -268,6 +268,9 @@ def check_site_normalize(mode: str, detector: str, unit: str = "windows") -> Non
 
 
 # ---------------------------------------------------------------------------- files
+ANNOT_SUFFIXES = ("-annot.fif", "_annot.fif")  # MNE's names for annotation-only FIF files
+
+
 def list_recordings(folder: str | Path) -> list[Path]:
     """Signal files under ``folder`` (recursively; WFDB records once, by their ``.hea``)."""
     from medad.io.signals import is_signal_file
@@ -277,9 +280,11 @@ def list_recordings(folder: str | Path) -> list[Path]:
         return [folder]
     if not folder.is_dir():
         raise ReadError("folder not found", folder)
-    # documentation next to data (README.txt, SOURCE.txt, ...) is not a recording
+    # documentation next to data (README.txt, SOURCE.txt, ...) is not a recording, nor are MNE
+    # annotation files (``*-annot.fif``, as screening itself writes them beside the data)
     docs = ("readme", "source", "license", "licence", "notes", "changelog")
-    out = [p for p in sorted(folder.rglob("*")) if is_signal_file(p) and not p.name.lower().startswith(docs)]
+    out = [p for p in sorted(folder.rglob("*")) if is_signal_file(p) and not p.name.lower().startswith(docs)
+           and not p.name.lower().endswith(ANNOT_SUFFIXES)]
     if not out:
         raise ReadError("no recordings found (EDF/BDF/FIF, WFDB .hea, WAV, text)", folder)
     return out

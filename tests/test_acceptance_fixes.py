@@ -228,3 +228,18 @@ def test_brain_train_checks_the_detector_before_preprocessing(tmp_path):
     (tmp_path / "a.nii.gz").write_bytes(b"not read: the name is checked first")
     r = CliRunner().invoke(app, ["brain", "train", str(tmp_path), "--detector", "nosuch", "--out", str(tmp_path / "m")])
     assert isinstance(r.exception, ConfigError) and "unknown detector 'nosuch'" in str(r.exception)
+
+
+def test_annotation_files_are_not_recordings(tmp_path):
+    """A folder holding screening outputs (``*-annot.fif``) listed them as recordings that 'could
+    not be read'; `medad inspect` now describes such a file as annotations."""
+    import mne
+
+    from medad.commands.data import describe_path
+    from pipelines.screening import list_recordings
+
+    _write_edf(tmp_path / "rec.edf", 4, 0)
+    mne.Annotations([1.0], [2.0], ["medad_abnormal"]).save(str(tmp_path / "rec-annot.fif"), verbose="error")
+    assert [p.name for p in list_recordings(tmp_path)] == ["rec.edf"]
+    info = describe_path(tmp_path / "rec-annot.fif")
+    assert info["kind"] == "annotations" and info["annotations"] == {"medad_abnormal": 1}

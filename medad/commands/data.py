@@ -6,6 +6,7 @@ Bad input raises a :class:`~medad.errors.MedadError` (``medad.cli.main`` prints 
 from __future__ import annotations
 
 import json
+import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any, Optional
@@ -49,6 +50,8 @@ def describe_path(path: Path, *, series_uid: str | None = None, sfreq: float | N
         from medad.io.images import video_info
 
         return video_info(path)
+    if kind == "signal" and path.name.lower().endswith(("-annot.fif", "_annot.fif")):
+        return describe_annotations(path)
     if kind == "signal":
         try:
             from medad.io.signals import describe
@@ -56,6 +59,27 @@ def describe_path(path: Path, *, series_uid: str | None = None, sfreq: float | N
             raise ConfigError("signal support (medad.io.signals) is not available") from None
         return describe(path, sfreq=sfreq)
     return describe_folder(path)
+
+
+def describe_annotations(path: Path) -> dict[str, Any]:
+    """An MNE annotation file (``*-annot.fif``, as ``medad screen run`` writes): counts per
+    description, first onsets, total duration."""
+    import mne
+
+    from medad.errors import ReadError
+
+    try:
+        with warnings.catch_warnings():  # a broken file: one error line, not MNE's warning too
+            warnings.simplefilter("ignore")
+            ann = mne.read_annotations(str(path))
+    except Exception as e:  # noqa: BLE001 -- MNE raises many types for a broken file
+        raise ReadError(f"cannot read as MNE annotations: {type(e).__name__}: {e}", path) from None
+    return {"kind": "annotations", "path": str(path), "n_annotations": len(ann),
+            "annotations": dict(Counter(str(d) for d in ann.description)),
+            "total_duration_s": round(float(sum(ann.duration)), 3),
+            "orig_time": None if ann.orig_time is None else str(ann.orig_time),
+            "first": [{"onset": round(float(o), 3), "duration": round(float(d), 3), "description": str(t)}
+                      for o, d, t in list(zip(ann.onset, ann.duration, ann.description))[:5]]}
 
 
 def _holds_other_data(folder: Path) -> bool:
