@@ -32,6 +32,7 @@ import numpy as np
 
 from medad.config import dataclass_from_dict
 from medad.errors import ConfigError, InputError, MedadError, ReadError
+from medad.io.volumes import DICOM_SUFFIXES
 from medad.transforms.brain import (
     BrainPrepConfig, PreparedVolume, from_model_grid, postprocess_map, preprocess_volume,
     remove_small_components, slices_to_volume,
@@ -215,6 +216,7 @@ class Scan:
     scan_id: str
     path: Path
     mask_path: Path | None = None
+    series_uid: str | None = None  # a DICOM series folder holding several series: which one
 
 
 def _scan_id(path: Path, root: Path) -> str:
@@ -226,10 +228,20 @@ def _scan_id(path: Path, root: Path) -> str:
     return stem if len(rel.parts) == 1 else "_".join(rel.parts[:-1] + (stem,))
 
 
+def output_patterns() -> tuple[str, ...]:
+    """Names of the NIfTI files medad writes beside scans (``brain score``, ``explain``): never
+    scans, whatever the config's ``exclude_patterns`` (re-scoring a results folder must not score
+    its maps)."""
+    from medad.explain.methods import METHODS
+
+    return ("anomaly_map*.nii*", "mask.nii*", *(f"{m}.nii*" for m in METHODS))
+
+
 def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: str | None = None,
                exclude_patterns: Sequence[str] = ()) -> list[Scan]:
-    """Every scan under ``folder`` (recursively), with its brain mask when ``mask_pattern`` finds
-    one in the same folder. A single file is a folder of one scan."""
+    """Every scan under ``folder`` (recursively): files matching ``image_pattern``, with their brain
+    mask when ``mask_pattern`` finds one in the same folder, and every DICOM series (a folder of
+    slices) as one scan. A single file is a folder of one scan."""
     import fnmatch
 
     from medad.io.volumes import subject_from_path
@@ -239,10 +251,14 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
         raise ReadError("folder not found", root)
     if root.is_file():
         return [Scan(_scan_id(root, root.parent), root)]
-    out = []
+    series_dirs = _dicom_series_scans(root)
+    out = [s for scans in series_dirs.values() for s in scans]
+    skip = (*exclude_patterns, *output_patterns())
     for p in sorted(root.rglob(image_pattern)):
-        if not p.is_file() or any(fnmatch.fnmatch(p.name, e) for e in exclude_patterns):
+        if not p.is_file() or any(fnmatch.fnmatch(p.name, e) for e in skip):
             continue
+        if p.parent in series_dirs and p.suffix.lower() in DICOM_SUFFIXES:
+            continue  # a slice of a series already found as one scan
         mask = None
         if mask_pattern:
             pat = mask_pattern.format(stem=subject_from_path(p)) if "{stem}" in mask_pattern else mask_pattern
@@ -256,11 +272,33 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
     return out
 
 
+def _dicom_series_scans(root: Path) -> dict[Path, list[Scan]]:
+    """Folders under ``root`` (itself included) holding DICOM slices (by extension) -> one scan per
+    DICOM series of more than one file in them (a series is one volume, not a folder of scans; a
+    single DICOM file is found as a file). A folder SimpleITK cannot scan is left to the file loop."""
+    from medad.io.volumes import list_dicom_series
+
+    out: dict[Path, list[Scan]] = {}
+    for d in [root, *sorted(q for q in root.rglob("*") if q.is_dir())]:
+        if not any(f.is_file() and f.suffix.lower() in DICOM_SUFFIXES for f in d.iterdir()):
+            continue
+        try:
+            series = {uid: files for uid, files in list_dicom_series(d).items() if len(files) > 1}
+        except ReadError:
+            continue
+        name = d.name if d == root else "_".join(d.relative_to(root).parts)
+        out[d] = [Scan(name if len(series) == 1 else f"{name}_{uid[-12:]}", d,
+                       series_uid=None if len(series) == 1 else uid) for uid in series]
+        if not out[d]:
+            del out[d]
+    return out
+
+
 def prepare_scan(scan: Scan, prep: BrainPrepConfig) -> PreparedVolume:
     """Read a scan (and its brain mask) and preprocess it."""
     from medad.io.volumes import read_volume
 
-    record = read_volume(scan.path)
+    record = read_volume(scan.path, series_uid=scan.series_uid)
     record.subject_id = scan.scan_id
     mask = None
     if scan.mask_path is not None:
@@ -553,7 +591,7 @@ def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, d
     for s in tqdm(scans, desc=desc, disable=not progress, unit="scan"):
         try:
             vols.append(prepare_scan(s, prep))
-        except (MedadError, ValueError, RuntimeError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 -- one unreadable healthy scan does not stop training
             msg = _error_text(e, s.path)
             failed.append({"scan": s.scan_id, "path": str(s.path), "error": msg})
             print(f"skipped: {msg}")
@@ -672,8 +710,8 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
             if overlays:
                 save_scan_overlay(vol, amap, mask, d / "overlay.png",
                                   f"{s.scan_id}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml")
-        except (MedadError, ValueError, RuntimeError, OSError) as e:
-            # a bad scan is reported, the rest of the folder is still scored
+        except Exception as e:  # noqa: BLE001 -- whatever goes wrong with one scan, the rest are still scored
+            # a bad scan is reported (one line naming it), the rest of the folder is still scored
             msg = _error_text(e, s.path)
             row = {k: "" for k in SUMMARY_FIELDS}
             row.update(scan=s.scan_id, path=str(s.path), status="error", error=msg)
@@ -689,12 +727,13 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
 
 
 def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, methods: Sequence[str] | None = None,
-                 top_k: int = 3, case_id: str | None = None, **explain_kw: Any):
+                 top_k: int = 3, case_id: str | None = None, mask_pattern: str | None = None, **explain_kw: Any):
     """Explain a brain-lesion model's decision on one scan, through the model's own preprocessing
     (as ``score_folder`` does): the anomaly scores of the ``top_k`` most abnormal items -- axial
     slices for a slice model, cubic crops for a 3D crop model -- are explained; the attribution
     maps come back as NIfTI on the scan's own grid, with an overlay PNG each and a ``report.html``.
-    ``methods`` default: :func:`medad.report.cases.default_methods` of the detector."""
+    ``methods`` default: :func:`medad.report.cases.default_methods` of the detector; ``mask_pattern``:
+    glob of the scan's brain mask in its folder (default: the model's, as for ``score_folder``)."""
     from medad.explain import canonical_method, explain
     from medad.io.volumes import write_like
     from medad.report.cases import default_methods
@@ -711,7 +750,7 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.config
     # the scan's own brain mask is found as `medad brain score` finds it (else: registration)
-    found = find_scans(p.parent, p.name, cfg.mask_pattern) if p.is_file() else [Scan(cid, p)]
+    found = find_scans(p.parent, p.name, mask_pattern or cfg.mask_pattern) if p.is_file() else [Scan(cid, p)]
     vol = prepare_scan(found[0], cfg.prep)
     amap, mask, row = score_scan(model, vol)
     write_like(amap.astype(np.float32), vol.record, out / "anomaly_map.nii.gz")

@@ -215,3 +215,81 @@ def _train_crop_model(tmp_path, detector: str, n_healthy: int, **params):
         preprocessing={"spacing": 2.0, "slice_spacing": 2.0, "size": 48, "min_brain_pixels": 50},
         val_fraction=1.0 / n_healthy, min_lesion_voxels=5)
     return train_brain(healthy, tmp_path / "model", cfg, progress=False), cfg
+
+
+def _write_dicom_series(folder, vol: np.ndarray, spacing=(2.0, 2.0, 3.0)) -> None:
+    """``vol`` (z, y, x) as a DICOM series: one file per slice, one series UID, slice positions."""
+    import SimpleITK as sitk
+
+    folder.mkdir(parents=True, exist_ok=True)
+    uid = "1.2.826.0.1.3680043.2.1125.1.42"
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k in range(vol.shape[0]):
+        sl = sitk.GetImageFromArray(vol[k:k + 1].astype(np.int16))
+        sl.SetSpacing(spacing)
+        for tag, value in (("0008|0060", "MR"), ("0020|000e", uid), ("0020|0013", str(k + 1)),
+                           ("0020|0032", f"0\\0\\{k * spacing[2]}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0008|0018", f"{uid}.{k + 1}"), ("0018|0050", str(spacing[2]))):
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+
+
+def test_find_scans_reads_a_dicom_series_as_one_scan_and_never_medad_outputs(tmp_path):
+    """A folder of DICOM slices is one scan (not one per slice), found with any image pattern;
+    the maps medad writes (anomaly_map, mask, explanation NIfTIs) are never taken for scans, so a
+    results folder can be scored again without its maps becoming cases."""
+    from pipelines.brain_lesions import prepare_scan
+    from medad.transforms.brain import BrainPrepConfig
+
+    _write_scan(tmp_path, "a", seed=0)
+    vol = np.zeros((12, 40, 36))
+    vol[2:10, 8:32, 6:30] = 100 + np.arange(24)[None, None, :]
+    _write_dicom_series(tmp_path / "patient7" / "series", vol)
+    res = tmp_path / "results" / "a"
+    res.mkdir(parents=True)
+    for name in ("anomaly_map.nii.gz", "mask.nii.gz", "ig.nii.gz", "kernel_shap.nii.gz"):
+        shutil.copy(tmp_path / "a.nii.gz", res / name)
+    for pattern in ("*.nii*", "*"):
+        scans = find_scans(tmp_path, pattern, mask_pattern="{stem}_brainmask.nii.gz")
+        ids = sorted(s.scan_id for s in scans)
+        assert ids == ["a", "patient7_series"], (pattern, ids)
+    series = next(s for s in scans if s.scan_id == "patient7_series")
+    prepared = prepare_scan(series, BrainPrepConfig(skull_strip="none", spacing=2.0, slice_spacing=3.0, size=48))
+    assert prepared.record.shape == (36, 40, 12)  # x, y, slices: the whole series in one volume
+
+
+def test_score_folder_reports_an_unexpected_failure_and_scores_the_rest(trained, tmp_path, monkeypatch):
+    import pipelines.brain_lesions as bl
+
+    root, path = trained
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for name in ("p1", "p2"):
+        _write_scan(scans, name, seed=40)
+    real = bl.prepare_scan
+
+    def flaky(scan, prep):
+        if scan.scan_id == "p1":
+            raise KeyError("an error no reader anticipated")
+        return real(scan, prep)
+
+    monkeypatch.setattr(bl, "prepare_scan", flaky)
+    rows = score_folder(path, scans, tmp_path / "out", overlays=False, progress=False)
+    by = {r["scan"]: r for r in rows}
+    assert by["p1"]["status"] == "error" and "p1.nii.gz" in by["p1"]["error"] and "KeyError" in by["p1"]["error"]
+    assert by["p2"]["status"] == "ok" and (tmp_path / "out" / "p2" / "anomaly_map.nii.gz").is_file()
+
+
+def test_explain_scan_takes_a_mask_pattern(trained, tmp_path):
+    from pipelines.brain_lesions import explain_scan
+
+    root, path = trained
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    _write_scan(scans, "p0", seed=31, lesion=True)
+    (scans / "p0_brainmask.nii.gz").rename(scans / "p0_bm.nii.gz")  # not the model's mask name
+    case = explain_scan(path, scans / "p0.nii.gz", tmp_path / "e", methods=["kernel_shap"], top_k=1,
+                        n_samples=30, n_segments=10, mask_pattern="{stem}_bm.nii.gz")
+    assert case.details["brain mask"] == "given"

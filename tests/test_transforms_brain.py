@@ -148,3 +148,45 @@ def test_n4_removes_a_smooth_bias_field():
     out = n4_correct(biased, rec.affine, brain, shrink=2, iterations=20)
     cv = lambda a: a[brain].std() / a[brain].mean()  # noqa: E731
     assert cv(out) < 0.6 * cv(biased)
+
+
+def _scan(shape, radii, background: float) -> np.ndarray:
+    """An ellipsoid of textured tissue in a constant background."""
+    tissue = 1.0 + 0.1 * np.cos(np.indices(shape)[0]).astype(np.float32)
+    return np.where(_ellipsoid(shape, radii), tissue, np.float32(background)).astype(np.float32)
+
+
+def test_auto_skull_strip_takes_the_foreground_of_an_already_stripped_scan():
+    """A skull-stripped scan (constant background, here negative as in z-scored BraTS, brain-sized
+    foreground) keeps its own foreground as the brain -- registration would erode it as if it had
+    a scalp; a whole head (foreground far above brain size) or a scan without a constant background
+    is left to registration."""
+    from medad.transforms.brain import background_value, brain_mask_for, skull_stripped_foreground
+
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])  # 2 mm voxels
+    brain = _scan((90, 100, 80), (33, 42, 30), background=-3.6)  # ~1.4 l
+    assert background_value(brain) == pytest.approx(-3.6)
+    fg = skull_stripped_foreground(brain, aff)
+    assert fg is not None and np.array_equal(fg, brain > -3.6)
+    rec = VolumeRecord(data=brain, affine=aff)
+    mask, source = brain_mask_for(rec, BrainPrepConfig(), None)
+    assert source == "foreground" and np.array_equal(mask, fg)
+    head = _scan((90, 100, 80), (44, 49, 39), background=0.0)  # ~2.8 l: a head, not a brain
+    assert skull_stripped_foreground(head, aff) is None
+    noisy = brain + np.random.default_rng(0).normal(0, 0.01, brain.shape).astype(np.float32)
+    assert background_value(noisy) is None and skull_stripped_foreground(noisy, aff) is None
+
+
+def test_auto_skull_strip_of_a_brats_scan_without_its_mask_matches_the_mask(data_root):
+    from medad.io.volumes import read_volume
+    from medad.transforms.brain import brain_mask_for
+
+    case = data_root / "mri" / "brats2015" / "test" / "brats_2013_pat0001_1"
+    if not case.is_dir():
+        pytest.skip(f"{case} not found")
+    rec = read_volume(case / "Flair_subtrMeanDivStd.nii.gz")
+    truth = read_volume(case / "brainmask.nii.gz").data > 0.5
+    mask, source = brain_mask_for(rec, BrainPrepConfig(), None)
+    assert source == "foreground"
+    dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+    assert dice > 0.97, dice

@@ -16,8 +16,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @brain_app.command("train")
     def brain_train(
-        healthy: Path = typer.Argument(..., help="folder of healthy scans (NIfTI/MGZ, or DICOM files that each hold a "
-                                                      "whole volume: a DICOM series is not assembled), searched recursively"),
+        healthy: Path = typer.Argument(..., help="folder of healthy scans (NIfTI/MGZ files matching the image "
+                                                      "pattern, DICOM series folders: one scan each), searched recursively"),
         out: Path = typer.Option(..., "--out", help="model folder to write"),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML, e.g. configs/brain_intensity.yaml"),
         detector: Optional[str] = typer.Option(None, help="detector name (overrides the config)"),
@@ -40,8 +40,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @brain_app.command("score")
     def brain_score(
         model: Path = typer.Argument(..., help="model folder from `medad brain train`"),
-        scans: Path = typer.Argument(..., help="folder (or file) of scans to score (NIfTI/MGZ, or DICOM files "
-                                                    "that each hold a whole volume)"),
+        scans: Path = typer.Argument(..., help="folder (or file) of scans to score (NIfTI/MGZ files matching "
+                                                    "the image pattern, DICOM series folders: one scan each)"),
         out: Path = typer.Option(..., "--out", help="output folder"),
         image_pattern: Optional[str] = typer.Option(None, help="glob of the scans (default: the model's)"),
         mask_pattern: Optional[str] = typer.Option(None, help="glob of each scan's brain mask (default: the model's)"),

@@ -30,6 +30,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         n_samples: Optional[int] = typer.Option(None, help="KernelSHAP/LIME evaluations, GradientSHAP samples"),
         n_segments: Optional[int] = typer.Option(None, help="superpixels/supervoxels/time segments"),
         device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
+        mask_pattern: Optional[str] = typer.Option(None, help="brain models: glob of the scan's brain mask in its "
+                                                              "folder (default: the model's, as `medad brain score`)"),
     ) -> None:
         """Explain a detector's decision on one input: maps, overlays, NIfTI maps and report.html."""
         from medad.report.cases import explain_file
@@ -38,7 +40,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if (model / "brain_model.json").is_file():  # a `medad brain train` model: use its preprocessing
             from pipelines.brain_lesions import explain_scan
 
-            case = explain_scan(model, input, out, methods=method or None, top_k=top_k, case_id=case_id, **kw)
+            case = explain_scan(model, input, out, methods=method or None, top_k=top_k, case_id=case_id,
+                                mask_pattern=mask_pattern, **kw)
             typer.echo(f"{case.case_id}: {case.decision} (max score {case.score:.4g}, voxel threshold {case.threshold:.4g})")
             typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
             return

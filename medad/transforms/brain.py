@@ -49,8 +49,10 @@ class BrainPrepConfig:
         spacing: in-plane pixel size of the slices in mm (the model grid is isotropic in-plane).
         slice_spacing: distance between axial slices in mm.
         size: slices are ``size x size`` pixels (96-128 recommended), centred on the brain.
-        skull_strip: ``"auto"`` (use the scan's brain mask when given, else register to
-            MNI152), ``"mask"`` (a mask is required), ``"register"`` (always register) or
+        skull_strip: ``"auto"`` (use the scan's brain mask when given; else, for a scan that is
+            already skull-stripped -- a constant background and a foreground of brain size, see
+            :func:`skull_stripped_foreground` -- its foreground; else register to MNI152),
+            ``"mask"`` (a mask is required), ``"register"`` (always register) or
             ``"none"`` (the whole non-zero volume counts as brain).
         n4: run N4 bias-field correction (for raw scanner intensities; not for data that is
             already normalised such as BraTS).
@@ -238,6 +240,37 @@ def _mni_template(resolution: int = 2):
     return _TEMPLATE_CACHE[resolution]
 
 
+def background_value(data: np.ndarray) -> float | None:
+    """The background of a scan whose 8 corner voxels hold one and the same value (the fill of a
+    skull-stripped or z-scored scan: 0, or e.g. -3.6 for BraTS), else ``None``."""
+    x = np.asarray(data)
+    if x.ndim != 3:
+        return None
+    c = x[np.ix_((0, -1), (0, -1), (0, -1))].ravel()
+    return float(c[0]) if np.all(c == c[0]) else None
+
+
+#: largest foreground (ml) still taken for a skull-stripped brain by ``skull_strip="auto"`` (adult
+#: brains are ~1000-1700 ml; a head with scalp and skull is well above 2500 ml)
+MAX_STRIPPED_BRAIN_ML = 2200.0
+
+
+def skull_stripped_foreground(data: np.ndarray, affine: np.ndarray,
+                              max_ml: float = MAX_STRIPPED_BRAIN_ML) -> np.ndarray | None:
+    """The brain of a scan that is already skull-stripped: the voxels that differ from a constant
+    background (:func:`background_value`), holes filled, when that foreground is no larger than
+    ``max_ml``; ``None`` for a scan that still has its head around the brain (or no constant
+    background), which needs registration instead."""
+    from scipy import ndimage as ndi
+
+    bg = background_value(data)
+    if bg is None:
+        return None
+    fg = ndi.binary_fill_holes(np.asarray(data) != bg)
+    ml = float(fg.sum()) * float(np.prod(_voxel_sizes(affine))) / 1000.0
+    return fg if 0 < ml <= max_ml else None
+
+
 def crude_head_masks(data: np.ndarray, affine: np.ndarray, *, erode_mm: float = 10.0,
                      height_mm: float = 125.0) -> tuple[np.ndarray, np.ndarray]:
     """Rough masks used to steer registration: the head (largest bright component, holes filled)
@@ -246,9 +279,12 @@ def crude_head_masks(data: np.ndarray, affine: np.ndarray, *, erode_mm: float = 
     from scipy import ndimage as ndi
 
     x = np.asarray(data, dtype=np.float32)
+    bg = background_value(x)
+    if bg is not None:  # intensities above the background (e.g. z-scored scans, background < 0)
+        x = x - np.float32(bg)
     pos = x[x > 0]
     if pos.size == 0:
-        raise InputError("the scan is empty (no positive intensities)")
+        raise InputError("the scan is empty (no intensities above the background)")
     head = x > 0.1 * float(np.percentile(pos, 99))
     lab, n = ndi.label(head)
     if n > 1:
@@ -419,7 +455,8 @@ class PreparedVolume:
         image: normalised intensities on the model grid ``(size, size, Z)``.
         model_brain: bool brain mask on the model grid.
         geometry: model grid <-> record grid.
-        brain_source: ``"given"``, ``"registration"`` or ``"nonzero"``.
+        brain_source: ``"given"``, ``"foreground"`` (already skull-stripped), ``"registration"``
+            or ``"nonzero"``.
     """
 
     record: VolumeRecord
@@ -461,6 +498,10 @@ def brain_mask_for(record: VolumeRecord, cfg: BrainPrepConfig, given: np.ndarray
     if cfg.skull_strip == "none":
         m = record.data != 0
         return (m if m.any() else np.ones(record.shape, bool)), "nonzero"
+    if cfg.skull_strip == "auto":
+        fg = skull_stripped_foreground(record.data, record.affine)
+        if fg is not None:
+            return fg, "foreground"
     return register_brain_mask(record.data, record.affine, iterations=cfg.registration_iterations), "registration"
 
 
