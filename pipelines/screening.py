@@ -812,9 +812,11 @@ class ScreeningModel:
 def flagged_intervals(starts: np.ndarray, scores: np.ndarray, threshold: float, window_seconds: float,
                       min_windows: int = 1) -> list[tuple[float, float, float, int]]:
     """Runs of consecutive windows scoring above ``threshold`` -> ``(start_s, end_s, max score,
-    n_windows)``; runs shorter than ``min_windows`` are dropped. Overlapping windows merge."""
+    n_windows)``; runs shorter than ``min_windows`` are dropped. Overlapping windows merge, and so
+    do runs whose spans touch or overlap (with overlapping windows, a run after one window below
+    the threshold starts where the previous run's last window ends: one abnormal span, not two)."""
     above = np.asarray(scores) > threshold
-    out = []
+    out: list[tuple[float, float, float, int]] = []
     i, n = 0, len(above)
     while i < n:
         if not above[i]:
@@ -824,7 +826,11 @@ def flagged_intervals(starts: np.ndarray, scores: np.ndarray, threshold: float, 
         while j + 1 < n and above[j + 1]:
             j += 1
         if j - i + 1 >= min_windows:
-            out.append((float(starts[i]), float(starts[j] + window_seconds), float(np.max(scores[i:j + 1])), j - i + 1))
+            run = (float(starts[i]), float(starts[j] + window_seconds), float(np.max(scores[i:j + 1])), j - i + 1)
+            if out and run[0] <= out[-1][1]:
+                a = out.pop()
+                run = (a[0], max(a[1], run[1]), max(a[2], run[2]), a[3] + run[3])
+            out.append(run)
         i = j + 1
     return out
 

@@ -258,8 +258,12 @@ def test_looks_like_ecg():
 def test_flagged_intervals_rules():
     starts = np.arange(10.0)
     s = np.array([0, 5, 0, 5, 5, 5, 0, 5, 5, 0], float)
-    assert flagged_intervals(starts, s, 1.0, 2.0, min_windows=2) == [(3.0, 7.0, 5.0, 3), (7.0, 10.0, 5.0, 2)]
-    assert len(flagged_intervals(starts, s, 1.0, 2.0, min_windows=1)) == 3
+    # 2 s windows every 1 s: the runs 3-5 and 7-8 cover 3-7 s and 7-10 s -- one span, though window 6 is below
+    assert flagged_intervals(starts, s, 1.0, 2.0, min_windows=2) == [(3.0, 10.0, 5.0, 5)]
+    assert flagged_intervals(starts, s, 1.0, 2.0, min_windows=1) == [(1.0, 10.0, 5.0, 6)]
+    # 1 s windows: the same runs leave gaps and stay apart
+    assert flagged_intervals(starts, s, 1.0, 1.0, min_windows=1) == [(1.0, 2.0, 5.0, 1), (3.0, 6.0, 5.0, 3),
+                                                                     (7.0, 9.0, 5.0, 2)]
     assert flagged_intervals(starts, s, 9.0, 2.0) == []
 
 
