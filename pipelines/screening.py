@@ -896,7 +896,9 @@ def recording_items(model: ScreeningModel, path: Path, *, features: bool = False
         # a small trace summary for the plot (first channels, min/max per window): the
         # recording itself is never held in memory
         env = np.stack([w[:, :4].min(-1), w[:, :4].max(-1)], axis=-1)
-        best = np.argsort(-out, kind="stable")[:top_k] if top_k else slice(0, 0)  # this chunk's best
+        if not top_k:  # (an empty slice of w would be a view that keeps the whole chunk alive)
+            return st, out, env, None
+        best = np.argsort(-out, kind="stable")[:top_k]  # this chunk's best (an index array: copies)
         return st, out, env, (st[best], out[best], w[best])
 
     starts, outs, env, tops = [], [], [], []

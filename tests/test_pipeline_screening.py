@@ -303,6 +303,33 @@ def test_streaming_edf_writer_reads_back(tmp_path):
     assert np.abs(ref[:, b:b + 64]).max() > 3 * np.abs(ref[:, :b]).max() / 2
 
 
+def test_screening_a_long_recording_holds_one_chunk_of_windows_at_a_time(tmp_path):
+    """Window mode reads the recording chunk by chunk: what is kept per chunk (scores, a trace
+    envelope) must not hold on to the chunk's windows, so peak memory stays near one chunk, not the
+    whole recording's windows (the 24-hour EDF of the speed benchmark once needed 2.5 GB for this)."""
+    import tracemalloc
+
+    from medad.bench.screening_speed import make_recording
+    from pipelines.screening import recording_items
+
+    n_ch, fs, hours = 8, 128, 2.0
+    for i in range(2):
+        make_recording(tmp_path / "train" / f"n{i}.edf", 0.05, n_ch, fs, seed=i)
+    long_f = make_recording(tmp_path / "long.edf", hours, n_ch, fs, seed=5)
+    cfg = ScreeningConfig(detector="features", window_seconds=2.0, step_seconds=2.0, chunk_seconds=120.0,
+                          window_fpr=0.01, val_fraction=0.5)
+    model = ScreeningModel.load(train_screening(tmp_path / "train", tmp_path / "m", cfg, progress=False))
+    all_windows_mb = hours * 3600 * fs * n_ch * 4 / 2**20  # float32 windows of the whole recording
+    tracemalloc.start()
+    try:
+        res = recording_items(model, long_f)
+        peak_mb = tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+    assert len(res["scores"]) == 3600
+    assert peak_mb < 0.5 * all_windows_mb, f"peak {peak_mb:.1f} MB vs {all_windows_mb:.1f} MB of windows"
+
+
 @pytest.mark.skipif(data_root(required=False) is None,
                     reason="shared data root (../shared/data or $MEDAD_DATA_ROOT) absent")
 def test_real_eeg_seizure_is_flagged_after_training_on_its_preictal_start(tmp_path):
