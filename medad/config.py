@@ -56,7 +56,7 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     if not p.is_file():
         raise ConfigError("config file not found", p)
     try:
-        cfg = yaml.safe_load(p.read_text())
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"invalid YAML: {e}", p) from None
     if not isinstance(cfg, dict):

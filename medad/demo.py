@@ -124,7 +124,7 @@ def make_eeg_demo_data(root: str | Path, *, n_normal: int = 4, n_abnormal: int =
                 x[:, seg] += sw * 80e-6
                 truth.append(f"{name},{on:.2f},{dur:.2f}")
         save(x, dirs["screen"] / f"{name}.edf")
-    (root / "screen_truth.csv").write_text("\n".join(truth) + "\n")
+    (root / "screen_truth.csv").write_text("\n".join(truth) + "\n", encoding="utf-8")
     return dirs
 
 
@@ -150,7 +150,7 @@ def run_eeg_demo(out: Path, *, seed: int = 0) -> dict:
                                             notch=None, window_fpr=0.01, seed=seed))
     summary = screen_folder(model, data["screen"], out / "eeg")
     truth: dict[str, list[dict]] = {}
-    with (out / "data" / "eeg" / "screen_truth.csv").open() as f:
+    with (out / "data" / "eeg" / "screen_truth.csv").open(encoding="utf-8") as f:
         for r in csv.DictReader(f):
             truth.setdefault(r["record"], []).append({"onset": float(r["onset_s"]), "duration": float(r["duration_s"])})
     rows = []

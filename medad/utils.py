@@ -62,13 +62,13 @@ def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write JSON atomically (NumPy scalars and arrays converted)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=json_default))
+        tmp.write_text(json.dumps(obj, indent=2, default=json_default), encoding="utf-8")
     return Path(path)
 
 
 def write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
     return Path(path)
 
 
@@ -114,7 +114,7 @@ def read_model_json(folder: str | Path, filename: str, what: str) -> dict[str, A
     if not f.is_file():
         raise ReadError(f"not a {what} (no {filename})", folder)
     try:
-        d = json.loads(f.read_text())
+        d = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ReadError(f"corrupt {filename}: {e}", f) from None
     if not isinstance(d, dict):

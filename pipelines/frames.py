@@ -229,7 +229,7 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     for k in range(len(frames)):
         w.writerow([int(idx[k]), f"{times[k]:.4f}", frames[k][3] or "", f"{scores[k]:.6g}", int(flagged[k])])
     with atomic_path(out / "frames.csv") as tmp:
-        tmp.write_text(buf.getvalue())
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
     summary = {
         "source": str(source), "model": str(model), "detector": det.name, "stride": int(stride),
         "n_frames_screened": int(len(frames)), "n_flagged": int(flagged.sum()),

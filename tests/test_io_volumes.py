@@ -308,3 +308,16 @@ def test_write_volume_checks_suffix_and_is_atomic(tmp_path):
     with pytest.raises(InputError):
         write_volume(a, aff, tmp_path / "v.png")
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == ["v.nii.gz"]
+
+
+def test_keep_locale_restores_the_process_locale():
+    """GDCM may switch the process locale to "C" (Python then writes text as ASCII): the DICOM
+    readers restore it."""
+    import locale
+
+    from medad.io.volumes import keep_locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    with keep_locale():
+        locale.setlocale(locale.LC_ALL, "C")
+    assert locale.setlocale(locale.LC_ALL) == before

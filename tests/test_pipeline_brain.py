@@ -221,6 +221,8 @@ def _write_dicom_series(folder, vol: np.ndarray, spacing=(2.0, 2.0, 3.0)) -> Non
     """``vol`` (z, y, x) as a DICOM series: one file per slice, one series UID, slice positions."""
     import SimpleITK as sitk
 
+    from medad.io.volumes import keep_locale
+
     folder.mkdir(parents=True, exist_ok=True)
     uid = "1.2.826.0.1.3680043.2.1125.1.42"
     writer = sitk.ImageFileWriter()
@@ -233,7 +235,8 @@ def _write_dicom_series(folder, vol: np.ndarray, spacing=(2.0, 2.0, 3.0)) -> Non
                            ("0008|0018", f"{uid}.{k + 1}"), ("0018|0050", str(spacing[2]))):
             sl.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
+        with keep_locale():  # GDCM's writer switches the process locale to "C"
+            writer.Execute(sl)
 
 
 def test_find_scans_reads_a_dicom_series_as_one_scan_and_never_medad_outputs(tmp_path):

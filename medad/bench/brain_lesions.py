@@ -563,7 +563,7 @@ def _merge_rows(results: list[dict[str, Any]], merge: Sequence[str | Path], orde
         if not f.is_file():
             raise ReadError("no brain-lesions.json to merge", f)
         try:
-            old = json.loads(f.read_text())
+            old = json.loads(f.read_text(encoding="utf-8"))
             old_rows, date = old["results"], old.get("environment", {}).get("date")
             for r in old_rows:
                 rows[(r["modality"], r["detector"])] = {**r, "merged_from": str(f), "run_date": r.get("run_date", date)}

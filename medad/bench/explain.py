@@ -672,7 +672,7 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
     previous: dict[str, Any] = {}
     if part != "all":
         try:
-            previous = json.loads((out / "explain.json").read_text())
+            previous = json.loads((out / "explain.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             raise ReadError(f"--part {part} needs the other parts' results in an earlier explain.json", out) from None
         for other in ("brats", "bonn"):

@@ -1140,7 +1140,7 @@ def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | 
         f = Path(prev) / "image-screening.json" if Path(prev).is_dir() else Path(prev)
         if not f.is_file():
             raise ReadError("no image-screening.json to merge", f)
-        old = json.loads(f.read_text())
+        old = json.loads(f.read_text(encoding="utf-8"))
         merge_tasks(results["tasks"], old, str(f))
         if old.get("budget", 1.0) != budget:
             raise ConfigError(f"{f} was run with budget {old.get('budget', 1.0)}, this run with {budget}: not comparable")

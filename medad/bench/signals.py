@@ -372,7 +372,7 @@ def _reuse(previous: str | Path | None, task: str) -> tuple[dict[str, Any], str 
         return {}, None
     import json
 
-    prev = json.loads(Path(previous).read_text())
+    prev = json.loads(Path(previous).read_text(encoding="utf-8"))
     return prev["results"][task], f"'{task}' results reused from the run of {prev['environment']['date']}"
 
 
@@ -1460,7 +1460,7 @@ def _previous_run(previous: str | Path, quick: bool, task: str) -> tuple[dict[st
     from medad.errors import ReadError
 
     try:
-        prev = json.loads(Path(previous).read_text())
+        prev = json.loads(Path(previous).read_text(encoding="utf-8"))
         prev["results"][task].items()
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise ReadError(f"not a benchmark result with '{task}' to merge into: {e}", previous) from None
@@ -1560,7 +1560,7 @@ def mitbih_pipeline_check(data_root, out: str | Path, *, seed: int = 0,
         model = train_screening(work / "train", run / "model", cfg, progress=False)
     with Timer() as t_run:
         summary = screen_folder(model, work / "test", run / "out", progress=False)
-    info = json.loads((model / "screening.json").read_text())
+    info = json.loads((model / "screening.json").read_text(encoding="utf-8"))
     thr = summary["threshold"]
     res = {**_pipeline_beat_metrics(root, run / "out", thr), "config": Path(config).name,
            "detector": cfg.detector, "detector_params": cfg.detector_params,

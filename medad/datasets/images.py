@@ -110,7 +110,7 @@ def _read_participants(path: Path | None) -> dict[str, dict[str, str]]:
     if path is None or not path.is_file():
         return {}
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
         dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
         rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
@@ -273,7 +273,7 @@ def read_yolo_boxes(path: Path) -> list[tuple[int, float, float, float, float]]:
     """YOLO box file: ``class cx cy w h`` per line (normalised to [0, 1])."""
     boxes = []
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ReadError(f"cannot read box file: {e}", path) from None
     for n, line in enumerate(lines, 1):

@@ -185,7 +185,7 @@ def read_physionet_reference(root: Path) -> dict[str, int]:
     if not files:
         raise ReadError("no REFERENCE*.csv label file found (PhysioNet 2016 layout)", root)
     for f in files:
-        with open(f, newline="") as fh:
+        with open(f, newline="", encoding="utf-8") as fh:
             for row in csv.reader(fh):
                 if len(row) < 2 or not row[1].strip().lstrip("-").isdigit():
                     continue  # header line
@@ -217,7 +217,7 @@ def load_physionet2016(root: str | Path | None = None) -> list[SignalRecord]:
 def read_beat_csv(f: Path) -> np.ndarray:
     """Sample indices from a beat CSV (``,R`` / ``,PVC`` columns: index then sample)."""
     try:
-        rows = [ln.split(",") for ln in f.read_text().splitlines()[1:] if ln.strip()]
+        rows = [ln.split(",") for ln in f.read_text(encoding="utf-8").splitlines()[1:] if ln.strip()]
         return np.array([int(float(r[-1])) for r in rows], dtype=np.int64)
     except (ValueError, IndexError, OSError) as e:
         raise ReadError(f"cannot read beat list: {e}", f) from None

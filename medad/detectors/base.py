@@ -243,7 +243,7 @@ class Detector:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=json_default))
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=json_default), encoding="utf-8")
             _save_arrays(arrays, tmp / WEIGHTS_FILE)
             if path.exists():
                 shutil.rmtree(path)

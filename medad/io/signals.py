@@ -332,7 +332,7 @@ def _text_read(p: Path) -> np.ndarray:
     """All numbers of a whitespace/comma separated text file, in file order, as one channel
     (Bonn: one sample a line; Wang-Chung: several samples a line, row by row)."""
     try:
-        txt = p.read_text(errors="strict")
+        txt = p.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise ReadError("not a text file (binary content)", p) from None
     except OSError as e:
@@ -532,7 +532,7 @@ def read_ucr(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     rows = []
     lineno = 0
     try:
-        for lineno, line in enumerate(p.read_text().splitlines(), start=1):
+        for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
             if line.strip():
                 rows.append(np.asarray(line.replace(",", " ").split(), dtype=np.float64))
     except (UnicodeDecodeError, ValueError) as e:

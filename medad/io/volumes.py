@@ -11,6 +11,8 @@ Patient identity (name, id, birth date) is never copied into ``meta``.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from pathlib import Path
 from typing import Any
 
@@ -239,7 +241,9 @@ def _read_dicom_file(p: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         raise ReadError("DICOM file holds no image (no pixel data)", p)
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     try:
-        arr, affine = _sitk_to_ras_arrays(sitk.ReadImage(str(p)))
+        with keep_locale():
+            img = sitk.ReadImage(str(p))
+        arr, affine = _sitk_to_ras_arrays(img)
         decoder = "gdcm"
     except Exception as e:
         # GDCM lacks some codecs/IODs that pydicom (+pylibjpeg) handles, and vice versa
@@ -311,6 +315,23 @@ def _itk_message(e: BaseException) -> str:
     return (msg[:300] + "...") if len(msg) > 300 else (msg or type(e).__name__)
 
 
+@contextmanager
+def keep_locale():
+    """Restore the process locale after ITK/GDCM DICOM calls: GDCM may switch it to "C" (seen with
+    its DICOM writer), after which Python's default text encoding is ASCII and any later report
+    with non-ASCII text fails to write."""
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        try:
+            locale.setlocale(locale.LC_ALL, saved)
+        except locale.Error:
+            pass
+
+
 def list_dicom_series(folder: str | Path) -> dict[str, list[str]]:
     """Series UID -> file names (sorted by slice position) of the DICOM series in ``folder``."""
     import SimpleITK as sitk
@@ -318,9 +339,10 @@ def list_dicom_series(folder: str | Path) -> dict[str, list[str]]:
     folder = Path(folder)
     sitk.ProcessObject_SetGlobalWarningDisplay(False)
     try:
-        ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-        return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-                for uid in ids}
+        with keep_locale():
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+            return {uid: list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+                    for uid in ids}
     except Exception as e:
         raise ReadError(f"cannot scan folder for DICOM series: {_short(e)}", folder) from None
 
@@ -375,7 +397,8 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> tuple[np.ndarray
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
-        img = reader.Execute()
+        with keep_locale():
+            img = reader.Execute()
         arr, affine = _sitk_to_ras_arrays(img)
     except Exception as e:
         raise ReadError(f"cannot decode DICOM series {series_uid}: {_itk_message(e)}", folder) from None

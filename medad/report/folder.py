@@ -29,7 +29,7 @@ def _summary_rows(root: Path) -> dict[str, dict[str, Any]]:
     if not f.is_file():
         return {}
     try:
-        with open(f, newline="") as fh:
+        with open(f, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise ReadError(f"cannot read summary: {e}", f) from None
@@ -113,7 +113,7 @@ def _screening_cases(folder: Path, d: dict[str, Any]) -> tuple[list[tuple[CaseRe
 
 def _max_frame_score(f: Path) -> float | None:
     try:
-        with open(f, newline="") as fh:
+        with open(f, newline="", encoding="utf-8") as fh:
             scores = [_num(r.get("score")) for r in csv.DictReader(fh)]
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise ReadError(f"cannot read frame scores: {e}", f) from None

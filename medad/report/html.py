@@ -114,7 +114,7 @@ def write_case(folder: str | Path, case: CaseReport) -> Path:
 def read_case(file: str | Path) -> CaseReport:
     file = Path(file)
     try:
-        case = CaseReport.from_dict(json.loads(file.read_text()))
+        case = CaseReport.from_dict(json.loads(file.read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, TypeError) as e:
         raise ReadError(f"not a medad case file: {e}", file) from None
     for f in case.figures:
