@@ -287,10 +287,9 @@ def _dicom_series_scans(root: Path) -> dict[Path, list[Scan]]:
         except ReadError:
             continue
         name = d.name if d == root else "_".join(d.relative_to(root).parts)
-        out[d] = [Scan(name if len(series) == 1 else f"{name}_{uid[-12:]}", d,
-                       series_uid=None if len(series) == 1 else uid) for uid in series]
-        if not out[d]:
-            del out[d]
+        if series:
+            out[d] = [Scan(name if len(series) == 1 else f"{name}_{uid[-12:]}", d,
+                           series_uid=None if len(series) == 1 else uid) for uid in series]
     return out
 
 

@@ -268,12 +268,9 @@ def check_site_normalize(mode: str, detector: str, unit: str = "windows") -> Non
 
 
 # ---------------------------------------------------------------------------- files
-ANNOT_SUFFIXES = ("-annot.fif", "_annot.fif")  # MNE's names for annotation-only FIF files
-
-
 def list_recordings(folder: str | Path) -> list[Path]:
     """Signal files under ``folder`` (recursively; WFDB records once, by their ``.hea``)."""
-    from medad.io.signals import is_signal_file
+    from medad.io.signals import ANNOT_SUFFIXES, is_signal_file
 
     folder = Path(folder)
     if folder.is_file():

@@ -73,24 +73,25 @@ def brats_cases(root: Path) -> list[Case]:
     return out
 
 
-def _read_mask(path: Path, like) -> np.ndarray:
+def _read_on_grid(path: Path, like, what: str) -> np.ndarray:
+    """A volume's data, checked to lie on ``like``'s grid."""
     from medad.io.volumes import read_volume
 
     m = read_volume(path)
     if m.shape != like.shape:
-        raise ReadError(f"mask grid {m.shape} differs from the scan's {like.shape}", path)
-    return m.data > 0.5
+        raise ReadError(f"{what} grid {m.shape} differs from the scan's {like.shape}", path)
+    return m.data
 
 
-def _read_regions(path: Path, like) -> dict[str, np.ndarray]:
-    """The :data:`REGIONS` of a BraTS label volume, as boolean masks on ``like``'s grid."""
-    from medad.io.volumes import read_volume
+def _read_mask(path: Path, like) -> np.ndarray:
+    return _read_on_grid(path, like, "mask") > 0.5
 
-    lab = read_volume(path)
-    if lab.shape != like.shape:
-        raise ReadError(f"label grid {lab.shape} differs from the scan's {like.shape}", path)
-    labels = np.rint(lab.data).astype(np.int16)
-    return {name: np.isin(labels, values) for name, values in REGIONS.items()}
+
+def _read_lesion(path: Path, like) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A BraTS label volume read once: the lesion (any label) and its :data:`REGIONS`, as boolean
+    masks on ``like``'s grid."""
+    labels = np.rint(_read_on_grid(path, like, "mask")).astype(np.int16)
+    return labels > 0, {name: np.isin(labels, values) for name, values in REGIONS.items()}
 
 
 def _detector_config(name: str, config_dir: Path, quick: bool, modality: str | None = None):
@@ -304,13 +305,13 @@ class BenchData:
             rec = read_volume(c.folder / fname)
             rec.subject_id = c.case_id
             brain = _read_mask(c.folder / "brainmask.nii.gz", rec)
-            lesion = _read_mask(c.folder / "OTMultiClass.nii.gz", rec)
+            lesion, reg = _read_lesion(c.folder / "OTMultiClass.nii.gz", rec)
             vol = preprocess_volume(rec, prep, brain_mask=brain)
             split = "test" if c.split != "train" else ("val" if c is brats_train[-1] and len(brats_train) > 1 else "train")
             sets[split].append(vol)
             les[split].append(lesion)
             if split == "test":
-                regions.append(_read_regions(c.folder / "OTMultiClass.nii.gz", rec))
+                regions.append(reg)
         if modality == "flair":
             from medad.evaluation import split_by_subject
 
@@ -380,11 +381,11 @@ def run_reference(modality: str, data: BenchData) -> dict[str, Any]:
     for c in data.cases:
         rec = read_volume(c.folder / fname)
         brain = _read_mask(c.folder / "brainmask.nii.gz", rec)
-        lesion = _read_mask(c.folder / "OTMultiClass.nii.gz", rec)
+        lesion, reg = _read_lesion(c.folder / "OTMultiClass.nii.gz", rec)
         x = np.where(brain, rec.data, 0.0).astype(np.float32)[None, None]
         vols[c.case_id] = (c.split, x, brain, lesion)
         if c.split != "train":
-            regions.append(_read_regions(c.folder / "OTMultiClass.nii.gz", rec))
+            regions.append(reg)
     det = registry.create("intensity", normalize="item", median_size=5, quantile=0.99)
     train = [(x, b & ~l) for s, x, b, l in vols.values() if s == "train"]
     with Timer() as t_fit:
@@ -459,8 +460,7 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def _region_cells(m: dict[str, Any]) -> list[Any]:
-    return [m.get("recall_core", "–") if m.get("recall_core") is not None else "–",
-            m.get("recall_oedema", "–") if m.get("recall_oedema") is not None else "–"]
+    return ["–" if m.get(k) is None else m[k] for k in ("recall_core", "recall_oedema")]
 
 
 def _ceiling_text(results: list[dict[str, Any]]) -> str:

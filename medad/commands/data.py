@@ -50,7 +50,9 @@ def describe_path(path: Path, *, series_uid: str | None = None, sfreq: float | N
         from medad.io.images import video_info
 
         return video_info(path)
-    if kind == "signal" and path.name.lower().endswith(("-annot.fif", "_annot.fif")):
+    from medad.io.signals import ANNOT_SUFFIXES
+
+    if kind == "signal" and path.name.lower().endswith(ANNOT_SUFFIXES):
         return describe_annotations(path)
     if kind == "signal":
         try:
@@ -87,9 +89,10 @@ def _holds_other_data(folder: Path) -> bool:
     DICOM: NIfTI/MGZ, images, videos, EDF/BDF/FIF/WFDB/WAV (text is left out: notes sit beside
     DICOM files)."""
     from medad.io.images import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+    from medad.io.signals import MNE_EXTENSIONS, WAV_EXTENSIONS
     from medad.io.volumes import MGH_SUFFIXES, NIFTI_SUFFIXES, volume_suffix
 
-    other = NIFTI_SUFFIXES + MGH_SUFFIXES + IMAGE_SUFFIXES + VIDEO_SUFFIXES + (".edf", ".bdf", ".fif", ".wav", ".hea")
+    other = NIFTI_SUFFIXES + MGH_SUFFIXES + IMAGE_SUFFIXES + VIDEO_SUFFIXES + MNE_EXTENSIONS + WAV_EXTENSIONS + (".hea",)
     return any(f.is_file() and not f.name.startswith(".") and volume_suffix(f) in other for f in folder.iterdir())
 
 

@@ -32,6 +32,7 @@ WFDB_EXTENSIONS = (".hea", ".dat")
 WAV_EXTENSIONS = (".wav",)
 TEXT_EXTENSIONS = (".txt", ".asc")  # .csv is left to tables (labels, beat lists), not signals
 SIGNAL_EXTENSIONS = MNE_EXTENSIONS + WFDB_EXTENSIONS + WAV_EXTENSIONS + TEXT_EXTENSIONS
+ANNOT_SUFFIXES = ("-annot.fif", "_annot.fif")  # MNE's names for annotation-only FIF files
 # WFDB annotation files looked for next to a record, in order of preference
 WFDB_ANNOTATORS = ("atr", "qrs", "ecg")
 # block size when a whole recording is gathered from chunks (keeps the float64 copy small)
