@@ -1,7 +1,7 @@
-"""Score fusion: several one-class detectors, each scoring its own column block of one input
-matrix, combined into one score.
+"""Fusion of several one-class detectors: their scores (:class:`ScoreFusion`, one column block
+each) or their pixel maps (:class:`MapFusion`, every member sees the whole image).
 
-Used where one kind of model does not see everything that matters, e.g. ECG beats: a sequence
+Score fusion is used where one kind of model does not see everything that matters, e.g. ECG beats: a sequence
 autoencoder on the beat shape (beat minus the recording's median beat) and a Mahalanobis model
 of 4 RR features (the rhythm), as in the MIT-BIH benchmark and the screening pipeline's beat
 mode::
@@ -24,6 +24,11 @@ a ``features`` detector keeps its own: per-site normalisation
 
 Saved without pickle: one folder per member (:meth:`Detector.save`) and ``fusion.json``
 (blocks, standardisation statistics, input column statistics, threshold).
+
+Map fusion (the ``map_fusion`` detector) averages the pixel maps of image detectors, e.g. a
+seed ensemble of synthetic-anomaly segmenters beside a colour-statistics memory bank, each map
+standardised on **healthy pixels** (robust z-score, or the healthy pixels' empirical CDF) so
+that maps on different scales can be averaged with fixed weights (see :class:`MapFusion`).
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from medad.errors import InputError, NotFittedError, ReadError
+from medad.detectors.base import AnomalyResult, Detector
+from medad.errors import ConfigError, InputError, NotFittedError, ReadError
+from medad.registry import register
 
 FUSION_FILE = "fusion.json"
 
@@ -207,3 +214,236 @@ class ScoreFusion:
             raise ReadError(f"corrupt {FUSION_FILE}: input statistics do not match the blocks {out.blocks}",
                             path / FUSION_FILE)
         return out
+
+
+# ---------------------------------------------------------------------------- map fusion
+STANDARDISE = ("rank", "robust")
+
+
+def reference_stats(values: np.ndarray, method: str, n_quantiles: int = 2049) -> np.ndarray:
+    """Standardisation statistics of one member from its values on healthy pixels (or items):
+    ``"robust"``: ``[median, IQR scale]`` (:func:`medad.transforms.signal.robust_scale`);
+    ``"rank"``: ``n_quantiles`` quantiles of the values (their empirical CDF)."""
+    from medad.transforms.signal import robust_scale
+
+    v = np.asarray(values, np.float64).ravel()
+    if not v.size or not np.isfinite(v).all():
+        raise InputError(f"standardisation needs finite healthy values, got {v.size} values "
+                         f"({int(np.sum(~np.isfinite(v)))} not finite)")
+    if method == "robust":
+        med, scale = robust_scale(v, eps=1e-12)
+        return np.array([med[0], scale[0]])
+    if method == "rank":
+        return np.quantile(v, np.linspace(0.0, 1.0, int(n_quantiles)))
+    raise ConfigError(f"standardise must be one of {STANDARDISE}, not {method!r}")
+
+
+def standardise(values: np.ndarray, stats: np.ndarray, method: str) -> np.ndarray:
+    """Values on the healthy reference's scale (:func:`reference_stats`).
+
+    ``"rank"``: the share of healthy values below (ties: the middle of their share), linear
+    between the stored quantiles and continued linearly past both ends (slope 1 / the healthy
+    range), so values beyond every healthy one stay ordered instead of all becoming 1.
+    """
+    v = np.asarray(values, np.float64)
+    if method == "robust":
+        return (v - stats[0]) / stats[1]
+    q = np.asarray(stats, np.float64)
+    p = np.linspace(0.0, 1.0, len(q))
+    span = q[-1] - q[0] if q[-1] > q[0] else 1.0
+    lo = np.searchsorted(q, v, "left")
+    hi = np.searchsorted(q, v, "right")
+    a, b = np.clip(lo - 1, 0, len(q) - 1), np.clip(lo, 0, len(q) - 1)
+    gap = q[b] - q[a]
+    inside = p[a] + np.where(gap > 0, (v - q[a]) / np.where(gap > 0, gap, 1.0), 0.0) * (p[b] - p[a])
+    tied = (p[np.clip(lo, 0, len(q) - 1)] + p[np.clip(hi - 1, 0, len(q) - 1)]) / 2
+    return np.where(hi > lo, tied,
+                    np.where(v < q[0], (v - q[0]) / span, np.where(v > q[-1], 1.0 + (v - q[-1]) / span, inside)))
+
+
+def member_specs(members: Sequence[dict], weights: Sequence[float] | None) -> list[tuple[str, dict, float]]:
+    """``members`` (``{"detector": name, "params": {...}}``, optionally ``"seeds": [..]``: one
+    member per seed, sharing that entry's weight) and ``weights`` (one per entry; default equal)
+    -> ``(registry name, params, weight)`` per member, weights summing to 1."""
+    if not members:
+        raise ConfigError("map fusion needs at least one member")
+    w = [1.0] * len(members) if weights is None else [float(v) for v in weights]
+    if len(w) != len(members) or any(not v >= 0 for v in w) or not sum(w) > 0:
+        raise ConfigError(f"map fusion: {len(members)} members need as many non-negative weights "
+                          f"(not all 0), got {list(weights or [])}")
+    out = []
+    for spec, wi in zip(members, w):
+        if not isinstance(spec, dict) or "detector" not in spec or set(spec) - {"detector", "params", "seeds"}:
+            raise ConfigError(f"a map-fusion member is {{detector: NAME, params: {{...}}, seeds: [...]}} "
+                              f"(params and seeds optional), got {spec!r}")
+        params = dict(spec.get("params") or {})
+        seeds = spec.get("seeds")
+        for s in (seeds or [None]):
+            out.append((str(spec["detector"]), params if s is None else {**params, "seed": int(s)},
+                        wi / (len(seeds) if seeds else 1)))
+    total = sum(v for _, _, v in out)
+    return [(n, p, v / total) for n, p, v in out]
+
+
+@register("map_fusion")
+class MapFusion(Detector):
+    """Weighted mean of several image detectors' pixel maps, each standardised on healthy pixels.
+
+    Every member fits on the same healthy images and makes a map ``(N, H, W)`` (resized to the
+    input's size if it makes another). Each member's map values on **healthy** pixels set its
+    standardisation (``standardise``: ``"rank"`` -- the healthy pixels' empirical CDF, robust to
+    the very different value distributions of e.g. a sigmoid output and a distance; ``"robust"``
+    -- median / IQR z-score); the fused map is the ``weights``-weighted mean of the standardised
+    maps, the image score the mean of its top ``topk`` share (so a flagged frame has a flagged
+    region).
+
+    The healthy reference comes from :meth:`fit`: its ``val`` images when given, else a held-out
+    share ``reference_fraction`` of the training images (members fit on the rest: members that
+    memorise their training data, like a memory bank, score their own training pixels too low to
+    be a reference). With ``reference_fraction=0`` and no ``val`` the members fit on every image
+    and :meth:`set_reference` must be called before scoring, e.g. with the polyp-free pixels of
+    frames that hold a polyp. :meth:`calibrate` then sets thresholds on the fused maps as for
+    any detector (it does not change the reference, so scores stay as they were).
+
+    Args:
+        members: ``[{"detector": NAME, "params": {...}, "seeds": [0, 1, 2]}, ...]`` (registry
+            names; ``seeds`` optional: one member per seed, a seed ensemble sharing the weight).
+        weights: one per ``members`` entry (normalised to sum 1; default equal).
+        standardise: ``"rank"`` or ``"robust"``.
+        topk: image score = mean of the top ``topk`` share of the fused map.
+        n_quantiles: quantiles of the healthy pixels kept per member for ``"rank"``.
+        reference_fraction: share of the training images held out for the reference when
+            :meth:`fit` gets no ``val`` (0: none; call :meth:`set_reference`).
+    """
+
+    input_kind = "image"
+    conformance_params = {"members": [{"detector": "intensity"},
+                                      {"detector": "pca", "params": {"n_components": 4}}],
+                          "weights": [0.5, 0.5]}
+    #: training options passed to members that take them (e.g. ``{"progress": False}``)
+    train_options: dict | None = None
+
+    def __init__(self, members: Sequence[dict] = (), weights: Sequence[float] | None = None,
+                 standardise: str = "rank", topk: float = 0.01, n_quantiles: int = 2049,
+                 reference_fraction: float = 0.2):
+        self._set_params(locals())
+
+    # ------------------------------------------------------------------ members
+    def _create_members(self) -> None:
+        from medad import registry
+
+        if self.standardise not in STANDARDISE:
+            raise ConfigError(f"map fusion: standardise must be one of {STANDARDISE}, not {self.standardise!r}")
+        specs = member_specs(self.members, self.weights)
+        self.members_ = []
+        for name, params, _ in specs:
+            det = registry.create(name, **params)
+            if det.input_kind != "image" or det.supervised:
+                raise ConfigError(f"map fusion members are one-class image detectors; {name!r} is not")
+            self.members_.append(det)
+        self.weights_ = np.array([w for _, _, w in specs])
+        self.stats_: list[np.ndarray] | None = None
+
+    def member_maps(self, x: np.ndarray) -> list[np.ndarray]:
+        """Every member's raw map of ``x`` ``(N, H, W)``, at the input's size."""
+        out = []
+        for det in self.members_:
+            m = det.score(x).map
+            if m is None:
+                raise ConfigError(f"map fusion member {det.name!r} makes no pixel map")
+            if m.shape[1:] != x.shape[2:]:
+                import torch
+
+                from medad.nets.image_encoders import upsample_map
+
+                m = upsample_map(torch.as_tensor(m, dtype=torch.float32), x.shape[2:]).numpy()
+            out.append(np.asarray(m, np.float32))
+        return out
+
+    def set_reference(self, healthy, foreground: np.ndarray | None = None) -> "MapFusion":
+        """Standardisation statistics of every member from its maps of the healthy images
+        ``healthy``, over the pixels inside ``foreground`` ``(N, H, W)`` when given (e.g. the
+        polyp-free pixels of frames that hold a polyp). Scores change with it: calibrate again."""
+        from medad.detectors.base import as_array
+
+        if not hasattr(self, "members_"):
+            raise NotFittedError("MapFusion is not fitted: call fit() before set_reference()")
+        x = as_array(healthy, name="healthy reference images")
+        self._check_input(x)
+        fg = None if foreground is None else np.asarray(foreground, bool)
+        maps = self.member_maps(x)
+        if fg is not None and fg.shape != maps[0].shape:
+            raise InputError(f"foreground {fg.shape} does not match the maps {maps[0].shape}")
+        self.stats_ = [reference_stats(m if fg is None else m[fg], self.standardise, self.n_quantiles)
+                       for m in maps]
+        return self
+
+    def fused_map(self, maps: Sequence[np.ndarray]) -> np.ndarray:
+        """Members' raw maps -> the weighted mean of their standardised maps ``(N, H, W)``."""
+        if self.stats_ is None:
+            raise NotFittedError("MapFusion has no healthy reference: call set_reference() or calibrate() first")
+        out = np.zeros(maps[0].shape, np.float64)
+        for m, st, w in zip(maps, self.stats_, self.weights_):
+            out += w * standardise(m, st, self.standardise)
+        return out.astype(np.float32)
+
+    # ------------------------------------------------------------------ contract
+    def _fit(self, x: np.ndarray, val: np.ndarray | None, y: np.ndarray | None) -> None:
+        self._create_members()
+        frac = float(self.reference_fraction)
+        if not 0 <= frac < 1:
+            raise ConfigError(f"map fusion: reference_fraction must be in [0, 1), got {frac}")
+        n_ref = 0 if val is not None or frac == 0 else max(1, int(round(frac * len(x))))
+        if n_ref and len(x) - n_ref < 1:
+            raise InputError(f"map fusion: {len(x)} training images leave none to fit on after holding out "
+                             f"{n_ref} for the healthy reference")
+        order = np.random.default_rng(0).permutation(len(x))
+        ref, fit_x = (x[order[:n_ref]], x[order[n_ref:]]) if n_ref else (val, x)
+        for det in self.members_:
+            if self.train_options is not None and hasattr(det, "train_options"):
+                det.train_options = dict(self.train_options)
+            det.fit(fit_x)
+        if ref is not None:
+            self.set_reference(ref)
+
+    def _score(self, x: np.ndarray) -> AnomalyResult:
+        import torch
+
+        from medad.nets.image_encoders import topk_mean
+
+        fused = self.fused_map(self.member_maps(x))
+        score = topk_mean(torch.from_numpy(fused), float(self.topk)).double().numpy()
+        return AnomalyResult(score=score, map=fused)
+
+    # ------------------------------------------------------------------ persistence
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Each member's arrays under ``member<i>/``, its own state, thresholds and the healthy
+        statistics: one folder, written atomically by :meth:`Detector.save`."""
+        if self.stats_ is None:
+            raise NotFittedError("MapFusion has no healthy reference: call set_reference() before saving")
+        arrays: dict[str, Any] = {}
+        extra: dict[str, Any] = {"members": []}
+        for i, (det, st) in enumerate(zip(self.members_, self.stats_)):
+            a, e = det._get_state()
+            arrays.update({f"member{i}/{k}": v for k, v in a.items()})
+            arrays[f"reference{i}"] = np.asarray(st, np.float64)
+            extra["members"].append({"name": det.name, "state": e,
+                                     "threshold": getattr(det, "threshold_", None),
+                                     "pixel_threshold": getattr(det, "pixel_threshold_", None)})
+        return arrays, extra
+
+    def _set_state(self, arrays: dict[str, Any], extra: dict[str, Any]) -> None:
+        self._create_members()
+        saved = extra.get("members") or []
+        if len(saved) != len(self.members_) or any(s.get("name") != d.name for s, d in zip(saved, self.members_)):
+            raise ReadError(f"saved map fusion holds members {[s.get('name') for s in saved]}, its parameters "
+                            f"describe {[d.name for d in self.members_]}", "config.json")
+        self.stats_ = []
+        for i, (det, info) in enumerate(zip(self.members_, saved)):
+            pre = f"member{i}/"
+            det._set_state({k[len(pre):]: v for k, v in arrays.items() if k.startswith(pre)}, info.get("state") or {})
+            det.threshold_, det.pixel_threshold_ = info.get("threshold"), info.get("pixel_threshold")
+            det.fitted_ = True
+            if f"reference{i}" not in arrays:
+                raise ReadError(f"saved map fusion lacks member {i}'s healthy reference", "weights.safetensors")
+            self.stats_.append(np.asarray(arrays[f"reference{i}"], np.float64))
