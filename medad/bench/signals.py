@@ -33,7 +33,7 @@ import numpy as np
 
 from medad.bench.common import markdown_table, write_benchmark
 from medad.detectors.base import threshold_at_fpr
-from medad.errors import InputError, MedadError
+from medad.errors import ConfigError, InputError, MedadError
 from medad.evaluation import auprc, auroc, group_kfold, sensitivity_specificity, split_by_subject
 from medad.transforms.signal import beat_feature_blocks, beat_rr_channels
 from medad.utils import Timer, peak_rss_mb
@@ -401,6 +401,7 @@ BONN_TEST_SELECTED = (BONN_SELECTED,)  # methods whose feature choice read the C
 # the same candidate pool chosen from on ANOTHER seizure recording (wang_chung: one patient's
 # scalp EEG, pre-ictal then ictal), never on Bonn labels: see select_groups_on_recording
 BONN_CANDIDATES = BONN_FREE_GROUPS + ["octaves", "sampen"]
+BONN_RHYTHM_CANDIDATES = BONN_CANDIDATES + ["rhythm", "sub_max", "sub_stability"]  # eeg_features.RHYTHM_GROUPS
 BONN_EXTERNAL = "features (no amplitude, groups chosen on wang_chung, per-site z, knn)"
 # a fixed fusion rule, set before its C,D vs E figure was seen: ScoreFusion (each member's window
 # score robust z-scored on the healthy A,B calibration windows, the two averaged) of the per-site
@@ -432,21 +433,49 @@ BONN_SITE_CODES = "seq_predictor codes (no amplitude, per-site z, knn)"
 BONN_SITE_SCORED = {BONN_SITE_SCORE: "score", BONN_SITE_CODES: "code"}  # label -> SiteScored mode
 BONN_FUSION_FREE = ("fusion: seq_predictor (no amplitude, per-site score z, error) + features (no amplitude, groups "
                     "chosen on wang_chung, per-site z, knn)")
+# Rhythmicity rows (medad.detectors.eeg_features), all amplitude-free. Rules written here before
+# any of their C,D vs E figures was computed; each run once on C,D vs E, all reported:
+# (R1) BONN_RHYTHM_EXTERNAL: the backward elimination on wang_chung (select_groups_on_recording)
+#      over the earlier pool PLUS the rhythm groups; per-site z, kNN (k=5) as BONN_EXTERNAL. On
+#      wang_chung kNN beat Mahalanobis (0.967 vs 0.964 on the chosen groups), so kNN.
+# (R2) BONN_REGULARITY: the REGULARITY_COLUMNS (entropies, autocorrelation and spectral-peak
+#      measures, sub-window extremes and stability), per-site z, then ONE-SIDED (only deviations
+#      towards 'more regular', signs fixed a priori in REGULARITY_SIGNS), kNN (k=5) on the A,B
+#      training windows' one-sided z. Why: the worst false positives of the two-sided rows were
+#      quiet set-D segments that look abnormal against scalp A,B in any direction; a seizure is
+#      expected to deviate towards regularity. Directions NOT taken from wang_chung: its ictal
+#      windows move towards higher frequencies and higher permutation entropy (scalp seizure with
+#      muscle activity), and one-sided scoring with its own (cross-fitted) signs lost AUROC there
+#      (0.967 -> 0.906) -- wang_chung cannot reward this rule, which targets a site shift it has not.
+# (R3) BONN_RHYTHM_ONLY: the three rhythm groups alone (rhythm, sub_max, sub_stability), per-site
+#      z, kNN: what the new features carry by themselves (wang_chung: 0.849).
+# (R4) BONN_FUSION_RHYTHM: BONN_FUSION_FREE's rule with R1's features in place of BONN_EXTERNAL's.
+BONN_RHYTHM_EXTERNAL = "features (no amplitude, pool + rhythm groups chosen on wang_chung, per-site z, knn)"
+BONN_REGULARITY = "features (no amplitude, regularity measures, per-site z, one-sided knn)"
+BONN_RHYTHM_ONLY = "features (no amplitude, rhythm groups only, per-site z, knn)"
+BONN_FUSION_RHYTHM = ("fusion: seq_predictor (no amplitude, per-site score z, error) + features (no amplitude, pool "
+                      "+ rhythm groups chosen on wang_chung, per-site z, knn)")
 
 
 def bonn_features(w: np.ndarray, sfreq: float, groups: Sequence[str]) -> np.ndarray:
     """Amplitude-free window features of ``groups``: :func:`signal_features` groups, plus
-    ``octaves`` (relative energy in :data:`BONN_OCTAVES`) and ``sampen`` (sample entropy on every
-    2nd sample: 4x fewer pairs, the EEG content is < 40 Hz)."""
+    ``octaves`` (relative energy in :data:`BONN_OCTAVES`), ``sampen`` (sample entropy on every
+    2nd sample: 4x fewer pairs, the EEG content is < 40 Hz) and the rhythmicity groups of
+    :func:`medad.detectors.eeg_features.rhythm_features` (``rhythm``, ``sub_max``,
+    ``sub_stability``), in that order whatever the order of ``groups``."""
+    from medad.detectors.eeg_features import RHYTHM_GROUPS, rhythm_features
     from medad.detectors.features import signal_features
     from medad.transforms.signal import sample_entropy
 
-    plain = [g for g in groups if g not in ("octaves", "sampen")]
+    plain = [g for g in groups if g not in ("octaves", "sampen", *RHYTHM_GROUPS)]
     blocks = [signal_features(w, sfreq, groups=plain)] if plain else []
     if "octaves" in groups:
         blocks.append(signal_features(w, sfreq, groups=["rel_bands"], bands=BONN_OCTAVES))
     if "sampen" in groups:
         blocks.append(sample_entropy(w, step=2))
+    rhythm = [g for g in groups if g in RHYTHM_GROUPS]
+    if rhythm:
+        blocks.append(rhythm_features(w, sfreq, rhythm))
     return np.concatenate(blocks, axis=1)
 
 
@@ -608,6 +637,9 @@ def bonn_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict[s
         "features (no amplitude, all groups, per-site z, knn)": ("features", pre, "site_features_free"),
         BONN_SELECTED: ("features", pre, "site_features_selected"),
         BONN_EXTERNAL: ("features", pre, "site_features_external"),
+        BONN_RHYTHM_EXTERNAL: ("features", pre, "site_features_rhythm_external"),
+        BONN_REGULARITY: ("features", pre, "site_regularity_one_sided"),
+        BONN_RHYTHM_ONLY: ("features", pre, "site_features_rhythm"),
         "cnn1d": ("cnn1d", {"channels": (8, 16, 32), "dilations": (1, 2), "stem_stride": 4, **common}, "windows"),
         "cnn2d": ("cnn2d", {"n_fft": 64, "hop": 16, "channels": (8, 16, 32), "dilations": (1,), **common}, "windows"),
         "lstm": ("lstm", {"frame_len": 32, "hidden_size": 32, **common}, "windows"),
@@ -627,9 +659,13 @@ def bonn_methods(quick: bool, epochs: int | None) -> dict[str, tuple[str, dict[s
     }
 
 
-def bonn_preparers(sfreq: float, external_groups: Sequence[str] | None = None) -> dict[str, Callable | None]:
+def bonn_preparers(sfreq: float, external_groups: Sequence[str] | None = None,
+                   rhythm_groups: Sequence[str] | None = None) -> dict[str, Callable | None]:
     """The per-site pipeline steps of :func:`bonn_methods` (``aux["site"]``: site per window);
-    ``external_groups``: the groups chosen on another recording (``site_features_external``)."""
+    ``external_groups``: the groups chosen on another recording (``site_features_external``);
+    ``rhythm_groups``: those chosen there from the pool with the rhythm groups
+    (``site_features_rhythm_external``)."""
+    from medad.detectors.eeg_features import REGULARITY_SIGNS, RHYTHM_GROUPS, one_sided, regularity_features
     from medad.detectors.features import signal_features
     from medad.transforms.signal import group_robust_zscore
 
@@ -647,7 +683,18 @@ def bonn_preparers(sfreq: float, external_groups: Sequence[str] | None = None) -
 
     out = {"windows": None, "site": site_windows, "site_packed": packed, "site_features": site_features(BONN_FREE_GROUPS + ["log_var"]),
            "site_features_free": site_features(BONN_FREE_GROUPS),
-           "site_features_selected": site_bonn_features(BONN_SELECTED_GROUPS + ["octaves", "sampen"])}
+           "site_features_selected": site_bonn_features(BONN_SELECTED_GROUPS + ["octaves", "sampen"]),
+           "site_features_rhythm": site_bonn_features(list(RHYTHM_GROUPS)),
+           "site_regularity_one_sided": lambda w, aux: one_sided(
+               group_robust_zscore(regularity_features(w, sfreq), aux["site"]), REGULARITY_SIGNS)}
+    if rhythm_groups:
+        out["site_features_rhythm_external"] = rex = site_bonn_features(list(rhythm_groups))
+        out["site_fusion_rhythm"] = lambda w, aux: [packed(w, aux), rex(w, aux)]  # BONN_FUSION_RHYTHM's
+    else:  # a step that says why, rather than a missing one (run_bonn drops the row then)
+        def unchosen(w, aux):
+            raise ConfigError(f"'{BONN_RHYTHM_EXTERNAL}' needs the groups chosen on wang_chung (rhythm_groups)")
+
+        out["site_features_rhythm_external"] = unchosen
     if external_groups:
         out["site_features_external"] = ext = site_bonn_features(list(external_groups))
         # BONN_FUSION's input, one array per member (the half-length condition shortens the windows)
@@ -656,8 +703,8 @@ def bonn_preparers(sfreq: float, external_groups: Sequence[str] | None = None) -
     return out
 
 
-def bonn_fusions(quick: bool, epochs: int | None, sfreq: float,
-                 external_groups: Sequence[str]) -> dict[str, tuple[list[tuple], list[int], str]]:
+def bonn_fusions(quick: bool, epochs: int | None, sfreq: float, external_groups: Sequence[str],
+                 rhythm_groups: Sequence[str] | None = None) -> dict[str, tuple[list[tuple], list[int], str]]:
     """Label -> (members, blocks, input) of the :class:`medad.detectors.fusion.ScoreFusion` rows:
     ``input`` names their step in :func:`bonn_preparers` (``site_fusion``, ``site_fusion_free``);
     the members are those of their single rows (a member ``(name, params, wrap)`` is used through
@@ -669,10 +716,18 @@ def bonn_fusions(quick: bool, epochs: int | None, sfreq: float,
     net, net_params, _ = m["seq_predictor (per-site amplitude)"]
     free, free_params, _ = m[BONN_SITE_SCORE]
     feat, feat_params, _ = m[BONN_EXTERNAL]
-    n_feat = bonn_features(np.zeros((1, 1, BONN_WINDOW), np.float32), sfreq, list(external_groups)).shape[1]
-    return {BONN_FUSION: ([(net, net_params), (feat, feat_params)], [BONN_WINDOW, n_feat], "site_fusion"),
-            BONN_FUSION_FREE: ([(free, {**free_params, "scoring": "error"}, partial(SiteScored, mode="score")),
-                                (feat, feat_params)], [BONN_WINDOW, n_feat], "site_fusion_free")}
+    width = lambda groups: bonn_features(np.zeros((1, 1, BONN_WINDOW), np.float32), sfreq,  # noqa: E731
+                                         list(groups)).shape[1]
+    free_net = (free, {**free_params, "scoring": "error"}, partial(SiteScored, mode="score"))
+    out = {}
+    if external_groups:
+        n_feat = width(external_groups)
+        out[BONN_FUSION] = ([(net, net_params), (feat, feat_params)], [BONN_WINDOW, n_feat], "site_fusion")
+        out[BONN_FUSION_FREE] = ([free_net, (feat, feat_params)], [BONN_WINDOW, n_feat], "site_fusion_free")
+    if rhythm_groups:
+        out[BONN_FUSION_RHYTHM] = ([free_net, (feat, feat_params)], [BONN_WINDOW, width(rhythm_groups)],
+                                   "site_fusion_rhythm")
+    return out
 
 
 def _amplitude_free(label: str) -> bool:
@@ -742,20 +797,31 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     data = [r.data[:, :4096] for r in recs]
     all_m = bonn_methods(quick, epochs)
     chosen = {k: v for k, v in all_m.items() if methods is None or k in methods or v[0] in methods}
-    fusion_wanted = [f for f in (BONN_FUSION, BONN_FUSION_FREE) if methods is None or f in methods or "fusion" in methods]
+    fusion_wanted = [f for f in (BONN_FUSION, BONN_FUSION_FREE, BONN_FUSION_RHYTHM)
+                     if methods is None or f in methods or "fusion" in methods]
     want_fusion = bool(fusion_wanted)
-    external = None
-    if BONN_EXTERNAL in chosen or want_fusion:  # their groups are chosen on another seizure recording first
+
+    def choose_on_wang_chung(candidates: Sequence[str], row: str) -> dict[str, Any]:
+        """Groups chosen from ``candidates`` on wang_chung; on failure ``row`` is dropped."""
         from medad.datasets.signals import load_wang_chung
 
-        print("[bonn] choosing feature groups on wang_chung", flush=True)
+        print(f"[bonn] choosing feature groups on wang_chung from {', '.join(candidates)}", flush=True)
         try:
-            external = select_groups_on_recording(load_wang_chung(dataset_root("wang_chung", data_root=data_root)))
-            print(f"  chosen: {', '.join(external['groups'])} (wang_chung AUROC {external['auroc']:.3f})", flush=True)
+            sel = select_groups_on_recording(load_wang_chung(dataset_root("wang_chung", data_root=data_root)),
+                                             candidates)
+            print(f"  chosen: {', '.join(sel['groups'])} (wang_chung AUROC {sel['auroc']:.3f})", flush=True)
+            return sel
         except MedadError as e:
-            external = {"failed": str(e)}
-            chosen.pop(BONN_EXTERNAL)
-    preps = bonn_preparers(BONN_SFREQ, None if external is None else external.get("groups"))
+            chosen.pop(row, None)
+            return {"failed": str(e)}
+
+    # their groups are chosen on another seizure recording first
+    external = (choose_on_wang_chung(BONN_CANDIDATES, BONN_EXTERNAL)
+                if BONN_EXTERNAL in chosen or {BONN_FUSION, BONN_FUSION_FREE} & set(fusion_wanted) else None)
+    rhythm = (choose_on_wang_chung(BONN_RHYTHM_CANDIDATES, BONN_RHYTHM_EXTERNAL)
+              if BONN_RHYTHM_EXTERNAL in chosen or BONN_FUSION_RHYTHM in fusion_wanted else None)
+    preps = bonn_preparers(BONN_SFREQ, None if external is None else external.get("groups"),
+                           None if rhythm is None else rhythm.get("groups"))
     results: dict[str, dict[str, Any]] = {}
     curves: dict[str, dict[str, tuple]] = {}
 
@@ -822,9 +888,13 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
         for lab, one in runs:
             record(lab, one, "one-class, trained on A,B only" + ("" if mode is None else f"; per-site {mode} step "
                                                                  "(SiteScored)"))
-    if want_fusion and "site_fusion" in preps:
-        fusions = bonn_fusions(quick, epochs, BONN_SFREQ, external["groups"])
+    if want_fusion:
+        fusions = bonn_fusions(quick, epochs, BONN_SFREQ, (external or {}).get("groups", []),
+                               (rhythm or {}).get("groups"))
         for label in fusion_wanted:
+            if label not in fusions or fusions[label][2] not in preps:
+                print(f"[bonn] skipped {label}: its features could not be chosen", flush=True)
+                continue
             members, blocks, inputs = fusions[label]
             print(f"[bonn] one-class: {label}", flush=True)
             record(label, _safe(run_fusion, members, blocks, preps[inputs], train, calib, tests, conds,
@@ -916,6 +986,27 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
                    "of every channel (features z-scored per channel with them), AUROC of the rest of the pre-ictal "
                    "windows vs the ictal ones; no Bonn label is read",
             **external}} if external is not None else {}),
+        "rhythm_rows": f"amplitude-free rhythmicity rows (medad.detectors.eeg_features: every window z-scored first), "
+                       "rules written in the code before any of their C,D vs E figures was computed, each run once, "
+                       f"all reported. '{BONN_RHYTHM_EXTERNAL}': the wang_chung backward elimination (as "
+                       "external_selection) over the earlier pool plus the groups rhythm (Welch spectrum in 1-30 Hz: log "
+                       "peak prominence, spectral entropy, share of power within 1 Hz of the peak), sub_max (over 2 s "
+                       "sub-windows at half overlap: highest autocorrelation peak at 0.1-1 s, lowest permutation "
+                       "entropy, highest peak prominence) and sub_stability (variation of the zero-crossing rate and of "
+                       "the log std over the sub-windows); kNN kept because it beat Mahalanobis on wang_chung (0.967 vs "
+                       f"0.964). '{BONN_REGULARITY}': 13 regularity measures (permutation entropy at delays 1, 2, 4; "
+                       "autocorrelation peak; sample entropy; the rhythm, sub_max and sub_stability columns), per-site "
+                       "z, then one-sided: each column kept only on the side a priori more seizure-like (more regular: "
+                       "lower entropies, higher autocorrelation and peak measures, steadier sub-windows; signs in "
+                       "eeg_features.REGULARITY_COLUMNS, from the regularity literature, which includes studies on Bonn "
+                       "set E, so not independent of this data set), clipped at 0 on the other; kNN (k=5) on the A,B "
+                       "training windows. Chosen against wang_chung's verdict: there the ictal windows move towards "
+                       "higher frequencies and permutation entropy (scalp seizure with muscle activity) and one-sided "
+                       "scoring with wang_chung's own cross-fitted signs fell from 0.967 to 0.906; the rule targets the "
+                       "site shift (set D looking abnormal against A,B in other directions) that wang_chung cannot "
+                       f"show. '{BONN_RHYTHM_ONLY}': the three new groups alone (wang_chung 0.849). "
+                       f"'{BONN_FUSION_RHYTHM}': the BONN_FUSION_FREE rule with the first row's features",
+        **({"rhythm_selection": {"method": BONN_RHYTHM_EXTERNAL, **rhythm}} if rhythm is not None else {}),
         "caveat": "Bonn has no subject ids: segment-wise splits are optimistic; A,B are scalp EEG of volunteers "
                   "while C,D,E are intracranial, so A,B vs E is nearly trivial. The added feature groups and the "
                   "per-site step were chosen after looking at C,D vs E figures of this benchmark (there is no "
@@ -932,6 +1023,9 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     if reused:
         protocol["reused"] = reused
     if merged is not None:  # which rows this run made, and where the others come from
+        # protocol notes of the kept rows (e.g. their selection record) that this run did not rewrite
+        protocol = {**{k: v for k, v in prev.get("protocol", {}).items() if k not in ("merged", "reused")},
+                    **protocol}
         protocol["merged"] = f"this run: {'; '.join(rerun) or 'nothing'}; every other row is kept from {merged}"
     md = _markdown("Bonn EEG", protocol, results, goals)
     write_benchmark(out, "bonn", {"protocol": protocol, "results": results, "goals": goals}, md)
