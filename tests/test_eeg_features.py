@@ -74,7 +74,8 @@ def test_sub_windows_and_one_sided():
 
 
 def test_bonn_rhythm_steps_are_per_site_and_amplitude_free():
-    from medad.bench.signals import (BONN_REGULARITY, BONN_RHYTHM_CANDIDATES, BONN_RHYTHM_EXTERNAL, bonn_methods,
+    from medad.bench.signals import (BONN_REGULARITY, BONN_RHYTHM_CANDIDATES, BONN_RHYTHM_EXTERNAL, BONN_RHYTHM_WHITE,
+                                     bonn_methods,
                                      bonn_preparers)
 
     assert set(RHYTHM_GROUPS) <= set(BONN_RHYTHM_CANDIDATES)
@@ -83,7 +84,7 @@ def test_bonn_rhythm_steps_are_per_site_and_amplitude_free():
     site = np.array(["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3)
     preps = bonn_preparers(SFREQ, ["zcr"], ["rel_bands", "sub_max"])
     methods = bonn_methods(quick=True, epochs=1)
-    for label in (BONN_REGULARITY, BONN_RHYTHM_EXTERNAL):
+    for label in (BONN_REGULARITY, BONN_RHYTHM_EXTERNAL, BONN_RHYTHM_WHITE):
         step = preps[methods[label][2]]
         f = step(w, {"site": site})
         louder = w.copy()
@@ -95,3 +96,19 @@ def test_bonn_rhythm_steps_are_per_site_and_amplitude_free():
     assert one[6:].sum() > 3 * one[:6].sum()
     with pytest.raises(ConfigError, match="rhythm_groups"):
         bonn_preparers(SFREQ, ["zcr"])[methods[BONN_RHYTHM_EXTERNAL][2]](w, {"site": site})
+
+
+def test_group_whiten_aligns_sites_and_ignores_a_minority_of_outliers():
+    from medad.detectors.eeg_features import group_whiten
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((400, 3)) @ np.array([[1.0, 0.9, 0.0], [0.0, 0.3, 0.0], [0.0, 0.0, 1.0]])
+    b = rng.standard_normal((400, 3)) * [5.0, 1.0, 0.2] + 3.0
+    b[:80] += [0.0, 0.0, 4.0]  # a fifth of site b far out along its narrowest direction
+    w = group_whiten(np.r_[a, b], np.r_[np.zeros(400), np.ones(400)])
+    np.testing.assert_allclose(np.cov(w[:400].T), np.eye(3), atol=0.15)  # site a: decorrelated
+    np.testing.assert_allclose(np.cov(w[480:].T), np.eye(3), atol=0.2)  # site b's normal items too
+    assert np.abs(np.median(w[480:], axis=0)).max() < 0.15  # the outliers did not move the centre
+    assert np.median(np.linalg.norm(w[400:480], axis=1)) > 10.0  # and stand out after whitening
+    few = group_whiten(np.r_[a[:5], b[:5]], np.r_[np.zeros(5), np.ones(5)])  # too few: z-scored only
+    np.testing.assert_allclose(np.median(few[:5], axis=0), 0.0, atol=1e-6)
