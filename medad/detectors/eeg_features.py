@@ -28,6 +28,7 @@ a resampled recording).
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -94,13 +95,10 @@ def peak_share(freqs: np.ndarray, psd: np.ndarray, half_width: float = 1.0) -> n
 def autocorr_peak(x: np.ndarray, sfreq: float, lags: tuple[float, float] = (0.1, 1.0)) -> np.ndarray:
     """Height of the highest autocorrelation peak (normalised, biased estimate) at ``lags`` s of
     centred series along the last axis: near 1 for a clean rhythm in that range, ~0 for noise."""
-    from scipy.fft import irfft, rfft
+    from medad.detectors.features import autocorrelation
 
     t = x.shape[-1]
-    xc = x - x.mean(-1, keepdims=True)
-    spec = rfft(xc, 2 * t, axis=-1, workers=1)
-    ac = irfft(spec.real ** 2 + spec.imag ** 2, axis=-1, workers=1)[..., :t]
-    ac = ac / np.maximum(ac[..., :1], 1e-20)
+    ac = autocorrelation(x - x.mean(-1, keepdims=True))
     lo = max(1, int(round(lags[0] * sfreq)))
     hi = min(t - 1, int(round(lags[1] * sfreq)) + 1)
     if hi <= lo:
@@ -203,7 +201,9 @@ def group_whiten(f: np.ndarray, groups: np.ndarray, *, seed: int = 0) -> np.ndar
         m = groups == g
         if m.sum() < 2 * z.shape[1] + 2:
             continue
-        mcd = MinCovDet(random_state=seed).fit(z[m])
+        with warnings.catch_warnings():  # a rank-deficient support is handled by the eigenvalue floor below
+            warnings.filterwarnings("ignore", message=".*not full rank", category=UserWarning)
+            mcd = MinCovDet(random_state=seed).fit(z[m])
         vals, vecs = np.linalg.eigh(mcd.covariance_)
         # floor: directions with under 1/1000 of the largest variance are not blown up into noise
         inv_sqrt = (vecs / np.sqrt(np.maximum(vals, 1e-3 * vals.max()))) @ vecs.T

@@ -176,16 +176,23 @@ def permutation_entropy(x: np.ndarray, order: int = 4, delay: int = 1) -> np.nda
     return h.reshape(lead).astype(np.float32)
 
 
-def _autocorr_features(xc: np.ndarray, sfreq: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Rhythmicity of centred windows ``(N, C, T)``: height and lag (s) of the highest
-    autocorrelation peak at lags of 0.05-1 s (20-1 Hz rhythms), and the decorrelation time (s,
-    first lag where the autocorrelation turns negative)."""
+def autocorrelation(xc: np.ndarray) -> np.ndarray:
+    """Normalised (biased) autocorrelation of centred series along the last axis, lags 0..T-1
+    (1 at lag 0; via a zero-padded FFT, so no circular wrap-around)."""
     from scipy.fft import irfft, rfft
 
     t = xc.shape[-1]
     spec = rfft(xc, 2 * t, axis=-1, workers=1)
     ac = irfft(spec.real ** 2 + spec.imag ** 2, axis=-1, workers=1)[..., :t]
-    ac = ac / np.maximum(ac[..., :1], 1e-20)
+    return ac / np.maximum(ac[..., :1], 1e-20)
+
+
+def _autocorr_features(xc: np.ndarray, sfreq: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rhythmicity of centred windows ``(N, C, T)``: height and lag (s) of the highest
+    autocorrelation peak at lags of 0.05-1 s (20-1 Hz rhythms), and the decorrelation time (s,
+    first lag where the autocorrelation turns negative)."""
+    t = xc.shape[-1]
+    ac = autocorrelation(xc)
     lo = max(1, int(round(0.05 * sfreq)))
     hi = max(lo + 1, min(t - 1, int(round(1.0 * sfreq)) + 1))
     seg = ac[..., lo:hi]
