@@ -161,3 +161,21 @@ def test_polyp_fusion_config_trains_and_screens_through_the_frames_pipeline(tmp_
     assert isinstance(det, MapFusion) and len(det.members_) == len(specs)
     summary = screen_frames(tmp_path / "model", frames, tmp_path / "out", overlays=False)
     assert summary["n_frames_screened"] == 10
+
+
+def test_cutpaste_tta_map_turns_with_the_image():
+    """With ``tta`` the map of a turned / mirrored frame is the turned map (8 views averaged);
+    without it, it is not."""
+    torch = pytest.importorskip("torch")
+    from medad import registry
+
+    x, _ = _images(12, 0)
+    x = np.repeat(x, 3, axis=1)
+    torch.manual_seed(0)
+    det = registry.create("cutpaste", image_size=16, channels=(4, 8), epochs=1, batch_size=4, rotate=True,
+                          smooth_sigma=0.0).fit(x)
+    turned = np.ascontiguousarray(np.rot90(x[:3], 1, (2, 3))[..., ::-1])
+    assert not np.allclose(det.score(turned).map, np.rot90(det.score(x[:3]).map, 1, (1, 2))[..., ::-1], atol=1e-4)
+    det.tta = True
+    np.testing.assert_allclose(det.score(turned).map, np.rot90(det.score(x[:3]).map, 1, (1, 2))[..., ::-1],
+                               atol=1e-5)

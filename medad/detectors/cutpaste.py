@@ -252,6 +252,9 @@ class CutPasteDetector(PrepStatsMixin, TorchDetector):
         mask_background: zero the map off tissue (see ``tissue_level``): nothing is learned there.
         smooth_sigma: Gaussian smoothing of the map (working pixels) before scoring, so isolated
             pixels count less than coherent regions.
+        tta: average the net's output over the input and its left-right mirror image and, when
+            trained with ``rotate`` on square inputs, their 90-degree turns (8 views; 2 otherwise):
+            a steadier map at 2-8 x the inference cost.
         epochs, batch_size, lr, seed, device: training settings.
     """
 
@@ -261,7 +264,7 @@ class CutPasteDetector(PrepStatsMixin, TorchDetector):
     def __init__(self, image_size: int | None = 64, channels: Sequence[int] = (16, 32, 64),
                  p_anomaly: float = 0.8, area: Sequence[float] = (0.01, 0.12), topk: float = 0.01,
                  smooth_sigma: float = 1.0, corruption: str = "generic",
-                 tissue_level: float = 0.05, rotate: bool = False, mask_background: bool = False,
+                 tissue_level: float = 0.05, rotate: bool = False, mask_background: bool = False, tta: bool = False,
                  epochs: int = 20, batch_size: int = 32, lr: float = 1e-3, seed: int = 0, device: str = "auto"):
         self._set_params(locals())
 
@@ -303,7 +306,13 @@ class CutPasteDetector(PrepStatsMixin, TorchDetector):
 
         from medad.nets.image_encoders import gaussian_blur, topk_mean, upsample_map
 
-        prob = torch.sigmoid(net(net.prep(xb)))[:, 0]
+        turns = 4 if self.rotate and xb.shape[-1] == xb.shape[-2] else 1  # the turns seen in training
+        views = [(k, f) for k in range(turns) for f in ((), (-1,))] if self.tta else [(0, ())]
+        prob = 0
+        for k, flip in views:  # each view's output turned back onto the input's pixels
+            v = torch.rot90(xb.flip(flip) if flip else xb, k, (-2, -1))
+            out = torch.rot90(torch.sigmoid(net(net.prep(v)))[:, 0], -k, (-2, -1))
+            prob = prob + (out.flip(flip) if flip else out) / len(views)
         m = upsample_map(gaussian_blur(prob, float(self.smooth_sigma)), xb.shape[-2:])
         if self.mask_background:
             m = m * (xb.mean(1) > float(self.tissue_level)).to(m.dtype)
