@@ -139,11 +139,8 @@ class ScoreFusion:
     def set_reference(self, healthy) -> np.ndarray:
         """Standardisation statistics of every member from healthy calibration items; returns
         the members' raw scores of those items ``(M, N)``."""
-        from medad.transforms.signal import robust_scale
-
         raw = self.member_scores(healthy)
-        med, scale = robust_scale(raw, axis=1, eps=1e-12)
-        self.stats_ = np.concatenate([med, scale], axis=1)
+        self.stats_ = np.stack([reference_stats(r, "robust") for r in raw])
         return raw
 
     def calibrate(self, healthy, *, fpr: float = 0.05) -> "ScoreFusion":
@@ -160,7 +157,7 @@ class ScoreFusion:
         if self.stats_ is None:
             raise NotFittedError("ScoreFusion has no reference: call set_reference() or calibrate() on healthy "
                                  "items first")
-        return (np.asarray(raw, np.float64) - self.stats_[:, :1]) / self.stats_[:, 1:]
+        return np.stack([standardise(r, st, "robust") for r, st in zip(np.asarray(raw, np.float64), self.stats_)])
 
     def fused(self, raw: np.ndarray) -> np.ndarray:
         """Member scores ``(M, N)`` -> the fused score ``(N,)``: mean of the robust z-scores."""
