@@ -305,7 +305,9 @@ class MapFusion(Detector):
     Args:
         members: ``[{"detector": NAME, "params": {...}, "seeds": [0, 1, 2]}, ...]`` (registry
             names; ``seeds`` optional: one member per seed, a seed ensemble sharing the weight).
-        weights: one per ``members`` entry (normalised to sum 1; default equal).
+        weights: one per ``members`` entry (normalised to sum 1; default equal). With ``"robust"``
+            they also trade the members' tails: a sharp map (e.g. a segmenter's sigmoid, healthy
+            IQR near 0) reaches z-scores far above a smooth one's, so equal weights let it decide.
         standardise: ``"rank"`` or ``"robust"``.
         topk: image score = mean of the top ``topk`` share of the fused map.
         n_quantiles: quantiles of the healthy pixels kept per member for ``"rank"``.
