@@ -43,7 +43,10 @@ class TrainConfig:
         weight_decay: AdamW weight decay.
         seed: seeds initialisation order, shuffling and augmentation.
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
-        amp: mixed precision on CUDA (ignored on CPU).
+        amp: mixed precision on CUDA (ignored on CPU): bfloat16 where the GPU supports it (same
+            exponent range as float32, so no loss scaling and no float16 overflow -- a small
+            diffusion U-Net with attention trained under float16 autocast hit a NaN loss after
+            ~4500 steps on an H100), else float16 with a gradient scaler.
         checkpoint_dir: where ``last.ckpt`` goes (None: no checkpoints).
         checkpoint_every: also checkpoint every N optimiser steps (0: only per epoch/interrupt).
         resume: continue from ``checkpoint_dir/last.ckpt`` if it exists.
@@ -80,6 +83,14 @@ class TrainResult:
     epochs_done: int = 0
     seconds: float = 0.0
     resumed_from_step: int | None = None
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """Autocast dtype of mixed-precision training on ``device``: bfloat16 on a CUDA GPU that
+    supports it (no loss scaling needed), else float16."""
+    if device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
 
 
 def _dist_info() -> tuple[bool, int, int]:
@@ -160,7 +171,8 @@ def train(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[torch.nn.
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+    dtype = amp_dtype(device)
+    scaler = torch.amp.GradScaler("cuda") if use_amp and dtype == torch.float16 else None
 
     ckpt_path = Path(cfg.checkpoint_dir) / CHECKPOINT_NAME if cfg.checkpoint_dir else None
     result = TrainResult()
@@ -221,7 +233,7 @@ def train(model: torch.nn.Module, dataset: Dataset, loss_fn: Callable[[torch.nn.
                 batch = [b.to(device, non_blocking=True) if isinstance(b, torch.Tensor) else b
                          for b in (batch if isinstance(batch, (list, tuple)) else [batch])]
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, enabled=use_amp):
+                with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
                     loss = loss_fn(train_model, batch)
                 if not torch.isfinite(loss):
                     raise ConfigError(f"training diverged: loss is {loss.item()} at step {step}")

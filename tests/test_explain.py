@@ -328,3 +328,30 @@ def test_bench_part_header_says_where_figures_come_from():
     assert "run of D1" in old and "torch threads 2" in old and "earlier GradientSHAP" in old
     new = _part_header(_kept(previous, "bonn"))
     assert "earlier GradientSHAP" not in new
+
+
+class _LSTMScore(nn.Module):
+    """A recurrent scorer (B, C, T) -> (B,), like the LSTM/GRU beat models."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.LSTM(2, 8, batch_first=True)
+        self.head = nn.Linear(8, 1)
+
+    def forward(self, x):
+        out, _ = self.rnn(x.transpose(1, 2))
+        return self.head(out[:, -1]).squeeze(-1)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+def test_gradient_maps_of_a_recurrent_model_in_eval_mode(device):
+    """Gradient maps of an LSTM in eval mode (on a GPU, cuDNN refuses the RNN backward outside
+    training mode: medad explain of a seq_ae model failed there); the model stays in eval mode
+    and its maps are finite and not all zero."""
+    torch.manual_seed(0)
+    net = _LSTMScore().eval()
+    x = np.random.default_rng(0).normal(size=(2, 2, 40)).astype(np.float32)
+    for method in ("ig", "gradient_shap"):
+        m = explain(net, x, method=method, spatial_dims=1, device=device, n_samples=8)
+        assert m.shape == (2, 40) and np.isfinite(m).all() and np.abs(m).max() > 0
+    assert not net.training and torch.backends.cudnn.enabled

@@ -313,10 +313,17 @@ def evaluating_on(wrapped: ScalarModel, device) -> Iterator[ScalarModel]:
     # Each submodule's own flag: ``train(flag)`` is recursive, so restoring the fresh wrapper
     # (training=True) would switch the wrapped network, and its dropout / batch norm, to training.
     modes = [(m, m.training) for net in nets for m in net.modules()]
+    # cuDNN computes an LSTM/GRU's backward pass only in training mode ("cudnn RNN backward can
+    # only be called in training mode": gradient maps of a recurrent model failed on a GPU); the
+    # native kernels differentiate in eval mode, so cuDNN is off for the block where an RNN is
+    # explained on CUDA.
+    rnn = any(isinstance(m, torch.nn.RNNBase) for net in nets for m in net.modules())
+    cudnn_off = rnn and torch.device(device).type == "cuda"
     try:
         for m in nets:
             m.eval().to(device)
-        yield wrapped
+        with torch.backends.cudnn.flags(enabled=False) if cudnn_off else contextlib.nullcontext():
+            yield wrapped
     finally:
         for m, training in modes:
             m.training = training
