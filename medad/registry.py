@@ -30,6 +30,7 @@ _MODULES = (
     "medad.detectors.classifier",
     "medad.detectors.pca",
     "medad.detectors.descriptor_knn",
+    "medad.detectors.fusion",
 )
 
 
