@@ -25,6 +25,17 @@ def get_device(device: str | None = None):
     return torch.device(device)
 
 
+def device_description(device: str | None = None) -> str:
+    """What ``device`` (as :func:`get_device` resolves it) is, for records of where a model was
+    trained: the GPU's name, or the CPU with torch's thread count."""
+    import torch
+
+    d = get_device(device)
+    if d.type == "cuda":
+        return f"{torch.cuda.get_device_name(d)} (cuda)"
+    return f"CPU, {torch.get_num_threads()} torch threads"
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     import torch

@@ -558,7 +558,7 @@ def _fit_single(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Se
     from tqdm.auto import tqdm
 
     from medad import registry
-    from medad.utils import Timer
+    from medad.utils import Timer, device_description
 
     x, _, ids = healthy_items(cfg, train, train_lesions)
     xv, bv, _ = healthy_items(cfg, val, val_lesions)
@@ -573,7 +573,8 @@ def _fit_single(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Se
     model = BrainModel(det, cfg, info={"train_subjects": sorted(set(ids.tolist())), "n_train_slices": int(len(x)),
                                        "val_subjects": [v.record.subject_id for v in val],
                                        "n_val_slices": int(len(xv)), "item_unit": unit,
-                                       "train_seconds": round(t.seconds, 2)})
+                                       "train_seconds": round(t.seconds, 2),
+                                       "trained_on": device_description(getattr(det, "device", None))})
     return model.calibrate(val, exclude=val_lesions, progress=progress)
 
 

@@ -52,6 +52,10 @@ def test_goal_lines_name_the_best_deep_detector():
     assert "0.960 (vae)" in lines[1] and lines[1].endswith("-> reached")
     assert lines[2].endswith("NOT reached")
     assert "NOT for flair/vae" in lines[3] and "NOT for t1c/dae" in lines[4]
+    # a model trained on a GPU never counts as trained within the CPU budget, however short its train s
+    gpu = {**row("flair", "ddpm", 0.5, 0.5, train=100.0), "trained_on": "NVIDIA H100 80GB HBM3 (cuda)"}
+    cpu = {**row("flair", "ae", 0.5, 0.5, train=100.0), "trained_on": "CPU, 2 torch threads"}
+    assert _goal_lines([gpu, cpu])[2] == "training under 30 min on 2 CPU cores: NOT for flair/ddpm trained on a GPU"
 
 
 def test_t1c_adds_the_healthy_t1_scans_and_does_not_reuse_models_fitted_without_them(tmp_path):

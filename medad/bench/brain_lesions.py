@@ -363,6 +363,7 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
         "train_subjects": model.info["train_subjects"], "val_subjects": model.info["val_subjects"],
         "n_train_slices": model.info["n_train_slices"], "n_val_slices": model.info["n_val_slices"],
         "item_unit": model.info.get("item_unit", "slices"), "model_loaded_from": model.info.get("loaded_from"),
+        "trained_on": model.info.get("trained_on"),  # a model trained elsewhere (e.g. a GPU), loaded from --models-dir
         "train_seconds": round(model.info["train_seconds"], 2), "fit_and_calibrate_seconds": round(t_fit.seconds, 2),
         "inference_seconds_per_volume": round(float(np.mean(infer)), 2), "peak_memory_mb": round(peak_rss_mb(), 1),
         "torch_threads": _threads(),
@@ -430,6 +431,10 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if merged:
         lines += ["Rows kept from an earlier run of the same benchmark (`--merge`): "
                   + "; ".join(f"{r['modality']} / {r['detector']} (run {r.get('run_date')})" for r in merged), ""]
+    elsewhere = [r for r in results if _trained_on_gpu(r)]
+    if elsewhere:
+        lines += ["Rows whose model was trained on a GPU (their train s were taken there; scoring ran on this CPU): "
+                  + "; ".join(f"{r['modality']} / {r['detector']}: {r['trained_on']}" for r in elsewhere), ""]
     head = ["modality", "detector", "Dice (calibrated)", "Dice (optimistic)", "AUPRC", "pixel AUROC",
             "mean case Dice", "core recall", "oedema recall", "train s", "infer s/vol", "threads", "peak MB"]
     rows = [[r["modality"], r["detector"], r["pooled"]["dice"], r["pooled"]["dice_optimistic"], r["pooled"]["auprc"],
@@ -533,6 +538,12 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def _trained_on_gpu(r: dict[str, Any]) -> bool:
+    """Whether a row's model was trained on a GPU (rows record ``trained_on``; older rows do not,
+    and were all trained on the CPU)."""
+    return bool(r.get("trained_on")) and not str(r["trained_on"]).startswith("CPU")
+
+
 def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
     """Best deep detector per modality against the issue's goals, and the cost limits."""
     out = []
@@ -544,7 +555,8 @@ def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
             v = best["pooled"][key]
             out.append(f"{mod} {'Dice (calibrated)' if key == 'dice' else key.upper()}: best deep {v:.3f} "
                        f"({best['detector']}) vs goal {goal} -> {'reached' if v >= goal else 'NOT reached'}")
-    slow = [f"{r['modality']}/{r['detector']} {r['train_seconds']:.0f} s" for r in deep if r["train_seconds"] > 1800]
+    slow = [f"{r['modality']}/{r['detector']} " + ("trained on a GPU" if _trained_on_gpu(r) else f"{r['train_seconds']:.0f} s")
+            for r in deep if r["train_seconds"] > 1800 or _trained_on_gpu(r)]
     out.append("training under 30 min on 2 CPU cores: " + ("all deep detectors" if not slow else "NOT for " + ", ".join(slow)))
     slow = [f"{r['modality']}/{r['detector']} {r['inference_seconds_per_volume']:.1f} s"
             + (f" ({r['torch_threads']} thread{'s' if r['torch_threads'] > 1 else ''})" if "torch_threads" in r else "")
