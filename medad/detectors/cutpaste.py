@@ -318,8 +318,3 @@ class CutPasteDetector(PrepStatsMixin, TorchDetector):
             m = m * (xb.mean(1) > float(self.tissue_level)).to(m.dtype)
         return topk_mean(m, float(self.topk)), m
 
-
-# map_fusion (medad.detectors.fusion) registers on import; the registry's module list does not
-# name that module yet, so it comes with this one (configs/images_fusion_polyp.yaml fuses
-# cutpaste maps). Drop this once medad/registry.py lists "medad.detectors.fusion".
-from medad.detectors import fusion as _fusion  # noqa: E402,F401
