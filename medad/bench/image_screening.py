@@ -384,8 +384,6 @@ def _kvasir_frame_specs(quick: bool, n_train: int = 300) -> dict[str, tuple[str,
     anomaly segmenter trained on polyp-like bumps (:func:`medad.detectors.cutpaste.synthesize_polyps`)
     on the tissue of the polyp-free frames, at 64 px; chosen on the same held-out frames
     (:data:`KVASIR_POLYP_SELECTION`)."""
-    import medad.detectors.fusion  # noqa: F401  (registers map_fusion)
-
     batch = 16
     patchstats = _patchstats_params(quick, texture=False, masked=True, highlights=False, blur_sigma=2.0)
     cutpaste = {"image_size": 64, "channels": (16, 32, 64, 128), "corruption": "polyp", "area": (0.04, 0.4),
