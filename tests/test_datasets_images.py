@@ -246,3 +246,11 @@ def test_item_dataset_with_transforms(loaded):
     vol = ItemDataset(loaded["nichart_flair"][:1])[0]
     assert vol["image"].shape == vol["mask"].shape == (1, 110, 110, 87)
     assert torch.allclose(vol["mask"].affine, vol["image"].affine)
+
+
+def test_yolo_box_mask_covers_every_pixel_a_box_touches():
+    from medad.datasets.images import yolo_box_mask
+
+    m = yolo_box_mask([(0, 0.5, 0.5, 0.5, 0.25), (1, 0.1, 0.1, 0.05, 0.05)], 8, 8)
+    assert m[3:5, 2:6].all() and m.sum() == 8 + 1  # a 4 x 2 box and a box inside pixel (0, 0)
+    assert not yolo_box_mask([], 4, 6).any() and yolo_box_mask([], 4, 6).shape == (4, 6)

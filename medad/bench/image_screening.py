@@ -23,7 +23,6 @@ other jobs: figures are inflated by contention). Thresholds always come from hea
 
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from pathlib import Path
@@ -615,7 +614,7 @@ def _task_kvasir(root: Path, quick: bool, only) -> dict[str, Any]:
 
 
 def _task_wce(root: Path, quick: bool, only) -> dict[str, Any]:
-    from medad.datasets.images import load_wce_bleedgen
+    from medad.datasets.images import load_wce_bleedgen, yolo_box_mask
     from medad.evaluation import auroc
 
     S = 64
@@ -631,10 +630,7 @@ def _task_wce(root: Path, quick: bool, only) -> dict[str, Any]:
     train, cal = x_n[order[n_cal:]], x_n[order[:n_cal]]
     x_te = _load_images([it.path for it in test], S, grey=False)
     y_te = np.array([it.label == "bleeding" for it in test])
-    boxes = np.zeros((len(test), S, S), bool)
-    for i, it in enumerate(test):
-        for _, cx, cy, w, h in it.extra.get("boxes", []):
-            boxes[i, int((cy - h / 2) * S):int(math.ceil((cy + h / 2) * S)), int((cx - w / 2) * S):int(math.ceil((cx + w / 2) * S))] = True
+    boxes = np.stack([yolo_box_mask(it.extra.get("boxes", []), S, S) for it in test])
 
     def box_share(maps, flagged):
         shares = []

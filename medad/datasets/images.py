@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import re
 from pathlib import Path
 from typing import Callable, Sequence
+
+import numpy as np
 
 from medad.datasets import Item, assign_splits
 from medad.errors import ReadError
@@ -288,6 +291,16 @@ def read_yolo_boxes(path: Path) -> list[tuple[int, float, float, float, float]]:
             raise ReadError(f"line {n}: expected 'class cx cy w h' normalised to [0, 1], got {line!r}", path)
         boxes.append((c, cx, cy, w, h))
     return boxes
+
+
+def yolo_box_mask(boxes, height: int, width: int) -> np.ndarray:
+    """Boolean ``(height, width)`` mask of YOLO boxes (``(class, cx, cy, w, h)`` normalised, as
+    :func:`read_yolo_boxes` gives them): every pixel a box touches (start rounded down, end up)."""
+    mask = np.zeros((int(height), int(width)), bool)
+    for _, cx, cy, w, h in boxes:
+        mask[int((cy - h / 2) * height):int(math.ceil((cy + h / 2) * height)),
+             int((cx - w / 2) * width):int(math.ceil((cx + w / 2) * width))] = True
+    return mask
 
 
 def load_wce_bleedgen(root: str | Path, *, seed: int = 0, fractions=DEFAULT_FRACTIONS) -> list[Item]:
