@@ -528,7 +528,9 @@ def fit_brain_model(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val
         info = {k: members[0].info[k] for k in ("train_subjects", "val_subjects", "n_train_slices", "n_val_slices",
                                                 "item_unit")}
         info.update(members=[m.config.detector for m in members],
-                    train_seconds=round(sum(m.info["train_seconds"] for m in members), 2))
+                    train_seconds=round(sum(m.info["train_seconds"] for m in members), 2),
+                    trained_on="; ".join(dict.fromkeys(m.info["trained_on"] for m in members
+                                                       if m.info.get("trained_on"))) or None)
         model = BrainModel(None, cfg, info=info, members=members).calibrate(val, exclude=val_lesions, progress=progress)
     else:
         model = _fit_single(cfg, train, val, train_lesions, val_lesions, progress)

@@ -63,6 +63,8 @@ def test_fitted_models_are_reused(tmp_path):
     ens = fit_brain_model(BrainLesionConfig(detector="ensemble", members=[INTENSITY, other.to_dict()]),
                           vols[:2], vols[2:], progress=False, fitted=fitted)
     assert ens.members[0] is m1 and len(fitted) == 3
+    # where it was trained is recorded (the benchmark keeps GPU-trained rows out of the CPU budget)
+    assert m1.info["trained_on"].startswith("CPU") and ens.info["trained_on"] == m1.info["trained_on"]
     from pipelines.brain_lesions import config_key
 
     # settings left at their defaults do not enter the key (a setting added later keeps old keys valid)

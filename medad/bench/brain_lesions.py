@@ -539,9 +539,10 @@ def _threads() -> int:
 
 
 def _trained_on_gpu(r: dict[str, Any]) -> bool:
-    """Whether a row's model was trained on a GPU (rows record ``trained_on``; older rows do not,
-    and were all trained on the CPU)."""
-    return bool(r.get("trained_on")) and not str(r["trained_on"]).startswith("CPU")
+    """Whether a row's model (or any member of an ensemble) was trained on a GPU (rows record
+    ``trained_on``, :func:`medad.utils.device_description`; older rows do not, and were all
+    trained on the CPU)."""
+    return "cuda" in str(r.get("trained_on") or "")
 
 
 def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
