@@ -179,3 +179,21 @@ def test_cutpaste_tta_map_turns_with_the_image():
     det.tta = True
     np.testing.assert_allclose(det.score(turned).map, np.rot90(det.score(x[:3]).map, 1, (1, 2))[..., ::-1],
                                atol=1e-5)
+
+
+def test_epochs_override_reaches_the_members_that_train_in_epochs():
+    """`medad images train --epochs N` with a map-fusion config: the members that train in epochs
+    get N (the fusion itself has no epochs parameter), the others are left as they are."""
+    from pathlib import Path
+
+    from medad.detectors.fusion import with_epochs
+    from medad.errors import ConfigError
+    from pipelines.frames import FramesConfig
+
+    cfg = FramesConfig.from_yaml(Path(__file__).resolve().parents[1] / "configs" / "images_fusion_polyp.yaml")
+    out = with_epochs(cfg.detector, cfg.detector_params, 2)
+    got = {m["detector"]: (m.get("params") or {}).get("epochs") for m in out["members"]}
+    assert got == {"cutpaste": 2, "patchstats": None}
+    assert with_epochs("ae", {"lr": 1e-3}, 3) == {"lr": 1e-3, "epochs": 3}
+    with pytest.raises(ConfigError, match="no member"):
+        with_epochs("map_fusion", {"members": [{"detector": "pca"}]}, 2)

@@ -32,7 +32,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             if v is not None:
                 setattr(cfg, k, v)
         if epochs is not None:
-            cfg.detector_params = {**cfg.detector_params, "epochs": epochs}
+            from medad.detectors.fusion import with_epochs
+
+            cfg.detector_params = with_epochs(cfg.detector, cfg.detector_params, epochs)
         det = train_frames(normal, out, cfg)
         typer.echo(f"{det.name} model written to {out} (frame threshold {det.threshold_:.4g}, "
                    f"from held-out normal frames at fpr={cfg.fpr})")

@@ -282,6 +282,26 @@ def member_specs(members: Sequence[dict], weights: Sequence[float] | None) -> li
     return [(n, p, v / total) for n, p, v in out]
 
 
+def with_epochs(detector: str, params: dict, epochs: int) -> dict:
+    """``params`` of the registry detector ``detector`` with its training epochs set to
+    ``epochs`` (e.g. a command line's ``--epochs``); for ``map_fusion``, on every member whose
+    detector trains in epochs (a memory bank or a statistics model has none)."""
+    import inspect
+
+    from medad import registry
+
+    if detector != "map_fusion":
+        return {**params, "epochs": int(epochs)}
+    members, changed = [], 0
+    for m in params.get("members") or []:
+        takes = isinstance(m, dict) and "epochs" in inspect.signature(registry.get(str(m.get("detector"))).__init__).parameters
+        members.append({**m, "params": {**(m.get("params") or {}), "epochs": int(epochs)}} if takes else m)
+        changed += bool(takes)
+    if not changed:
+        raise ConfigError("epochs: no member of this map fusion trains in epochs")
+    return {**params, "members": members}
+
+
 @register("map_fusion")
 class MapFusion(Detector):
     """Weighted mean of several image detectors' pixel maps, each standardised on healthy pixels.
