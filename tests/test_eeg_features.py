@@ -75,8 +75,7 @@ def test_sub_windows_and_one_sided():
 
 def test_bonn_rhythm_steps_are_per_site_and_amplitude_free():
     from medad.bench.signals import (BONN_REGULARITY, BONN_RHYTHM_CANDIDATES, BONN_RHYTHM_EXTERNAL, BONN_RHYTHM_WHITE,
-                                     bonn_methods,
-                                     bonn_preparers)
+                                     bonn_methods, bonn_preparers)
 
     assert set(RHYTHM_GROUPS) <= set(BONN_RHYTHM_CANDIDATES)
     noise, rhythm = _noise_and_rhythm()

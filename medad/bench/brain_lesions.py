@@ -90,7 +90,7 @@ def _read_mask(path: Path, like) -> np.ndarray:
 def _read_lesion(path: Path, like) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A BraTS label volume read once: the lesion (any label) and its :data:`REGIONS`, as boolean
     masks on ``like``'s grid."""
-    labels = np.rint(_read_on_grid(path, like, "mask")).astype(np.int16)
+    labels = np.rint(_read_on_grid(path, like, "label")).astype(np.int16)
     return labels > 0, {name: np.isin(labels, values) for name, values in REGIONS.items()}
 
 
@@ -290,7 +290,7 @@ class BenchData:
         from tqdm.auto import tqdm
 
         from medad.io.volumes import read_volume
-        from medad.transforms.brain import BrainPrepConfig, preprocess_volume
+        from medad.transforms.brain import preprocess_volume
 
         key = json.dumps([modality, prep.to_dict()], sort_keys=True)
         if key in self._cache:

@@ -317,4 +317,3 @@ class CutPasteDetector(PrepStatsMixin, TorchDetector):
         if self.mask_background:
             m = m * (xb.mean(1) > float(self.tissue_level)).to(m.dtype)
         return topk_mean(m, float(self.topk)), m
-

@@ -122,14 +122,15 @@ def rhythm_features(x: np.ndarray, sfreq: float, groups: Sequence[str] = RHYTHM_
     n, c, _ = x.shape
     z = _zscore_windows(x)
     feats: list[np.ndarray] = []
-    sub = None
+    raw_sub = sub = None
     for g in groups:
         if g == "rhythm":
             f, p = band_spectrum(z, sfreq, band)
             feats += [peak_prominence(p), band_entropy(p), peak_share(f, p)]
             continue
         if sub is None:
-            sub = _zscore_windows(sub_windows(z, int(round(sub_seconds * sfreq))))  # (N, C, S, L)
+            raw_sub = sub_windows(z, int(round(sub_seconds * sfreq)))  # (N, C, S, L)
+            sub = _zscore_windows(raw_sub)
         if g == "sub_max":
             _, ps = band_spectrum(sub, sfreq, band, seg_seconds=None)
             feats += [autocorr_peak(sub, sfreq).max(-1), permutation_entropy(sub, order=4, delay=2).min(-1),
@@ -137,7 +138,7 @@ def rhythm_features(x: np.ndarray, sfreq: float, groups: Sequence[str] = RHYTHM_
         else:  # sub_stability
             zc = (np.signbit(sub[..., 1:]) != np.signbit(sub[..., :-1])).mean(-1)
             # the log std of the sub-windows of the window-z-scored series (not the re-z-scored ones)
-            lsd = np.log(sub_windows(z, int(round(sub_seconds * sfreq))).std(-1) + 1e-6)
+            lsd = np.log(raw_sub.std(-1) + 1e-6)
             feats += [zc.std(-1) / np.maximum(zc.mean(-1), 1e-6), lsd.std(-1)]
     return np.stack(feats, axis=-1).reshape(n, -1).astype(np.float32)
 

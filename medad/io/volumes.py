@@ -12,7 +12,6 @@ Patient identity (name, id, birth date) is never copied into ``meta``.
 from __future__ import annotations
 
 from contextlib import contextmanager
-
 from pathlib import Path
 from typing import Any
 

@@ -208,8 +208,7 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
     for folder in folders:
         try:
             case = (read_case(folder / CASE_FILE) if (folder / CASE_FILE).is_file()
-                    else _generic_case(folder, root, summaries.get(folder.parent.resolve() if folder != root
-                                                                   else root.resolve())
+                    else _generic_case(folder, root, summaries.get(folder.parent.resolve())
                                        or summaries.get(folder.resolve(), {})))
             page = write_case_report(folder / REPORT_FILE, case)
             done.append((case, str(page.relative_to(root))))
