@@ -572,11 +572,12 @@ def _fit_single(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Se
         det.fit(x, val=xv)
         bar.update(1)
     det.calibrate(xv, fpr=cfg.slice_fpr, pixel_fpr=cfg.pixel_fpr, foreground=bv[:, 0])
+    # a detector without a torch device (intensity, asymmetry) is fitted on the CPU even where a GPU is present
     model = BrainModel(det, cfg, info={"train_subjects": sorted(set(ids.tolist())), "n_train_slices": int(len(x)),
                                        "val_subjects": [v.record.subject_id for v in val],
                                        "n_val_slices": int(len(xv)), "item_unit": unit,
                                        "train_seconds": round(t.seconds, 2),
-                                       "trained_on": device_description(getattr(det, "device", None))})
+                                       "trained_on": device_description(getattr(det, "device", "cpu"))})
     return model.calibrate(val, exclude=val_lesions, progress=progress)
 
 
