@@ -31,6 +31,7 @@ _MODULES = (
     "medad.detectors.pca",
     "medad.detectors.descriptor_knn",
     "medad.detectors.fusion",
+    "medad.detectors.lung_ct",
 )
 
 
