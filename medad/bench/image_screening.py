@@ -827,6 +827,12 @@ LUNG_SELECTION = {
 }
 
 
+# The pre-registered lung rows were run once (benchmarks/image-screening.md): AUROC lung_knn 0.444
+# (primary), lung_density 0.460, lung_mahalanobis 0.431. Post hoc (after that run; no setting
+# changed by it): single lung features separate COVID from non-COVID test slices at AUROC
+# 0.41-0.59, so no scoring of these features can approach 0.85 (configs/images_lung_knn.yaml).
+
+
 def _task_covid(root: Path, quick: bool, only) -> dict[str, Any]:
     from medad import registry
     from medad.datasets.images import load_covid_ct

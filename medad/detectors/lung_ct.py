@@ -21,7 +21,7 @@ Features are robust-scaled with the training slices' median and interquartile ra
   opacities raise (:data:`DENSER`): only lungs *denser* than normal count, so other unusual
   slices (emphysema, a different window) do not.
 
-The map is the local (Gaussian, ``map_sigma`` px) mean density inside the lungs, in robust
+The map is the local (Gaussian, ``map_sigma`` px, lung pixels only) mean density inside the lungs, in robust
 z-units of the training slices' lung pixels, clipped at 0 and 0 outside the lungs: where the
 lung is denser than aerated lung usually is.
 """
@@ -202,7 +202,10 @@ class LungCTDetector(Detector):
         sig = float(self.map_sigma)
         for u, seg in self._slices(x):
             feats.append(_lung_features(u, seg))
-            local = cv2.GaussianBlur(u, (0, 0), sig)
+            # blurred inside the lungs only (normalised convolution): the bright chest wall and
+            # mediastinum must not bleed into the rim of the lung map
+            w = seg.mask.astype(np.float32)
+            local = cv2.GaussianBlur(u * w, (0, 0), sig) / np.maximum(cv2.GaussianBlur(w, (0, 0), sig), 1e-3)
             m = np.where(seg.mask, np.clip((local - self.pixel_ref_[0]) / self.pixel_ref_[1], 0, None), 0)
             if m.shape != x.shape[-2:]:
                 m = cv2.resize(m.astype(np.float32), (int(x.shape[-1]), int(x.shape[-2])), interpolation=cv2.INTER_LINEAR)
