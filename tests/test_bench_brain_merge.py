@@ -39,6 +39,35 @@ def test_merge_rejects_a_file_that_is_not_a_benchmark(tmp_path):
         _merge_rows([], [tmp_path / "missing"], order=["flair"])
 
 
+def _case_row(det, cases):
+    """A benchmark row from per-case (true positive, lesion, predicted) ml."""
+    per = {f"c{i}": {"dice": 2 * tp / (les + pred), "lesion_ml": les, "predicted_ml": pred}
+           for i, (tp, les, pred) in enumerate(cases)}
+    tp, les, pred = np.sum(cases, axis=0)
+    return {"modality": "flair", "detector": det, "per_case": per, "pooled": {"dice": 2 * tp / (les + pred)}}
+
+
+def test_dice_interval_over_cases_and_paired_difference():
+    from medad.bench.brain_lesions import dice_interval
+
+    a = _case_row("a", [(8, 10, 10), (40, 50, 45), (5, 10, 20), (30, 40, 30)])
+    est, lo, hi = dice_interval(a)
+    assert est == pytest.approx(a["pooled"]["dice"]) and lo < est < hi
+    # cases all alike: no spread
+    same = _case_row("s", [(8, 10, 10)] * 4)
+    assert dice_interval(same)[1:] == pytest.approx((0.8, 0.8))
+    # paired with itself: exactly 0; a row better on every case: the whole interval above 0
+    assert dice_interval(a, a) == pytest.approx((0.0, 0.0, 0.0))
+    better = _case_row("b", [(9, 10, 10), (45, 50, 45), (8, 10, 20), (35, 40, 30)])
+    d, lo, hi = dice_interval(better, a)
+    assert d == pytest.approx(better["pooled"]["dice"] - a["pooled"]["dice"]) and 0 < lo <= d <= hi
+    # rows without predicted volumes, or on other cases, give no interval
+    old = {**a, "per_case": {k: {"dice": v["dice"], "lesion_ml": v["lesion_ml"]} for k, v in a["per_case"].items()}}
+    assert dice_interval(old) is None
+    other = {**a, "per_case": {f"x{k}": v for k, v in a["per_case"].items()}}
+    assert dice_interval(a, other) is None
+
+
 def test_goal_lines_name_the_best_deep_detector():
     from medad.bench.brain_lesions import _goal_lines
 

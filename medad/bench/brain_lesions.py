@@ -435,12 +435,23 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if elsewhere:
         lines += ["Rows whose model was trained on a GPU (their train s were taken there; scoring ran on this CPU): "
                   + "; ".join(f"{r['modality']} / {r['detector']}: {r['trained_on']}" for r in elsewhere), ""]
-    head = ["modality", "detector", "Dice (calibrated)", "Dice (optimistic)", "AUPRC", "pixel AUROC",
-            "mean case Dice", "core recall", "oedema recall", "train s", "infer s/vol", "threads", "peak MB"]
-    rows = [[r["modality"], r["detector"], r["pooled"]["dice"], r["pooled"]["dice_optimistic"], r["pooled"]["auprc"],
-             r["pooled"]["auroc"], r["mean_over_cases"]["dice"], *_region_cells(r["pooled"]), r["train_seconds"],
-             r["inference_seconds_per_volume"], r.get("torch_threads", "–"), r["peak_memory_mb"]] for r in results]
+    head = ["modality", "detector", "Dice (calibrated)", "Dice 95 % CI (cases)", "minus intensity (paired CI)",
+            "Dice (optimistic)", "AUPRC", "pixel AUROC", "mean case Dice", "core recall", "oedema recall", "train s",
+            "infer s/vol", "threads", "peak MB"]
+    rows = []
+    for r in results:
+        ref = _reference_row(results, r["modality"])
+        d = None if ref is None or ref is r else dice_interval(r, ref)
+        rows.append([r["modality"], r["detector"], r["pooled"]["dice"], _interval_text(dice_interval(r)),
+                     "–" if d is None else f"{d[0]:+.3f} {_interval_text(d)}", r["pooled"]["dice_optimistic"],
+                     r["pooled"]["auprc"], r["pooled"]["auroc"], r["mean_over_cases"]["dice"],
+                     *_region_cells(r["pooled"]), r["train_seconds"], r["inference_seconds_per_volume"],
+                     r.get("torch_threads", "–"), r["peak_memory_mb"]])
     lines += ["## Pooled over the 4 test cases", "", markdown_table(head, rows), "",
+              "Dice 95 % CI (cases): percentile bootstrap of the pooled calibrated Dice over the 4 test cases (2000 "
+              "resamples); minus intensity: the pooled Dice minus that of the modality's `intensity` row, the same "
+              "cases resampled for both. With 4 cases these intervals are rough and run narrow: they say how much "
+              "the figure rests on one case, not what another 4 cases would give. "
               "core / oedema recall: share of the tumour core (OTMultiClass 1, 3, 4) / of the oedema (2) inside the "
               "calibrated mask (–: not computed in the run that made the row)." + _ceiling_text(results)]
     head2 = ["modality", "detector", "case", "lesion ml", "Dice (cal.)", "Dice (opt.)", "AUPRC", "AUROC",
@@ -545,6 +556,48 @@ def _trained_on_gpu(r: dict[str, Any]) -> bool:
     return "cuda" in str(r.get("trained_on") or "")
 
 
+def _case_counts(r: dict[str, Any]) -> np.ndarray | None:
+    """Per test case ``(true positive, lesion, predicted)`` ml of a row's calibrated mask, ``(cases, 3)``,
+    from its per-case Dice and volumes (Dice = 2 TP / (lesion + predicted)); ``None`` for rows without
+    the predicted volume."""
+    cases = list(r.get("per_case", {}).values())
+    if not cases or any("predicted_ml" not in m for m in cases):
+        return None
+    return np.array([[m["dice"] * (m["lesion_ml"] + m["predicted_ml"]) / 2, m["lesion_ml"], m["predicted_ml"]]
+                     for m in cases], float)
+
+
+def _pooled_dice(c: np.ndarray) -> float:
+    return float(2 * c[:, 0].sum() / max(c[:, 1].sum() + c[:, 2].sum(), 1e-12))
+
+
+def dice_interval(r: dict[str, Any], ref: dict[str, Any] | None = None, *, n_boot: int = 2000,
+                  seed: int = 0) -> tuple[float, float, float] | None:
+    """95 % bootstrap interval over the test CASES of a row's pooled calibrated Dice, or with ``ref``
+    (a row on the same cases) of the difference ``r - ref`` (the same resampled cases for both):
+    ``(estimate, low, high)``; ``None`` where the counts are missing. With 4 cases the interval is
+    rough (a percentile bootstrap over so few cases runs narrow): it shows how much one case moves
+    the figure, not a population range."""
+    from medad.evaluation import bootstrap_ci
+
+    a = _case_counts(r)
+    b = None if ref is None else _case_counts(ref)
+    if a is None or (ref is not None and (b is None or list(ref["per_case"]) != list(r["per_case"]))):
+        return None
+    if b is None:
+        return bootstrap_ci(_pooled_dice, a, n_boot=n_boot, seed=seed)
+    return bootstrap_ci(lambda x, y: _pooled_dice(x) - _pooled_dice(y), a, b, n_boot=n_boot, seed=seed)
+
+
+def _reference_row(results: list[dict[str, Any]], modality: str) -> dict[str, Any] | None:
+    """The modality's intensity baseline row (the 2D pipeline one, as the deep rows are scored)."""
+    return next((r for r in results if r["modality"] == modality and r["detector"] == "intensity"), None)
+
+
+def _interval_text(iv: tuple[float, float, float] | None) -> str:
+    return "–" if iv is None else f"[{iv[1]:.3f}, {iv[2]:.3f}]"
+
+
 def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
     """Best deep detector per modality against the issue's goals, and the cost limits."""
     out = []
@@ -554,8 +607,15 @@ def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
         for key, goal in goals if rows else ():
             best = max(rows, key=lambda r: r["pooled"][key])
             v = best["pooled"][key]
+            extra = ""
+            if key == "dice":  # how far one case moves it, and the paired difference to the baseline
+                ref, iv = _reference_row(results, mod), dice_interval(best)
+                extra = "" if iv is None else f", 95 % case-bootstrap interval {_interval_text(iv)}"
+                d = None if ref is None else dice_interval(best, ref)
+                if d is not None:
+                    extra += f"; minus the intensity baseline {d[0]:+.3f} {_interval_text(d)}"
             out.append(f"{mod} {'Dice (calibrated)' if key == 'dice' else key.upper()}: best deep {v:.3f} "
-                       f"({best['detector']}) vs goal {goal} -> {'reached' if v >= goal else 'NOT reached'}")
+                       f"({best['detector']}{extra}) vs goal {goal} -> {'reached' if v >= goal else 'NOT reached'}")
     slow = [f"{r['modality']}/{r['detector']} " + ("trained on a GPU" if _trained_on_gpu(r) else f"{r['train_seconds']:.0f} s")
             for r in deep if r["train_seconds"] > 1800 or _trained_on_gpu(r)]
     out.append("training under 30 min on 2 CPU cores: " + ("all deep detectors" if not slow else "NOT for " + ", ".join(slow)))
