@@ -36,6 +36,28 @@ def device_description(device: str | None = None) -> str:
     return f"CPU, {torch.get_num_threads()} torch threads"
 
 
+def walk_folders(root: str | Path) -> list[Path]:
+    """``root`` and every folder below it, sorted, FOLLOWING symbolic links to folders (``Path.rglob``
+    does not, so a case folder linked into a study folder would be missed); a link back to a folder
+    already visited is not entered twice."""
+    root = Path(root)
+    seen, out = set(), []
+    for d, subdirs, _ in os.walk(root, followlinks=True):
+        real = os.path.realpath(d)
+        if real in seen:  # a link loop or a second link to the same folder
+            subdirs[:] = []
+            continue
+        seen.add(real)
+        out.append(Path(d))
+    return sorted(out)
+
+
+def walk_files(root: str | Path, pattern: str = "*") -> list[Path]:
+    """Files below ``root`` (links to folders followed, see :func:`walk_folders`) whose name
+    matches ``pattern`` (``fnmatch``), sorted."""
+    return sorted(f for d in walk_folders(root) for f in d.glob(pattern) if f.is_file())
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     import torch
