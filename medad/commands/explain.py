@@ -26,9 +26,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                               help="show patient name/id from the DICOM/EDF header (off by default)"),
         normalise: str = typer.Option("none", help="none, zscore or minmax (must match training)"),
         sfreq: Optional[float] = typer.Option(None, help="signals: sampling rate (text files) or resampling rate"),
-        top_k: int = typer.Option(3, help="slices/windows explained by perturbation methods"),
-        n_samples: Optional[int] = typer.Option(None, help="KernelSHAP/LIME evaluations, GradientSHAP samples"),
-        n_segments: Optional[int] = typer.Option(None, help="superpixels/supervoxels/time segments"),
+        top_k: int = typer.Option(3, min=1, help="slices/windows explained by perturbation methods (>= 1)"),
+        n_samples: Optional[int] = typer.Option(None, min=10, help="KernelSHAP/LIME evaluations, GradientSHAP samples "
+                                                                    "(>= 10: fewer leave the map empty)"),
+        n_segments: Optional[int] = typer.Option(None, min=2, help="superpixels/supervoxels/time segments (>= 2)"),
         device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
         mask_pattern: Optional[str] = typer.Option(None, help="brain models: glob of the scan's brain mask in its "
                                                               "folder (default: the model's, as `medad brain score`)"),
