@@ -44,6 +44,26 @@ def _merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# the configs that come with medad (a source checkout or an editable install: <repo>/configs)
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _config_file(p: Path) -> Path:
+    """``p`` itself when it is a file; otherwise, for a relative path or a bare name
+    (``brain_intensity``), the config of that name that comes with medad (:data:`CONFIG_DIR`), so
+    ``--config configs/brain_intensity.yaml`` also works outside the repository folder."""
+    if p.is_file():
+        return p
+    if not p.is_absolute():
+        names = [p.name] if p.suffix in (".yaml", ".yml") else [p.name + ".yaml", p.name + ".yml"]
+        for name in names:
+            if (CONFIG_DIR / name).is_file():
+                return CONFIG_DIR / name
+    known = sorted(f.stem for f in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    hint = f"; configs that come with medad (give a name, e.g. {known[0]}): {', '.join(known)}" if known else ""
+    raise ConfigError("config file not found" + hint, p)
+
+
 def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML config into a dict, with a clear error naming the file.
 
@@ -52,9 +72,7 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     """
     import yaml
 
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError("config file not found", p)
+    p = _config_file(Path(path))
     try:
         cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:

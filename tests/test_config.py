@@ -50,3 +50,19 @@ def test_unknown_detector_parameter_is_a_config_error():
     with pytest.raises(ConfigError, match=r"unknown parameter\(s\) for detector 'ae': chanels; known: .*channels"):
         registry.create("ae", chanels=[8, 16])
     assert registry.create("ae", channels=[8, 16]).channels == [8, 16]
+
+
+def test_configs_that_come_with_medad_are_found_by_name_from_anywhere(tmp_path, monkeypatch):
+    """`--config configs/brain_intensity.yaml` run outside the repository, or `--config
+    brain_intensity`, read medad's own config; an unknown name lists the ones there are."""
+    from medad.config import CONFIG_DIR, load_config
+    from medad.errors import ConfigError
+
+    monkeypatch.chdir(tmp_path)
+    own = load_config(CONFIG_DIR / "brain_intensity.yaml")
+    assert load_config("configs/brain_intensity.yaml") == own == load_config("brain_intensity")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "brain_intensity.yaml").write_text("detector: ae\n")  # a file that exists wins
+    assert load_config("configs/brain_intensity.yaml") == {"detector": "ae"}
+    with pytest.raises(ConfigError, match="config file not found; configs that come with medad.*brain_intensity"):
+        load_config("no_such_config")
