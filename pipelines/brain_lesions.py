@@ -32,7 +32,6 @@ import numpy as np
 
 from medad.config import dataclass_from_dict
 from medad.errors import ConfigError, InputError, MedadError, ReadError
-from medad.io.volumes import DICOM_SUFFIXES
 from medad.transforms.brain import (
     BrainPrepConfig, PreparedVolume, from_model_grid, postprocess_map, preprocess_volume,
     remove_small_components, slices_to_volume,
@@ -238,13 +237,22 @@ def output_patterns() -> tuple[str, ...]:
 
 
 def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: str | None = None,
-               exclude_patterns: Sequence[str] = ()) -> list[Scan]:
-    """Every scan under ``folder`` (recursively): files matching ``image_pattern``, with their brain
-    mask when ``mask_pattern`` finds one in the same folder, and every DICOM series (a folder of
-    slices) as one scan. A single file is a folder of one scan."""
+               exclude_patterns: Sequence[str] = (), *,
+               excluded: list[tuple[Path, str]] | None = None) -> list[Scan]:
+    """Every scan under ``folder`` (recursively, links to folders followed): files matching
+    ``image_pattern``, with their brain mask when ``mask_pattern`` finds one in the same folder,
+    and every DICOM series (a folder of slices, found by extension or by content, so slices with
+    no extension count) as one scan. A single file is a folder of one scan.
+
+    A file whose name matches one of ``exclude_patterns`` is left out when it looks like a mask or
+    label map (:func:`_label_reason`); one holding a scan's continuous intensities (e.g.
+    ``Subj10_FL_skullstripped_masked.nii.gz``) is kept. Each file left out is appended to
+    ``excluded`` as ``(path, reason)``. Scans whose ids would collide get distinct ones
+    (:func:`_unique_ids`)."""
     import fnmatch
 
-    from medad.io.volumes import subject_from_path
+    from medad.io.volumes import is_dicom_slice, subject_from_path
+    from medad.utils import walk_files
 
     root = Path(folder)
     if not root.exists():
@@ -253,34 +261,94 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
         return [Scan(_scan_id(root, root.parent), root)]
     series_dirs = _dicom_series_scans(root)
     out = [s for scans in series_dirs.values() for s in scans]
-    skip = (*exclude_patterns, *output_patterns())
-    for p in sorted(root.rglob(image_pattern)):
-        if not p.is_file() or any(fnmatch.fnmatch(p.name, e) for e in skip):
-            continue
-        if p.parent in series_dirs and p.suffix.lower() in DICOM_SUFFIXES:
+    left_out: list[tuple[Path, str]] = []
+    mask_glob = mask_pattern.replace("{stem}", "*") if mask_pattern else None
+    outputs = output_patterns()
+    for p in dict.fromkeys(walk_files(root, image_pattern)):  # a pattern with '/' may list a file twice
+        if any(fnmatch.fnmatch(p.name, o) for o in outputs):
+            continue  # a map medad wrote (re-scoring a results folder), never a scan
+        if p.parent in series_dirs and is_dicom_slice(p):
             continue  # a slice of a series already found as one scan
+        if mask_glob and fnmatch.fnmatch(p.name, mask_glob):
+            continue  # a brain mask named by the config's mask pattern, not a scan
+        hit = next((e for e in exclude_patterns if fnmatch.fnmatch(p.name, e)), None)
+        if hit is not None:
+            why = _label_reason(p, hit)
+            if why is not None:
+                left_out.append((p, why))
+                continue
         mask = None
         if mask_pattern:
             pat = mask_pattern.format(stem=subject_from_path(p)) if "{stem}" in mask_pattern else mask_pattern
-            if fnmatch.fnmatch(p.name, mask_pattern.replace("{stem}", "*")):
-                continue  # a mask file, not a scan
             cands = sorted(q for q in p.parent.glob(pat) if q != p)
             mask = cands[0] if cands else None
         out.append(Scan(_scan_id(p, root), p, mask))
+    if excluded is not None:
+        excluded.extend(left_out)
     if not out:
-        raise ReadError(f"no scans matching {image_pattern!r} found", root)
-    return out
+        extra = (f" ({len(left_out)} file(s) left out as masks/labels by the exclude patterns, e.g. "
+                 f"{left_out[0][0].name}: {left_out[0][1]})") if left_out else ""
+        raise ReadError(f"no scans matching {image_pattern!r} found{extra}", root)
+    return _unique_ids(out)
+
+
+#: a file named like a mask is left out when it holds at most this many distinct values (a mask, e.g.
+#: BraTS's float 0 / 0.99999997 brain mask), or integers only and at most LABEL_MAX_INTEGER_VALUES
+#: (a label map such as a FreeSurfer aseg); a scan has thousands of distinct intensities
+LABEL_MAX_VALUES = 16
+LABEL_MAX_INTEGER_VALUES = 256
+
+
+def _label_reason(path: Path, pattern: str) -> str | None:
+    """Why a file whose name matches the exclude glob ``pattern`` is left out (it holds few distinct
+    values, or cannot be read), or ``None`` when it holds a scan's continuous intensities."""
+    from medad.io.volumes import read_volume
+
+    try:
+        data = read_volume(path).data
+    except MedadError as e:  # left out by its name, as the pattern says; say why it was not checked
+        return f"name matches exclude pattern {pattern!r} (content not checked: {e.problem})"
+    vals = np.unique(data[::2, ::2, ::2])  # every 8th voxel: plenty to tell labels from intensities
+    n = int(vals.size)
+    if n <= LABEL_MAX_VALUES or (n <= LABEL_MAX_INTEGER_VALUES and bool(np.all(vals == np.round(vals)))):
+        return f"name matches exclude pattern {pattern!r} and it holds {n} distinct values (a mask or label map)"
+    return None
+
+
+def _unique_ids(scans: list[Scan]) -> list[Scan]:
+    """Give scans whose ids collide (``a.nii`` beside ``a.nii.gz``; folder ``p/s`` beside file
+    ``p_s.nii.gz``) distinct ids -- their parent folder's name in front, then ``_2``, ``_3``...
+    behind -- so one scan's results never overwrite another's; other ids are unchanged."""
+    from collections import Counter
+
+    for step in ("parent", "counter"):
+        counts = Counter(s.scan_id for s in scans)
+        if max(counts.values(), default=0) < 2:
+            break
+        seen: Counter = Counter()
+        for s in scans:
+            if counts[s.scan_id] < 2:
+                continue
+            if step == "parent":
+                s.scan_id = f"{s.path.parent.name}_{s.scan_id}"
+            else:
+                seen[s.scan_id] += 1
+                if seen[s.scan_id] > 1:
+                    s.scan_id = f"{s.scan_id}_{seen[s.scan_id]}"
+    return scans
 
 
 def _dicom_series_scans(root: Path) -> dict[Path, list[Scan]]:
-    """Folders under ``root`` (itself included) holding DICOM slices (by extension) -> one scan per
-    DICOM series of more than one file in them (a series is one volume, not a folder of scans; a
-    single DICOM file is found as a file). A folder SimpleITK cannot scan is left to the file loop."""
-    from medad.io.volumes import list_dicom_series
+    """Folders under ``root`` (itself included, links followed) holding DICOM slices (by extension
+    or by the 'DICM' magic) -> one scan per DICOM series of more than one file in them (a series is
+    one volume, not a folder of scans; a single DICOM file is found as a file). A folder SimpleITK
+    cannot scan is left to the file loop."""
+    from medad.io.volumes import is_dicom_slice, list_dicom_series
+    from medad.utils import walk_folders
 
     out: dict[Path, list[Scan]] = {}
-    for d in [root, *sorted(q for q in root.rglob("*") if q.is_dir())]:
-        if not any(f.is_file() and f.suffix.lower() in DICOM_SUFFIXES for f in d.iterdir()):
+    for d in walk_folders(root):
+        if not any(f.is_file() and is_dicom_slice(f) for f in sorted(d.iterdir())):
             continue
         try:
             series = {uid: files for uid, files in list_dicom_series(d).items() if len(files) > 1}
@@ -582,8 +650,27 @@ def _fit_single(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Se
 
 
 def _error_text(e: Exception, path: Path) -> str:
-    """One line naming the file and the problem (medad errors already name the file)."""
-    return str(e) if isinstance(e, MedadError) else f"{path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+    """One line naming the file and the problem (a medad error raised without a file -- e.g. by a
+    transform that only sees arrays -- gets the scan's)."""
+    if isinstance(e, MedadError):
+        return str(e) if e.path is not None else f"{path}: {e.problem}"
+    return f"{path}: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
+def _failure(s: Scan, e: Exception) -> tuple[str, str]:
+    """(console line, summary error) of a scan that failed: the console gets the short reason only;
+    the summary also keeps a library's own text (e.g. ITK's) when the error carries one."""
+    msg = _error_text(e, s.path)
+    detail = getattr(e, "detail", "")
+    return msg, (f"{msg} [{detail}]" if detail else msg)
+
+
+def _report_excluded(excluded: Sequence[tuple[Path, str]], n_show: int = 10) -> None:
+    """Say which files the exclude patterns left out, and why (one line each, the first ``n_show``)."""
+    for p, why in excluded[:n_show]:
+        print(f"left out: {p}: {why}")
+    if len(excluded) > n_show:
+        print(f"left out: {len(excluded) - n_show} more file(s) that look like masks or labels")
 
 
 def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, desc: str
@@ -595,8 +682,8 @@ def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, d
         try:
             vols.append(prepare_scan(s, prep))
         except Exception as e:  # noqa: BLE001 -- one unreadable healthy scan does not stop training
-            msg = _error_text(e, s.path)
-            failed.append({"scan": s.scan_id, "path": str(s.path), "error": msg})
+            msg, err = _failure(s, e)
+            failed.append({"scan": s.scan_id, "path": str(s.path), "error": err})
             print(f"skipped: {msg}")
     return vols, failed
 
@@ -608,7 +695,9 @@ def train_brain(healthy: str | Path, out: str | Path, cfg: BrainLesionConfig | N
     from medad.evaluation import split_by_subject
 
     cfg = cfg or BrainLesionConfig()
-    scans = find_scans(healthy, cfg.image_pattern, cfg.mask_pattern, cfg.exclude_patterns)
+    excluded: list[tuple[Path, str]] = []
+    scans = find_scans(healthy, cfg.image_pattern, cfg.mask_pattern, cfg.exclude_patterns, excluded=excluded)
+    _report_excluded(excluded)
     vols, failed = _prepare_all(scans, cfg.prep, progress, "preprocess healthy")
     if len(vols) < 2:
         raise InputError(f"need at least 2 readable healthy scans (one to train, one to calibrate), "
@@ -622,6 +711,7 @@ def train_brain(healthy: str | Path, out: str | Path, cfg: BrainLesionConfig | N
         tr = [va.pop()]
     model = fit_brain_model(cfg, [vols[i] for i in tr], [vols[i] for i in va], progress=progress)
     model.info["skipped"] = failed
+    model.info["excluded"] = [{"path": str(p), "reason": why} for p, why in excluded]
     path = model.save(out)
     print(f"brain-lesion model ({cfg.detector}) written to {path}: voxel threshold "
           f"{model.voxel_threshold:.4g}, decision above {model.decision_ml:.3g} ml")
@@ -687,11 +777,29 @@ def write_summary(rows: Iterable[dict[str, Any]], path: Path) -> Path:
     return write_text(path, buf.getvalue())
 
 
+#: what ``score_folder`` writes in a scan's folder (removed first, so no earlier run's file is left)
+SCAN_OUTPUTS = ("anomaly_map.nii.gz", "mask.nii.gz", "overlay.png")
+
+
+def _earlier_paths(out: Path) -> dict[str, str]:
+    """Scan id -> scan path of the ``summary.csv`` an earlier run left in ``out`` (empty if none)."""
+    try:
+        with open(out / "summary.csv", newline="") as f:
+            return {r["scan"]: r.get("path") or "" for r in csv.DictReader(f) if r.get("scan")}
+    except (OSError, csv.Error, KeyError, UnicodeDecodeError):
+        return {}
+
+
 def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, overlays: bool = True,
                  image_pattern: str | None = None, mask_pattern: str | None = None,
                  progress: bool = True) -> list[dict[str, Any]]:
     """Score every scan of a folder with a trained model (see the module docstring); the scan
-    and brain-mask globs default to the model's."""
+    and brain-mask globs default to the model's.
+
+    ``out`` is rewritten: ``summary.csv`` lists this run's scans only, and each scored scan's
+    folder gets fresh files (an earlier run's map, mask or overlay of the same id is removed
+    first, also when this run fails on the scan or writes no overlay). Files left out by the
+    exclude patterns (masks, label maps) are printed with the reason, not listed in the summary."""
     from tqdm.auto import tqdm
 
     from medad.io.volumes import write_like
@@ -700,14 +808,22 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
     cfg = model.config
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    excluded: list[tuple[Path, str]] = []
     found = find_scans(scans, image_pattern or cfg.image_pattern, mask_pattern or cfg.mask_pattern,
-                       cfg.exclude_patterns)
+                       cfg.exclude_patterns, excluded=excluded)
+    _report_excluded(excluded)
+    earlier = _earlier_paths(out)
     rows = []
     for s in tqdm(found, desc="scoring", disable=not progress, unit="scan"):
+        d = out / s.scan_id
+        before = earlier.get(s.scan_id)
+        if before and Path(before) != s.path and any((d / f).exists() for f in SCAN_OUTPUTS):
+            print(f"note: {d} held the results of {before} from an earlier run; replaced by {s.path}")
+        for f in SCAN_OUTPUTS:
+            (d / f).unlink(missing_ok=True)
         try:
             vol = prepare_scan(s, cfg.prep)
             amap, mask, row = score_scan(model, vol)
-            d = out / s.scan_id
             write_like(amap.astype(np.float32), vol.record, d / "anomaly_map.nii.gz")
             write_like(mask.astype(np.uint8), vol.record, d / "mask.nii.gz")
             if overlays:
@@ -715,14 +831,15 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
                                   f"{s.scan_id}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml")
         except Exception as e:  # noqa: BLE001 -- whatever goes wrong with one scan, the rest are still scored
             # a bad scan is reported (one line naming it), the rest of the folder is still scored
-            msg = _error_text(e, s.path)
+            msg, err = _failure(s, e)
             row = {k: "" for k in SUMMARY_FIELDS}
-            row.update(scan=s.scan_id, path=str(s.path), status="error", error=msg)
+            row.update(scan=s.scan_id, path=str(s.path), status="error", error=err)
             print(f"skipped: {msg}")
         rows.append(row)
     write_summary(rows, out / "summary.csv")
     n_bad = sum(r["status"] != "ok" for r in rows)
-    print(f"scored {len(rows) - n_bad} scan(s), {n_bad} skipped; summary: {out / 'summary.csv'}")
+    left = f", {len(excluded)} file(s) left out as masks/labels" if excluded else ""
+    print(f"scored {len(rows) - n_bad} scan(s), {n_bad} skipped{left}; summary: {out / 'summary.csv'}")
     return rows
 
 

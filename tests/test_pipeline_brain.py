@@ -296,3 +296,53 @@ def test_explain_scan_takes_a_mask_pattern(trained, tmp_path):
     case = explain_scan(path, scans / "p0.nii.gz", tmp_path / "e", methods=["kernel_shap"], top_k=1,
                         n_samples=30, n_segments=10, mask_pattern="{stem}_bm.nii.gz")
     assert case.details["brain mask"] == "given"
+
+
+def test_score_folder_reports_odd_inputs_by_name(trained, tmp_path, capsys):
+    """Audit: a 2D slice was scored 'normal'; a too-thin scan gave a raw ITK message (and numpy
+    warnings) without the file's name; a mask-named scan and a label map were dropped silently;
+    a linked case folder was not searched. Now every skipped scan is named with a short reason,
+    files left out by the exclude patterns are listed, a scan named like a mask but holding
+    intensities is scored, and linked folders are searched."""
+    import os
+    import warnings
+
+    root, model = trained
+    scans, elsewhere = tmp_path / "scans", tmp_path / "elsewhere" / "case9"
+    scans.mkdir()
+    elsewhere.mkdir(parents=True)
+    _write_scan(scans, "q_skullstripped_masked", seed=50)
+    _write_scan(elsewhere, "linked", seed=51)
+    os.symlink(elsewhere, scans / "case9")
+    rng = np.random.default_rng(0)
+    nib.save(nib.Nifti1Image((rng.random((40, 40)) * 100).astype(np.float32), LPS), scans / "flat.nii.gz")
+    nib.save(nib.Nifti1Image((rng.random((40, 40, 3)) * 100).astype(np.float32), LPS), scans / "thin.nii.gz")
+    nib.save(nib.Nifti1Image(rng.integers(0, 3, SHAPE).astype(np.uint8), LPS), scans / "q_seg.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        rows = score_folder(model, scans, tmp_path / "out", overlays=False, progress=False)
+    printed = capsys.readouterr().out
+    by = {r["scan"]: r for r in rows}
+    assert set(by) == {"case9_linked", "flat", "q_skullstripped_masked", "thin"}
+    assert by["case9_linked"]["status"] == by["q_skullstripped_masked"]["status"] == "ok"
+    assert f"skipped: {scans / 'flat.nii.gz'}: a single 2D slice (40 x 40); brain scoring needs a 3D volume" in printed
+    assert f"skipped: {scans / 'thin.nii.gz'}: registration to the MNI152 template failed (the image may not" in printed
+    assert "SimpleITK" not in printed and "Warning" not in printed
+    assert by["thin"]["status"] == "error" and str(scans / "thin.nii.gz") in by["thin"]["error"]
+    assert f"left out: {scans / 'q_seg.nii.gz'}: name matches exclude pattern '*seg*'" in printed
+
+
+def test_scoring_into_the_same_out_leaves_no_stale_results(trained, tmp_path, capsys):
+    """Audit: two single files with the same name scored into one --out: the second silently took
+    the first's folder, and --no-overlays left the first run's overlay.png beside the new map."""
+    root, model = trained
+    other = tmp_path / "other"
+    other.mkdir()
+    _write_scan(other, "h0", seed=60, lesion=True)  # same file name as healthy/h0, another scan
+    out = tmp_path / "out"
+    score_folder(model, root / "healthy" / "h0.nii.gz", out, progress=False)
+    assert (out / "h0" / "overlay.png").is_file()
+    capsys.readouterr()
+    rows = score_folder(model, other / "h0.nii.gz", out, overlays=False, progress=False)
+    assert rows[0]["status"] == "ok" and not (out / "h0" / "overlay.png").exists()
+    assert f"held the results of {root / 'healthy' / 'h0.nii.gz'} from an earlier run" in capsys.readouterr().out

@@ -17,7 +17,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @brain_app.command("train")
     def brain_train(
         healthy: Path = typer.Argument(..., help="folder of healthy scans (NIfTI/MGZ files matching the image "
-                                                      "pattern, DICOM series folders: one scan each), searched recursively"),
+                                                      "pattern, DICOM series folders -- slices with or without .dcm: "
+                                                      "one scan each), searched recursively, links to folders followed; "
+                                                      "files named like masks/labels (the config's exclude_patterns) "
+                                                      "that hold few distinct values are left out and listed"),
         out: Path = typer.Option(..., "--out", help="model folder to write"),
         config: Optional[Path] = typer.Option(None, "--config", help="YAML, e.g. configs/brain_intensity.yaml"),
         detector: Optional[str] = typer.Option(None, help="detector name (overrides the config)"),
@@ -41,13 +44,25 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def brain_score(
         model: Path = typer.Argument(..., help="model folder from `medad brain train`"),
         scans: Path = typer.Argument(..., help="folder (or file) of scans to score (NIfTI/MGZ files matching "
-                                                    "the image pattern, DICOM series folders: one scan each)"),
-        out: Path = typer.Option(..., "--out", help="output folder"),
+                                                    "the image pattern, DICOM series folders -- slices with or without "
+                                                    ".dcm: one scan each), searched recursively, links to folders followed"),
+        out: Path = typer.Option(..., "--out", help="output folder, rewritten: summary.csv lists this run's scans only, "
+                                                    "and each scan's folder out/<scan id>/ gets fresh files (an earlier "
+                                                    "run's map, mask or overlay there is removed, also with "
+                                                    "--no-overlays); use a new folder to keep earlier results"),
         image_pattern: Optional[str] = typer.Option(None, help="glob of the scans (default: the model's)"),
         mask_pattern: Optional[str] = typer.Option(None, help="glob of each scan's brain mask (default: the model's)"),
         overlays: bool = typer.Option(True, help="write overlay.png per scan"),
     ) -> None:
-        """Write anomaly_map.nii.gz, mask.nii.gz (input grid) and overlay.png per scan + summary.csv."""
+        """Write anomaly_map.nii.gz, mask.nii.gz (input grid) and overlay.png per scan + summary.csv.
+
+        A scan's id is its file name without extension (case folder names in front; a DICOM series:
+        its folder's path); when two scans of one run would get the same id, their parent folder's
+        name goes in front (then _2, _3...). A scan that cannot be scored is printed and listed in
+        summary.csv with status 'error' and the reason. Files whose names match the model's
+        exclude_patterns (*mask*, *seg*, *label*...) and hold a mask or label map (few distinct
+        values) are left out: printed as 'left out: FILE: reason', not listed in summary.csv (it
+        holds scans only); one that holds a scan's intensities is scored."""
         from pipelines.brain_lesions import score_folder
 
         rows = score_folder(model, scans, out, overlays=overlays, image_pattern=image_pattern,

@@ -57,12 +57,30 @@ def is_volume_path(path: str | Path) -> bool:
     return suf in VOLUME_SUFFIXES or (p.is_file() and _looks_like_dicom(p))
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    """DICOM Part 10 files carry 'DICM' at byte 128; older files may not, so try a header read."""
+def has_dicom_magic(path: str | Path) -> bool:
+    """True for a DICOM Part 10 file: 'DICM' at byte 128 (reads 132 bytes; cheap enough to run on
+    every file of a folder, whatever its name -- DICOM slices often have no extension)."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
-        if len(head) == 132 and head[128:132] == b"DICM":
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def is_dicom_slice(path: str | Path) -> bool:
+    """A file that is a DICOM slice by name (.dcm, .dicom, .ima) or by content (the Part 10
+    magic, :func:`has_dicom_magic`); NIfTI/MGZ files are never opened."""
+    suf = volume_suffix(path)
+    if suf in DICOM_SUFFIXES:
+        return True
+    return suf not in NIFTI_SUFFIXES + MGH_SUFFIXES and has_dicom_magic(path)
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    """DICOM Part 10 files carry 'DICM' at byte 128; older files may not, so try a header read."""
+    try:
+        if has_dicom_magic(path):
             return True
         import pydicom
 

@@ -29,7 +29,7 @@ from medad.io.records import VolumeRecord
 
 __all__ = [
     "BrainPrepConfig", "SliceGeometry", "PreparedVolume", "preprocess_volume", "register_brain_mask",
-    "crude_head_masks", "brain_mask_for",
+    "crude_head_masks", "brain_mask_for", "require_3d", "registration_error",
     "n4_correct", "normalize_intensity", "robust_stats", "robust_zscore", "make_geometry", "to_model_grid",
     "from_model_grid", "volume_to_slices", "slices_to_volume", "postprocess_map",
     "remove_small_components", "mirror_asymmetry",
@@ -303,6 +303,26 @@ def crude_head_masks(data: np.ndarray, affine: np.ndarray, *, erode_mm: float = 
     return head, inner
 
 
+def registration_error(shape: tuple[int, ...], detail: str = "") -> InputError:
+    """The error of a failed MNI152 registration: a short reason a person can act on; the library's
+    own text (ITK's, long and full of source paths) is kept apart in ``.detail``."""
+    dims = " x ".join(str(int(n)) for n in shape)
+    e = InputError(f"registration to the MNI152 template failed (the image may not be a head scan, or is "
+                   f"too small: {dims} voxels, {int(shape[2])} axial slices)")
+    e.detail = detail
+    return e
+
+
+def require_3d(record: VolumeRecord) -> None:
+    """Refuse a single 2D slice (a 2D file, or a 3D file one voxel thick): brain preprocessing
+    (skull stripping, 3D resampling, lesion volumes) needs a volume."""
+    shape = tuple(int(n) for n in (record.original_shape or record.shape))
+    plane = [n for n in shape if n != 1]
+    if len(plane) < 3:
+        raise InputError(f"a single 2D slice ({' x '.join(map(str, plane or shape))}); brain scoring needs a "
+                         "3D volume", record.path)
+
+
 def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int = 100,
                         seed: int = 0, return_transform: bool = False):
     """Skull-strip by registration: align nilearn's MNI152 template to the scan (rigid, then
@@ -325,8 +345,10 @@ def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int
     """
     import SimpleITK as sitk
 
-    t_data, t_aff, m_data, m_aff = _mni_template(2)
     _, inner = crude_head_masks(data, affine)
+    if not inner.any():  # e.g. a scan a few slices thick: the head's closing erodes it away
+        raise registration_error(np.shape(data), "no head found to register to")
+    t_data, t_aff, m_data, m_aff = _mni_template(2)
     fixed = sitk.Cast(_to_sitk(data, affine), sitk.sitkFloat32)
     fixed_mask = sitk.Cast(_to_sitk(inner.astype(np.uint8), affine), sitk.sitkUInt8)
     moving = _to_sitk(t_data, t_aff)
@@ -369,7 +391,9 @@ def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int
         aff.SetTranslation(rigid.GetTranslation())
         full = run(aff)
     except RuntimeError as e:  # ITK reports failures as RuntimeError with a long dump
-        raise InputError(f"registration to the MNI152 template failed: {' '.join(str(e).split())[:200]}") from None
+        from medad.io.volumes import _itk_message
+
+        raise registration_error(np.shape(data), _itk_message(e)) from None
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
     ref = _to_sitk(np.zeros(data.shape, np.float32), affine)
@@ -515,6 +539,7 @@ def preprocess_volume(record: VolumeRecord, cfg: BrainPrepConfig | None = None, 
         brain_mask: the scan's own brain mask on the same RAS grid, when it comes with one.
     """
     cfg = cfg or BrainPrepConfig()
+    require_3d(record)
     brain, source = brain_mask_for(record, cfg, brain_mask)
     data = record.data
     if cfg.n4:
