@@ -64,6 +64,7 @@ recording of the folder is featurised before any is scored (features are held in
 from __future__ import annotations
 
 import csv
+import importlib
 import io
 import math
 from dataclasses import asdict, dataclass, field
@@ -77,6 +78,8 @@ from medad.detectors.beats import RRChannelModel
 from medad.errors import ConfigError, InputError, MedadError, ReadError
 
 MODEL_CONFIG = "screening.json"
+NO_TEXT_RATE = ("plain-text recording has no sampling rate: give it with --text-sfreq HZ (medad screen train / run) "
+                "or text_sfreq in the screening config")
 DETECTOR_DIR = "detector"
 
 
@@ -97,6 +100,12 @@ class ScreeningConfig:
             on its own: fully amplitude-blind) or ``"none"``.
         channels: channel names to use (default: those of the first training recording). A
             single-channel model uses channel 0 of every recording whatever its name.
+        channel_types: ``"all"``, or ``"eeg"``: when ``channels`` is not set, keep EEG channels
+            only -- drop those whose name says ECG/EKG, EMG, EOG, respiration (resp, effort,
+            breath, airflow), SpO2, pulse, or trigger/stim/status/event/annotation
+            (:func:`non_eeg_kind`), and those flat in training (level below
+            :data:`FLAT_RELATIVE` of the median channel's in at least half of the training
+            recordings checked); training says which were dropped and why.
         chunk_seconds: recordings are read and processed this much at a time.
         window_fpr: share of held-out normal windows (beat mode: beats) above the threshold.
         min_windows: consecutive flagged windows (beat mode: beats) needed to make a flagged interval.
@@ -143,6 +152,7 @@ class ScreeningConfig:
     step_seconds: float = 1.0
     normalize: str = "recording"
     channels: list[str] | None = None
+    channel_types: str = "all"
     chunk_seconds: float = 300.0
     window_fpr: float = 0.01
     min_windows: int = 2
@@ -191,8 +201,12 @@ class ScreeningConfig:
             raise ConfigError(f"need 0 < step_seconds <= window_seconds, got {self.step_seconds}, {self.window_seconds}")
         if self.normalize not in ("recording", "window", "none"):
             raise ConfigError(f"normalize must be 'recording', 'window' or 'none', got {self.normalize!r}")
-        if not 0 <= self.window_fpr < 1:
-            raise ConfigError(f"window_fpr must be in [0, 1), got {self.window_fpr}")
+        check_numbers(self)
+        if self.channel_types not in CHANNEL_TYPES:
+            raise ConfigError(f"channel_types must be one of {', '.join(CHANNEL_TYPES)}, got {self.channel_types!r}")
+        if self.channels is not None and (isinstance(self.channels, str) or not all(
+                isinstance(c, str) and c for c in self.channels)):
+            raise ConfigError(f"channels must be a list of channel names, got {self.channels!r}")
         if self.filter_method not in ("fft", "sos"):
             raise ConfigError(f"filter_method must be 'fft' or 'sos', got {self.filter_method!r}")
         if self.chunk_seconds < 4 * self.window_seconds:
@@ -239,6 +253,44 @@ class ScreeningConfig:
 
 
 SITE_MODES = ("none", "folder", "subfolder")
+CHANNEL_TYPES = ("all", "eeg")
+
+#: numeric settings checked before any data is read: name -> (test, what it must be)
+NUMBER_RULES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "window_fpr": (lambda v: 0 < v < 1, "between 0 and 1 (exclusive), e.g. 0.01"),
+    "val_fraction": (lambda v: 0 <= v < 1, "in [0, 1), e.g. 0.2"),
+    "sfreq": (lambda v: v > 0, "a positive rate in Hz"),
+    "text_sfreq": (lambda v: v > 0, "a positive rate in Hz"),
+    "window_seconds": (lambda v: v > 0, "positive"),
+    "chunk_seconds": (lambda v: v > 0, "positive"),
+    "min_windows": (lambda v: v >= 1 and float(v).is_integer(), "a whole number >= 1"),
+    "max_train_windows": (lambda v: v >= 2 and float(v).is_integer(), "a whole number >= 2"),
+    "max_window_bytes": (lambda v: v > 0, "positive"),
+    "workers": (lambda v: v >= 1 and float(v).is_integer(), "a whole number >= 1"),
+}
+
+
+def number_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid ``name`` setting (:data:`NUMBER_RULES`), or ``None`` (also for
+    ``None``: unset); the CLI uses it to name its own option."""
+    if value is None or name not in NUMBER_RULES:
+        return None
+    ok, what = NUMBER_RULES[name]
+    try:
+        v = float(value)
+        good = math.isfinite(v) and ok(v)
+    except (TypeError, ValueError):
+        good = False
+    return None if good else f"{name} must be {what}, got {value!r}"
+
+
+def check_numbers(cfg: ScreeningConfig) -> None:
+    """ConfigError naming the first numeric setting of ``cfg`` out of range (e.g. window_fpr=0,
+    which would only fail after fitting)."""
+    for name in NUMBER_RULES:
+        problem = number_problem(name, getattr(cfg, name))
+        if problem:
+            raise ConfigError(problem)
 
 
 def check_beat_detector(name: str) -> None:
@@ -271,6 +323,7 @@ def check_site_normalize(mode: str, detector: str, unit: str = "windows") -> Non
 def list_recordings(folder: str | Path) -> list[Path]:
     """Signal files under ``folder`` (recursively; WFDB records once, by their ``.hea``)."""
     from medad.io.signals import ANNOT_SUFFIXES, is_signal_file
+    from medad.utils import walk_files
 
     folder = Path(folder)
     if folder.is_file():
@@ -280,7 +333,8 @@ def list_recordings(folder: str | Path) -> list[Path]:
     # documentation next to data (README.txt, SOURCE.txt, ...) is not a recording, nor are MNE
     # annotation files (``*-annot.fif``, as screening itself writes them beside the data)
     docs = ("readme", "source", "license", "licence", "notes", "changelog")
-    out = [p for p in sorted(folder.rglob("*")) if is_signal_file(p) and not p.name.lower().startswith(docs)
+    # walk_files follows links to folders (a site folder linked into a study folder), never looping
+    out = [p for p in walk_files(folder) if is_signal_file(p) and not p.name.lower().startswith(docs)
            and not p.name.lower().endswith(ANNOT_SUFFIXES)]
     if not out:
         raise ReadError("no recordings found (EDF/BDF/FIF, WFDB .hea, WAV, text)", folder)
@@ -318,7 +372,8 @@ class Preprocessor:
             return [names.index(self.channels[0]) if self.channels[0] in names else 0]
         missing = [c for c in self.channels if c not in hdr.ch_names]
         if missing:
-            raise ReadError(f"recording lacks channels the model needs: {', '.join(missing)}", hdr.path)
+            raise ReadError(f"recording lacks channels the model needs ({len(missing)} of {len(self.channels)}): "
+                            f"{_names(missing, 8)}; it has {len(hdr.ch_names)}: {_names(hdr.ch_names, 8)}", hdr.path)
         return [hdr.ch_names.index(c) for c in self.channels]
 
     def filter(self, x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
@@ -346,11 +401,23 @@ class Preprocessor:
         ``n_pieces`` 10 s snippets spread over it, each read with ``pad`` seconds of context on
         both sides that are dropped after filtering; it is never read whole.
         """
-        from medad.io.signals import iter_signal_chunks
         from medad.transforms.signal import robust_scale
 
         if self.cfg.normalize != "recording":
             return np.zeros((len(picks), 1), np.float32), np.ones((len(picks), 1), np.float32)
+        med, sc = robust_scale(self._spread_windows(path, hdr, picks, n_pieces), axis=-1, eps=1e-12)  # (P, C, 1)
+        return np.median(med, axis=0).astype(np.float32), np.median(sc, axis=0).astype(np.float32)
+
+    def levels(self, path: Path, hdr, picks: list[int]) -> np.ndarray:
+        """Per-channel level of the filtered recording (median over its windows, read as
+        :meth:`scale` reads them, of each window's standard deviation): finds flat channels."""
+        return np.median(self._spread_windows(path, hdr, picks).std(-1), axis=0)
+
+    def _spread_windows(self, path: Path, hdr, picks: list[int], n_pieces: int = 32) -> np.ndarray:
+        """Filtered windows ``(P, C, n)`` of a whole short recording, or of ``n_pieces`` snippets
+        spread over a long one (see :meth:`scale`)."""
+        from medad.io.signals import iter_signal_chunks
+
         dur = hdr.n_times / hdr.sfreq
         snippet = 10.0
         span = snippet + 2 * self.pad
@@ -369,12 +436,10 @@ class Preprocessor:
             return np.lib.stride_tricks.sliding_window_view(y, n, axis=1)[:, ::hop].transpose(1, 0, 2)
 
         if dur <= n_pieces * span:  # short: every window of it
-            w = windows_of(0.0, dur, 0.0)
-        else:  # long: snippets spread over the recording, their filter edges dropped
-            w = np.concatenate([windows_of(float(a), float(a + span), self.pad)
-                                for a in np.linspace(0, dur - span, n_pieces)])
-        med, sc = robust_scale(w, axis=-1, eps=1e-12)  # (P, C, 1) each
-        return np.median(med, axis=0).astype(np.float32), np.median(sc, axis=0).astype(np.float32)
+            return windows_of(0.0, dur, 0.0)
+        # long: snippets spread over the recording, their filter edges dropped
+        return np.concatenate([windows_of(float(a), float(a + span), self.pad)
+                               for a in np.linspace(0, dur - span, n_pieces)])
 
     def windows(self, path: Path, hdr=None, fn: Callable[[np.ndarray, np.ndarray], Any] | None = None,
                 workers: int | None = None) -> Iterator[Any]:
@@ -392,7 +457,7 @@ class Preprocessor:
         cfg = self.cfg
         hdr = hdr or self.header(path)
         if hdr.sfreq is None:
-            raise ReadError("plain-text recording has no sampling rate: set text_sfreq", path)
+            raise ReadError(NO_TEXT_RATE, path)
         picks = self.picks(hdr)
         med, sc = self.scale(path, hdr, picks)
         fs_in = float(hdr.sfreq)
@@ -403,8 +468,14 @@ class Preprocessor:
         core = max(cfg.chunk_seconds, 4 * W)
         n_chunk = int(round((core + 2 * pad + W) * fs_in))
         step_s = (n_chunk - int(round((2 * pad + W) * fs_in))) / fs_in  # as iter_signal_chunks rounds it
-        chunks = iter_signal_chunks(path, n_chunk / fs_in, (2 * pad + W), picks=picks, header=hdr,
-                                    sfreq=cfg.text_sfreq)
+        lo, hi = np.full(len(picks), np.inf), np.full(len(picks), -np.inf)
+
+        def chunks():  # the raw range of every channel, to tell a flat (silent, all-zero) recording
+            nonlocal lo, hi
+            for c0, x in iter_signal_chunks(path, n_chunk / fs_in, (2 * pad + W), picks=picks, header=hdr,
+                                            sfreq=cfg.text_sfreq):
+                lo, hi = np.minimum(lo, x.min(1)), np.maximum(hi, x.max(1))
+                yield c0, x
 
         def work(item):
             c0, x = item
@@ -413,17 +484,22 @@ class Preprocessor:
 
         n_workers = max(1, int(workers if workers is not None else cfg.workers))
         if n_workers == 1:
-            for item in chunks:
+            for item in chunks():
                 yield work(item)
-            return
-        with ThreadPoolExecutor(n_workers) as ex:
-            pending = []
-            for item in chunks:  # bounded read-ahead: at most 2 x workers chunks in memory
-                pending.append(ex.submit(work, item))
-                if len(pending) >= 2 * n_workers:
-                    yield pending.pop(0).result()
-            for fut in pending:
-                yield fut.result()
+        else:
+            with ThreadPoolExecutor(n_workers) as ex:
+                pending = []
+                for item in chunks():  # bounded read-ahead: at most 2 x workers chunks in memory
+                    pending.append(ex.submit(work, item))
+                    if len(pending) >= 2 * n_workers:
+                        yield pending.pop(0).result()
+                for fut in pending:
+                    yield fut.result()
+        # known only once every sample was read: a constant recording has nothing to score (its
+        # filtered, normalised windows are all zero, which the detector would call very abnormal)
+        if np.all(hi <= lo):
+            raise ReadError("flat signal (all samples equal" + (f" in each of the {len(picks)} channels used)"
+                                                                if len(picks) > 1 else ")"), path)
 
     def _cut(self, c0: float, x: np.ndarray, fs_in: float, dur: float, step_s: float,
              med: np.ndarray, sc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -479,7 +555,7 @@ class Preprocessor:
         cfg = self.cfg
         hdr = hdr or self.header(path)
         if hdr.sfreq is None:
-            raise ReadError("plain-text recording has no sampling rate: set text_sfreq", path)
+            raise ReadError(NO_TEXT_RATE, path)
         fs_in, fs = float(hdr.sfreq), self.sfreq
         dur = hdr.n_times / fs_in
         if dur < 2.0:
@@ -575,7 +651,7 @@ def _detector(cfg: ScreeningConfig, sfreq: float):
     from medad import registry
 
     if cfg.detector == "features":  # registered on import; spares importing every detector module
-        import medad.detectors.features  # noqa: F401
+        importlib.import_module("medad.detectors.features")
 
     def create(name: str, params: dict[str, Any]):
         cls = registry.get(name)
@@ -657,15 +733,134 @@ def _evenly(x: np.ndarray, cap: int) -> np.ndarray:
     return x if len(x) <= cap else x[np.unique(np.linspace(0, len(x) - 1, cap).round().astype(int))]
 
 
+def _names(names: Sequence[str], k: int = 6) -> str:
+    """The first ``k`` of ``names``, comma-separated, with how many more."""
+    names = list(names)
+    return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
+
+
 def _common_channels(hdrs) -> list[str]:
     """Channels every training recording has (in the first one's order); single-channel
-    recordings are matched by position, whatever their channel is called."""
+    recordings are matched by position, whatever their channel is called. None shared: a
+    ConfigError naming the recordings (grouped by channel set) and their channel counts."""
     if all(len(h.ch_names) == 1 for h in hdrs):
         return [hdrs[0].ch_names[0]]
     common = [c for c in hdrs[0].ch_names if all(c in h.ch_names for h in hdrs)]
     if not common:
-        raise ConfigError("the normal recordings share no channel name; set `channels` in the screening config")
+        sets: dict[tuple[str, ...], list[str]] = {}
+        for h in hdrs:
+            sets.setdefault(tuple(h.ch_names), []).append(Path(h.path).name)
+        groups = "; ".join(f"{_names(files, 3)}: {len(chs)} channel(s) ({_names(chs, 4)})"
+                           for chs, files in list(sets.items())[:4])
+        raise ConfigError(f"the normal recordings share no channel name -- {groups}"
+                          + (f"; and {len(sets) - 4} more channel sets" if len(sets) > 4 else "")
+                          + ". Train on recordings of one montage, or name the channels to use with --channels "
+                            "'A,B,...' (CLI) or `channels` in the screening config")
     return common
+
+
+#: non-EEG channel kinds, by name: a token (the name split at non-letters/digits, lower case)
+#: starting with one of the prefixes, or equal to one of the words
+NON_EEG_NAMES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "ECG": (("ecg", "ekg"), ()),
+    "EMG": (("emg",), ("chin",)),
+    "EOG": (("eog", "heog", "veog"), ("loc", "roc")),
+    "respiration": (("resp", "effort", "breath", "airflow", "thor", "abdo", "snore"), ("flow", "abd")),
+    "SpO2 / pulse": (("spo2", "sao2", "pulse", "pleth"), ("hr", "sat")),
+    "trigger / event": (("trig", "stim", "sti0", "status", "event", "annot", "marker", "photic"),
+                        ("sti", "dc")),
+}
+#: a channel whose level (:meth:`Preprocessor.levels`) is below this share of the median
+#: channel's is flat (an EEG electrode used as the reference, a disconnected lead)
+FLAT_RELATIVE = 0.1
+FLAT_CHECK_RECORDINGS = 10  # training recordings (evenly chosen) whose channel levels are checked
+
+
+def non_eeg_kind(name: str) -> str | None:
+    """What a channel is when its name says it is not EEG (``"ECG"``, ``"EMG"``, ``"EOG"``,
+    ``"respiration"``, ``"SpO2 / pulse"``, ``"trigger / event"``), else ``None``. ``"EEG
+    Effort-Ref"`` is respiration: the word beats an ``EEG`` prefix, which EDF writers put on
+    every channel."""
+    import re
+
+    tokens = [t for t in re.split(r"[^a-z0-9]+", name.lower()) if t]
+    for kind, (prefixes, words) in NON_EEG_NAMES.items():
+        if any(t.startswith(prefixes) or t in words for t in tokens):
+            return kind
+    if looks_like_ecg(name):  # limb / precordial lead names (II, V1, MLII)
+        return "ECG"
+    return None
+
+
+def eeg_channels(pre: "Preprocessor", channels: list[str], files: Sequence[Path],
+                 hdrs: Sequence[Any]) -> tuple[list[str], list[dict[str, str]]]:
+    """``channels`` less the non-EEG ones (:func:`non_eeg_kind`) and those flat in training: a
+    level below :data:`FLAT_RELATIVE` of the median channel's in at least half of up to
+    :data:`FLAT_CHECK_RECORDINGS` training recordings. Returns the kept channels and the dropped
+    ones with the reason. Nothing left is a ConfigError."""
+    dropped = [{"channel": c, "reason": f"{non_eeg_kind(c)} by its name"} for c in channels if non_eeg_kind(c)]
+    keep = [c for c in channels if not non_eeg_kind(c)]
+    if len(keep) > 1:  # flatness is relative to the other channels
+        pick = np.unique(np.linspace(0, len(files) - 1, min(len(files), FLAT_CHECK_RECORDINGS)).round().astype(int))
+        ratios = []
+        for i in pick:
+            try:
+                idx = [list(hdrs[i].ch_names).index(c) for c in keep]
+                lev = pre.levels(files[i], hdrs[i], idx)
+            except (MedadError, ValueError):  # unreadable here: training reports it by name later
+                continue
+            ratios.append(lev / max(float(np.median(lev)), 1e-30))
+        if ratios:
+            r = np.stack(ratios)
+            flat = (r < FLAT_RELATIVE).mean(0) >= 0.5
+            dropped += [{"channel": c, "reason": f"flat: its level is {100 * float(np.median(r[:, j])):.2g} % of the "
+                                                 f"median channel's (below {100 * FLAT_RELATIVE:g} %) in "
+                                                 f"{int((r[:, j] < FLAT_RELATIVE).sum())} of {len(r)} training "
+                                                 f"recording(s) checked"}
+                        for j, c in enumerate(keep) if flat[j]]
+            keep = [c for j, c in enumerate(keep) if not flat[j]]
+    if not keep:
+        raise ConfigError("channel_types: eeg left no channel to use ("
+                          + "; ".join(f"{d['channel']}: {d['reason']}" for d in dropped[:6])
+                          + "); name the channels with --channels or `channels`, or set channel_types: all",
+                          files[0])
+    return keep, dropped
+
+
+def calibration_warning(n_items: int, val_names: Sequence[str], fpr: float, val_fraction: float,
+                        unit: str = "windows", single: bool = False) -> str | None:
+    """What is wrong with a threshold calibrated on ``n_items`` held-out normal items from the
+    recordings ``val_names`` at ``fpr``, and what to do -- or ``None`` when nothing is. Too few
+    items (under ``2 / fpr``: the threshold is then one of the few highest scores, or beyond 1 /
+    fpr simply the highest) or a single recording (its own normal variation only): other normal
+    recordings are then likely to be flagged. ``single``: the items are the last ones of the only
+    training recording."""
+    need = math.ceil(2 / fpr)
+    problems = []
+    if n_items * fpr < 1:  # the threshold is then simply the highest held-out score
+        problems.append(f"{n_items} held-out normal {unit} cannot resolve window_fpr={fpr:g} (needs >= "
+                        f"{math.ceil(1 / fpr)}, and >= {need} for a stable threshold)")
+    elif n_items < need:
+        problems.append(f"only {n_items} held-out normal {unit} calibrate window_fpr={fpr:g} (a stable threshold "
+                        f"needs >= 2 / window_fpr = {need})")
+    if single:
+        problems.append(f"they are the last {unit} of the only training recording ({val_names[0]}), not a "
+                        f"held-out recording")
+    elif len(val_names) == 1:
+        problems.append(f"they all come from one held-out recording ({val_names[0]})")
+    if not problems:
+        return None
+    per = max(n_items / max(len(val_names), 1), 1.0)  # items per held-out recording
+    k = max(2, math.ceil(need / per))  # held-out recordings wanted
+    if val_fraction > 0:
+        n = k + 1
+        while max(int(round(val_fraction * n)), 1) < k:
+            n += 1
+        todo = f"add normal recordings (about {n} in all, so that {k} are held out at val_fraction={val_fraction:g})"
+    else:
+        todo = f"add normal recordings and set val_fraction (e.g. 0.2) so that {k} are held out"
+    return ("; ".join(problems) + ". The threshold reflects too little normal variation, so normal recordings "
+            f"are likely to be flagged abnormal: {todo}, or raise window_fpr (--window-fpr)")
 
 
 def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningConfig | None = None,
@@ -700,6 +895,13 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         channels = cfg.channels or [hdrs[0].ch_names[Preprocessor(cfg, sfreq, None).beat_channel(hdrs[0])]]
     else:
         channels = cfg.channels or _common_channels(hdrs)
+    dropped: list[dict[str, str]] = []
+    if cfg.channel_types == "eeg" and not cfg.channels and cfg.unit != "beats" and len(channels) > 1:
+        channels, dropped = eeg_channels(Preprocessor(cfg, sfreq, channels), channels, good, hdrs)
+        if progress and dropped:
+            print(f"channel_types: eeg -- keeping {len(channels)} EEG channel(s), dropped {len(dropped)}: "
+                  + "; ".join(f"{d['channel']} ({d['reason']})" for d in dropped)
+                  + " (to choose yourself: --channels 'A,B,...' or `channels` in the config)")
     pre = Preprocessor(cfg, sfreq, channels)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(good))
@@ -707,10 +909,13 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     n_val = min(max(n_val, 1 if len(good) > 1 else 0), len(good) - 1)
     val_files = [good[i] for i in sorted(order[:n_val])]
     train_files = [good[i] for i in sorted(order[n_val:])]
-    if progress:
-        print(f"training on {len(train_files)} normal recording(s), calibrating on {len(val_files)}"
-              + (f"; {len(bad)} unreadable skipped" if bad else ""))
     unit = "beats" if cfg.unit == "beats" else "windows"
+    if progress:  # with one recording nothing can be held out whole: say what calibration uses instead
+        cal = (f"calibrating the threshold on {len(val_files)} held-out normal recording(s)" if val_files else
+               f"calibrating the threshold on its last {cfg.val_fraction:.0%} of {unit} (a single recording: "
+               f"none can be held out whole)")
+        print(f"training on {len(train_files)} normal recording(s), {cal}"
+              + (f"; {len(bad)} unreadable skipped" if bad else ""))
     if unit == "beats":
         x = _collect_beats(pre, train_files, bad, "the training recordings")
     else:
@@ -742,18 +947,20 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     det.calibrate(xv, fpr=cfg.window_fpr)
     val_scores = np.sort(det.score(xv).score.astype(np.float64))
     calibration = {"source": val_source, f"n_{unit}": int(len(xv)), "window_fpr": cfg.window_fpr}
-    if len(xv) * cfg.window_fpr < 1:  # the threshold is then simply the highest held-out score
-        calibration["warning"] = (f"{len(xv)} held-out normal {unit} cannot resolve window_fpr={cfg.window_fpr} "
-                                  f"(needs >= {math.ceil(1 / cfg.window_fpr)}): add normal recordings")
+    warning = calibration_warning(len(xv), [Path(f).name for f in val_files] or [Path(train_files[0]).name],
+                                  cfg.window_fpr, cfg.val_fraction, unit, single=not val_files)
+    if warning:
+        calibration["warning"] = warning
         if progress:
-            print(f"warning: {calibration['warning']}")
+            print(f"warning: {warning}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     det.save(out / DETECTOR_DIR)
     # reference distribution of held-out normal window scores (for the per-interval percentile)
     ref = val_scores if len(val_scores) <= 2000 else np.quantile(val_scores, np.linspace(0, 1, 2000))
     write_json(out / MODEL_CONFIG, {
-        "config": asdict(cfg), "sfreq": sfreq, "channels": channels, "threshold": float(det.threshold_),
+        "config": asdict(cfg), "sfreq": sfreq, "channels": channels, "dropped_channels": dropped,
+        "threshold": float(det.threshold_),
         "calibration": calibration,
         f"n_train_{unit}": int(len(x)),
         "train_recordings": [record_id_from_path(f) for f in train_files],
@@ -789,7 +996,7 @@ class ScreeningModel:
         except (KeyError, TypeError) as e:
             raise ReadError(f"corrupt {MODEL_CONFIG}: {e}", path / MODEL_CONFIG) from None
         if cfg.detector == "features":
-            import medad.detectors.features  # noqa: F401  (registers it; see _detector)
+            importlib.import_module("medad.detectors.features")  # registers it; see _detector
         if cfg.beat_fusion:
             from medad.detectors.fusion import ScoreFusion
 
@@ -1592,12 +1799,15 @@ def site_group(path: Path, folder: Path, mode: str) -> str:
 
 
 def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *, annotated_copy: str = "none",
-                  plots: bool = True, progress: bool = True, site_normalize: str | None = None) -> dict[str, Any]:
+                  plots: bool = True, progress: bool = True, site_normalize: str | None = None,
+                  text_sfreq: float | None = None) -> dict[str, Any]:
     """Screen every recording in ``folder`` and write the outputs (see module docstring) to ``out``.
 
     A recording that cannot be read or screened is reported (status ``error`` with the reason)
     and skipped; the others are still screened. ``site_normalize`` (``none``, ``folder``,
     ``subfolder``; default: the model's ``site_normalize``) normalises features per site first.
+    ``text_sfreq``: sampling rate of plain-text recordings (default: the model's; a model
+    trained on EDF has none).
 
     Returns:
         The ``results.json`` content.
@@ -1608,6 +1818,11 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
 
     check_annotated_copy(annotated_copy)  # before any work, not once per recording
     model = ScreeningModel.load(model_path)
+    if text_sfreq is not None:  # plain-text recordings carry no rate
+        problem = number_problem("text_sfreq", text_sfreq)
+        if problem:
+            raise ConfigError(problem)
+        model.cfg.text_sfreq = float(text_sfreq)
     site = model.cfg.site_normalize if site_normalize is None else site_normalize
     check_site_normalize(site, model.cfg.detector, model.cfg.unit)
     if site != "none" and getattr(model.detector, "center_", None) is None:

@@ -13,6 +13,29 @@ from typing import Optional
 import typer
 
 
+def _check_options(**values: Optional[float]) -> None:
+    """A bad numeric option is a usage error naming the option (``--window-fpr``), not a
+    failure after the data were read."""
+    from pipelines.screening import number_problem
+
+    for name, v in values.items():
+        problem = number_problem(name, v)
+        if problem:
+            raise typer.BadParameter(problem.replace(f"{name} must", "must", 1),
+                                     param_hint="--" + name.replace("_", "-"))
+
+
+def _channel_list(text: Optional[str]) -> Optional[list[str]]:
+    """``--channels 'A, B'`` -> ``["A", "B"]`` (names may contain spaces: only commas split)."""
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise typer.BadParameter("give channel names separated by commas, e.g. 'F7-C3,C3-T5'",
+                                 param_hint="--channels")
+    return names
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     screen_app = typer.Typer(help="Screen folders of recordings (EDF/BDF/FIF, WFDB, WAV, text) for abnormal spans.",
                              no_args_is_help=True)
@@ -27,13 +50,22 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                          "screening_ecg_beats.yaml: ECG beat mode)"),
         sfreq: Optional[float] = typer.Option(None, help="working sampling rate (default: the first recording's)"),
         text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of plain-text recordings"),
-        window_fpr: Optional[float] = typer.Option(None, help="share of held-out normal windows flagged"),
+        window_fpr: Optional[float] = typer.Option(None, help="share of held-out normal windows flagged, "
+                                                             "0 < fpr < 1 (e.g. 0.01)"),
+        channels: Optional[str] = typer.Option(None, help="comma-separated channel names to use, e.g. "
+                                                          "'F7-C3,C3-T5' (default: the config's `channels`, else "
+                                                          "those all recordings share; EEG configs keep EEG ones)"),
     ) -> None:
         """Learn normal recordings; calibrate the window threshold on held-out normal recordings."""
         from pipelines.screening import ScreeningConfig, train_screening
 
+        # option values are checked before the config or any recording is read (a bad --window-fpr
+        # must not surface as a crash after fitting)
+        _check_options(sfreq=sfreq, text_sfreq=text_sfreq, window_fpr=window_fpr)
+        picked = _channel_list(channels)
         cfg = ScreeningConfig.from_yaml(config) if config else ScreeningConfig()
-        for k, v in {"detector": detector, "sfreq": sfreq, "text_sfreq": text_sfreq, "window_fpr": window_fpr}.items():
+        for k, v in {"detector": detector, "sfreq": sfreq, "text_sfreq": text_sfreq, "window_fpr": window_fpr,
+                     "channels": picked}.items():
             if v is not None:
                 setattr(cfg, k, v)
         path = train_screening(normals, out, cfg)
@@ -50,12 +82,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             None, help="robust z-score the features against the screened folder's own statistics: 'folder' (one "
                        "site), 'subfolder' (each subfolder a site) or 'none' (default: the model's setting). "
                        "Assumes most recordings of a site are normal; features detector, or any detector in ECG beat mode"),
+        text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of plain-text recordings (default: "
+                                                              "the model's text_sfreq)"),
     ) -> None:
         """Screen every recording: results.csv/json, events.tsv, MNE/WFDB annotations, PNGs."""
         from pipelines.screening import screen_folder
 
+        _check_options(text_sfreq=text_sfreq)
         summary = screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=plots,
-                                site_normalize=site_normalize)
+                                site_normalize=site_normalize, text_sfreq=text_sfreq)
         if summary["n_errors"] == summary["n_recordings"]:  # nothing screened: a failure for scripts too
             from medad.errors import ReadError
 
