@@ -7,11 +7,18 @@ registry (any 2D image detector), :mod:`medad.report.overlay` (PNGs) and atomic 
 
 Outputs of :func:`screen_frames` in ``out/``:
 
-* ``frames.csv`` -- ``index, time_s, file, score, flagged`` per screened frame (``file``: the image's
-  name for a folder of frames, empty for a video);
+* ``frames.csv`` -- ``index, time_s, file, score, flagged, status, error`` per screened frame
+  (``file``: the image's path below the folder for a folder of frames, empty for a video); an
+  unreadable frame has a row too, with ``status`` ``error``, the reason in ``error`` and no score;
 * ``summary.json`` -- source, model, threshold, flagged spans ``(start_s, end_s, n_frames,
   max_score)``, unreadable frames with the reason;
-* ``overlays/frame_<index>.png`` -- image | map | blend for each flagged frame.
+* ``overlays/<image path>.png`` (a folder of images: the image's path below the folder, ``/`` as
+  ``__``, without its suffix) or ``overlays/<video stem>_f<index>.png`` (a video) -- image | map |
+  blend for each flagged frame, drawn at the source image's resolution (the map upsampled to it).
+
+A folder of frames is searched with its subfolders (links to folders followed), frames in natural
+order of their paths. Frames are read, scored and drawn batch by batch, so a long video is not held
+in memory, and a progress bar counts the screened frames.
 """
 
 from __future__ import annotations
@@ -19,18 +26,48 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from medad.errors import ConfigError, InputError, ReadError
 from medad.utils import atomic_path, write_json
 
+if TYPE_CHECKING:
+    from medad.io.images import VideoFrame
+
 log = logging.getLogger(__name__)
 
 PREP_FILE = "frames.json"
+#: smallest working side length: below it no image detector has a patch or a layer to work with
+MIN_IMAGE_SIZE = 16
+FRAME_FIELDS = ("index", "time_s", "file", "score", "flagged", "status", "error")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def check_int(name: str, value: Any, minimum: int, option: str | None = None) -> None:
+    """Clear :class:`ConfigError` unless ``value`` is a whole number >= ``minimum`` (``option``:
+    the command-line spelling, named beside ``name``)."""
+    if not (_is_int(value) and value >= minimum):
+        raise ConfigError(f"{name}{f' ({option})' if option else ''} must be a whole number >= {minimum}, "
+                          f"got {value!r}")
+
+
+def check_share(name: str, value: Any, option: str | None = None) -> None:
+    """Clear :class:`ConfigError` unless ``value`` is a number strictly between 0 and 1."""
+    if not (_is_number(value) and 0.0 < float(value) < 1.0):
+        raise ConfigError(f"{name}{f' ({option})' if option else ''} must be a number between 0 and 1 "
+                          f"(exclusive), got {value!r}")
 
 
 @dataclass
@@ -65,7 +102,25 @@ class FramesConfig:
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
             raise ConfigError(f"{path}: unknown frame-screening settings {sorted(unknown)}")
-        return cls(**raw)
+        try:
+            return cls(**raw).validate()
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
+
+    def validate(self) -> "FramesConfig":
+        """Check the numeric settings (before any frame is read); returns ``self``. Each error
+        names the setting and its command-line option."""
+        if not isinstance(self.detector, str) or not self.detector:
+            raise ConfigError(f"detector (--detector) must be a registry name, got {self.detector!r}")
+        if not isinstance(self.detector_params, dict):
+            raise ConfigError(f"detector_params must be a mapping, got {type(self.detector_params).__name__}")
+        check_int("image_size", self.image_size, MIN_IMAGE_SIZE, "--image-size")
+        check_share("val_fraction", self.val_fraction)
+        check_share("fpr", self.fpr, "--fpr")
+        if self.pixel_fpr is not None:
+            check_share("pixel_fpr", self.pixel_fpr)
+        check_int("seed", self.seed, 0)
+        return self
 
 
 def prepare_frames(images: list[np.ndarray], image_size: int, grey: bool) -> np.ndarray:
@@ -100,43 +155,115 @@ def frame_preparer(model: str | Path):
     return lambda image: prepare_frames([frame_rgb(image)], prep["image_size"], prep["grey"])
 
 
-def read_frames(source: str | Path, stride: int = 1, fps: float | None = None) -> tuple[list, list[dict]]:
-    """``[(index, time_s, rgb, file)]`` of a video or a folder of frames (``file``: the image's
-    name, ``None`` for a video), and the unreadable ones (``fps``: frame rate of a folder of
-    frames, default 1; a video's own rate is used)."""
-    from medad.io.images import iter_video_frames
+def _folder_files(folder: Path) -> list[Path]:
+    """The frame images of ``folder`` and its subfolders (links to folders followed), in natural
+    order of their paths below ``folder`` ('a/f2' before 'a/f10' before 'b/f1')."""
+    from medad.io.images import IMAGE_SUFFIXES, natural_key
+    from medad.utils import walk_files
 
-    errors: list[dict] = []
+    files = [f for f in walk_files(folder) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ReadError(f"folder (subfolders included) holds no frame images ({', '.join(IMAGE_SUFFIXES)})",
+                        folder)
+    return sorted(files, key=lambda f: [natural_key(part) for part in f.relative_to(folder).parts])
 
-    def on_error(index: int, err: ReadError) -> None:
-        errors.append({"index": int(index), "error": str(err)})
-        log.warning("skipping frame %d: %s", index, err)
 
-    frames = [(f.index, f.time_s, f.image, f.file)
-              for f in iter_video_frames(source, stride, fps=fps, on_error=on_error)]
-    return frames, errors
+@dataclass
+class FrameSource:
+    """A video file or a folder of frame images (subfolders included), opened for reading.
+
+    ``n_frames``: the frames in the source (a video's declared count, 0 if unknown); ``fps``:
+    frames per second (a video's own rate, 25 when it declares none, as
+    :func:`medad.io.images.iter_video_frames` assumes; a folder's ``fps`` argument, default 1)."""
+
+    path: Path
+    n_frames: int
+    fps: float
+    files: list[Path] | None = None  # a folder's frame images; None for a video
+
+    @classmethod
+    def open(cls, source: str | Path, fps: float | None = None) -> "FrameSource":
+        """Check that ``source`` can be read (clear :class:`ReadError` otherwise) and count its frames."""
+        from medad.io.images import video_info
+
+        p = Path(source)
+        if p.is_dir():
+            files = _folder_files(p)
+            return cls(p, len(files), float(fps or 1.0), files)
+        info = video_info(p)
+        rate = float(info.get("fps") or 0.0)
+        return cls(p, max(int(info.get("frames") or 0), 0), rate if rate > 0 and math.isfinite(rate) else 25.0)
+
+    def n_read(self, stride: int) -> int | None:
+        """How many frames a walk at ``stride`` visits (None when the video declares no count)."""
+        return -(-self.n_frames // stride) if self.n_frames else None
+
+    def file(self, index: int) -> str:
+        """The image of frame ``index`` as a path below the folder ('' for a video)."""
+        return self.files[index].relative_to(self.path).as_posix() if self.files is not None else ""
+
+    def overlay_name(self, index: int) -> str:
+        """Overlay file stem of frame ``index``: the image's path below the folder without its
+        suffix (subfolders joined by '__'), or ``<video stem>_f<index>``."""
+        if self.files is None:
+            return f"{self.path.stem}_f{index:06d}"
+        return "__".join(Path(self.file(index)).with_suffix("").parts)
+
+    def frames(self, stride: int = 1, on_error: Callable[[int, ReadError], None] | None = None
+               ) -> Iterator[VideoFrame]:
+        """Every ``stride``-th frame (indices and times those of the source); unreadable frames go to
+        ``on_error(index, ReadError)`` and the walk goes on."""
+        from medad.io.images import VideoFrame, frame_rgb, iter_video_frames, read_image
+
+        check_int("stride", stride, 1, "--stride")
+        if self.files is None:
+            yield from iter_video_frames(self.path, stride, on_error=on_error)
+            return
+        for i in range(0, len(self.files), stride):
+            try:
+                rgb = read_image(self.files[i], grey=False).data
+            except ReadError as e:
+                if on_error is None:
+                    log.warning("skipping frame %d: %s", i, e)
+                else:
+                    on_error(i, e)
+                continue
+            yield VideoFrame(i, i / self.fps, frame_rgb(rgb), file=self.file(i))
 
 
 def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None = None, *,
                  progress: bool = True):
     """Fit ``cfg.detector`` on normal frames (a folder of images or a video), calibrate it on a
     held-out share of them and save it to ``out`` (with the preprocessing in ``frames.json``)."""
+    from tqdm.auto import tqdm
+
     from medad import registry
 
-    cfg = cfg or FramesConfig()
-    frames, errors = read_frames(normal)
+    cfg = (cfg or FramesConfig()).validate()
+    # the detector is built before any frame is read: a bad name or parameter fails at once
+    det = registry.create(cfg.detector, **cfg.detector_params)
+    if getattr(det, "supervised", False):
+        raise ConfigError(f"detector {cfg.detector!r} is supervised; frame training uses normal frames only")
+    src = FrameSource.open(normal)
+    errors: list[dict] = []
+
+    def on_error(index: int, err: ReadError) -> None:
+        errors.append({"index": int(index), "error": str(err)})
+        log.warning("skipping frame %d: %s", index, err)
+
+    # frames are shrunk to the working size as they are read: a long video is not held whole
+    xs = [prepare_frames([f.image], cfg.image_size, cfg.grey)
+          for f in tqdm(src.frames(1, on_error), total=src.n_read(1), desc="read normal frames", unit="frame",
+                        disable=not progress)]
     if errors:
         log.warning("%d unreadable normal frames skipped", len(errors))
-    if len(frames) < 4:
-        raise InputError(f"{normal}: need at least 4 readable normal frames, found {len(frames)}")
-    x = prepare_frames([f[2] for f in frames], cfg.image_size, cfg.grey)
+    if len(xs) < 4:
+        raise InputError(f"{normal}: need at least 4 readable normal frames, found {len(xs)}")
+    x = np.concatenate(xs)
     rng = np.random.default_rng(cfg.seed)
     order = rng.permutation(len(x))
     n_val = max(1, int(round(cfg.val_fraction * len(x))))
     val, train = x[order[:n_val]], x[order[n_val:]]
-    det = registry.create(cfg.detector, **cfg.detector_params)
-    if getattr(det, "supervised", False):
-        raise ConfigError(f"detector {cfg.detector!r} is supervised; frame training uses normal frames only")
     if hasattr(det, "train_options"):
         det.train_options = {"progress": progress}
     det.fit(train)
@@ -170,73 +297,131 @@ def flagged_spans(times: np.ndarray, scores: np.ndarray, flagged: np.ndarray, st
     return spans
 
 
+def _overlay_views(frame: np.ndarray, amap: np.ndarray, pixel_threshold: float | None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The source frame in [0, 1], the map upsampled from the working grid to the frame's own
+    resolution (the frame is not shrunk: a 64 px overlay is pixelated) and the mask drawn from the
+    upsampled map (smooth contours, not working-grid blocks)."""
+    import cv2
+
+    h, w = frame.shape[:2]
+    m = cv2.resize(np.asarray(amap, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    mask = None if pixel_threshold is None else m > pixel_threshold
+    return np.asarray(frame, np.float32) / 255.0, m, mask
+
+
+def _write_frames_csv(rows: list[dict], path: Path) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=FRAME_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in sorted(rows, key=lambda r: r["index"]):
+        w.writerow({k: r.get(k, "") for k in FRAME_FIELDS})
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue(), encoding="utf-8")
+
+
 def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, stride: int = 1,
                   batch_size: int = 32, overlays: bool = True, max_overlays: int = 200,
-                  fps: float | None = None) -> dict:
+                  fps: float | None = None, progress: bool = True) -> dict:
     """Score every ``stride``-th frame of ``source`` with the saved model; write CSV, JSON and
     overlays (see module doc). ``fps``: frame rate of a folder of frames (times and spans in
-    seconds; default 1, i.e. frame numbers); a video's own rate is always used. Returns the
-    summary dict."""
+    seconds; default 1, i.e. frame numbers); a video's own rate is always used. ``progress``: a
+    tqdm bar of the frames screened. Returns the summary dict."""
+    from tqdm.auto import tqdm
+
     from medad.detectors.base import Detector
     from medad.report.overlay import save_overlay
-
     from medad.utils import read_model_json
 
+    check_int("stride", stride, 1, "--stride")
+    check_int("batch_size", batch_size, 1)
+    check_int("max_overlays", max_overlays, 0)
+    if fps is not None and not (_is_number(fps) and math.isfinite(fps) and fps > 0):
+        raise ConfigError(f"fps must be positive (--fps), got {fps}")
     model, out = Path(model), Path(out)
     prep = read_model_json(model, PREP_FILE, "frame-screening model (train it with `medad images train`)")
     det = Detector.load(model)
     if getattr(det, "threshold_", None) is None:
         raise ReadError("model has no calibrated threshold", model)
-    if fps is not None and not fps > 0:
-        raise ConfigError(f"fps must be positive, got {fps}")
-    frames, errors = read_frames(source, stride, fps)
-    if not frames:
-        raise ReadError("no readable frame to screen", Path(source))
+    src = FrameSource.open(source, fps)
     out.mkdir(parents=True, exist_ok=True)
-    for old in (out / "overlays").glob("frame_*.png"):  # an earlier run's: not this run's flagged frames
+    for old in (out / "overlays").glob("*.png"):  # an earlier run's: not this run's flagged frames
         old.unlink()
-    idx = np.array([f[0] for f in frames])
-    times = np.array([f[1] for f in frames], dtype=np.float64)
-    scores, flagged = np.zeros(len(frames)), np.zeros(len(frames), bool)
-    overlay_files: list[str] = []
-    has_map = False
-    for i in range(0, len(frames), batch_size):
-        chunk = frames[i:i + batch_size]
-        x = prepare_frames([f[2] for f in chunk], prep["image_size"], prep["grey"])
-        res = det.predict(x)
-        scores[i:i + len(chunk)] = res.score
-        flagged[i:i + len(chunk)] = res.label
-        has_map = res.map is not None
-        if not overlays or res.map is None:
-            continue
-        for j in np.flatnonzero(res.label):
-            if len(overlay_files) >= max_overlays:
-                break
-            k = i + int(j)
-            img = np.moveaxis(x[j], 0, -1)
-            path = out / "overlays" / f"frame_{idx[k]:06d}.png"
-            save_overlay(img[..., 0] if img.shape[-1] == 1 else img, res.map[j], path,
-                         mask=None if res.mask is None else res.mask[j],
-                         title=f"frame {idx[k]}{' ' + frames[k][3] if frames[k][3] else ''}  t={times[k]:.2f}s  "
-                               f"score={scores[k]:.4g}  threshold={det.threshold_:.4g}")
-            overlay_files.append(str(path.relative_to(out)))
-    step_s = float(np.median(np.diff(times))) if len(times) > 1 else 0.0
-    spans = flagged_spans(times, scores, flagged, step_s)
 
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["index", "time_s", "file", "score", "flagged"])
-    for k in range(len(frames)):
-        w.writerow([int(idx[k]), f"{times[k]:.4f}", frames[k][3] or "", f"{scores[k]:.6g}", int(flagged[k])])
-    with atomic_path(out / "frames.csv") as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
+    rows: list[dict] = []  # one per visited frame, unreadable ones included
+    errors: list[dict] = []
+    pending_errors = 0  # unreadable frames not yet counted on the bar
+
+    def on_error(index: int, err: ReadError) -> None:
+        nonlocal pending_errors
+        errors.append({"index": int(index), "error": str(err)})
+        rows.append({"index": int(index), "time_s": f"{index / src.fps:.4f}", "file": src.file(index),
+                     "status": "error", "error": str(err)})
+        pending_errors += 1
+        log.warning("skipping frame %d: %s", index, err)
+
+    times: list[float] = []
+    scores: list[float] = []
+    flagged: list[bool] = []
+    overlay_files: list[str] = []
+    used_names: set[str] = set()
+    has_map = False
+    bar = tqdm(total=src.n_read(stride), desc=f"screen {src.path.name}", unit="frame", disable=not progress)
+
+    def score_batch(chunk: list) -> None:
+        nonlocal has_map, pending_errors
+        x = prepare_frames([f.image for f in chunk], prep["image_size"], prep["grey"])
+        res = det.predict(x)
+        has_map = res.map is not None
+        for j, f in enumerate(chunk):
+            s, lab = float(res.score[j]), bool(res.label[j])
+            times.append(float(f.time_s))
+            scores.append(s)
+            flagged.append(lab)
+            rows.append({"index": int(f.index), "time_s": f"{f.time_s:.4f}", "file": f.file or "",
+                         "score": f"{s:.6g}", "flagged": int(lab), "status": "ok", "error": ""})
+            if not (lab and overlays and has_map) or len(overlay_files) >= max_overlays:
+                continue
+            name = src.overlay_name(f.index)
+            if name in used_names:  # e.g. a.jpg beside a.png
+                name = f"{name}_f{f.index:06d}"
+            used_names.add(name)
+            path = out / "overlays" / f"{name}.png"
+            img, amap, mask = _overlay_views(f.image, res.map[j], res.pixel_threshold)
+            save_overlay(img, amap, path, mask=mask,
+                         title=f"frame {f.index}{' ' + f.file if f.file else ''}  t={f.time_s:.2f}s  "
+                               f"score={s:.4g}  threshold={det.threshold_:.4g}")
+            overlay_files.append(str(path.relative_to(out)))
+        bar.update(len(chunk) + pending_errors)
+        pending_errors = 0
+        bar.set_postfix(flagged=int(sum(flagged)), refresh=False)
+
+    try:
+        chunk: list = []
+        for f in src.frames(stride, on_error):
+            chunk.append(f)
+            if len(chunk) == batch_size:
+                score_batch(chunk)
+                chunk = []
+        if chunk:
+            score_batch(chunk)
+        bar.update(pending_errors)
+    finally:
+        bar.close()
+    if not scores:
+        raise ReadError(f"no readable frame to screen ({len(errors)} unreadable)", src.path)
+    t = np.asarray(times, np.float64)
+    step_s = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
+    spans = flagged_spans(t, np.asarray(scores), np.asarray(flagged, bool), step_s)
+    _write_frames_csv(rows, out / "frames.csv")
+    n_flagged = int(sum(flagged))
     summary = {
         "source": str(source), "model": str(model), "detector": det.name, "stride": int(stride),
-        "n_frames_screened": int(len(frames)), "n_flagged": int(flagged.sum()),
+        "n_frames_screened": len(scores), "n_flagged": n_flagged,
         "threshold": float(det.threshold_), "threshold_source": (det.calibration_ or {}).get("source"),
         "spans": spans, "unreadable_frames": errors, "overlays": overlay_files,
         # flagged frames beyond max_overlays get no PNG (their rows are in frames.csv)
-        "overlays_not_written": int(flagged.sum() - len(overlay_files)) if overlays and has_map else 0,
+        "overlays_not_written": n_flagged - len(overlay_files) if overlays and has_map else 0,
     }
     write_json(out / "summary.json", summary)
     return summary

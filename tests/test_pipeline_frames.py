@@ -85,13 +85,19 @@ def test_stride_and_corrupt_frames_are_reported(model_dir, tmp_path):
     assert "f004.jpg" in summary["unreadable_frames"][0]["error"]
     assert summary["n_frames_screened"] == 9  # 10 frames at stride 2, one unreadable
     rows = list(csv.DictReader(open(tmp_path / "out" / "frames.csv")))
-    assert [int(r["index"]) for r in rows] == [0, 2, 6, 8, 10, 12, 14, 16, 18]
+    # the unreadable frame has its row too, in index order, with the reason and no score
+    assert [int(r["index"]) for r in rows] == [0, 2, 4, 6, 8, 10, 12, 14, 16, 18]
+    bad = rows[2]
+    assert (bad["file"], bad["status"], bad["score"], bad["flagged"]) == ("f004.jpg", "error", "", "")
+    assert "f004.jpg" in bad["error"] and float(bad["time_s"]) == 4.0
+    assert {r["status"] for r in rows if r is not bad} == {"ok"} and all(r["error"] == "" for r in rows if r is not bad)
+    rows = [r for r in rows if r["status"] == "ok"]
     # (JPEG frames vs a model of MJPG video: only the ranking is meaningful here)
     assert max(rows, key=lambda r: float(r["score"]))["index"] == "12"
     # a folder of frames has no rate of its own: --fps turns frame numbers into seconds
     screen_frames(model_dir, d, tmp_path / "out25", stride=2, fps=25.0, overlays=False)
     rows = list(csv.DictReader(open(tmp_path / "out25" / "frames.csv")))
-    assert [float(r["time_s"]) for r in rows][:3] == [0.0, 0.08, 0.24]
+    assert [float(r["time_s"]) for r in rows][:4] == [0.0, 0.08, 0.16, 0.24]  # 0.16: the unreadable f004
     with pytest.raises(Exception, match="fps must be positive"):
         screen_frames(model_dir, d, tmp_path / "out0", fps=0.0)
 

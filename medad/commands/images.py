@@ -15,23 +15,27 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @images_app.command("train")
     def images_train(
-        normal: Path = typer.Argument(..., help="folder of normal images/frames, or a video of normal frames"),
+        normal: Path = typer.Argument(..., help="folder of normal images/frames (subfolders searched too, "
+                                                "natural name order), or a video of normal frames"),
         out: Path = typer.Option(..., "--out", help="model folder to write"),
         detector: Optional[str] = typer.Option(None, help="image detector (registry name); default cutpaste"),
         config: Optional[Path] = typer.Option(None, help="YAML (see configs/images_*.yaml)"),
-        image_size: Optional[int] = typer.Option(None, help="working side length in pixels"),
+        image_size: Optional[int] = typer.Option(None, help="working side length in pixels (>= 16)"),
         grey: Optional[bool] = typer.Option(None, "--grey/--rgb", help="one grey channel or RGB"),
-        epochs: Optional[int] = typer.Option(None, help="override the detector's training epochs"),
-        fpr: Optional[float] = typer.Option(None, help="share of held-out normal frames flagged"),
+        epochs: Optional[int] = typer.Option(None, help="override the detector's training epochs (>= 1)"),
+        fpr: Optional[float] = typer.Option(None, help="share of held-out normal frames flagged, in (0, 1)"),
     ) -> None:
-        """Learn normal frames; calibrate the frame threshold on held-out normal frames."""
-        from pipelines.frames import FramesConfig, train_frames
+        """Learn normal frames; calibrate the frame threshold on held-out normal frames. A folder
+        is searched with its subfolders."""
+        from pipelines.frames import FramesConfig, check_int, train_frames
 
         cfg = FramesConfig.from_yaml(config) if config else FramesConfig()
         for k, v in {"detector": detector, "image_size": image_size, "grey": grey, "fpr": fpr}.items():
             if v is not None:
                 setattr(cfg, k, v)
+        cfg.validate()  # bad numbers are named before any frame is read
         if epochs is not None:
+            check_int("epochs", epochs, 1, "--epochs")
             from medad.detectors.fusion import with_epochs
 
             cfg.detector_params = with_epochs(cfg.detector, cfg.detector_params, epochs)
@@ -42,14 +46,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @images_app.command("screen")
     def images_screen(
         model: Path = typer.Argument(..., help="model folder from `medad images train`"),
-        source: Path = typer.Argument(..., help="video file or folder of frames"),
+        source: Path = typer.Argument(..., help="video file or folder of frames (subfolders searched too, "
+                                                "natural name order)"),
         out: Path = typer.Option(..., "--out", help="output folder"),
-        stride: int = typer.Option(1, help="screen every K-th frame"),
+        stride: int = typer.Option(1, help="screen every K-th frame (>= 1)"),
         overlays: bool = typer.Option(True, help="write an overlay PNG per flagged frame"),
         fps: Optional[float] = typer.Option(None, help="frame rate of a folder of frames, for times in seconds "
                                                        "(default 1: frame numbers); a video's own rate is used"),
     ) -> None:
-        """Score frames; write frames.csv, summary.json (flagged spans) and overlays/."""
+        """Score frames; write frames.csv (unreadable frames included, with the reason),
+        summary.json (flagged spans) and overlays/. A folder is searched with its subfolders; a
+        progress bar (stderr) counts the screened frames."""
         from pipelines.frames import screen_frames
 
         s = screen_frames(model, source, out, stride=stride, overlays=overlays, fps=fps)
