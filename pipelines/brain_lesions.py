@@ -63,7 +63,9 @@ class BrainLesionConfig:
             stands for the scan's file name without extension, e.g. ``"{stem}_brainmask.nii.gz"``
             in a flat folder, ``"brainmask*.nii*"`` in case folders); when it is absent the brain
             comes from registration to MNI152.
-        exclude_patterns: file-name globs that are never scans (masks, labels).
+        exclude_patterns: file-name globs of masks and label maps: a matching file is left out (and
+            listed, with the reason) when it holds few distinct values; one holding a scan's
+            continuous intensities (``Subj1_FL_skullstripped_masked.nii.gz``) is still a scan.
         val_fraction: share of healthy subjects held out for calibration (at least one).
         pixel_fpr: share of held-out healthy brain voxels above the voxel threshold.
         slice_fpr: share of held-out healthy slices above the slice threshold.
@@ -817,7 +819,7 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
     for s in tqdm(found, desc="scoring", disable=not progress, unit="scan"):
         d = out / s.scan_id
         before = earlier.get(s.scan_id)
-        if before and Path(before) != s.path and any((d / f).exists() for f in SCAN_OUTPUTS):
+        if before and Path(before).resolve() != s.path.resolve() and any((d / f).exists() for f in SCAN_OUTPUTS):
             print(f"note: {d} held the results of {before} from an earlier run; replaced by {s.path}")
         for f in SCAN_OUTPUTS:
             (d / f).unlink(missing_ok=True)
@@ -871,7 +873,8 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
     cfg = model.config
     # the scan's own brain mask is found as `medad brain score` finds it (else: registration)
     found = find_scans(p.parent, p.name, mask_pattern or cfg.mask_pattern) if p.is_file() else [Scan(cid, p)]
-    vol = prepare_scan(found[0], cfg.prep)
+    # the file itself, not a same-named file in a subfolder nor a DICOM series beside it
+    vol = prepare_scan(next((s for s in found if s.path == p), found[0]), cfg.prep)
     amap, mask, row = score_scan(model, vol)
     write_like(amap.astype(np.float32), vol.record, out / "anomaly_map.nii.gz")
     write_like(mask.astype(np.uint8), vol.record, out / "mask.nii.gz")

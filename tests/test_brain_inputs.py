@@ -160,6 +160,11 @@ def test_a_failed_registration_names_the_file_in_short_words(tmp_path):
     line, summary = _failure(scan, e)
     assert line.startswith(f"{scan.path}: registration to the MNI152") and e.detail not in line
     assert summary.startswith(line) and e.detail in summary
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(InputError, match=r"the scan is empty \(every voxel is 0\)") as ei:
+            register_brain_mask(np.zeros((30, 30, 20), np.float32), np.eye(4))
+    assert _failure(scan, ei.value)[0].startswith(f"{scan.path}: the scan is empty")
     # errors that name another file keep it; non-medad errors get the scan's
     other = InputError("brain mask is not on the scan's grid", tmp_path / "m.nii.gz")
     assert _error_text(other, scan.path) == str(other)

@@ -284,7 +284,9 @@ def crude_head_masks(data: np.ndarray, affine: np.ndarray, *, erode_mm: float = 
         x = x - np.float32(bg)
     pos = x[x > 0]
     if pos.size == 0:
-        raise InputError("the scan is empty (no intensities above the background)")
+        what = f"every voxel is {float(x.flat[0]) + float(bg or 0):g}" if x.min() == x.max() else \
+            "no intensities above the background"
+        raise InputError(f"the scan is empty ({what}); there is no head to find the brain in")
     head = x > 0.1 * float(np.percentile(pos, 99))
     lab, n = ndi.label(head)
     if n > 1:
