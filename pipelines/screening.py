@@ -373,7 +373,9 @@ class Preprocessor:
         missing = [c for c in self.channels if c not in hdr.ch_names]
         if missing:
             raise ReadError(f"recording lacks channels the model needs ({len(missing)} of {len(self.channels)}): "
-                            f"{_names(missing, 8)}; it has {len(hdr.ch_names)}: {_names(hdr.ch_names, 8)}", hdr.path)
+                            f"{_names(missing, 8)}; it has {len(hdr.ch_names)}: {_names(hdr.ch_names, 8)}"
+                            + (" -- another montage: screen it with a model trained on recordings like it"
+                               if len(missing) == len(self.channels) else ""), hdr.path)
         return [hdr.ch_names.index(c) for c in self.channels]
 
     def filter(self, x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
