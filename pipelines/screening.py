@@ -476,7 +476,8 @@ class Preprocessor:
             nonlocal lo, hi
             for c0, x in iter_signal_chunks(path, n_chunk / fs_in, (2 * pad + W), picks=picks, header=hdr,
                                             sfreq=cfg.text_sfreq):
-                lo, hi = np.minimum(lo, x.min(1)), np.maximum(hi, x.max(1))
+                if x.shape[1]:
+                    lo, hi = np.minimum(lo, x.min(1)), np.maximum(hi, x.max(1))
                 yield c0, x
 
         def work(item):
@@ -794,14 +795,39 @@ def non_eeg_kind(name: str) -> str | None:
     return None
 
 
+#: MNE channel types kept by ``channel_types: eeg`` (``misc``: unknown, judged by its name)
+EEG_TYPES = ("eeg", "seeg", "ecog", "dbs", "misc")
+
+
+def _mne_channel_types(hdr) -> dict[str, str]:
+    """Channel name -> MNE type of an EDF/BDF/FIF recording (``{}`` for other formats)."""
+    if hdr.format != "mne":
+        return {}
+    from medad.io.signals import _open_mne
+
+    try:
+        raw = _open_mne(Path(hdr.path))
+    except MedadError:  # its header was read: a failure here leaves the names to judge
+        return {}
+    return dict(zip(raw.ch_names, raw.get_channel_types()))
+
+
 def eeg_channels(pre: "Preprocessor", channels: list[str], files: Sequence[Path],
                  hdrs: Sequence[Any]) -> tuple[list[str], list[dict[str, str]]]:
     """``channels`` less the non-EEG ones (:func:`non_eeg_kind`) and those flat in training: a
     level below :data:`FLAT_RELATIVE` of the median channel's in at least half of up to
     :data:`FLAT_CHECK_RECORDINGS` training recordings. Returns the kept channels and the dropped
-    ones with the reason. Nothing left is a ConfigError."""
-    dropped = [{"channel": c, "reason": f"{non_eeg_kind(c)} by its name"} for c in channels if non_eeg_kind(c)]
-    keep = [c for c in channels if not non_eeg_kind(c)]
+    ones with the reason. Channel types stored in the file (FIF; MNE reads every EDF/BDF channel
+    as EEG) count first: a non-EEG type is dropped whatever the name. Nothing left is a ConfigError."""
+    types = _mne_channel_types(hdrs[0])
+    dropped, keep = [], []
+    for c in channels:
+        why = (f"type {types[c]!r} in {Path(hdrs[0].path).name}" if types.get(c, "eeg") not in EEG_TYPES
+               else f"{non_eeg_kind(c)} by its name" if non_eeg_kind(c) else None)
+        if why:
+            dropped.append({"channel": c, "reason": why})
+        else:
+            keep.append(c)
     if len(keep) > 1:  # flatness is relative to the other channels
         pick = np.unique(np.linspace(0, len(files) - 1, min(len(files), FLAT_CHECK_RECORDINGS)).round().astype(int))
         ratios = []
@@ -809,7 +835,7 @@ def eeg_channels(pre: "Preprocessor", channels: list[str], files: Sequence[Path]
             try:
                 idx = [list(hdrs[i].ch_names).index(c) for c in keep]
                 lev = pre.levels(files[i], hdrs[i], idx)
-            except (MedadError, ValueError):  # unreadable here: training reports it by name later
+            except (MedadError, ValueError, TypeError):  # unusable here: training reports it by name later
                 continue
             ratios.append(lev / max(float(np.median(lev)), 1e-30))
         if ratios:

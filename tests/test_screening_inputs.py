@@ -41,16 +41,16 @@ def _texts(folder: Path, n: int, seed: int, seconds: float = 20.0) -> Path:
     return folder
 
 
-def _fif(path: Path, seed: int, names=EEG_NAMES, seconds: float = 30.0) -> Path:
+def _fif(path: Path, seed: int, names=EEG_NAMES, seconds: float = 30.0, types="eeg") -> Path:
     """A FIF recording: EEG-like noise on every channel, the ECG larger, ``EEG Cz-Ref`` at 2 % of
-    the others' level (the reference electrode itself)."""
+    the others' level (the reference electrode itself); ``types``: MNE channel types."""
     import mne
 
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((len(names), int(seconds * FS))) * 20e-6
     for i, c in enumerate(names):
         x[i] *= {"EEG Cz-Ref": 0.02, "ECG EKG-Ref": 8.0}.get(c, 1.0)
-    raw = mne.io.RawArray(x, mne.create_info(list(names), FS, "eeg"), verbose="error")
+    raw = mne.io.RawArray(x, mne.create_info(list(names), FS, types), verbose="error")
     raw.save(str(path), overwrite=True, verbose="error")
     return path
 
@@ -121,6 +121,23 @@ def test_eeg_channel_types_drop_non_eeg_and_flat_channels(eeg_folder, tmp_path, 
     assert ScreeningConfig.from_yaml(Path(__file__).parents[1] / "configs" / "screening_eeg.yaml").channel_types == "eeg"
     with pytest.raises(ConfigError, match="channel_types"):
         ScreeningConfig(channel_types="EEG only").validate()
+
+
+def test_eeg_channel_types_use_the_types_a_fif_file_stores(tmp_path):
+    """A FIF channel typed ECG or stim is dropped whatever its name; "misc" is judged by its name."""
+    names = ["EEG C3-Ref", "EEG O1-Ref", "EEG P3-Ref", "BIO001", "STI 014", "Resp"]
+    types = ["eeg", "eeg", "eeg", "ecg", "stim", "misc"]
+    folder = tmp_path / "typed"
+    folder.mkdir()
+    for i in range(2):
+        _fif(folder / f"s{i}_raw.fif", i, names=names, types=types)
+    cfg = ScreeningConfig(channel_types="eeg", notch=None, chunk_seconds=20.0, window_fpr=0.05)
+    train_screening(folder, tmp_path / "m", cfg, progress=False)
+    info = json.loads((tmp_path / "m" / "screening.json").read_text())
+    assert info["channels"] == names[:3]
+    why = {d["channel"]: d["reason"] for d in info["dropped_channels"]}
+    assert why["BIO001"].startswith("type 'ecg'") and why["STI 014"].startswith("type 'stim'")
+    assert why["Resp"] == "respiration by its name"
 
 
 def test_no_shared_channel_names_the_files_and_cli_channels(tmp_path, eeg_folder):
