@@ -155,26 +155,13 @@ def frame_preparer(model: str | Path):
     return lambda image: prepare_frames([frame_rgb(image)], prep["image_size"], prep["grey"])
 
 
-def _folder_files(folder: Path) -> list[Path]:
-    """The frame images of ``folder`` and its subfolders (links to folders followed), in natural
-    order of their paths below ``folder`` ('a/f2' before 'a/f10' before 'b/f1')."""
-    from medad.io.images import IMAGE_SUFFIXES, natural_key
-    from medad.utils import walk_files
-
-    files = [f for f in walk_files(folder) if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise ReadError(f"folder (subfolders included) holds no frame images ({', '.join(IMAGE_SUFFIXES)})",
-                        folder)
-    return sorted(files, key=lambda f: [natural_key(part) for part in f.relative_to(folder).parts])
-
-
 @dataclass
 class FrameSource:
     """A video file or a folder of frame images (subfolders included), opened for reading.
 
     ``n_frames``: the frames in the source (a video's declared count, 0 if unknown); ``fps``:
-    frames per second (a video's own rate, 25 when it declares none, as
-    :func:`medad.io.images.iter_video_frames` assumes; a folder's ``fps`` argument, default 1)."""
+    frames per second (a video's own rate, :data:`medad.io.images.DEFAULT_VIDEO_FPS` when it declares
+    none, as :func:`medad.io.images.iter_video_frames` assumes; a folder's ``fps`` argument, default 1)."""
 
     path: Path
     n_frames: int
@@ -184,15 +171,16 @@ class FrameSource:
     @classmethod
     def open(cls, source: str | Path, fps: float | None = None) -> "FrameSource":
         """Check that ``source`` can be read (clear :class:`ReadError` otherwise) and count its frames."""
-        from medad.io.images import video_info
+        from medad.io.images import DEFAULT_VIDEO_FPS, frame_files, video_info
 
         p = Path(source)
         if p.is_dir():
-            files = _folder_files(p)
+            files = frame_files(p)
             return cls(p, len(files), float(fps or 1.0), files)
         info = video_info(p)
         rate = float(info.get("fps") or 0.0)
-        return cls(p, max(int(info.get("frames") or 0), 0), rate if rate > 0 and math.isfinite(rate) else 25.0)
+        return cls(p, max(int(info.get("frames") or 0), 0),
+                   rate if rate > 0 and math.isfinite(rate) else DEFAULT_VIDEO_FPS)
 
     def n_read(self, stride: int) -> int | None:
         """How many frames a walk at ``stride`` visits (None when the video declares no count)."""
@@ -213,22 +201,10 @@ class FrameSource:
                ) -> Iterator[VideoFrame]:
         """Every ``stride``-th frame (indices and times those of the source); unreadable frames go to
         ``on_error(index, ReadError)`` and the walk goes on."""
-        from medad.io.images import VideoFrame, frame_rgb, iter_video_frames, read_image
+        from medad.io.images import iter_video_frames
 
         check_int("stride", stride, 1, "--stride")
-        if self.files is None:
-            yield from iter_video_frames(self.path, stride, on_error=on_error)
-            return
-        for i in range(0, len(self.files), stride):
-            try:
-                rgb = read_image(self.files[i], grey=False).data
-            except ReadError as e:
-                if on_error is None:
-                    log.warning("skipping frame %d: %s", i, e)
-                else:
-                    on_error(i, e)
-                continue
-            yield VideoFrame(i, i / self.fps, frame_rgb(rgb), file=self.file(i))
+        yield from iter_video_frames(self.path, stride, fps=self.fps, on_error=on_error)
 
 
 def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None = None, *,

@@ -33,7 +33,8 @@ def _one_thread():
 
 
 def run_notebook(path):
-    """Execute a notebook top to bottom (working directory: the repository root).
+    """Execute a notebook top to bottom in its own folder (``notebooks/``), as Jupyter opened
+    there runs it -- not from the repository root, which would hide paths that work only there.
 
     Returns ``(notebook, text)``: the executed notebook and all its text/plain outputs joined.
     """
@@ -41,7 +42,7 @@ def run_notebook(path):
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                                     resources={"metadata": {"path": str(path.parents[1])}})
+                                     resources={"metadata": {"path": str(path.parent)}})
     client.execute()
     text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
                      for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))

@@ -115,8 +115,8 @@ def test_frames_csv_names_the_frame_files(tmp_path):
     screen_frames(tmp_path / "m", test, tmp_path / "o", overlays=False)
     assert not list((tmp_path / "o" / "overlays").glob("*.png"))  # stale overlays removed
     rows = list(csv.DictReader(open(tmp_path / "o" / "frames.csv")))
-    assert [r["file"] for r in rows] == ["case_a2.png", "case_a10.png", "case_b.png"]  # natural order
-    assert [int(r["index"]) for r in rows] == [0, 1, 2]
+    assert [r["file"] for r in rows] == ["case_a2.png", "case_a10.png", "case_b.png", "zz_bad.png"]  # natural order
+    assert [int(r["index"]) for r in rows] == [0, 1, 2, 3] and rows[3]["status"] == "error"  # reported, not dropped
 
 
 # ------------------------------------------------------------------ report (medad/report/folder.py)

@@ -9,21 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import notebook_images
+from conftest import notebook_images, run_notebook
 
 NB = Path(__file__).resolve().parents[1] / "notebooks" / "image_screening.ipynb"
-
-
-def _run_in(path: Path, cwd: Path):
-    """Execute a notebook with ``cwd`` as its working folder; ``(notebook, text outputs)``."""
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    nb = nbformat.read(path, as_version=4)
-    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(cwd)}}).execute()
-    text = "\n".join(o.get("text", "") + str(o.get("data", {}).get("text/plain", ""))
-                     for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
-    return nb, text
 
 
 def test_notebook_finds_configs_from_any_folder():
@@ -40,7 +28,7 @@ def test_notebook_finds_configs_from_any_folder():
 def test_image_screening_notebook_runs(data_root):
     if not (data_root / "endoscopy" / "wce_bleedgen" / "valid" / "bleeding").is_dir():
         pytest.skip(f"WCEBleedGen frames not found under {data_root}/endoscopy/wce_bleedgen")
-    nb, outputs = _run_in(NB, NB.parent)  # notebooks/, as Jupyter opened there runs it
+    nb, outputs = run_notebook(NB)  # in notebooks/, as Jupyter opened there runs it
     # the corrupt file is reported with its reason and the other 60 frames are screened
     assert re.search(r"unreadable: .*broken\.jpg", outputs)
     assert "screened 60 frames" in outputs

@@ -28,6 +28,7 @@ VIDEO_SUFFIXES = (".avi", ".mp4", ".mov", ".mkv", ".mpg", ".mpeg", ".wmv", ".m4v
 
 # After this many undecodable frames in a row the video is treated as ended (broken tail).
 _MAX_CONSECUTIVE_BAD = 25
+DEFAULT_VIDEO_FPS = 25.0  # a video that declares no frame rate: a common one; its times are then approximate
 
 
 def natural_key(name: str) -> list:
@@ -164,7 +165,7 @@ def video_info(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     if p.is_dir():
-        files = _frame_files(p)
+        files = frame_files(p)
         return {"kind": "frames", "path": str(p), "frames": len(files)}
     _check_video_path(p)
     cap = _open_capture(p)
@@ -192,14 +193,16 @@ def _check_video_path(p: Path) -> None:
         raise ReadError("file is empty", p)
 
 
-def _frame_files(folder: Path) -> list[Path]:
-    files = sorted((f for f in folder.iterdir()
-                    if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES),
-                   key=lambda f: natural_key(f.name))
+def frame_files(folder: str | Path) -> list[Path]:
+    """The frame images of a folder, subfolders (and linked folders) included, in natural order of
+    their paths below ``folder`` ('a/f2' before 'a/f10' before 'b/f1'); a clear error when there is none."""
+    from medad.utils import walk_files
+
+    folder = Path(folder)
+    files = [f for f in walk_files(folder) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
-        raise ReadError("folder holds no frame images "
-                        f"({', '.join(IMAGE_SUFFIXES)})", folder)
-    return files
+        raise ReadError(f"folder (subfolders included) holds no frame images ({', '.join(IMAGE_SUFFIXES)})", folder)
+    return sorted(files, key=lambda f: [natural_key(part) for part in f.relative_to(folder).parts])
 
 
 def iter_video_frames(path: str | Path, stride: int = 1, *, fps: float | None = None,
@@ -207,8 +210,8 @@ def iter_video_frames(path: str | Path, stride: int = 1, *, fps: float | None = 
     """Yield every ``stride``-th frame of a video file or of a folder of frame images.
 
     Args:
-        path: video file (anything OpenCV's FFmpeg backend opens) or folder of images (frames in
-            natural name order).
+        path: video file (anything OpenCV's FFmpeg backend opens) or folder of images (subfolders
+            included, :func:`frame_files` order; each frame's ``file`` is its path below the folder).
         stride: keep frames 0, stride, 2*stride, ... (indices are those of the source).
         fps: frame rate for a folder of frames (default 1.0); for video files the file's own.
         on_error: called as ``on_error(frame_index, ReadError)`` for each frame that cannot be
@@ -240,15 +243,14 @@ def frame_rgb(data: np.ndarray) -> np.ndarray:
 
 
 def _iter_folder(p: Path, stride: int, fps: float, on_error: ErrorCallback | None) -> Iterator[VideoFrame]:
-    for i, f in enumerate(_frame_files(p)):
-        if i % stride:
-            continue
+    files = frame_files(p)
+    for i in range(0, len(files), stride):
         try:
-            rgb = read_image(f, grey=False).data
+            rgb = read_image(files[i], grey=False).data
         except ReadError as e:
             _report(on_error, i, e)
             continue
-        yield VideoFrame(i, i / fps, frame_rgb(rgb), file=f.name)
+        yield VideoFrame(i, i / fps, frame_rgb(rgb), file=files[i].relative_to(p).as_posix())
 
 
 def _iter_video(p: Path, stride: int, on_error: ErrorCallback | None) -> Iterator[VideoFrame]:
@@ -258,7 +260,7 @@ def _iter_video(p: Path, stride: int, on_error: ErrorCallback | None) -> Iterato
     try:
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         if fps <= 0 or not np.isfinite(fps):
-            fps = 25.0  # unknown rate: a common default; times are then approximate
+            fps = DEFAULT_VIDEO_FPS
         n_declared = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
         i = 0
         n_good = 0
