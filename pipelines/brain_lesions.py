@@ -42,8 +42,8 @@ DETECTOR_DIR = "detector"
 MEMBERS_DIR = "members"
 ENSEMBLE = "ensemble"
 COMBINE = {"mean": np.mean, "median": np.median}
-SUMMARY_FIELDS = ("scan", "path", "status", "lesion_ml", "max_score", "mean_score", "decision",
-                  "brain_ml", "brain_source", "error")
+SUMMARY_FIELDS = ("scan", "path", "status", "lesion_ml", "max_score", "mean_score", "threshold", "decision",
+                  "brain_ml", "brain_source", "error")  # threshold: the model's voxel threshold (max_score above it: voxels flagged)
 
 
 # ----------------------------------------------------------------------------------- config
@@ -367,7 +367,8 @@ def prepare_scan(scan: Scan, prep: BrainPrepConfig) -> PreparedVolume:
     """Read a scan (and its brain mask) and preprocess it."""
     from medad.io.volumes import read_volume
 
-    record = read_volume(scan.path, series_uid=scan.series_uid)
+    # NaN / inf voxels (masked exports often store the background so) are read as 0, the background
+    record = read_volume(scan.path, series_uid=scan.series_uid, nonfinite="zero")
     record.subject_id = scan.scan_id
     mask = None
     if scan.mask_path is not None:
@@ -762,7 +763,7 @@ def score_scan(model: BrainModel, vol: PreparedVolume) -> tuple[np.ndarray, np.n
     ml = float(mask.sum()) * _voxel_ml(vol)
     row = {"scan": vol.record.subject_id, "path": str(vol.record.path), "status": "ok",
            "lesion_ml": round(ml, 3), "max_score": float(vals.max()), "mean_score": float(vals.mean()),
-           "decision": "abnormal" if ml > (model.decision_ml or 0.0) else "normal",
+           "threshold": float(model.voxel_threshold), "decision": "abnormal" if ml > (model.decision_ml or 0.0) else "normal",
            "brain_ml": round(float(vol.brain.sum()) * _voxel_ml(vol), 1), "brain_source": vol.brain_source,
            "error": ""}
     return amap, mask, row
@@ -825,6 +826,9 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
             (d / f).unlink(missing_ok=True)
         try:
             vol = prepare_scan(s, cfg.prep)
+            if vol.record.meta.get("nonfinite_voxels"):
+                print(f"note: {s.path.name}: {vol.record.meta['nonfinite_voxels']} NaN or infinite voxels read as 0 "
+                      "(background)")
             amap, mask, row = score_scan(model, vol)
             write_like(amap.astype(np.float32), vol.record, d / "anomaly_map.nii.gz")
             write_like(mask.astype(np.uint8), vol.record, d / "mask.nii.gz")

@@ -34,6 +34,17 @@ def _pydicom_dir() -> Path:
 # ------------------------------------------------------------------ real files
 
 
+def test_nan_background_read_as_zero_when_asked(tmp_path):
+    """Masked exports store the background as NaN: ``nonfinite="zero"`` reads it as 0 and counts it."""
+    d = np.ones((8, 8, 8), np.float32)
+    d[:2] = np.nan
+    d[7, 7, 7] = np.inf
+    rec = read_volume(_small_nifti(tmp_path, d), nonfinite="zero")
+    assert np.isfinite(rec.data).all() and rec.meta["nonfinite_voxels"] == 2 * 64 + 1
+    assert float(rec.data.sum()) == 8 * 8 * 8 - 2 * 64 - 1
+    assert "nonfinite_voxels" not in read_volume(_small_nifti(tmp_path, np.ones((8, 8, 8), np.float32))).meta
+
+
 @needs_data
 @pytest.mark.parametrize("rel", [
     "mri/brats2015/train/brats_2013_pat0005_1/Flair_subtrMeanDivStd.nii.gz",

@@ -346,3 +346,21 @@ def test_scoring_into_the_same_out_leaves_no_stale_results(trained, tmp_path, ca
     rows = score_folder(model, other / "h0.nii.gz", out, overlays=False, progress=False)
     assert rows[0]["status"] == "ok" and not (out / "h0" / "overlay.png").exists()
     assert f"held the results of {root / 'healthy' / 'h0.nii.gz'} from an earlier run" in capsys.readouterr().out
+
+
+def test_nan_background_is_scored_and_the_row_shows_the_threshold(trained, tmp_path, capsys):
+    """A scan whose background is stored as NaN is scored (background read as 0, a note printed),
+    and every summary row carries the model's voxel threshold beside max_score."""
+    root, model = trained
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    _write_scan(scans, "nanbg", seed=11, lesion=True)
+    img = nib.load(scans / "nanbg.nii.gz")
+    data = img.get_fdata().astype(np.float32)
+    data[data == 0] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine), scans / "nanbg.nii.gz")
+    rows = score_folder(model, scans, tmp_path / "out", progress=False)
+    assert [r["status"] for r in rows] == ["ok"]
+    out = capsys.readouterr().out
+    assert "note: nanbg.nii.gz:" in out and "NaN or infinite voxels read as 0" in out
+    assert rows[0]["threshold"] == pytest.approx(BrainModel.load(model).voxel_threshold)

@@ -114,7 +114,7 @@ def _short(e: BaseException) -> str:
 
 
 def read_volume(path: str | Path, *, series_uid: str | None = None,
-                dtype: Any = np.float32) -> VolumeRecord:
+                dtype: Any = np.float32, nonfinite: str = "error") -> VolumeRecord:
     """Read a 3D volume and reorient it to RAS.
 
     Args:
@@ -122,9 +122,11 @@ def read_volume(path: str | Path, *, series_uid: str | None = None,
             holding one DICOM series.
         series_uid: which series to read when the folder holds several.
         dtype: dtype of ``data`` (float32 by default; intensity scaling is applied).
+        nonfinite: NaN / infinite voxels are an ``"error"`` (default), or ``"zero"``: set to 0 and
+            counted in ``meta["nonfinite_voxels"]`` (masked exports often store the background as NaN).
 
     Raises:
-        ReadError: missing, truncated, corrupt or unsupported file; 4D data; NaN/inf values;
+        ReadError: missing, truncated, corrupt or unsupported file; 4D data; NaN/inf values (by default);
             a folder with several series and no ``series_uid``; inconsistent slices.
     """
     p = Path(path)
@@ -144,10 +146,11 @@ def read_volume(path: str | Path, *, series_uid: str | None = None,
             raise ReadError(
                 f"unsupported volume format {suf or '(no extension, not DICOM)'}; expected one of "
                 f"{', '.join(VOLUME_SUFFIXES)} or a DICOM series folder", p)
-    return _finish(p, data, affine, meta, dtype)
+    return _finish(p, data, affine, meta, dtype, nonfinite)
 
 
-def _finish(p: Path, data: np.ndarray, affine: np.ndarray, meta: dict, dtype: Any) -> VolumeRecord:
+def _finish(p: Path, data: np.ndarray, affine: np.ndarray, meta: dict, dtype: Any,
+            nonfinite: str = "error") -> VolumeRecord:
     """Shape checks, finiteness check, RAS reorientation."""
     import nibabel as nib
 
@@ -163,9 +166,15 @@ def _finish(p: Path, data: np.ndarray, affine: np.ndarray, meta: dict, dtype: An
         data = np.asarray(data, dtype=dtype)
     except (TypeError, ValueError) as e:
         raise ReadError(f"cannot convert data to {np.dtype(dtype)}: {_short(e)}", p) from None
+    if nonfinite not in ("error", "zero"):
+        raise ValueError(f"nonfinite must be 'error' or 'zero', not {nonfinite!r}")
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
-        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
-        raise ReadError(f"{n_bad} voxels are NaN or infinite", p)
+        bad = ~np.isfinite(data)
+        n_bad = int(bad.sum())
+        if nonfinite == "error":
+            raise ReadError(f"{n_bad} voxels are NaN or infinite", p)
+        data = np.where(bad, data.dtype.type(0), data)
+        meta = {**meta, "nonfinite_voxels": n_bad}
     affine = np.asarray(affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ReadError("the voxel-to-world affine is invalid (singular or not finite)", p)
