@@ -5,6 +5,10 @@ each flagged frame.
 Composes :mod:`medad.io.images` (reading, corrupt frames reported and skipped), the detector
 registry (any 2D image detector), :mod:`medad.report.overlay` (PNGs) and atomic writers.
 
+:func:`train_frames` learns normal frames alone (a one-class detector), or normal against abnormal
+frames (a supervised detector such as ``classifier``, when abnormal frames are given); either way
+the frame threshold comes from held-out normal frames.
+
 Outputs of :func:`screen_frames` in ``out/``:
 
 * ``frames.csv`` -- ``index, time_s, file, score, flagged, status, error`` per screened frame
@@ -14,7 +18,9 @@ Outputs of :func:`screen_frames` in ``out/``:
   max_score)``, unreadable frames with the reason;
 * ``overlays/<image path>.png`` (a folder of images: the image's path below the folder, ``/`` as
   ``__``, without its suffix) or ``overlays/<video stem>_f<index>.png`` (a video) -- image | map |
-  blend for each flagged frame, drawn at the source image's resolution (the map upsampled to it).
+  blend for each flagged frame, drawn at the source image's resolution (the map upsampled to it);
+  none when the detector makes no map (``summary.json`` ``maps``: false, e.g. a classifier, whose
+  maps ``medad explain`` draws with Grad-CAM).
 
 A folder of frames is searched with its subfolders (links to folders followed), frames in natural
 order of their paths. Frames are read, scored and drawn batch by batch, so a long video is not held
@@ -29,7 +35,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -79,7 +85,9 @@ class FramesConfig:
         detector_params: its parameters.
         image_size: frames are resized to ``image_size`` x ``image_size`` (values scaled to [0, 1]).
         grey: convert frames to one grey channel.
-        val_fraction: share of the normal frames held out to calibrate the threshold.
+        val_fraction: share of the frames of each class held out of training (a random share of a
+            folder, a contiguous block of a video): the normal ones calibrate the threshold, with
+            the abnormal ones (supervised training) they give the validation figures.
         fpr: share of held-out normal frames flagged (frame threshold).
         pixel_fpr: share of held-out normal pixels above the map threshold (mask contours).
         seed: split and training seed.
@@ -207,47 +215,145 @@ class FrameSource:
         yield from iter_video_frames(self.path, stride, fps=self.fps, on_error=on_error)
 
 
-def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None = None, *,
-                 progress: bool = True):
-    """Fit ``cfg.detector`` on normal frames (a folder of images or a video), calibrate it on a
-    held-out share of them and save it to ``out`` (with the preprocessing in ``frames.json``)."""
+def _read_source(src: FrameSource, cfg: FramesConfig, what: str, progress: bool
+                 ) -> tuple[np.ndarray, list[dict], bool]:
+    """Every readable frame of ``src`` prepared as :func:`screen_frames` prepares it
+    (``(N, C, S, S)``, possibly ``N == 0``), the unreadable ones ``{index, error}`` and whether the
+    source is a video (its frames are consecutive: held out as one block, see :func:`holdout`)."""
     from tqdm.auto import tqdm
 
-    from medad import registry
-
-    cfg = (cfg or FramesConfig()).validate()
-    # the detector is built before any frame is read: a bad name or parameter fails at once
-    det = registry.create(cfg.detector, **cfg.detector_params)
-    if getattr(det, "supervised", False):
-        raise ConfigError(f"detector {cfg.detector!r} is supervised; frame training uses normal frames only")
-    src = FrameSource.open(normal)
     errors: list[dict] = []
 
     def on_error(index: int, err: ReadError) -> None:
         errors.append({"index": int(index), "error": str(err)})
-        log.warning("skipping frame %d: %s", index, err)
+        log.warning("skipping %s frame %d: %s", what, index, err)
 
     # frames are shrunk to the working size as they are read: a long video is not held whole
     xs = [prepare_frames([f.image], cfg.image_size, cfg.grey)
-          for f in tqdm(src.frames(1, on_error), total=src.n_read(1), desc="read normal frames", unit="frame",
+          for f in tqdm(src.frames(1, on_error), total=src.n_read(1), desc=f"read {what} frames", unit="frame",
                         disable=not progress)]
     if errors:
-        log.warning("%d unreadable normal frames skipped", len(errors))
-    if len(xs) < 4:
-        raise InputError(f"{normal}: need at least 4 readable normal frames, found {len(xs)}")
-    x = np.concatenate(xs)
+        log.warning("%d unreadable %s frames skipped in %s", len(errors), what, src.path)
+    c = 1 if cfg.grey else 3
+    x = np.concatenate(xs) if xs else np.zeros((0, c, cfg.image_size, cfg.image_size), np.float32)
+    return x, errors, src.files is None
+
+
+def holdout(n: int, share: float, rng: np.random.Generator, contiguous: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, val)`` of ``n`` frames with ``round(share * n)`` (at least 1, at most
+    ``n - 1``) held out: a random share, or one contiguous block at a random place when the frames
+    are consecutive frames of a video (neighbouring frames are near copies: a random share would
+    validate on frames the detector has all but seen)."""
+    n_val = min(n - 1, max(1, int(round(share * n))))
+    if contiguous:
+        start = int(rng.integers(0, n - n_val + 1))
+        val = np.arange(start, start + n_val)
+        return np.setdiff1d(np.arange(n), val), val
+    order = rng.permutation(n)
+    return order[n_val:], order[:n_val]
+
+
+def _validation_metrics(det, normal_val: np.ndarray, abnormal_val: list[np.ndarray]) -> dict:
+    """Frame AUROC of held-out normal vs held-out abnormal frames (every abnormal class together),
+    and sensitivity/specificity at the model's threshold (from the normal frames alone); per
+    abnormal class when there are several."""
+    from medad.evaluation import auroc, sensitivity_specificity
+
+    s_norm = det.score(normal_val).score
+    s_abn = [det.score(v).score for v in abnormal_val]
+    y = np.concatenate([np.zeros(len(s_norm), bool)] + [np.ones(len(s), bool) for s in s_abn])
+    s = np.concatenate([s_norm, *s_abn])
+    ss = sensitivity_specificity(y, s > det.threshold_)
+    out = {"frame_auroc": auroc(y, s), "threshold": float(det.threshold_),
+           "sensitivity": ss["sensitivity"], "specificity": ss["specificity"],
+           "n_normal": int(len(s_norm)), "n_abnormal": int(len(s) - len(s_norm))}
+    if len(s_abn) > 1:
+        out["per_class"] = {str(k): {"frame_auroc": auroc(np.r_[np.zeros(len(s_norm)), np.ones(len(sk))],
+                                                          np.r_[s_norm, sk]),
+                                     "sensitivity": float(np.mean(sk > det.threshold_))}
+                            for k, sk in enumerate(s_abn, start=1)}
+    return out
+
+
+def _check_detector(det, name: str, abnormal: list) -> None:
+    """A 2D image detector, supervised exactly when abnormal frames are given (clear
+    :class:`ConfigError` saying what to do otherwise)."""
+    if getattr(det, "input_kind", None) != "image":
+        raise ConfigError(f"detector {name!r} takes {getattr(det, 'input_kind', '?')} input, not images; "
+                          f"choose a 2D image detector")
+    supervised = bool(getattr(det, "supervised", False))
+    if supervised and not abnormal:
+        raise ConfigError(f"detector {name!r} is supervised: give abnormal frames too (--abnormal FOLDER_OR_VIDEO), "
+                          f"or choose a detector that learns from normal frames only (e.g. --detector cutpaste)")
+    if abnormal and not supervised:
+        raise ConfigError(f"detector {name!r} learns from normal frames only and cannot use abnormal frames: "
+                          f"drop --abnormal, or choose a supervised detector (--detector classifier)")
+    if abnormal and int(getattr(det, "normal_class", 0)) != 0:
+        raise ConfigError(f"normal_class must be 0 for frame training (normal frames are class 0, abnormal "
+                          f"sources 1, 2, ...), got {det.normal_class}")
+
+
+def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None = None, *,
+                 abnormal: str | Path | Sequence[str | Path] | None = None, progress: bool = True):
+    """Fit ``cfg.detector`` on frames (a folder of images, subfolders included, or a video),
+    calibrate its threshold on held-out normal frames and save it to ``out`` (with the
+    preprocessing and the training record in ``frames.json``).
+
+    Without ``abnormal``: a one-class detector learns the normal frames. With ``abnormal`` (one
+    source, or several: abnormal classes 1, 2, ...): a supervised detector (e.g. ``classifier``)
+    learns normal frames (class 0) against them. Every class keeps ``cfg.val_fraction`` of its
+    frames out of training (a random share of a folder, one contiguous block of a video); the
+    threshold flags ``cfg.fpr`` of the held-out normal frames, and the held-out frames of both
+    kinds give the validation frame AUROC, sensitivity and specificity (``frames.json``,
+    ``validation``)."""
+    from medad import registry
+
+    cfg = (cfg or FramesConfig()).validate()
+    abnormal = [] if abnormal is None else [abnormal] if isinstance(abnormal, (str, Path)) else list(abnormal)
+    # the detector is built before any frame is read: a bad name or parameter fails at once
+    det = registry.create(cfg.detector, **cfg.detector_params)
+    _check_detector(det, cfg.detector, abnormal)
+    # every source is opened (and a missing one named) before any frame is read
+    src, abnormal_srcs = FrameSource.open(normal), [FrameSource.open(a) for a in abnormal]
     rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(x))
-    n_val = max(1, int(round(cfg.val_fraction * len(x))))
-    val, train = x[order[:n_val]], x[order[n_val:]]
+    x, errors, is_video = _read_source(src, cfg, "normal", progress)
+    if len(x) < 4:
+        raise InputError(f"{normal}: need at least 4 readable normal frames, found {len(x)}")
+    tr, va = holdout(len(x), cfg.val_fraction, rng, is_video)
+    train, val = x[tr], x[va]
+    split = {"0": "contiguous block (video)" if is_video else "random share (folder)"}  # held out, per class
     if hasattr(det, "train_options"):
         det.train_options = {"progress": progress}
-    det.fit(train)
-    det.calibrate(val, fpr=cfg.fpr, pixel_fpr=cfg.pixel_fpr)
+    record: dict[str, Any] = {"supervised": bool(abnormal)}
+    if abnormal:
+        xs_tr, ys_tr, abn_val = [train], [np.zeros(len(train), np.int64)], []
+        classes = {"0": {"source": str(normal), "n_train": int(len(train)), "n_val": int(len(val))}}
+        unreadable = {}
+        for k, (a, src_a) in enumerate(zip(abnormal, abnormal_srcs), start=1):
+            xa, err_a, vid_a = _read_source(src_a, cfg, "abnormal", progress)
+            if len(xa) < 2:
+                raise InputError(f"{a}: need at least 2 readable abnormal frames (one to train on, one held out), "
+                                 f"found {len(xa)}")
+            tr_a, va_a = holdout(len(xa), cfg.val_fraction, rng, vid_a)
+            xs_tr.append(xa[tr_a])
+            ys_tr.append(np.full(len(tr_a), k, np.int64))
+            abn_val.append(xa[va_a])
+            classes[str(k)] = {"source": str(a), "n_train": int(len(tr_a)), "n_val": int(len(va_a))}
+            split[str(k)] = "contiguous block (video)" if vid_a else "random share (folder)"
+            if err_a:
+                unreadable[str(a)] = err_a
+        det.fit(np.concatenate(xs_tr), y=np.concatenate(ys_tr))
+    else:
+        det.fit(train)
+    det.calibrate(val, fpr=cfg.fpr, pixel_fpr=cfg.pixel_fpr)  # normal frames only, supervised or not
+    if abnormal:
+        record.update(abnormal=[str(a) for a in abnormal], classes=classes, unreadable_abnormal=unreadable,
+                      class_weight=getattr(det, "class_weight", None),
+                      validation=_validation_metrics(det, val, abn_val))
     out = Path(out)
     det.save(out)
     write_json(out / PREP_FILE, {**asdict(cfg), "n_train": int(len(train)), "n_val": int(len(val)),
-                                 "source": str(normal), "unreadable": errors})
+                                 "source": str(normal), "unreadable": errors, "split": split, **record})
     return det
 
 
@@ -395,6 +501,7 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         "source": str(source), "model": str(model), "detector": det.name, "stride": int(stride),
         "n_frames_screened": len(scores), "n_flagged": n_flagged,
         "threshold": float(det.threshold_), "threshold_source": (det.calibration_ or {}).get("source"),
+        "supervised": bool(prep.get("supervised", False)), "maps": has_map,
         "spans": spans, "unreadable_frames": errors, "overlays": overlay_files,
         # flagged frames beyond max_overlays get no PNG (their rows are in frames.csv)
         "overlays_not_written": n_flagged - len(overlay_files) if overlays and has_map else 0,

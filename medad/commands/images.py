@@ -24,9 +24,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         grey: Optional[bool] = typer.Option(None, "--grey/--rgb", help="one grey channel or RGB"),
         epochs: Optional[int] = typer.Option(None, help="override the detector's training epochs (>= 1)"),
         fpr: Optional[float] = typer.Option(None, help="share of held-out normal frames flagged, in (0, 1)"),
+        abnormal: Optional[Path] = typer.Option(None, "--abnormal", metavar="SOURCE",
+                                                help="folder (subfolders searched too) or video of abnormal frames: "
+                                                     "train a supervised detector (--detector classifier) on normal "
+                                                     "(0) vs abnormal (1) frames; binary (several abnormal classes: "
+                                                     "pipelines.frames.train_frames in Python)"),
     ) -> None:
-        """Learn normal frames; calibrate the frame threshold on held-out normal frames. A folder
-        is searched with its subfolders."""
+        """Learn normal frames (one-class), or normal vs abnormal frames with --abnormal (supervised,
+        e.g. --detector classifier); the frame threshold is always calibrated on held-out normal
+        frames. A folder is searched with its subfolders."""
         from pipelines.frames import FramesConfig, check_int, train_frames
 
         cfg = FramesConfig.from_yaml(config) if config else FramesConfig()
@@ -39,9 +45,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             from medad.detectors.fusion import with_epochs
 
             cfg.detector_params = with_epochs(cfg.detector, cfg.detector_params, epochs)
-        det = train_frames(normal, out, cfg)
+        det = train_frames(normal, out, cfg, abnormal=abnormal)
         typer.echo(f"{det.name} model written to {out} (frame threshold {det.threshold_:.4g}, "
                    f"from held-out normal frames at fpr={cfg.fpr})")
+        if abnormal is not None:
+            import json
+
+            rec = json.loads((out / "frames.json").read_text(encoding="utf-8"))
+            c, v = rec["classes"], rec["validation"]
+            typer.echo(f"trained on {c['0']['n_train']} normal + {c['1']['n_train']} abnormal frames "
+                       f"(class weight {rec['class_weight']}); held out {v['n_normal']} normal + "
+                       f"{v['n_abnormal']} abnormal: frame AUROC {v['frame_auroc']:.3f}, sensitivity "
+                       f"{v['sensitivity']:.3f}, specificity {v['specificity']:.3f} at the threshold")
 
     @images_app.command("screen")
     def images_screen(
@@ -62,6 +77,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         s = screen_frames(model, source, out, stride=stride, overlays=overlays, fps=fps)
         typer.echo(f"screened {s['n_frames_screened']} frames: {s['n_flagged']} flagged in {len(s['spans'])} spans, "
                    f"{len(s['unreadable_frames'])} unreadable; results in {out}")
+        if overlays and s["n_flagged"] and not s["maps"]:
+            typer.echo(f"this model makes no maps (no overlays); draw one for a frame with "
+                       f"`medad explain {model} FRAME --out DIR` (Grad-CAM for a classifier)")
 
     @bench_app.command("image-screening")
     def bench_image_screening(
