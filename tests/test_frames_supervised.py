@@ -147,7 +147,7 @@ def _cli(args: list):
 def test_cli_train_screen_explain(data, tmp_path):
     """The user's path with the shipped config (fewer epochs, smaller frames): train with
     --abnormal, screen, explain one frame (Grad-CAM by default)."""
-    cfg = Path(__file__).resolve().parents[1] / "configs" / "frames_classifier.yaml"
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "images_classifier.yaml"
     m = tmp_path / "m"
     r = _cli(["images", "train", data["normal"], "--abnormal", data["abnormal"], "--config", cfg, "--epochs", "2",
               "--image-size", "16", "--out", m])

@@ -139,7 +139,9 @@ def test_shipped_configs_build_their_detectors():
     for f in files:
         cfg = FramesConfig.from_yaml(f)
         det = registry.create(cfg.detector, **cfg.detector_params)
-        assert det.input_kind == "image" and not det.supervised, f.name
+        assert det.input_kind == "image", f.name
+        # one-class configs train on normal frames alone; a supervised one says it needs --abnormal
+        assert not det.supervised or "--abnormal" in f.read_text(encoding="utf-8"), f.name
 
 
 def test_bad_model_folder_is_a_clear_error(tmp_path):
