@@ -1,8 +1,9 @@
 """Screen a folder of recordings: which recordings, and which time spans in them, are abnormal.
 
-Train on normal recordings only::
+Train on normal recordings only, or supervised on normal and abnormal recordings::
 
     model = train_screening("normals/", "model/", ScreeningConfig(detector="features"))
+    model = train_screening("normals/", "model/", ScreeningConfig(detector="cnn1d"), abnormal_folder="seizures/")
 
 then screen any folder (EDF/BDF/FIF, WFDB, WAV, text)::
 
@@ -22,6 +23,19 @@ annotated copy of the recording as FIF or EDF+ (any input format); for WFDB reco
 ``<id>.medad`` annotation file (flagged spans, and every detected beat labelled ``N`` or ``Q`` =
 inside a flagged span); one PNG per flagged recording with the abnormal spans shaded. The
 pipeline composes medad pieces; its own logic is only the streaming and the interval bookkeeping.
+
+**Supervised training** (window mode; ``medad screen train NORMAL --abnormal ABNORMAL``,
+``train_screening(..., abnormal_folder=...)``, ``configs/screening_eeg_supervised.yaml``): a
+supervised signal detector (``cnn1d``, ``cnn2d``, ``lstm``, ``gru``, ``nmn``) learns normal vs
+abnormal windows. Labels are weak, by recording: every window of a normal recording is 0, every
+window of an abnormal recording 1 (its normal-looking stretches too). Both folders go through the
+same preprocessing, channels and windowing; class imbalance is left to the detector's
+``class_weight`` (inverse class frequency). Recordings of each class are held out by recording
+(``val_fraction``); the threshold still comes from the held-out NORMAL windows at
+``window_fpr``, and the held-out recordings of both classes are screened as ``screen run`` does
+for the validation figures in ``screening.json`` (:func:`validate_supervised`). The score is the
+abnormal probability; ``screen run`` and ``medad explain`` (Grad-CAM by default) treat the model
+like any other. Beat mode is one-class and takes no abnormal recordings.
 
 **Beat mode** (``unit: beats``, ECG; ``configs/screening_ecg_beats.yaml``): the items are heart
 beats instead of windows. R peaks are found chunk by chunk on the ECG lead (after the configured
@@ -110,8 +124,10 @@ class ScreeningConfig:
         window_fpr: share of held-out normal windows (beat mode: beats) above the threshold.
         min_windows: consecutive flagged windows (beat mode: beats) needed to make a flagged interval.
         val_fraction: share of training recordings held out for calibration (by recording);
-            with a single training recording, its last ``val_fraction`` of windows.
-        max_train_windows: windows (beats) kept for fitting (evenly subsampled beyond that).
+            with a single training recording, its last ``val_fraction`` of windows. Supervised
+            training holds out this share of the abnormal recordings too (for validation).
+        max_train_windows: windows (beats) kept for fitting (evenly subsampled beyond that; per
+            class in supervised training).
         max_window_bytes: memory cap for the collected training windows.
         text_sfreq: sampling rate of plain-text recordings (they carry none).
         filter_method: ``"fft"`` (squared-magnitude response applied in the frequency domain,
@@ -293,6 +309,14 @@ def check_numbers(cfg: ScreeningConfig) -> None:
             raise ConfigError(problem)
 
 
+def signal_detectors(supervised: bool) -> list[str]:
+    """Registry names of the signal detectors that are (or are not) supervised."""
+    from medad import registry
+
+    return sorted(n for n in registry.available()
+                  if registry.get(n).input_kind == "signal" and registry.get(n).supervised == supervised)
+
+
 def check_beat_detector(name: str) -> None:
     """Clear error for a detector beat mode cannot train: beat mode fits on normal beats only,
     so it takes the ``features`` detector or a one-class detector of signal input."""
@@ -302,9 +326,35 @@ def check_beat_detector(name: str) -> None:
     if cls.input_kind != "signal" or cls.supervised:
         why = (f"takes {cls.input_kind} input" if cls.input_kind != "signal"
                else "is supervised (needs labelled abnormal beats; beat mode trains on normal recordings only)")
-        one_class = sorted(n for n in registry.available()
-                           if registry.get(n).input_kind == "signal" and not registry.get(n).supervised)
-        raise ConfigError(f"unit: beats cannot use detector {name!r}: it {why}; use one of {', '.join(one_class)}")
+        raise ConfigError(f"unit: beats cannot use detector {name!r}: it {why}; use one of "
+                          f"{', '.join(signal_detectors(False))}")
+
+
+def check_supervised(cfg: ScreeningConfig, abnormal: bool) -> None:
+    """Clear error, before any recording is read, when the detector and the training data do not
+    go together: abnormal recordings (supervised training) need window mode and a supervised
+    signal detector, and a supervised detector needs abnormal recordings."""
+    from medad import registry
+
+    if abnormal and cfg.unit == "beats":
+        raise ConfigError("unit: beats is one-class (it learns normal beats only) and takes no abnormal recordings "
+                          "(--abnormal): train it on normal recordings alone, or use window mode (unit: windows) "
+                          f"with a supervised detector ({', '.join(signal_detectors(True))})")
+    if cfg.detector == "features":  # registered on import (see _detector)
+        importlib.import_module("medad.detectors.features")
+    cls = registry.get(cfg.detector)  # an unknown name is a ConfigError listing the known ones
+    if cls.input_kind != "signal":
+        return  # _detector says what screening needs
+    if abnormal and not cls.supervised:
+        raise ConfigError(f"detector {cfg.detector!r} is one-class (it learns normal recordings only) and cannot use "
+                          f"abnormal recordings (--abnormal): choose a supervised detector -- "
+                          f"{', '.join(signal_detectors(True))} (e.g. --detector cnn1d, or --config "
+                          f"configs/screening_eeg_supervised.yaml) -- or leave out --abnormal")
+    if not abnormal and cls.supervised:
+        raise ConfigError(f"detector {cfg.detector!r} is supervised (it learns normal vs abnormal windows): give a "
+                          f"folder of abnormal recordings too (CLI: --abnormal FOLDER; train_screening(..., "
+                          f"abnormal_folder=...)), or use a one-class detector that learns normal recordings only: "
+                          f"{', '.join(signal_detectors(False))}")
 
 
 def check_site_normalize(mode: str, detector: str, unit: str = "windows") -> None:
@@ -686,9 +736,10 @@ def _detector(cfg: ScreeningConfig, sfreq: float):
 
 
 def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_bytes: int,
-             skipped: list[dict[str, str]]) -> np.ndarray:
+             skipped: list[dict[str, str]], what: str = "the training recordings") -> np.ndarray:
     """Windows of ``files``, evenly subsampled to stay under ``max_windows`` and ``max_bytes``.
-    A recording that fails (corrupt samples, missing channels, too short) is added to ``skipped``."""
+    A recording that fails (corrupt samples, missing channels, too short) is added to ``skipped``;
+    none left is an InputError naming ``what``."""
     hdrs = [pre.header(f) for f in files]
     est = sum(max(1, int((h.n_times / h.sfreq - pre.cfg.window_seconds) / pre.cfg.step_seconds) + 1) for h in hdrs)
     n_ch = len(pre.channels) if pre.channels else len(hdrs[0].ch_names)
@@ -709,8 +760,7 @@ def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_byt
             continue
         out += mine
     if not out:
-        raise InputError("no windows could be cut from the training recordings"
-                         + (f" ({len(skipped)} failed, e.g. {skipped[0]['file']}: {skipped[0]['error']})" if skipped else ""))
+        raise InputError(f"no windows could be cut from {what}{_failures(skipped, files)}")
     return np.concatenate(out)
 
 
@@ -725,10 +775,14 @@ def _collect_beats(pre: Preprocessor, files: Sequence[Path], skipped: list[dict[
         except MedadError as e:
             skipped.append({"file": str(f), "error": e.problem})
     if not out:
-        failed = [b for b in skipped if b["file"] in {str(f) for f in files}]
-        raise InputError(f"no beats could be found in {what} ({len(failed)} failed"
-                         + (f", e.g. {failed[0]['file']}: {failed[0]['error']})" if failed else ")"))
+        raise InputError(f"no beats could be found in {what}{_failures(skipped, files)}")
     return np.concatenate(out)
+
+
+def _failures(skipped: list[dict[str, str]], files: Sequence[Path]) -> str:
+    """`` (n failed, e.g. FILE: PROBLEM)`` for those of ``files`` in ``skipped``, or ``""``."""
+    failed = [b for b in skipped if b["file"] in {str(f) for f in files}]
+    return f" ({len(failed)} failed, e.g. {failed[0]['file']}: {failed[0]['error']})" if failed else ""
 
 
 def _evenly(x: np.ndarray, cap: int) -> np.ndarray:
@@ -755,7 +809,7 @@ def _common_channels(hdrs) -> list[str]:
             sets.setdefault(tuple(h.ch_names), []).append(Path(h.path).name)
         groups = "; ".join(f"{_names(files, 3)}: {len(chs)} channel(s) ({_names(chs, 4)})"
                            for chs, files in list(sets.items())[:4])
-        raise ConfigError(f"the normal recordings share no channel name -- {groups}"
+        raise ConfigError(f"the training recordings share no channel name -- {groups}"
                           + (f"; and {len(sets) - 4} more channel sets" if len(sets) > 4 else "")
                           + ". Train on recordings of one montage, or name the channels to use with --channels "
                             "'A,B,...' (CLI) or `channels` in the screening config")
@@ -891,38 +945,147 @@ def calibration_warning(n_items: int, val_names: Sequence[str], fpr: float, val_
             f"are likely to be flagged abnormal: {todo}, or raise window_fpr (--window-fpr)")
 
 
-def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningConfig | None = None,
-                    *, progress: bool = True) -> Path:
-    """Fit a window detector on normal recordings, calibrate its threshold on held-out normal
-    recordings, and save the model folder (detector + ``screening.json``)."""
-    from tqdm.auto import tqdm
+def _readable(files: Sequence[Path], text_sfreq: float | None,
+              bad: list[dict[str, str]]) -> tuple[list[Path], list[Any]]:
+    """Those of ``files`` whose header can be read, with their headers; the others go to ``bad``."""
+    from medad.io.signals import read_header
 
-    from medad.io.signals import read_header, record_id_from_path
-    from medad.utils import seed_everything, write_json
-
-    cfg = cfg or ScreeningConfig()
-    cfg.validate()
-    seed_everything(cfg.seed)
-    files = list_recordings(normal_folder)
-    bad: list[dict[str, str]] = []
     good, hdrs = [], []
     for f in files:
         try:
-            hdrs.append(read_header(f, sfreq=cfg.text_sfreq))
+            hdrs.append(read_header(f, sfreq=text_sfreq))
             good.append(f)
         except MedadError as e:
             bad.append({"file": str(f), "error": e.problem})
+    return good, hdrs
+
+
+def _hold_out(files: Sequence[Path], val_fraction: float, rng) -> tuple[list[Path], list[Path]]:
+    """``(training, held-out)`` recordings, split by recording: ``round(val_fraction * n)`` held
+    out, at least one when there are two or more, never all."""
+    order = rng.permutation(len(files))
+    n_val = int(round(val_fraction * len(files))) if len(files) > 1 else 0
+    n_val = min(max(n_val, 1 if len(files) > 1 else 0), len(files) - 1)
+    return [files[i] for i in sorted(order[n_val:])], [files[i] for i in sorted(order[:n_val])]
+
+
+def _labelled(det, normal: np.ndarray, abnormal: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Normal (label 0) and abnormal (1) training windows as one set. Class imbalance: the
+    detector's own class weighting when it has that setting (``class_weight``, "balanced" by
+    default for every supervised signal detector), else the larger class is evenly subsampled
+    to the smaller one's size."""
+    params = det.get_params()
+    balance: dict[str, Any] = {"windows": {"normal": int(len(normal)), "abnormal": int(len(abnormal))},
+                               "abnormal_share": round(len(abnormal) / max(len(normal) + len(abnormal), 1), 4)}
+    if "class_weight" in params:
+        balance["handling"] = f"the detector's class_weight={params['class_weight']!r}"
+    else:
+        k = min(len(normal), len(abnormal))
+        normal, abnormal = _evenly(normal, k), _evenly(abnormal, k)
+        balance["handling"] = f"the larger class evenly subsampled to {k} windows (the detector has no class weights)"
+    y = np.r_[np.zeros(len(normal), np.int64), np.ones(len(abnormal), np.int64)]
+    return np.concatenate([normal, abnormal]), y, balance
+
+
+def _nan_none(v: float) -> float | None:
+    return None if v is None or not math.isfinite(v) else round(float(v), 4)
+
+
+def validate_supervised(model: "ScreeningModel", normal_val: Sequence[Path], abnormal_val: Sequence[Path],
+                        bad: list[dict[str, str]]) -> dict[str, Any]:
+    """Screen the held-out recordings of both classes as ``medad screen run`` does (every window,
+    the model's threshold and decision rule): window-level AUROC of held-out normal vs abnormal
+    windows, the share of each flagged, and recording-level sensitivity (abnormal recordings
+    decided abnormal) / specificity. Without a held-out normal recording (a single one in
+    training) the normal side is the calibration windows. A recording that fails goes to ``bad``."""
+    from medad.evaluation import auroc, sensitivity_specificity
+
+    scores: dict[int, list[np.ndarray]] = {0: [], 1: []}
+    labels, decisions = [], []
+    for label, files in ((0, normal_val), (1, abnormal_val)):
+        for f in files:
+            try:
+                res = screen_recording(model, Path(f))
+            except MedadError as e:
+                bad.append({"file": str(f), "error": e.problem})
+                continue
+            scores[label].append(res["scores"])
+            labels.append(label)
+            decisions.append(bool(res["intervals"]))
+    normal = np.concatenate(scores[0]) if scores[0] else model.val_scores
+    if not scores[1]:
+        return {"note": "no held-out abnormal recording (a single abnormal recording is all used for training): "
+                        "no validation figures"}
+    abnormal = np.concatenate(scores[1])
+    y = np.r_[np.zeros(len(normal)), np.ones(len(abnormal))]
+    rec = sensitivity_specificity(labels, decisions)
+    return {
+        "n_normal_recordings": int(len(scores[0])), "n_abnormal_recordings": int(len(scores[1])),
+        "n_normal_windows": int(len(normal)), "n_abnormal_windows": int(len(abnormal)),
+        "normal_windows_from": "held-out normal recordings" if scores[0] else "the calibration windows",
+        "window_auroc": _nan_none(auroc(y, np.r_[normal, abnormal])),
+        "abnormal_windows_flagged": _nan_none(float(np.mean(abnormal > model.threshold))),
+        "normal_windows_flagged": _nan_none(float(np.mean(normal > model.threshold))),
+        "recording_sensitivity": _nan_none(rec["sensitivity"]),
+        "recording_specificity": _nan_none(rec["specificity"]),
+        "decision_rule": f">= {model.cfg.min_windows} consecutive windows above the threshold",
+    }
+
+
+def validation_text(v: dict[str, Any]) -> str:
+    """One line of :func:`validate_supervised`'s figures for the training printout."""
+    if "note" in v:
+        return v["note"]
+
+    def f(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.3f}"
+
+    return (f"window AUROC {f(v['window_auroc'])} ({v['n_normal_windows']} normal vs {v['n_abnormal_windows']} "
+            f"abnormal windows); at the threshold {f(v['abnormal_windows_flagged'])} of abnormal and "
+            f"{f(v['normal_windows_flagged'])} of normal windows flagged; recordings: sensitivity "
+            f"{f(v['recording_sensitivity'])} ({v['n_abnormal_recordings']} abnormal), specificity "
+            f"{f(v['recording_specificity'])} ({v['n_normal_recordings']} normal)")
+
+
+def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningConfig | None = None,
+                    *, abnormal_folder: str | Path | None = None, progress: bool = True) -> Path:
+    """Fit a window detector on normal recordings, calibrate its threshold on held-out normal
+    recordings, and save the model folder (detector + ``screening.json``).
+
+    ``abnormal_folder`` (supervised training, window mode, a supervised detector such as
+    ``cnn1d``): abnormal recordings too; every window of a normal recording is labelled 0 and
+    every window of an abnormal one 1 (weak, recording-level labels), preprocessed like the
+    normal ones. Recordings of both classes are held out by recording (``val_fraction``); the
+    threshold still comes from the held-out normal windows only (``window_fpr``), and the
+    held-out recordings of both classes are screened for the validation figures
+    (:func:`validate_supervised`), saved in ``screening.json``."""
+    from tqdm.auto import tqdm
+
+    from medad.io.signals import record_id_from_path
+    from medad.utils import seed_everything, write_json
+
+    cfg = cfg or ScreeningConfig()
+    check_supervised(cfg, abnormal_folder is not None)  # before reading anything
+    cfg.validate()
+    seed_everything(cfg.seed)
+    files = list_recordings(normal_folder)
+    abnormal_files = list_recordings(abnormal_folder) if abnormal_folder is not None else []
+    bad: list[dict[str, str]] = []
+    good, hdrs = _readable(files, cfg.text_sfreq, bad)
     if not good:
         raise ReadError(f"no readable normal recordings ({len(bad)} failed: {bad[0]['error'] if bad else ''})",
                         normal_folder)
+    a_good, a_hdrs = _readable(abnormal_files, cfg.text_sfreq, bad)
+    if abnormal_folder is not None and not a_good:
+        raise ReadError(f"no readable abnormal recordings{_failures(bad, abnormal_files)}", abnormal_folder)
     if hdrs[0].sfreq is None:
         raise ConfigError("plain-text recordings carry no sampling rate: set text_sfreq in the screening config "
                           "(CLI: --text-sfreq)", hdrs[0].path)
     sfreq = float(cfg.sfreq or hdrs[0].sfreq)
     if cfg.unit == "beats":  # one ECG lead: the first recording's (see Preprocessor.beat_channel)
         channels = cfg.channels or [hdrs[0].ch_names[Preprocessor(cfg, sfreq, None).beat_channel(hdrs[0])]]
-    else:
-        channels = cfg.channels or _common_channels(hdrs)
+    else:  # supervised: the channels both classes have (the model must read either)
+        channels = cfg.channels or _common_channels(hdrs + a_hdrs)
     dropped: list[dict[str, str]] = []
     if cfg.channel_types == "eeg" and not cfg.channels and cfg.unit != "beats" and len(channels) > 1:
         channels, dropped = eeg_channels(Preprocessor(cfg, sfreq, channels), channels, good, hdrs)
@@ -932,17 +1095,16 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
                   + " (to choose yourself: --channels 'A,B,...' or `channels` in the config)")
     pre = Preprocessor(cfg, sfreq, channels)
     rng = np.random.default_rng(cfg.seed)
-    order = rng.permutation(len(good))
-    n_val = int(round(cfg.val_fraction * len(good))) if len(good) > 1 else 0
-    n_val = min(max(n_val, 1 if len(good) > 1 else 0), len(good) - 1)
-    val_files = [good[i] for i in sorted(order[:n_val])]
-    train_files = [good[i] for i in sorted(order[n_val:])]
+    train_files, val_files = _hold_out(good, cfg.val_fraction, rng)
+    a_train, a_val = _hold_out(a_good, cfg.val_fraction, rng) if a_good else ([], [])
     unit = "beats" if cfg.unit == "beats" else "windows"
     if progress:  # with one recording nothing can be held out whole: say what calibration uses instead
         cal = (f"calibrating the threshold on {len(val_files)} held-out normal recording(s)" if val_files else
                f"calibrating the threshold on its last {cfg.val_fraction:.0%} of {unit} (a single recording: "
                f"none can be held out whole)")
-        print(f"training on {len(train_files)} normal recording(s), {cal}"
+        sup = (f" and {len(a_train)} abnormal recording(s) (every window labelled abnormal: weak labels; "
+               f"{len(a_val)} more held out for validation)" if a_good else "")
+        print(f"training on {len(train_files)} normal recording(s){sup}, {cal}"
               + (f"; {len(bad)} unreadable skipped" if bad else ""))
     if unit == "beats":
         x = _collect_beats(pre, train_files, bad, "the training recordings")
@@ -959,19 +1121,27 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
             xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
         val_source = f"{len(val_files)} held-out normal recording(s)"
     x = _evenly(x, cfg.max_train_windows)
-    failed = {b["file"] for b in bad}
-    train_files = [f for f in train_files if str(f) not in failed]
-    val_files = [f for f in val_files if str(f) not in failed]
-    if progress and bad:
-        print(f"skipped {len(bad)} normal recording(s) that could not be used: "
-              + "; ".join(f"{Path(b['file']).name}: {b['error']}" for b in bad[:5]))
+    n_train = len(x)  # normal training items
     det = _detector(cfg, sfreq)
+    y, balance = None, None
+    if a_good:  # each class capped at max_train_windows
+        xa = _collect(pre, a_train, cfg.max_train_windows, cfg.max_window_bytes, bad,
+                      "the abnormal training recordings")
+        x, y, balance = _labelled(det, x, _evenly(xa, cfg.max_train_windows))
+        del xa
+    failed = {b["file"] for b in bad}
+    train_files, val_files, a_train, a_val = ([f for f in fs if str(f) not in failed]
+                                              for fs in (train_files, val_files, a_train, a_val))
+    if progress and bad:
+        print(f"skipped {len(bad)} recording(s) that could not be used: "
+              + "; ".join(f"{Path(b['file']).name}: {b['error']}" for b in bad[:5]))
     for m in getattr(det, "members", [det]):  # neural members: their epoch bars follow `progress`
         if hasattr(m, "train_options"):
             m.train_options = {"progress": progress}
     with tqdm(total=1, desc=f"fit {cfg.detector} on {len(x)} {unit}", disable=not progress) as bar:
-        det.fit(x)
+        det.fit(x) if y is None else det.fit(x, y=y)  # beat-mode wrappers take no labels
         bar.update()
+    del x, y
     det.calibrate(xv, fpr=cfg.window_fpr)
     val_scores = np.sort(det.score(xv).score.astype(np.float64))
     calibration = {"source": val_source, f"n_{unit}": int(len(xv)), "window_fpr": cfg.window_fpr}
@@ -981,20 +1151,36 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         calibration["warning"] = warning
         if progress:
             print(f"warning: {warning}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    det.save(out / DETECTOR_DIR)
     # reference distribution of held-out normal window scores (for the per-interval percentile)
     ref = val_scores if len(val_scores) <= 2000 else np.quantile(val_scores, np.linspace(0, 1, 2000))
-    write_json(out / MODEL_CONFIG, {
+    info = {
         "config": asdict(cfg), "sfreq": sfreq, "channels": channels, "dropped_channels": dropped,
         "threshold": float(det.threshold_),
         "calibration": calibration,
-        f"n_train_{unit}": int(len(x)),
+        f"n_train_{unit}": int(n_train),
         "train_recordings": [record_id_from_path(f) for f in train_files],
         "val_recordings": [record_id_from_path(f) for f in val_files],
-        "skipped": bad, "val_scores": ref.tolist(),
-    })
+        "supervised": bool(a_good),
+    }
+    if a_good:
+        if getattr(det, "class_weights_", None) is not None:
+            balance["loss_weights"] = {"normal": round(float(det.class_weights_[0]), 4),
+                                       "abnormal": round(float(det.class_weights_[1]), 4)}
+        info.update({
+            "labels": "weak, by recording: every window of a normal recording 0, of an abnormal recording 1",
+            "abnormal_folder": str(abnormal_folder),
+            "abnormal_train_recordings": [record_id_from_path(f) for f in a_train],
+            "abnormal_val_recordings": [record_id_from_path(f) for f in a_val],
+            "class_balance": balance,
+        })
+        model = ScreeningModel(det, cfg, sfreq, channels, float(det.threshold_), ref, info)
+        info["validation"] = validate_supervised(model, val_files, a_val, bad)
+        if progress:
+            print(f"validation on held-out recordings: {validation_text(info['validation'])}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    det.save(out / DETECTOR_DIR)
+    write_json(out / MODEL_CONFIG, {**info, "skipped": bad, "val_scores": ref.tolist()})
     return out
 
 

@@ -55,8 +55,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         channels: Optional[str] = typer.Option(None, help="comma-separated channel names to use, e.g. "
                                                           "'F7-C3,C3-T5' (default: the config's `channels`, else "
                                                           "those all recordings share; EEG configs keep EEG ones)"),
+        abnormal: Optional[Path] = typer.Option(
+            None, "--abnormal", help="folder (or file) of ABNORMAL recordings (e.g. seizure EEG): supervised training "
+                                     "of a supervised detector (--detector cnn1d, cnn2d, lstm, gru or nmn; see "
+                                     "configs/screening_eeg_supervised.yaml), windows only. Labels are weak: every "
+                                     "window of a normal recording counts as normal and every window of an abnormal "
+                                     "one as abnormal. Recordings of both classes are held out for validation; the "
+                                     "threshold still comes from held-out normal windows"),
     ) -> None:
-        """Learn normal recordings; calibrate the window threshold on held-out normal recordings."""
+        """Learn normal recordings (with --abnormal: normal vs abnormal recordings, supervised); calibrate
+        the window threshold on held-out normal recordings."""
         from pipelines.screening import ScreeningConfig, train_screening
 
         # option values are checked before the config or any recording is read (a bad --window-fpr
@@ -68,7 +76,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                      "channels": picked}.items():
             if v is not None:
                 setattr(cfg, k, v)
-        path = train_screening(normals, out, cfg)
+        path = train_screening(normals, out, cfg, abnormal_folder=abnormal)
         typer.echo(f"screening model written to {path}")
 
     @screen_app.command("run")

@@ -1,0 +1,159 @@
+"""Supervised recording screening: `medad screen train NORMAL --abnormal ABNORMAL` with a
+supervised window classifier (weak, recording-level labels), threshold from held-out normal
+windows, validation on held-out recordings of both classes; `medad screen run` and `medad
+explain` (Grad-CAM) on the model; clear errors for detector / mode combinations that cannot work."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+FS = 100.0
+
+
+def _cli(args: list):
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def _recordings(folder: Path, n: int, seed: int, spikes: bool = False) -> Path:
+    """``n`` 20 s single-channel text recordings: alpha rhythm + noise; ``spikes``: a train of
+    sharp transients every 0.5 s throughout (an abnormal recording: every window shows it)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(20 * FS)) / FS
+    xs = np.sin(2 * np.pi * 10 * t + rng.uniform(0, 6, (n, 1))) + 0.7 * rng.standard_normal((n, len(t)))
+    if spikes:
+        onsets = (rng.uniform(0.2, 0.5, (n, 1)) + np.arange(0, 19.5, 0.5)) * FS
+        for row, k in zip(xs, onsets.astype(int)):
+            row[k[:, None] + np.arange(4)] += np.array([4.0, -6.0, 3.0, -1.0])
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, x in enumerate(xs):
+        np.savetxt(folder / f"{folder.name}{i:02d}.txt", x, fmt="%.4f")
+    return folder
+
+
+CONFIG = """screening:
+  detector: cnn1d
+  detector_params: {channels: [4, 8], dilations: [1], normalize: none, epochs: 10, batch_size: 32, lr: 0.005}
+  bandpass: [0.5, 40.0]
+  notch: null
+  window_seconds: 2.0
+  step_seconds: 1.0
+  chunk_seconds: 20.0
+  window_fpr: 0.05
+  min_windows: 2
+  val_fraction: 0.34
+  text_sfreq: 100
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("supervised")
+    normal = _recordings(root / "normal", 6, 0)
+    abnormal = _recordings(root / "abnormal", 4, 1, spikes=True)
+    (root / "cfg.yaml").write_text(CONFIG)
+    r = _cli(["screen", "train", normal, "--abnormal", abnormal, "--config", root / "cfg.yaml",
+              "--out", root / "model"])
+    assert r.exit_code == 0, r.output
+    assert "validation on held-out recordings: window AUROC" in r.output
+    return root, r.output
+
+
+def test_model_records_supervised_training(trained):
+    root, _ = trained
+    info = json.loads((root / "model" / "screening.json").read_text())
+    assert info["supervised"] is True and "weak" in info["labels"]
+    tr, va = info["abnormal_train_recordings"], info["abnormal_val_recordings"]
+    assert len(va) >= 1 and len(tr) + len(va) == 4 and not set(tr) & set(va)
+    assert all(r.startswith("abnormal") for r in tr + va)
+    assert all(r.startswith("normal") for r in info["train_recordings"] + info["val_recordings"])
+    bal = info["class_balance"]
+    assert bal["windows"]["normal"] == info["n_train_windows"] and bal["windows"]["abnormal"] > 0
+    assert "class_weight='balanced'" in bal["handling"]
+    # balanced weights: inverse class frequency, so the rarer class weighs more
+    w = bal["loss_weights"]
+    assert (w["abnormal"] > w["normal"]) == (bal["windows"]["abnormal"] < bal["windows"]["normal"])
+    v = info["validation"]
+    assert v["n_abnormal_recordings"] == len(va) and v["n_normal_recordings"] == len(info["val_recordings"])
+    assert v["window_auroc"] > 0.8  # spike trains are easy to tell apart
+    assert v["recording_sensitivity"] is not None and v["recording_specificity"] is not None
+    # the threshold is honest: from the held-out NORMAL windows at window_fpr (not from abnormal ones)
+    val = np.asarray(info["val_scores"])
+    assert "held-out normal" in info["calibration"]["source"]
+    assert np.mean(val > info["threshold"]) <= 0.05 + 1.0 / len(val)
+
+
+def test_screen_run_flags_abnormal_recordings(trained, tmp_path):
+    root, _ = trained
+    res = {}
+    for name, spikes in (("testn", False), ("testa", True)):
+        folder = _recordings(tmp_path / name, 3, 7, spikes=spikes)
+        r = _cli(["screen", "run", root / "model", folder, "--out", tmp_path / f"out_{name}", "--no-plots"])
+        assert r.exit_code == 0, r.output
+        res[name] = json.loads((tmp_path / f"out_{name}" / "results.json").read_text())["recordings"]
+    assert all(r["decision"] == "abnormal" for r in res["testa"])
+    # a threshold from ~40 held-out normal windows may flag a short span of a normal recording;
+    # the abnormal ones are flagged (nearly) throughout and score higher
+    seconds = {k: sum(r["flagged_seconds"] for r in v) for k, v in res.items()}
+    assert seconds["testa"] >= 45 and seconds["testa"] > 2 * seconds["testn"]
+    assert min(r["max_score"] for r in res["testa"]) > max(r["max_score"] for r in res["testn"])
+
+
+def test_explain_uses_gradcam_on_the_supervised_model(trained, tmp_path):
+    root, _ = trained
+    folder = _recordings(tmp_path / "one", 1, 9, spikes=True)
+    r = _cli(["explain", root / "model", folder / "one00.txt", "--out", tmp_path / "e", "--top-k", "1"])
+    assert r.exit_code == 0, r.output
+    case = json.loads((tmp_path / "e" / "case.json").read_text())
+    assert case["decision"] == "abnormal" and case["model"] == "CNN1DDetector"
+    assert [f["png"].split("_")[0] for f in case["figures"]] == ["gradcam"]  # classifiers: Grad-CAM by default
+    assert (tmp_path / "e" / case["figures"][0]["png"]).is_file()
+
+
+@pytest.mark.parametrize("args, expect", [
+    (["--abnormal", "ABN"], ["one-class", "cnn1d", "--abnormal"]),           # features (default) + abnormal
+    (["--detector", "seq_ae", "--abnormal", "ABN"], ["one-class", "cnn1d"]),
+    (["--detector", "cnn1d"], ["supervised", "--abnormal FOLDER", "seq_ae"]),  # supervised, normal only
+    (["--config", "configs/screening_ecg_beats.yaml", "--abnormal", "ABN"], ["unit: beats", "one-class"]),
+])
+def test_detector_and_training_data_must_fit(tmp_path, args, expect):
+    """Refused before any recording is read (no model written), saying what to do."""
+    normal = _recordings(tmp_path / "n", 2, 0)
+    abnormal = _recordings(tmp_path / "a", 2, 1, spikes=True)
+    root = Path(__file__).resolve().parents[1]
+    args = [abnormal if a == "ABN" else root / a if a.startswith("configs/") else a for a in args]
+    r = _cli(["screen", "train", normal, "--text-sfreq", "100", "--out", tmp_path / "m", *args])
+    assert r.exit_code != 0, r.output
+    from medad.errors import ConfigError
+
+    assert isinstance(r.exception, ConfigError), r.exception
+    text = " ".join(str(r.exception).split())
+    for e in expect:
+        assert e in text, text
+    assert not (tmp_path / "m").exists()
+
+
+def test_hold_out_and_balance_by_sampling():
+    """Recordings of each class are held out by recording (one abnormal at least from 2); a
+    detector without class weights gets the larger class subsampled to the smaller one."""
+    from pipelines.screening import _hold_out, _labelled
+
+    rng = np.random.default_rng(0)
+    tr, va = _hold_out([Path("a"), Path("b")], 0.2, rng)
+    assert len(va) == 1 and len(tr) == 1 and set(tr) | set(va) == {Path("a"), Path("b")}
+    assert _hold_out([Path("a")], 0.2, rng) == ([Path("a")], [])
+
+    class NoWeights:
+        def get_params(self):
+            return {"epochs": 1}
+
+    x, y, bal = _labelled(NoWeights(), np.zeros((30, 1, 8)), np.ones((6, 1, 8)))
+    assert len(x) == 12 and y.tolist() == [0] * 6 + [1] * 6 and "subsampled to 6" in bal["handling"]
+    assert bal["windows"] == {"normal": 30, "abnormal": 6}
