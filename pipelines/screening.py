@@ -1556,7 +1556,10 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                            threshold=item_thr, decision="abnormal" if ivs else "normal", ch_names=ch_names,
                            details=details, source=path.name,
                            identity=identity_from_file(path) if include_identity else None,
-                           item="beat" if beats else "window", **explain_kw)
+                           item="beat" if beats else "window",
+                           **({"score_name": "beat-shape part", "no_threshold": f"a part of the beat score, no "
+                               f"threshold of its own; beat scores vs threshold {model.threshold:.4g} in the report"}
+                              if item_thr is None and beats else {}), **explain_kw)
     if item_thr is None:  # the plots had no threshold in the explained part's units; the case has the beat one
         case.threshold = model.threshold
         if not cfg.beat_signal:

@@ -112,3 +112,19 @@ def test_medad_explain_on_a_knn_beat_model(knn_beats):
 
     with pytest.raises(ConfigError, match="needs gradients.*kernel_shap or lime"):
         explain_recording(model, rec, tmp / "ex2", methods=["ig"])
+
+
+@pytest.mark.filterwarnings("ignore")  # wfdb's pandas deprecation warnings
+def test_beat_plot_titles_say_the_shape_part_is_not_the_beat_score(knn_beats, monkeypatch):
+    """The plots show the beat-shape part (no threshold of its own): their titles must not read as
+    the beat score without a threshold (a user took 10.4 for the beat score of 166)."""
+    import medad.report.cases as cases
+    from pipelines.screening import ScreeningModel, explain_recording
+
+    tmp, model, rec, _, _ = knn_beats
+    titles = []
+    real = cases.save_signal_plot
+    monkeypatch.setattr(cases, "save_signal_plot", lambda *a, **k: (titles.append(k["title"]), real(*a, **k))[1])
+    explain_recording(model, rec, tmp / "ex3", n_samples=32)
+    thr = ScreeningModel.load(model).threshold
+    assert titles and all("beat-shape part" in t and f"vs threshold {thr:.4g} in the report" in t for t in titles)

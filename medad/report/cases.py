@@ -85,9 +85,10 @@ def default_methods(det) -> list[str]:
     return ["gradcam"] if getattr(det, "supervised", False) else ["ig"]
 
 
-def _title(case_id: str, what: str, score: float, thr: float | None) -> str:
-    t = f"{case_id}: {what} | score {score:.4g}"
-    return t + (f" {'>' if score > thr else '<='} threshold {thr:.4g}" if thr is not None else " (no threshold)")
+def _title(case_id: str, what: str, score: float, thr: float | None, score_name: str = "score",
+           no_threshold: str = "no threshold") -> str:
+    t = f"{case_id}: {what} | {score_name} {score:.4g}"
+    return t + (f" {'>' if score > thr else '<='} threshold {thr:.4g}" if thr is not None else f" ({no_threshold})")
 
 
 def explain_file(model: Any, input_path: str | Path, out_dir: str | Path, *, methods: Sequence[str] | None = None,
@@ -351,13 +352,14 @@ def explain_windows(det, windows: np.ndarray, starts: Sequence[float], sfreq: fl
                     methods: Sequence[str] | None, cid: str, score: float, threshold: float | None, decision: str,
                     ch_names: Sequence[str] | None = None, details: dict[str, Any] | None = None,
                     source: str | None = None, identity: dict[str, str] | None = None, item: str = "window",
-                    **explain_kw) -> CaseReport:
+                    score_name: str = "score", no_threshold: str = "no threshold", **explain_kw) -> CaseReport:
     """Explain already preprocessed windows ``(N, C, T)`` of one recording (e.g. the highest-scoring
     windows of a screening model, cut by its own preprocessing) and write one signal plot per
     method and window, ``case.json`` and ``report.html`` into ``out_dir``. ``starts`` are the
     windows' start times in the recording (s); ``score``/``threshold``/``decision`` are the
     recording's, as the pipeline decided them; ``item`` names what each row is in titles
-    (``"window"``, or ``"beat"`` for ECG beat mode)."""
+    (``"window"``, or ``"beat"`` for ECG beat mode); ``score_name`` what the plotted score is and
+    ``no_threshold`` what titles say when ``threshold`` is None (e.g. a part of a fused score)."""
     from medad.explain import canonical_method
 
     out = Path(out_dir)
@@ -372,7 +374,7 @@ def explain_windows(det, windows: np.ndarray, starts: Sequence[float], sfreq: fl
             t1 = t0 + w.shape[-1] / sfreq
             save_signal_plot(w, sfreq, f, attribution=np.abs(mp), ch_names=ch_names,
                              title=_title(cid, f"{m}, {item} {t0:.1f}-{t1:.1f} s (time from its start)",
-                                          float(s), threshold))
+                                          float(s), threshold, score_name, no_threshold))
             figs.append(Figure(png=str(f), title=f"{m}: {item} {t0:.1f}-{t1:.1f} s (preprocessed as screened)",
                                kind="signal"))
     case = CaseReport(case_id=cid, decision=decision, score=score, threshold=threshold, method=", ".join(methods),
