@@ -243,12 +243,11 @@ def test_screen_run_fails_when_nothing_could_be_screened(tmp_path, screening_mod
     assert "bad.txt" in str(r.exception) and (tmp_path / "s" / "results.csv").is_file()
 
 
-@pytest.mark.parametrize("option, value, what", [("--n-samples", "1", "greater than or equal to 10"),
-                                                 ("--top-k", "0", "greater than or equal to 1"),
-                                                 ("--n-segments", "1", "greater than or equal to 2")])
-def test_explain_refuses_settings_that_make_an_empty_explanation(saved_pca, tmp_path, option, value, what):
+@pytest.mark.parametrize("option, value", [("--n-samples", "1"), ("--top-k", "0"), ("--n-segments", "1")])
+def test_explain_refuses_settings_that_make_an_empty_explanation(saved_pca, tmp_path, option, value):
     """LIME/KernelSHAP with 1 evaluation wrote an all-zero map; --top-k 0 still explained one
     window: such values are refused before anything is read."""
     np.save(tmp_path / "x.npy", np.zeros((1, 32, 32), np.float32))
     r = _cli(["explain", saved_pca, tmp_path / "x.npy", "--out", tmp_path / "e", option, value])
-    assert r.exit_code == 2 and what in r.output and not (tmp_path / "e").exists()
+    # the wording of the range message differs between click versions; the option is always named
+    assert r.exit_code == 2 and f"Invalid value for '{option}'" in r.output and not (tmp_path / "e").exists()
