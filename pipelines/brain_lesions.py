@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -42,8 +43,13 @@ DETECTOR_DIR = "detector"
 MEMBERS_DIR = "members"
 ENSEMBLE = "ensemble"
 COMBINE = {"mean": np.mean, "median": np.median}
-SUMMARY_FIELDS = ("scan", "path", "status", "lesion_ml", "max_score", "mean_score", "threshold", "decision",
-                  "brain_ml", "brain_source", "error")  # threshold: the model's voxel threshold (max_score above it: voxels flagged)
+MIN_CALIBRATION_SCANS = 3  # fewer held-out healthy scans than this: training warns about the thresholds
+# BodyPartExamined values (substrings, upper case) of head scans; any other stated body part is refused
+HEAD_PARTS = ("HEAD", "BRAIN", "SKULL", "NEURO", "CRAN", "CEREB")
+# threshold: the model's voxel threshold (voxels scoring above it, in components of at least min_lesion_voxels, are
+# lesion); decision_ml: the scan is called abnormal when lesion_ml is above it
+SUMMARY_FIELDS = ("scan", "path", "status", "lesion_ml", "max_score", "mean_score", "threshold", "decision_ml",
+                  "decision", "brain_ml", "brain_source", "error")
 
 
 # ----------------------------------------------------------------------------------- config
@@ -369,6 +375,10 @@ def prepare_scan(scan: Scan, prep: BrainPrepConfig) -> PreparedVolume:
 
     # NaN / inf voxels (masked exports often store the background so) are read as 0, the background
     record = read_volume(scan.path, series_uid=scan.series_uid, nonfinite="zero")
+    part = str(record.meta.get("body_part") or "").strip()
+    if part and not any(w in part.upper() for w in HEAD_PARTS):  # a DICOM header that says it is no head
+        raise InputError(f"the DICOM header says BodyPartExamined {part!r}, not a head: brain scoring needs head "
+                         "scans", scan.path)
     record.subject_id = scan.scan_id
     mask = None
     if scan.mask_path is not None:
@@ -541,6 +551,13 @@ class BrainModel:
                                     "pixel_fpr": self.config.pixel_fpr,
                                     "healthy_lesion_ml": [round(x, 3) for x in vols_ml],
                                     "source": "held-out healthy subjects"}
+        if len(volumes) < MIN_CALIBRATION_SCANS:
+            self.info["calibration"]["warning"] = (
+                f"the thresholds come from {len(volumes)} held-out healthy scan(s): the decision volume is the "
+                f"largest false lesion found on them, so other healthy scans may well be called abnormal; train on "
+                f"more healthy scans (with val_fraction {self.config.val_fraction:g}, about "
+                f"{math.ceil(MIN_CALIBRATION_SCANS / max(self.config.val_fraction, 1e-3))} in all hold out "
+                f"{MIN_CALIBRATION_SCANS})")
         return self
 
     # -- persistence ----------------------------------------------------------------
@@ -718,6 +735,8 @@ def train_brain(healthy: str | Path, out: str | Path, cfg: BrainLesionConfig | N
     path = model.save(out)
     print(f"brain-lesion model ({cfg.detector}) written to {path}: voxel threshold "
           f"{model.voxel_threshold:.4g}, decision above {model.decision_ml:.3g} ml")
+    if model.info["calibration"].get("warning"):
+        print(f"warning: {model.info['calibration']['warning']}")
     return path
 
 
@@ -763,7 +782,8 @@ def score_scan(model: BrainModel, vol: PreparedVolume) -> tuple[np.ndarray, np.n
     ml = float(mask.sum()) * _voxel_ml(vol)
     row = {"scan": vol.record.subject_id, "path": str(vol.record.path), "status": "ok",
            "lesion_ml": round(ml, 3), "max_score": float(vals.max()), "mean_score": float(vals.mean()),
-           "threshold": float(model.voxel_threshold), "decision": "abnormal" if ml > (model.decision_ml or 0.0) else "normal",
+           "threshold": float(model.voxel_threshold), "decision_ml": round(float(model.decision_ml or 0.0), 3),
+           "decision": "abnormal" if ml > (model.decision_ml or 0.0) else "normal",
            "brain_ml": round(float(vol.brain.sum()) * _voxel_ml(vol), 1), "brain_source": vol.brain_source,
            "error": ""}
     return amap, mask, row

@@ -364,3 +364,31 @@ def test_nan_background_is_scored_and_the_row_shows_the_threshold(trained, tmp_p
     out = capsys.readouterr().out
     assert "note: nanbg.nii.gz:" in out and "NaN or infinite voxels read as 0" in out
     assert rows[0]["threshold"] == pytest.approx(BrainModel.load(model).voxel_threshold)
+
+
+def test_few_calibration_scans_warn_and_rows_state_the_decision_volume(trained, tmp_path, capsys):
+    """The module's model holds out 1 healthy scan: training says the thresholds rest on it; every
+    summary row states the decision volume (the rule: abnormal when lesion_ml is above it)."""
+    root, model = trained
+    m = BrainModel.load(model)
+    assert m.info["calibration"]["n_scans"] == 1 and "1 held-out healthy scan(s)" in m.info["calibration"]["warning"]
+    scans = tmp_path / "s"
+    scans.mkdir()
+    _write_scan(scans, "x", seed=21, lesion=True)
+    row = score_folder(model, scans, tmp_path / "o", progress=False)[0]
+    assert row["decision_ml"] == pytest.approx(round(m.decision_ml, 3))
+    assert row["decision"] == ("abnormal" if row["lesion_ml"] > m.decision_ml else "normal")
+
+
+def test_a_dicom_that_says_it_is_no_head_is_refused(trained, tmp_path, data_root):
+    """The TotalSegmentator example (BodyPartExamined PARTIALBODY) was scored as a brain and called
+    abnormal (a vertebra as a 39 ml lesion): a DICOM header naming another body part is refused."""
+    series = data_root / "ct" / "totalsegmentator" / "example_ct_dicom"
+    if not series.is_dir():
+        pytest.skip(f"{series} not found")
+    root, model = trained
+    scans = tmp_path / "s"
+    scans.mkdir()
+    (scans / "ct").symlink_to(series, target_is_directory=True)
+    rows = score_folder(model, scans, tmp_path / "o", progress=False)
+    assert [r["status"] for r in rows] == ["error"] and "BodyPartExamined 'PARTIALBODY', not a head" in rows[0]["error"]

@@ -30,6 +30,7 @@ VOLUME_SUFFIXES = NIFTI_SUFFIXES + MGH_SUFFIXES + DICOM_SUFFIXES
 # UID; the series UID stays because it is how a user picks a series in a folder.
 _DICOM_META_TAGS = {
     "modality": "Modality",
+    "body_part": "BodyPartExamined",
     "series_uid": "SeriesInstanceUID",
     "series_description": "SeriesDescription",
     "manufacturer": "Manufacturer",
