@@ -355,3 +355,20 @@ def test_gradient_maps_of_a_recurrent_model_in_eval_mode(device):
         m = explain(net, x, method=method, spatial_dims=1, device=device, n_samples=8)
         assert m.shape == (2, 40) and np.isfinite(m).all() and np.abs(m).max() > 0
     assert not net.training and torch.backends.cudnn.enabled
+
+
+def test_gradcam_of_a_spectrogram_cnn_on_signals():
+    """cnn2d sees a signal (B, C, T) as a time-frequency image: Grad-CAM failed with "no layer with a
+    spatial feature map found" on every cnn2d screening model; its map over (frequency, time) is
+    averaged over frequency, one value per sample."""
+    from medad import registry
+
+    rng = np.random.default_rng(0)
+    t = np.arange(256) / 64.0
+    normal = rng.normal(0, 1, (40, 1, 256)).astype(np.float32)
+    burst = normal.copy()
+    burst[:, :, 128:] += (3 * np.sin(2 * np.pi * 12 * t[128:])).astype(np.float32)  # a burst in the second half
+    det = registry.create("cnn2d", **{**registry.get("cnn2d").conformance_params, "epochs": 4})
+    det.fit(np.concatenate([normal, burst]), y=np.r_[np.zeros(40), np.ones(40)].astype(np.int64))
+    m = explain(det, burst[0], "gradcam")
+    assert m.shape == (256,) and np.isfinite(m).all() and m.max() > 0

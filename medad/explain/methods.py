@@ -64,6 +64,8 @@ def _one(model: ScalarModel, x, method: str, *, spatial_dims: int, layer, baseli
     if method == "gradcam":
         lgc = ca.LayerGradCam(model, resolve_layer(model, layer, x))
         a = lgc.attribute(x, relu_attributions=True)
+        if x.ndim == 3 and a.ndim == 4:  # a signal's time-frequency features: averaged over frequency
+            a = a.mean(2)
         if a.ndim != x.ndim:
             raise InputError(f"Grad-CAM layer output has shape {tuple(a.shape)}, not (B, C, *spatial)")
         a = _interpolate(a.float(), spatial)

@@ -235,7 +235,10 @@ def default_layer(model: ScalarModel, x):
     order counts, not registration order. For a plain CNN this is the last convolution (or the
     activation right after it); for DenseNet-style nets it is the final concatenated features,
     which a 'last Conv layer' rule would miss (there the last convolution sees a few channels).
-    When every feature map is input-shaped, the last convolution is used."""
+    When every feature map is input-shaped, the last convolution is used. A network that turns a
+    signal ``(B, C, T)`` into a time-frequency image (``cnn2d`` on spectrograms) has no feature map
+    of the input's rank: its last ``(B, C, F, T')`` map is taken (:func:`medad.explain.methods`
+    averages its Grad-CAM over frequency)."""
     import torch
 
     if model.inner is None:
@@ -262,6 +265,10 @@ def default_layer(model: ScalarModel, x):
     for mod, _ in spatial:  # only input-shaped maps: fall back to the last convolution
         if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return mod
+    if len(in_shape) == 3:  # a signal seen as a time-frequency image: its last 2D feature map
+        for mod, sh in reversed(seen):
+            if len(sh) == 4 and sh[1] > 1 and int(np.prod(sh[2:])) > 1:
+                return mod
     raise InputError("no layer with a spatial feature map found: pass layer= explicitly")
 
 
