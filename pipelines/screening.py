@@ -33,9 +33,10 @@ same preprocessing, channels and windowing; class imbalance is left to the detec
 ``class_weight`` (inverse class frequency). Recordings of each class are held out by recording
 (``val_fraction``); the threshold still comes from the held-out NORMAL windows at
 ``window_fpr``, and the held-out recordings of both classes are screened as ``screen run`` does
-for the validation figures in ``screening.json`` (:func:`validate_supervised`). The score is the
-abnormal probability; ``screen run`` and ``medad explain`` (Grad-CAM by default) treat the model
-like any other. Beat mode is one-class and takes no abnormal recordings.
+for the validation figures in ``screening.json`` (:func:`validate_supervised`; the specificity by
+2-fold cross-calibration on the held-out normal recordings, as those set the threshold). The
+score is the abnormal probability; ``screen run`` and ``medad explain`` (Grad-CAM by default)
+treat the model like any other. Beat mode is one-class and takes no abnormal recordings.
 
 **Beat mode** (``unit: beats``, ECG; ``configs/screening_ecg_beats.yaml``): the items are heart
 beats instead of windows. R peaks are found chunk by chunk on the ECG lead (after the configured
@@ -81,6 +82,7 @@ import csv
 import importlib
 import io
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -415,18 +417,18 @@ class Preprocessor:
     def picks(self, hdr) -> list[int]:
         if self.channels is None:
             return list(range(len(hdr.ch_names)))
+        found = [find_channel(c, hdr.ch_names) for c in self.channels]
         if len(self.channels) == 1:
             # a single-channel model takes its own channel where the recording has it (an EEG
             # model of C3 must not read Fp1), else the first channel (text files, renamed leads)
-            names = list(hdr.ch_names)
-            return [names.index(self.channels[0]) if self.channels[0] in names else 0]
-        missing = [c for c in self.channels if c not in hdr.ch_names]
+            return [found[0] if found[0] is not None else 0]
+        missing = [c for c, k in zip(self.channels, found) if k is None]
         if missing:
             raise ReadError(f"recording lacks channels the model needs ({len(missing)} of {len(self.channels)}): "
                             f"{_names(missing, 8)}; it has {len(hdr.ch_names)}: {_names(hdr.ch_names, 8)}"
                             + (" -- another montage: screen it with a model trained on recordings like it"
                                if len(missing) == len(self.channels) else ""), hdr.path)
-        return [hdr.ch_names.index(c) for c in self.channels]
+        return [int(k) for k in found]
 
     def filter(self, x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
         from medad.transforms.signal import filter_sos, resample, zero_phase
@@ -796,6 +798,61 @@ def _names(names: Sequence[str], k: int = 6) -> str:
     return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
 
 
+def find_channel(name: str, names: Sequence[str]) -> int | None:
+    """Index of channel ``name`` in ``names``: the same name, else the only one equal to it but
+    for case (``fp1`` is ``FP1``), else ``None``."""
+    names = list(names)
+    if name in names:
+        return names.index(name)
+    same = [k for k, c in enumerate(names) if c.casefold() == name.casefold()]
+    return same[0] if len(same) == 1 else None
+
+
+def _tokens(name: str) -> list[str]:
+    return [t for t in re.split(r"[^0-9a-z]+", name.casefold()) if t]
+
+
+def channel_suggestions(name: str, names: Sequence[str]) -> list[str]:
+    """Channels of ``names`` that ``name`` probably means: those equal to it but for case; else
+    the one channel containing it as whole tokens (``Fp1`` -> ``EEG Fp1-Ref``); else the close
+    spellings (difflib)."""
+    import difflib
+
+    same = [c for c in names if c.casefold() == name.casefold()]
+    if same:
+        return same
+    tok = _tokens(name)
+    within = [c for c, ct in ((c, _tokens(c)) for c in names)
+              if tok and any(ct[i:i + len(tok)] == tok for i in range(len(ct)))]
+    if len(within) == 1:
+        return within
+    folded = {c.casefold(): c for c in names}
+    return [folded[m] for m in difflib.get_close_matches(name.casefold(), list(folded), n=3, cutoff=0.6)]
+
+
+def channel_problem(requested: Sequence[str], hdr) -> str | None:
+    """What is wrong with training on channels ``requested`` of the recording ``hdr`` (``None``:
+    nothing): each channel it lacks, with the channels it probably means, its full channel list
+    and, when every missing one has a likely match, the ``--channels`` value spelled as the
+    recording does. A name equal but for case is no problem (:func:`find_channel`); a single
+    requested channel of a single-channel recording is matched by position (as screening does)."""
+    names = list(hdr.ch_names)
+    if len(requested) == 1 and len(names) == 1:
+        return None
+    missing = [c for c in requested if find_channel(c, names) is None]
+    if not missing:
+        return None
+    guesses = {c: channel_suggestions(c, names) for c in missing}
+    parts = [f"{c!r}" + (f" (did you mean {' or '.join(map(repr, guesses[c]))}?)" if guesses[c] else "")
+             for c in missing]
+    msg = (f"channel{'s' if len(missing) > 1 else ''} {', '.join(parts)} not found in {hdr.path}; it has "
+           f"{len(names)} channel(s): {_names(names, 64)}")
+    if all(len(g) == 1 for g in guesses.values()):
+        fixed = [guesses[c][0] if c in guesses else names[find_channel(c, names)] for c in requested]
+        msg += f". Name them as the recording does: --channels '{','.join(fixed)}' (or `channels` in the config)"
+    return msg
+
+
 def _common_channels(hdrs) -> list[str]:
     """Channels every training recording has (in the first one's order); single-channel
     recordings are matched by position, whatever their channel is called. None shared: a
@@ -960,6 +1017,27 @@ def _readable(files: Sequence[Path], text_sfreq: float | None,
     return good, hdrs
 
 
+def _with_channels(cfg: ScreeningConfig, good: list[Path], hdrs: list[Any], a_good: list[Path], a_hdrs: list[Any],
+                   bad: list[dict[str, str]], normal_folder, abnormal_folder) -> tuple[list, list, list, list]:
+    """Training recordings that have the channels named in ``cfg.channels`` (set to the first
+    one's spelling when a name differs only in case); the others go to ``bad`` with what they
+    lack and what it probably is (:func:`channel_problem`). When no normal (or, given, no
+    abnormal) recording has them all: a ConfigError with the first one's problem."""
+    kept = []
+    for fs, hs, folder in ((good, hdrs, normal_folder), (a_good, a_hdrs, abnormal_folder)):
+        problems = [channel_problem(cfg.channels, h) for h in hs]
+        ok = [k for k, p in enumerate(problems) if p is None]
+        if fs and not ok:
+            raise ConfigError(problems[0] + (f" (nor in any of the other {len(fs) - 1} recording(s) of {folder})"
+                                             if len(fs) > 1 else ""))
+        bad += [{"file": str(f), "error": p} for f, p in zip(fs, problems) if p is not None]
+        kept += [[fs[k] for k in ok], [hs[k] for k in ok]]
+    names = list(kept[1][0].ch_names)
+    if not (len(cfg.channels) == 1 and len(names) == 1):
+        cfg.channels = [names[find_channel(c, names)] for c in cfg.channels]
+    return tuple(kept)
+
+
 def _hold_out(files: Sequence[Path], val_fraction: float, rng) -> tuple[list[Path], list[Path]]:
     """``(training, held-out)`` recordings, split by recording: ``round(val_fraction * n)`` held
     out, at least one when there are two or more, never all."""
@@ -994,14 +1072,24 @@ def _nan_none(v: float) -> float | None:
 def validate_supervised(model: "ScreeningModel", normal_val: Sequence[Path], abnormal_val: Sequence[Path],
                         bad: list[dict[str, str]]) -> dict[str, Any]:
     """Screen the held-out recordings of both classes as ``medad screen run`` does (every window,
-    the model's threshold and decision rule): window-level AUROC of held-out normal vs abnormal
-    windows, the share of each flagged, and recording-level sensitivity (abnormal recordings
-    decided abnormal) / specificity. Without a held-out normal recording (a single one in
-    training) the normal side is the calibration windows. A recording that fails goes to ``bad``."""
-    from medad.evaluation import auroc, sensitivity_specificity
+    the model's decision rule): window-level AUROC of held-out normal vs abnormal windows (none
+    was trained on), the share of abnormal windows flagged and the recording-level sensitivity
+    (abnormal recordings decided abnormal) at the model's threshold.
+
+    The normal side cannot be measured at the model's threshold: the held-out normal recordings
+    set it, so their share flagged is ``window_fpr`` by construction. Specificity (normal
+    recordings decided normal) and the share of normal windows flagged come from 2-fold
+    cross-calibration on the held-out normal recordings (:func:`pipelines.frames.cross_calibration`:
+    threshold at ``window_fpr`` from one half's windows, measured on the other half), and are not
+    estimated with fewer than 2 of them. Without a held-out normal recording (a single one in
+    training) the AUROC's normal side is the calibration windows. A recording that fails goes to
+    ``bad``."""
+    from medad.evaluation import auroc
+    from pipelines.frames import cross_calibration
 
     scores: dict[int, list[np.ndarray]] = {0: [], 1: []}
-    labels, decisions = [], []
+    starts: list[np.ndarray] = []  # of the normal recordings, to re-apply the decision rule
+    decisions = []  # abnormal recordings decided abnormal at the model's threshold
     for label, files in ((0, normal_val), (1, abnormal_val)):
         for f in files:
             try:
@@ -1010,26 +1098,42 @@ def validate_supervised(model: "ScreeningModel", normal_val: Sequence[Path], abn
                 bad.append({"file": str(f), "error": e.problem})
                 continue
             scores[label].append(res["scores"])
-            labels.append(label)
-            decisions.append(bool(res["intervals"]))
+            if label:
+                decisions.append(bool(res["intervals"]))
+            else:
+                starts.append(res["starts"])
     normal = np.concatenate(scores[0]) if scores[0] else model.val_scores
     if not scores[1]:
         return {"note": "no held-out abnormal recording (a single abnormal recording is all used for training): "
                         "no validation figures"}
     abnormal = np.concatenate(scores[1])
     y = np.r_[np.zeros(len(normal)), np.ones(len(abnormal))]
-    rec = sensitivity_specificity(labels, decisions)
-    return {
+
+    def decided_abnormal(k: int, t: float) -> bool:  # screen run's rule, at another threshold
+        return bool(flagged_intervals(starts[k], scores[0][k], t, model.cfg.window_seconds, model.cfg.min_windows))
+
+    cc = cross_calibration(scores[0], model.cfg.window_fpr, min_groups=2, what="recordings",
+                           decide=decided_abnormal)
+    out = {
         "n_normal_recordings": int(len(scores[0])), "n_abnormal_recordings": int(len(scores[1])),
         "n_normal_windows": int(len(normal)), "n_abnormal_windows": int(len(abnormal)),
         "normal_windows_from": "held-out normal recordings" if scores[0] else "the calibration windows",
         "window_auroc": _nan_none(auroc(y, np.r_[normal, abnormal])),
+        "auroc_items": "every window of the held-out recordings of both classes (none trained on)",
         "abnormal_windows_flagged": _nan_none(float(np.mean(abnormal > model.threshold))),
-        "normal_windows_flagged": _nan_none(float(np.mean(normal > model.threshold))),
-        "recording_sensitivity": _nan_none(rec["sensitivity"]),
-        "recording_specificity": _nan_none(rec["specificity"]),
+        "recording_sensitivity": _nan_none(float(np.mean(decisions))),
+        "sensitivity_at": "the model's threshold (from all held-out normal recordings)",
+        "normal_windows_flagged": _nan_none(cc["normal_flagged"]),
+        "recording_specificity": _nan_none(cc["specificity"]),
+        "specificity_method": cc["specificity_method"],
         "decision_rule": f">= {model.cfg.min_windows} consecutive windows above the threshold",
     }
+    if "folds" in cc:
+        out["specificity_folds"] = [{k: (round(v, 6) if isinstance(v, float) else v) for k, v in f.items()}
+                                    for f in cc["folds"]]
+    else:
+        out["specificity_note"] = cc["specificity_note"]
+    return out
 
 
 def validation_text(v: dict[str, Any]) -> str:
@@ -1040,11 +1144,14 @@ def validation_text(v: dict[str, Any]) -> str:
     def f(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
 
+    spec = (f"normal side by 2-fold cross-calibration on the {v['n_normal_recordings']} held-out normal recordings "
+            f"(threshold from one half, measured on the other): {f(v['normal_windows_flagged'])} of normal windows "
+            f"flagged, recording specificity {f(v['recording_specificity'])}"
+            if v["recording_specificity"] is not None else v["specificity_note"])
     return (f"window AUROC {f(v['window_auroc'])} ({v['n_normal_windows']} normal vs {v['n_abnormal_windows']} "
-            f"abnormal windows); at the threshold {f(v['abnormal_windows_flagged'])} of abnormal and "
-            f"{f(v['normal_windows_flagged'])} of normal windows flagged; recordings: sensitivity "
-            f"{f(v['recording_sensitivity'])} ({v['n_abnormal_recordings']} abnormal), specificity "
-            f"{f(v['recording_specificity'])} ({v['n_normal_recordings']} normal)")
+            f"abnormal windows); at the model's threshold {f(v['abnormal_windows_flagged'])} of abnormal windows "
+            f"flagged, recording sensitivity {f(v['recording_sensitivity'])} ({v['n_abnormal_recordings']} "
+            f"abnormal); {spec}")
 
 
 def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningConfig | None = None,
@@ -1081,6 +1188,9 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     if hdrs[0].sfreq is None:
         raise ConfigError("plain-text recordings carry no sampling rate: set text_sfreq in the screening config "
                           "(CLI: --text-sfreq)", hdrs[0].path)
+    if cfg.channels:  # named channels: checked (and spelled as the recordings do) before any is read
+        good, hdrs, a_good, a_hdrs = _with_channels(cfg, good, hdrs, a_good, a_hdrs, bad, normal_folder,
+                                                    abnormal_folder)
     sfreq = float(cfg.sfreq or hdrs[0].sfreq)
     if cfg.unit == "beats":  # one ECG lead: the first recording's (see Preprocessor.beat_channel)
         channels = cfg.channels or [hdrs[0].ch_names[Preprocessor(cfg, sfreq, None).beat_channel(hdrs[0])]]
@@ -2035,10 +2145,22 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
 
     check_annotated_copy(annotated_copy)  # before any work, not once per recording
     model = ScreeningModel.load(model_path)
+    warning_lines: list[str] = []
     if text_sfreq is not None:  # plain-text recordings carry no rate
         problem = number_problem("text_sfreq", text_sfreq)
         if problem:
             raise ConfigError(problem)
+        trained = model.cfg.text_sfreq
+        if trained and abs(float(text_sfreq) - trained) > 0.01 * trained:
+            # not refused (another device may record at another rate), but a wrong rate resamples
+            # silently to a different signal: the model then judges a sped-up or slowed-down one
+            warning_lines.append(
+                f"--text-sfreq {float(text_sfreq):g} Hz differs from the rate of the model's plain-text training "
+                f"recordings (text_sfreq {trained:g} Hz): text recordings are read as {float(text_sfreq):g} Hz; if "
+                f"they were recorded like the training ones, the wrong rate stretches them in time and normal ones "
+                f"may be flagged abnormal")
+            if progress:
+                print(f"warning: {warning_lines[-1]}")
         model.cfg.text_sfreq = float(text_sfreq)
     site = model.cfg.site_normalize if site_normalize is None else site_normalize
     check_site_normalize(site, model.cfg.detector, model.cfg.unit)
@@ -2096,6 +2218,8 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
         "n_recordings": len(rows), "n_errors": sum(r["status"] == "error" for r in rows),
         "n_abnormal": sum(r.get("decision") == "abnormal" for r in rows), "recordings": recs,
     }
+    if warning_lines:
+        summary["warnings"] = warning_lines
     if site != "none":
         summary["sites"] = sites
         summary["site_assumption"] = "features robust z-scored per site; assumes most items of each site are normal"

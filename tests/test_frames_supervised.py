@@ -73,9 +73,49 @@ def test_frames_json_records_the_supervised_training(model):
     assert v["frame_auroc"] > 0.9
     for k in ("sensitivity", "specificity"):
         assert 0.0 <= v[k] <= 1.0
+    # the specificity is measured on held-out normal frames that did not set its threshold
+    assert "cross-calibration" in v["specificity_method"] and "none trained on" in v["auroc_items"]
+    assert [f["n_measured"] for f in v["specificity_folds"]] == [5, 5]
     # the threshold is the one the model keeps: calibrated on the held-out normal frames
     cal = json.loads((model / "config.json").read_text())
     assert v["threshold"] == pytest.approx(cal["threshold"])
+
+
+class _Identity:
+    """A fitted 'detector' whose score is the item's value, with a given threshold."""
+
+    def __init__(self, threshold: float):
+        self.threshold_ = threshold
+
+    def score(self, x):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(score=np.asarray(x, np.float64).ravel())
+
+
+def test_specificity_comes_from_normal_frames_that_did_not_set_the_threshold():
+    """A video's held-out normal block whose first half is quiet and second half busy: a
+    threshold at fpr from ALL of it flags ~fpr of them (specificity ~0.95, optimistic by
+    construction). Cross-calibrated, the quiet half's threshold flags the whole busy half, the
+    busy half's flags none of the quiet one: specificity 0.5."""
+    from pipelines.frames import _validation_metrics
+
+    normal = np.r_[np.linspace(0.0, 0.1, 10), np.linspace(0.5, 0.6, 10)]
+    v = _validation_metrics(_Identity(0.6), normal, [np.full(4, 2.0)], fpr=0.05)
+    assert v["specificity"] == 0.5 and v["sensitivity"] == 1.0 and v["frame_auroc"] == 1.0
+    f0, f1 = v["specificity_folds"]
+    assert (f0["n_calibration"], f0["n_measured"]) == (10, 10)
+    assert f0["threshold"] == pytest.approx(0.1) and f0["specificity"] == 0.0
+    assert f1["threshold"] == pytest.approx(0.6) and f1["specificity"] == 1.0
+
+
+def test_too_few_normal_frames_give_no_specificity():
+    from pipelines.frames import _validation_metrics
+
+    v = _validation_metrics(_Identity(0.5), np.linspace(0, 1, 6), [np.full(3, 2.0)], fpr=0.05)
+    assert v["specificity"] is None and "specificity_folds" not in v
+    assert v["specificity_note"].startswith("specificity not estimated: 6 held-out normal frames")
+    assert "add normal frames" in v["specificity_note"] and v["sensitivity"] == 1.0
 
 
 def test_screening_scores_abnormal_frames_above_normal(model, data, tmp_path):
@@ -153,6 +193,8 @@ def test_cli_train_screen_explain(data, tmp_path):
               "--image-size", "16", "--out", m])
     assert r.exit_code == 0, r.output
     assert "frame AUROC" in r.output and "sensitivity" in r.output
+    # 8 of the 40 normal frames held out (val_fraction 0.2): too few to estimate a specificity honestly
+    assert "specificity not estimated: 8 held-out normal frames" in " ".join(r.output.split())
     saved = json.loads((m / "config.json").read_text())
     assert saved["name"] == "classifier" and saved["params"]["epochs"] == 2
     r = _cli(["images", "screen", m, data["test_abnormal"], "--out", tmp_path / "s"])

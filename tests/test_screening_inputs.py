@@ -161,6 +161,37 @@ def test_no_shared_channel_names_the_files_and_cli_channels(tmp_path, eeg_folder
     assert r.exit_code == 2 and "--channels" in r.output and not (tmp_path / "none").exists()
 
 
+def test_channels_named_loosely_are_suggested_or_matched(tmp_path, eeg_folder):
+    """`--channels "Fp1, C3"` on recordings whose channels are 'EEG Fp1-Ref'...: refused before
+    training, saying what each name probably is, the full channel list and the --channels value
+    spelled as the recordings do (not the screening-time 'another montage' advice). A name equal
+    but for case is taken, spelled as the recording does."""
+    r = _cli(["screen", "train", eeg_folder, "--channels", "Fp1, c3", "--out", tmp_path / "m"])
+    assert isinstance(r.exception, ConfigError), r.output
+    msg = str(r.exception)
+    assert "channels 'Fp1' (did you mean 'EEG Fp1-Ref'?), 'c3' (did you mean 'EEG C3-Ref'?) not found in" in msg
+    assert "sub-0_raw.fif" in msg and "6 channel(s): " + ", ".join(EEG_NAMES) in msg
+    assert "--channels 'EEG Fp1-Ref,EEG C3-Ref'" in msg and "another montage" not in msg
+    assert not (tmp_path / "m").exists()
+    r = _cli(["screen", "train", eeg_folder, "--channels", "eeg c3-ref, EEG O1-REF", "--window-fpr", "0.05",
+              "--out", tmp_path / "m"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "m" / "screening.json").read_text())["channels"] == ["EEG C3-Ref", "EEG O1-Ref"]
+
+
+def test_channel_suggestions():
+    from pipelines.screening import channel_suggestions, find_channel
+
+    names = ["EEG Fp1-Ref", "EEG Fp2-Ref", "EEG C3-Ref", "EEG C4-Ref", "fp1", "FP1"]
+    assert find_channel("Fp1", names) is None  # 'fp1' and 'FP1': which one is ambiguous
+    assert channel_suggestions("Fp1", names) == ["fp1", "FP1"]
+    assert find_channel("eeg c4-ref", names) == 3 and find_channel("EEG C4-Ref", names) == 3
+    assert channel_suggestions("C3", names) == ["EEG C3-Ref"]  # a whole token of one channel only
+    assert set(channel_suggestions("EEG C5-Ref", names)[:2]) == {"EEG C3-Ref", "EEG C4-Ref"}  # close spellings
+    assert channel_suggestions("Ref", names[:2]) == []  # a token of two channels: neither is suggested
+    assert channel_suggestions("ECG", names) == []
+
+
 # ---------------------------------------------------------------------------- 3. calibration
 def test_calibration_warning_says_what_to_do():
     w = calibration_warning(6, ["a.edf"], 0.05, 0.2)
@@ -225,6 +256,21 @@ def test_screen_run_text_sfreq_for_a_model_trained_without_one(tmp_path, eeg_fol
     assert [row["status"] for row in csv.DictReader(open(tmp_path / "o2" / "results.csv"))] == ["ok"]
     r = _cli(["screen", "run", tmp_path / "m", texts, "--out", tmp_path / "o3", "--text-sfreq", "0"])
     assert r.exit_code == 2 and "--text-sfreq" in r.output and not (tmp_path / "o3").exists()
+    assert "warning" not in r.output  # a model trained without a text rate has none to differ from
+
+
+def test_screen_run_warns_when_text_sfreq_differs_from_training(tmp_path, text_model):
+    """The model learnt 100 Hz text recordings; --text-sfreq 173.61 resamples them silently to
+    another signal: a warning naming both rates (not a refusal); within 1 % no warning."""
+    texts = _texts(tmp_path / "texts", 1, 8)
+    r = _cli(["screen", "run", text_model, texts, "--out", tmp_path / "o", "--no-plots", "--text-sfreq", "173.61"])
+    assert r.exit_code == 0, r.output
+    line = next(x for x in r.output.splitlines() if x.startswith("warning:"))
+    assert "--text-sfreq 173.61 Hz" in line and "(text_sfreq 100 Hz)" in line
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["warnings"] == [line[len("warning: "):]]
+    r = _cli(["screen", "run", text_model, texts, "--out", tmp_path / "o2", "--no-plots", "--text-sfreq", "100.5"])
+    assert r.exit_code == 0 and "warning:" not in r.output, r.output
+    assert "warnings" not in json.loads((tmp_path / "o2" / "results.json").read_text())
 
 
 def test_flat_recording_is_an_error_row_not_abnormal(tmp_path, text_model, capsys):

@@ -84,10 +84,70 @@ def test_model_records_supervised_training(trained):
     assert v["n_abnormal_recordings"] == len(va) and v["n_normal_recordings"] == len(info["val_recordings"])
     assert v["window_auroc"] > 0.8  # spike trains are easy to tell apart
     assert v["recording_sensitivity"] is not None and v["recording_specificity"] is not None
+    # the normal side is measured on held-out normal recordings that did not set its threshold
+    assert "cross-calibration" in v["specificity_method"] and "specificity not estimated" not in root_output(trained)
+    assert [f["n_measured"] for f in v["specificity_folds"]] == [1, 1] and v["n_normal_recordings"] == 2
     # the threshold is honest: from the held-out NORMAL windows at window_fpr (not from abnormal ones)
     val = np.asarray(info["val_scores"])
     assert "held-out normal" in info["calibration"]["source"]
     assert np.mean(val > info["threshold"]) <= 0.05 + 1.0 / len(val)
+
+
+def root_output(trained) -> str:
+    return trained[1]
+
+
+def test_printed_validation_line_names_the_cross_calibration(trained):
+    line = next(x for x in root_output(trained).splitlines() if x.startswith("validation on held-out"))
+    assert "2-fold cross-calibration on the 2 held-out normal recordings" in line
+    assert "recording specificity" in line and "of normal windows flagged" in line
+
+
+def _fake_validation(monkeypatch, normal_scores: list[np.ndarray], threshold: float, min_windows: int = 1):
+    """validate_supervised on recordings whose window scores are given: ``screen_recording``
+    replaced by one returning them (the abnormal recording: every window at 5)."""
+    from types import SimpleNamespace
+
+    import pipelines.screening as scr
+
+    cfg = scr.ScreeningConfig(window_seconds=1.0, step_seconds=1.0, min_windows=min_windows, window_fpr=0.05)
+    model = SimpleNamespace(threshold=threshold, cfg=cfg, val_scores=np.concatenate(normal_scores))
+    table = {f"n{k}": s for k, s in enumerate(normal_scores)} | {"a0": np.full(20, 5.0)}
+
+    def fake(m, path):
+        s = np.asarray(table[Path(path).name], np.float64)
+        return {"scores": s, "starts": np.arange(len(s), dtype=np.float64),
+                "intervals": scr.flagged_intervals(np.arange(len(s)), s, m.threshold, 1.0, m.cfg.min_windows)}
+
+    monkeypatch.setattr(scr, "screen_recording", fake)
+    return scr.validate_supervised(model, [Path(f"n{k}") for k in range(len(normal_scores))], [Path("a0")], [])
+
+
+def test_specificity_comes_from_normal_recordings_that_did_not_set_the_threshold(monkeypatch):
+    """The threshold set on ALL held-out normal windows flags none of the two normal recordings
+    here (specificity 1 at the model's threshold: optimistic by construction). Cross-calibrated,
+    a threshold from the quiet recording flags the busy one, and one from the busy recording
+    flags none of the quiet one: specificity 0.5, half the normal windows flagged."""
+    quiet, busy = np.linspace(0.0, 0.1, 20), np.linspace(0.8, 0.9, 20)
+    v = _fake_validation(monkeypatch, [quiet, busy], threshold=0.9)
+    assert v["recording_specificity"] == 0.5 and v["normal_windows_flagged"] == 0.5
+    assert v["recording_sensitivity"] == 1.0 and v["abnormal_windows_flagged"] == 1.0
+    f0, f1 = v["specificity_folds"]
+    assert f0["threshold"] == pytest.approx(0.1) and f0["specificity"] == 0.0  # quiet -> busy flagged
+    assert f1["threshold"] == pytest.approx(0.9) and f1["specificity"] == 1.0
+    # the decision rule is screen run's: with min_windows 30 no run is long enough to flag a recording
+    v = _fake_validation(monkeypatch, [quiet, busy], threshold=0.9, min_windows=30)
+    assert v["recording_specificity"] == 1.0 and v["normal_windows_flagged"] == 0.5
+
+
+def test_one_held_out_normal_recording_gives_no_specificity(monkeypatch):
+    v = _fake_validation(monkeypatch, [np.linspace(0, 1, 20)], threshold=0.95)
+    assert v["recording_specificity"] is None and v["normal_windows_flagged"] is None
+    assert v["specificity_note"].startswith("specificity not estimated: 1 held-out normal recording")
+    assert "add normal recordings" in v["specificity_note"] and v["window_auroc"] == 1.0
+    from pipelines.screening import validation_text
+
+    assert "specificity not estimated" in validation_text(v)
 
 
 def test_screen_run_flags_abnormal_recordings(trained, tmp_path):

@@ -53,10 +53,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
             rec = json.loads((out / "frames.json").read_text(encoding="utf-8"))
             c, v = rec["classes"], rec["validation"]
+            spec = (f"specificity {v['specificity']:.3f} (2-fold cross-calibration on the {v['n_normal']} held-out "
+                    f"normal frames: threshold from one half, measured on the other)"
+                    if v.get("specificity") is not None else v["specificity_note"])
             typer.echo(f"trained on {c['0']['n_train']} normal + {c['1']['n_train']} abnormal frames "
                        f"(class weight {rec['class_weight']}); held out {v['n_normal']} normal + "
                        f"{v['n_abnormal']} abnormal: frame AUROC {v['frame_auroc']:.3f}, sensitivity "
-                       f"{v['sensitivity']:.3f}, specificity {v['specificity']:.3f} at the threshold")
+                       f"{v['sensitivity']:.3f} at the threshold; {spec}")
 
     @images_app.command("screen")
     def images_screen(
