@@ -26,8 +26,8 @@ import numpy as np
 
 from medad.errors import InputError, ReadError
 from medad.io.images import IMAGE_SUFFIXES
-from medad.report.html import MAP_NOTES, CaseReport, Figure, identity_from_file, write_case, write_case_report
-from medad.report.overlay import save_overlay, save_signal_plot
+from medad.report.html import MAP_NOTES, SIGNAL_SPANS_NOTE, CaseReport, Figure, identity_from_file, write_case, write_case_report
+from medad.report.overlay import axial_orientation, save_overlay, save_signal_plot
 from medad.utils import atomic_path
 
 
@@ -83,6 +83,55 @@ def default_methods(det) -> list[str]:
     if not (score_module(det).differentiable and getattr(det, "net_", None) is not None):
         return ["kernel_shap"]
     return ["gradcam"] if getattr(det, "supervised", False) else ["ig"]
+
+
+#: colour-bar labels of the maps (what the value is, and in which unit)
+MAP_LABELS: dict[str, str] = {
+    "anomaly_map": "anomaly score (the detector's own map, in its score units)",
+    "gradcam": "attribution (Grad-CAM, relative)",
+    "ig": "attribution (Integrated Gradients, share of the {score})",
+    "gradient_shap": "attribution (GradientSHAP, share of the {score})",
+    "kernel_shap": "attribution (KernelSHAP, change of the {score} per region)",
+    "lime": "attribution (LIME weight, relative)",
+}
+
+
+def map_label(name: str, det=None) -> str:
+    """The colour-bar label of a map named ``name`` (``anomaly_map`` or a method) of detector
+    ``det``: a supervised detector's maps explain the log-odds of its score."""
+    score = "score's log-odds" if getattr(det, "supervised", False) else "score"
+    return MAP_LABELS.get(name, f"{name} (map value)").format(score=score)
+
+
+def _map_overlay(image2d, map2d, path, name: str, det, title: str, *, oriented: bool = False) -> Path:
+    """One overlay of map ``name`` (the detector's own map or an attribution): a labelled colour
+    bar (the pixel threshold marked on an anomaly map), attribution scales from 0 and, for an
+    axial slice of a RAS volume (``oriented``), the R/L/A/P markers."""
+    own = name == "anomaly_map"
+    return save_overlay(image2d, map2d, path, title=title, label=map_label(name, det), attribution=not own,
+                        threshold=getattr(det, "pixel_threshold_", None) if own else None,
+                        orientation=axial_orientation("right") if oriented else None)
+
+
+def _axial_view(a: np.ndarray) -> np.ndarray:
+    """An axial slice ``(X, Y)`` of a RAS voxel grid as displayed: anterior up, the patient's
+    right on screen right (neurological convention; the figures say so)."""
+    return a.T[::-1]
+
+
+def _signal_units(rec) -> str | list[str | None] | None:
+    """The recording's unit(s) as its reader reports them (WFDB: per channel; MNE: volts)."""
+    return rec.meta.get("units") or rec.meta.get("unit")
+
+
+def _channel_names(names: Sequence[str] | None, source: str | Path | None) -> list[str] | None:
+    """Channel names for plots: a plain-text recording's only channel is named after its file by
+    the reader (no header to name it): shown as ``signal``."""
+    if names is None or source is None:
+        return None if names is None else list(names)
+    from medad.io.signals import record_id_from_path
+
+    return ["signal"] if list(names) == [record_id_from_path(source)] else list(names)
 
 
 def _title(case_id: str, what: str, score: float, thr: float | None, score_name: str = "score",
@@ -202,10 +251,11 @@ def _explain_array(det, x, out, *, methods, cid, normalise, top_k, explain_kw) -
             stem = f"{name}_item{i}"
             title = _title(cid, label, float(s[i]), thr)
             if x.ndim == 3:  # signal item (C, T)
-                save_signal_plot(x[i], 1.0, out / f"{stem}.png", attribution=mp, title=title + " (time in samples)")
-            else:
+                save_signal_plot(x[i], 1.0, out / f"{stem}.png", attribution=mp, title=title,
+                                 xlabel="time (samples)")
+            else:  # a preprocessed array: its axes' orientation is unknown, so no R/L markers
                 img, m2 = _middle_slice(x[i], mp)
-                save_overlay(img, m2, out / f"{stem}.png", title=title)
+                _map_overlay(img, m2, out / f"{stem}.png", name, det, title)
             figs.append(Figure(png=str(out / f"{stem}.png"), title=f"{name} - {label}", kind=name))
     return CaseReport(case_id=cid, decision=_decision(float(s.max()), thr), score=float(s.max()), threshold=thr,
                       method=", ".join(methods), figures=figs,
@@ -217,7 +267,7 @@ def _middle_slice(item: np.ndarray, mp: np.ndarray) -> tuple[np.ndarray, np.ndar
     if item.ndim == 3:
         return (item[0] if item.shape[0] == 1 else np.moveaxis(item[:3], 0, -1)), mp
     z = int(np.argmax(np.abs(mp).reshape(-1, mp.shape[-1]).sum(0)))
-    return item[0, ..., z].T[::-1], mp[..., z].T[::-1]  # RAS voxel order -> radiological-ish view
+    return _axial_view(item[0, ..., z]), _axial_view(mp[..., z])
 
 
 def _explain_image(det, p, out, *, methods, cid, normalise, top_k, explain_kw, prepare=None) -> CaseReport:
@@ -241,7 +291,7 @@ def _explain_image(det, p, out, *, methods, cid, normalise, top_k, explain_kw, p
         back = _resize(mp[None, None], rec.data.shape[:2])[0, 0]
         with atomic_path(out / f"{name}.npy") as tmp:  # temp name ends in .npy: np.save keeps it
             np.save(tmp, back)
-        save_overlay(rec.data, back, out / f"{name}.png", title=_title(cid, name, score, thr))
+        _map_overlay(rec.data, back, out / f"{name}.png", name, det, _title(cid, name, score, thr))
         figs.append(Figure(png=str(out / f"{name}.png"), title=name, kind=name))
     return CaseReport(case_id=cid, decision=_decision(score, thr), score=score, threshold=thr,
                       method=", ".join(methods), figures=figs,
@@ -277,9 +327,8 @@ def _explain_volume_slices(det, p, out, *, methods, cid, normalise, top_k, expla
     for name, maps in panels:
         back = np.moveaxis(_resize(maps[:, None], vol.shape[:2])[:, 0], 0, 2)  # (X, Y, Z) on the RAS grid
         write_like(back.astype(np.float32), rec, out / f"{name}.nii.gz")
-        img, m2 = vol[..., z_best].T[::-1], back[..., z_best].T[::-1]
-        save_overlay(img, m2, out / f"{name}.png",
-                     title=_title(cid, f"{name}, axial slice {z_best}", float(s[z_best]), thr))
+        _map_overlay(_axial_view(vol[..., z_best]), _axial_view(back[..., z_best]), out / f"{name}.png", name, det,
+                     _title(cid, f"{name}, axial slice {z_best}", float(s[z_best]), thr), oriented=True)
         figs.append(Figure(png=str(out / f"{name}.png"),
                            title=f"{name} on the most abnormal axial slice ({z_best}); 3D map in {name}.nii.gz",
                            kind=name))
@@ -304,7 +353,7 @@ def _explain_volume_3d(det, p, out, *, methods, cid, normalise, top_k, explain_k
         back = _resize(mp[None, None], rec.data.shape)[0, 0]
         write_like(back.astype(np.float32), rec, out / f"{name}.nii.gz")
         img, m2 = _middle_slice(rec.data[None], back)
-        save_overlay(img, m2, out / f"{name}.png", title=_title(cid, name, score, thr))
+        _map_overlay(img, m2, out / f"{name}.png", name, det, _title(cid, name, score, thr), oriented=True)
         figs.append(Figure(png=str(out / f"{name}.png"), title=f"{name}; 3D map in {name}.nii.gz", kind=name))
     return CaseReport(case_id=cid, decision=_decision(score, thr), score=score, threshold=thr,
                       method=", ".join(methods), figures=figs,
@@ -336,9 +385,11 @@ def _explain_signal(det, p, out, *, sfreq, methods, cid, normalise, top_k, expla
         for i, mp in zip(top, maps):
             attr[:, i * win:(i + 1) * win] = np.abs(mp)[None]
         save_signal_plot(rec.data[:, :n_win * win], sf, out / f"{m}.png", spans=spans, attribution=attr,
-                         ch_names=rec.ch_names, title=_title(cid, m, float(s.max()), thr))
+                         ch_names=_channel_names(rec.ch_names, p), title=_title(cid, m, float(s.max()), thr),
+                         t0=0.0, units=_signal_units(rec))
         figs.append(Figure(png=str(out / f"{m}.png"),
-                           title=f"{m}: attribution on the {len(top)} highest-scoring windows", kind="signal"))
+                           title=f"{m}: attribution on the {len(top)} highest-scoring windows", kind="signal",
+                           note=SIGNAL_SPANS_NOTE if spans else None))
     return CaseReport(case_id=cid, decision=_decision(float(s.max()), thr), score=float(s.max()), threshold=thr,
                       method=", ".join(methods), figures=figs,
                       details={"duration (s)": round(rec.duration, 2), "sampling rate (Hz)": sf,
@@ -352,28 +403,34 @@ def explain_windows(det, windows: np.ndarray, starts: Sequence[float], sfreq: fl
                     methods: Sequence[str] | None, cid: str, score: float, threshold: float | None, decision: str,
                     ch_names: Sequence[str] | None = None, details: dict[str, Any] | None = None,
                     source: str | None = None, identity: dict[str, str] | None = None, item: str = "window",
-                    score_name: str = "score", no_threshold: str = "no threshold", **explain_kw) -> CaseReport:
+                    score_name: str = "score", no_threshold: str = "no threshold",
+                    units: str | Sequence[str | None] | None = None, **explain_kw) -> CaseReport:
     """Explain already preprocessed windows ``(N, C, T)`` of one recording (e.g. the highest-scoring
     windows of a screening model, cut by its own preprocessing) and write one signal plot per
     method and window, ``case.json`` and ``report.html`` into ``out_dir``. ``starts`` are the
     windows' start times in the recording (s); ``score``/``threshold``/``decision`` are the
     recording's, as the pipeline decided them; ``item`` names what each row is in titles
     (``"window"``, or ``"beat"`` for ECG beat mode); ``score_name`` what the plotted score is and
-    ``no_threshold`` what titles say when ``threshold`` is None (e.g. a part of a fused score)."""
+    ``no_threshold`` what titles say when ``threshold`` is None (e.g. a part of a fused score);
+    ``units``: the windows' unit(s) (default ``a.u.``: screening windows are normalised). The
+    figures are listed in time order, each on the recording's time axis."""
     from medad.explain import canonical_method
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     methods = [canonical_method(m) for m in (methods or default_methods(det))]
     win_scores = det.score(windows).score
+    order = np.argsort(np.asarray(starts, dtype=np.float64), kind="stable")  # explained by score, shown by time
+    names = _channel_names(ch_names, source)
     figs = []
     for m in methods:
         maps = _explain(det, windows, m, explain_kw, 1)
-        for t0, w, s, mp in zip(starts, windows, win_scores, maps):
+        for k in order:
+            t0, w, s, mp = float(starts[k]), windows[k], win_scores[k], maps[k]
             f = out / f"{m}_{t0:.1f}s.png"
             t1 = t0 + w.shape[-1] / sfreq
-            save_signal_plot(w, sfreq, f, attribution=np.abs(mp), ch_names=ch_names,
-                             title=_title(cid, f"{m}, {item} {t0:.1f}-{t1:.1f} s (time from its start)",
+            save_signal_plot(w, sfreq, f, attribution=np.abs(mp), ch_names=names, t0=t0, units=units,
+                             title=_title(cid, f"{m}, {item} {t0:.1f}-{t1:.1f} s",
                                           float(s), threshold, score_name, no_threshold))
             figs.append(Figure(png=str(f), title=f"{m}: {item} {t0:.1f}-{t1:.1f} s (preprocessed as screened)",
                                kind="signal"))

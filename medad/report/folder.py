@@ -48,7 +48,26 @@ def _num(v: Any) -> float | None:
 
 # summary.csv columns shown by the generic page itself, not again among its details; ``path``
 # is left out (folder paths can hold patient names; the file name is shown as the source)
-_SHOWN_COLUMNS = {"score", "max_score", "threshold", "decision", "label", "status", "error", "path", "file"}
+_SHOWN_COLUMNS = {"score", "max_score", "threshold", "decision", "label", "status", "error", "path", "file",
+                  "model", "detector"}
+
+
+def _volume_rule(row: dict[str, Any]) -> dict[str, str]:
+    """The decision rule of a `medad brain score` row (``lesion_ml`` and ``decision_ml``): the scan
+    is decided by its lesion volume; the voxel threshold only decides which voxels are lesion."""
+    ml, limit = _num(row.get("lesion_ml")), _num(row.get("decision_ml"))
+    if ml is None:
+        return {}
+    top, thr = _num(row.get("max_score")), _num(row.get("threshold"))
+    out = {"decision rule": (f"abnormal when the lesion volume exceeds {limit:.4g} ml; this scan: {ml:.4g} ml, "
+                             f"{'above' if ml > limit else 'not above'} it") if limit is not None else
+           (f"abnormal when the lesion volume exceeds the model's decision volume (decision_ml in brain_model.json; "
+            f"this summary.csv predates that column); this scan: {ml:.4g} ml")}
+    if top is not None and thr is not None:
+        out["score and threshold"] = (f"score = the anomaly map's maximum in the brain ({top:.4g}); threshold = the "
+                                      f"voxel threshold ({thr:.4g}): voxels above it (small clusters dropped) are "
+                                      f"the lesion whose volume decides")
+    return out
 
 
 def _generic_case(folder: Path, root: Path, summary: dict[str, dict[str, Any]]) -> CaseReport:
@@ -58,11 +77,18 @@ def _generic_case(folder: Path, root: Path, summary: dict[str, dict[str, Any]]) 
     decision = str(row.get("decision") or row.get("label") or "see the pipeline's summary")
     key = next(iter(row), None)
     # `medad brain score` writes max_score (the case score), lesion_ml, mean_score, brain_ml...
-    details = {k: v for k, v in row.items() if k != key and k not in _SHOWN_COLUMNS and v not in (None, "")}
+    rule = _volume_rule(row)
+    # long decimals shown to 4 significant digits (the CSV keeps full precision); others as written
+    details = {**rule, **{k: (f"{_num(v):.4g}" if "." in str(v) and len(str(v)) > 8 and _num(v) is not None else v)
+                          for k, v in row.items()
+                          if k != key and k not in _SHOWN_COLUMNS and v not in (None, "")}}
     src = row.get("path") or row.get("file")
+    model = row.get("model") or row.get("detector") or ("see brain_model.json in the model folder" if rule else None)
     return CaseReport(case_id=cid, decision=decision, score=_num(row.get("score", row.get("max_score"))),
                       threshold=_num(row.get("threshold")), source=Path(src).name if src else None,
-                      figures=[Figure(png=str(p), title=p.stem, kind="figure") for p in pngs], details=details)
+                      model=model, method="the model's own anomaly map (for attributions: medad explain)" if rule else None,
+                      figures=[Figure(png=str(p), title=p.stem, kind="figure") for p in pngs],
+                      details=details)
 
 
 def _summary_failures(summary: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
@@ -111,33 +137,48 @@ def _screening_cases(folder: Path, d: dict[str, Any]) -> tuple[list[tuple[CaseRe
     return cases, failed
 
 
-def _max_frame_score(f: Path) -> float | None:
+MAX_LISTED_FILES = 30  # flagged image files named on a frame folder's page (all are in frames.csv)
+
+
+def _frame_rows(f: Path) -> list[dict[str, str]]:
     try:
         with open(f, newline="", encoding="utf-8") as fh:
-            scores = [_num(r.get("score")) for r in csv.DictReader(fh)]
+            return list(csv.DictReader(fh))
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise ReadError(f"cannot read frame scores: {e}", f) from None
-    return max((v for v in scores if v is not None), default=None)
 
 
 def _frames_case(folder: Path, d: dict[str, Any]) -> tuple[CaseReport, Path]:
-    """The case of a ``medad images screen`` output folder (one video or frame folder)."""
+    """The case of a ``medad images screen`` output folder (one video or frame folder). A folder
+    of image files is described by its flagged files (``frames.csv``'s ``file`` column), not by
+    time spans (its 'seconds' would only be frame numbers at an assumed rate)."""
     spans, n = d.get("spans") or [], int(d.get("n_flagged") or 0)
     overlays = list(d.get("overlays") or [])
+    rows = _frame_rows(folder / "frames.csv") if (folder / "frames.csv").is_file() else []
+    scores = [v for v in (_num(r.get("score")) for r in rows) if v is not None]
+    files = [r["file"] for r in rows if r.get("file") and str(r.get("flagged")) == "1"]
+    is_folder = any(r.get("file") for r in rows)
     figs = [Figure(png=str(folder / o), title=Path(o).stem.replace("_", " "), kind="anomaly_map")
             for o in overlays[:MAX_FRAME_FIGURES]]
-    details = {"frames screened": d.get("n_frames_screened"), "stride": d.get("stride"), "flagged frames": n,
-               "flagged spans (s)": ", ".join(f"{s['start_s']:.2f}-{s['end_s']:.2f}" for s in spans[:20])
-               + (" ..." if len(spans) > 20 else "") or "none",
-               "unreadable frames": len(d.get("unreadable_frames") or []),
-               "case score": "maximum over screened frames (every frame's score is in frames.csv)"}
+    details: dict[str, Any] = {"frames screened": d.get("n_frames_screened"), "stride": d.get("stride"),
+                               "flagged frames": n}
+    if is_folder:
+        details["input"] = f"a folder of {len(rows)} image files (one frame each)"
+        details["flagged files"] = (", ".join(files[:MAX_LISTED_FILES]) + (
+            f" ... ({len(files) - MAX_LISTED_FILES} more; all in frames.csv)" if len(files) > MAX_LISTED_FILES
+            else "")) or "none"
+    else:
+        details["flagged spans (s)"] = ", ".join(f"{s['start_s']:.2f}-{s['end_s']:.2f}" for s in spans[:20]) \
+            + (" ..." if len(spans) > 20 else "") or "none"
+    details.update({"unreadable frames": len(d.get("unreadable_frames") or []),
+                    "case score": "maximum over screened frames (every frame's score is in frames.csv)"})
     if len(overlays) > MAX_FRAME_FIGURES:
         details["overlays shown"] = f"the first {MAX_FRAME_FIGURES} of {len(overlays)} (all in overlays/)"
+    method = ("no maps: this detector draws none; run medad explain on a frame for Grad-CAM"
+              if d.get("maps") is False else "frame screening (the detector's own anomaly map)")
     case = CaseReport(case_id=Path(str(d.get("source"))).name, decision="abnormal" if n else "normal",
-                      score=_max_frame_score(folder / "frames.csv"),
-                      threshold=_num(d.get("threshold")), model=d.get("detector"),
-                      method="frame screening (the detector's own anomaly map)",
-                      source=Path(str(d.get("source"))).name, figures=figs, details=details)
+                      score=max(scores, default=None), threshold=_num(d.get("threshold")), model=d.get("detector"),
+                      method=method, source=Path(str(d.get("source"))).name, figures=figs, details=details)
     return case, folder / REPORT_FILE
 
 

@@ -62,9 +62,15 @@ MAP_NOTES: dict[str, str] = {
         "log-odds (its value before the final squashing to 0-1): the same ranking, but it keeps "
         "changing near 0 % and 100 %, where a probability would no longer move."),
     "signal": (
-        "Signal plot: shaded red spans are the time intervals flagged as abnormal (darker = more probable); "
-        "green shading behind a trace is the attribution (where along time the model found evidence)."),
+        "Signal plot: green shading behind a trace is the attribution (where along time the model found "
+        "evidence; darker = more). Each trace is scaled to fill its own row; the row's height in physical "
+        "units (a.u. where the unit is unknown or the signal was normalised) is written on its right."),
 }
+
+
+#: the note of a signal plot that shades flagged spans
+SIGNAL_SPANS_NOTE = ("Shaded red spans are the time intervals flagged as abnormal (darker = more probable). "
+                     + MAP_NOTES["signal"])
 
 
 @dataclass
