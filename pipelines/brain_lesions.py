@@ -757,10 +757,13 @@ def top_slices(amap: np.ndarray, n: int = 3, min_gap: int = 8) -> list[int]:
 
 
 def save_scan_overlay(vol: PreparedVolume, amap: np.ndarray, mask: np.ndarray, path: Path, title: str,
-                      n: int = 3) -> Path:
+                      n: int = 3, *, label: str = "anomaly score", attribution: bool = False,
+                      threshold: float | None = None) -> Path:
     """One PNG: the ``n`` most abnormal axial slices side by side (scan, map, blend, mask outline),
-    cropped to the brain."""
-    from medad.report.overlay import save_overlay
+    cropped to the brain, with R/L/A/P markers (neurological convention: the patient's right on
+    the right), a labelled colour bar (``label``; ``threshold`` drawn on it) and, for
+    ``attribution`` maps, a scale from 0."""
+    from medad.report.overlay import axial_orientation, save_overlay
 
     ks = top_slices(amap, n)
     idx = np.argwhere(vol.brain.any(axis=2))
@@ -770,7 +773,17 @@ def save_scan_overlay(vol: PreparedVolume, amap: np.ndarray, mask: np.ndarray, p
         return np.concatenate([np.rot90(a[x0:x1, y0:y1, k]) for k in ks], axis=1)
 
     return save_overlay(disp(vol.record.data), disp(amap), path, mask=disp(mask),
-                        title=f"{title} (axial slices {', '.join(map(str, ks))})")
+                        title=f"{title} (axial slices {', '.join(map(str, ks))})", label=label,
+                        attribution=attribution, threshold=threshold, orientation=axial_orientation("right"),
+                        tiles=len(ks), mask_label="lesion mask (voxels above the voxel threshold, small clusters "
+                                                  "dropped)")
+
+
+def map_units(model: BrainModel) -> str:
+    """Colour-bar label of a brain model's anomaly map, with its voxel threshold."""
+    what = ("mean of the members' maps, each in units of its own voxel threshold" if model.members
+            else f"{model.config.detector} detector units")
+    return f"anomaly score ({what}); cyan line: voxel threshold {model.voxel_threshold:.3g}"
 
 
 def score_scan(model: BrainModel, vol: PreparedVolume) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -854,7 +867,8 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
             write_like(mask.astype(np.uint8), vol.record, d / "mask.nii.gz")
             if overlays:
                 save_scan_overlay(vol, amap, mask, d / "overlay.png",
-                                  f"{s.scan_id}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml")
+                                  f"{s.scan_id}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml",
+                                  label=map_units(model), threshold=model.voxel_threshold)
         except Exception as e:  # noqa: BLE001 -- whatever goes wrong with one scan, the rest are still scored
             # a bad scan is reported (one line naming it), the rest of the folder is still scored
             msg, err = _failure(s, e)
@@ -882,7 +896,7 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
     glob of the scan's brain mask in its folder (default: the model's, as for ``score_folder``)."""
     from medad.explain import canonical_method, explain
     from medad.io.volumes import write_like
-    from medad.report.cases import default_methods
+    from medad.report.cases import default_methods, map_label
     from medad.report.html import CaseReport, Figure, write_case, write_case_report
 
     model = BrainModel.load(model_path)
@@ -902,7 +916,8 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
     amap, mask, row = score_scan(model, vol)
     write_like(amap.astype(np.float32), vol.record, out / "anomaly_map.nii.gz")
     write_like(mask.astype(np.uint8), vol.record, out / "mask.nii.gz")
-    save_scan_overlay(vol, amap, mask, out / "anomaly_map.png", f"{cid}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml")
+    save_scan_overlay(vol, amap, mask, out / "anomaly_map.png", f"{cid}: {row['decision']}, lesion {row['lesion_ml']:.1f} ml",
+                      label=map_units(model), threshold=model.voxel_threshold)
     figs = [Figure(png=str(out / "anomaly_map.png"), title="anomaly map and lesion mask (most abnormal slices)",
                    kind="anomaly_map")]
     items = _explained_items(model, vol, top_k)
@@ -915,7 +930,8 @@ def explain_scan(model_path: str | Path, scan: str | Path, out: str | Path, *, m
         write_like(back.astype(np.float32), vol.record, out / f"{m}.nii.gz")
         # only slices the explained items reach (the map is 0 elsewhere)
         n = max(1, sum(np.clip(back[..., k], 0, None).sum() > 0 for k in top_slices(back, items.n_slices)))
-        save_scan_overlay(vol, back, mask, out / f"{m}.png", f"{cid}: {m}", n=n)
+        save_scan_overlay(vol, back, mask, out / f"{m}.png", f"{cid}: {m}", n=n, attribution=True,
+                          label=map_label(m, model.detector))
         figs.append(Figure(png=str(out / f"{m}.png"), title=f"{m} on the most abnormal {items.unit}; 3D map in {m}.nii.gz",
                            kind=m))
     case = CaseReport(case_id=cid, decision=row["decision"], score=row["max_score"], threshold=model.voxel_threshold,
