@@ -527,9 +527,11 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
             used_names.add(name)
             path = out / "overlays" / f"{name}.png"
             img, amap, mask = _overlay_views(f.image, res.map[j], res.pixel_threshold)
-            save_overlay(img, amap, path, mask=mask,
-                         title=f"frame {f.index}{' ' + f.file if f.file else ''}  t={f.time_s:.2f}s  "
-                               f"score={s:.4g}  threshold={det.threshold_:.4g}")
+            save_overlay(img, amap, path, mask=mask, threshold=res.pixel_threshold,
+                         label=f"anomaly score ({prep.get('detector') or type(det).__name__} map units); "
+                               "cyan line: pixel threshold",
+                         title=f"frame {f.index}{' ' + f.file if f.file else f'  t={f.time_s:.2f}s'}  "
+                               f"score={s:.4g}  threshold={det.threshold_:.4g}")  # a folder's frames have no time
             overlay_files.append(str(path.relative_to(out)))
         bar.update(len(chunk) + pending_errors)
         pending_errors = 0
