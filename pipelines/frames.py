@@ -258,54 +258,13 @@ def holdout(n: int, share: float, rng: np.random.Generator, contiguous: bool) ->
 MIN_SPECIFICITY_FRAMES = 10
 
 
-def cross_calibration(normal_groups: Sequence[np.ndarray], fpr: float, *, min_groups: int, what: str,
-                      decide: Callable[[int, float], bool] | None = None) -> dict[str, Any]:
-    """Specificity of a threshold calibrated on held-out normal data, measured on normal data that
-    did not set it (2-fold cross-calibration).
-
-    The model's threshold comes from ALL held-out normal items, so the share of them it flags is
-    ``fpr`` by construction: an optimistic specificity. Here the groups (held-out normal
-    recordings, or frames; each an array of item scores) are split in two halves in their given
-    order (first half / second half: a video's contiguous block stays two contiguous blocks); a
-    threshold is set at ``fpr`` on the items of one half and measured on the other half, and the
-    other way round. ``normal_flagged``: share of the measured half's items above the other half's
-    threshold; ``specificity``: share of the measured half's groups not decided abnormal
-    (``decide(k, threshold)``: is group ``k`` abnormal at that threshold; default: any of its
-    items above it). Both are the
-    mean of the two folds; ``n`` groups are measured in all (each once). With fewer than
-    ``min_groups`` groups nothing is estimated: the figures are ``None`` and ``specificity_note``
-    says why (``what``: the groups' plural name, e.g. "recordings")."""
-    from medad.detectors.base import threshold_at_fpr
-
-    n = len(normal_groups)
-    if n < min_groups:
-        return {"specificity": None, "normal_flagged": None, "n": n, "specificity_method": None,
-                "specificity_note": f"specificity not estimated: {n} held-out normal {what[:-1] if n == 1 else what} "
-                                    f"(at least {min_groups} needed for 2-fold cross-calibration); add normal {what}"}
-    decide = decide or (lambda k, t: bool(np.any(np.asarray(normal_groups[k]) > t)))
-    half = n // 2
-    halves = (range(half), range(half, n))
-    folds = []
-    for cal, measured in (halves, halves[::-1]):
-        t = threshold_at_fpr(np.concatenate([normal_groups[k] for k in cal]), fpr)
-        items = np.concatenate([normal_groups[k] for k in measured])
-        folds.append({"threshold": float(t), "n_calibration": len(cal), "n_measured": len(measured),
-                      "normal_flagged": float(np.mean(items > t)),
-                      "specificity": float(np.mean([not decide(k, t) for k in measured]))})
-    return {"specificity": float(np.mean([f["specificity"] for f in folds])),
-            "normal_flagged": float(np.mean([f["normal_flagged"] for f in folds])), "n": n,
-            "specificity_method": f"2-fold cross-calibration on held-out normal {what}: threshold at fpr={fpr:g} "
-                                  f"from one half, measured on the other half, mean of both folds",
-            "folds": folds}
-
-
 def _validation_metrics(det, normal_val: np.ndarray, abnormal_val: list[np.ndarray], fpr: float) -> dict:
     """Frame AUROC of held-out normal vs held-out abnormal frames (every abnormal class together;
     none of them was trained on), sensitivity at the model's threshold, and specificity by 2-fold
-    cross-calibration on the held-out normal frames (:func:`cross_calibration`: the model's
+    cross-calibration on the held-out normal frames (:func:`medad.evaluation.cross_calibration`: the model's
     threshold was set on all of them, so their own share flagged is ``fpr`` by construction); per
     abnormal class when there are several."""
-    from medad.evaluation import auroc
+    from medad.evaluation import auroc, cross_calibration
 
     s_norm = det.score(normal_val).score
     s_abn = [det.score(v).score for v in abnormal_val]
@@ -362,7 +321,7 @@ def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None =
     threshold flags ``cfg.fpr`` of the held-out normal frames, and the held-out frames of both
     kinds give the validation frame AUROC and sensitivity (``frames.json``, ``validation``); the
     specificity comes from 2-fold cross-calibration on the held-out normal frames
-    (:func:`cross_calibration`), as the frames that set the threshold cannot measure it honestly."""
+    (:func:`medad.evaluation.cross_calibration`), as the frames that set the threshold cannot measure it honestly."""
     from medad import registry
 
     cfg = (cfg or FramesConfig()).validate()

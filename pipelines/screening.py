@@ -1079,13 +1079,13 @@ def validate_supervised(model: "ScreeningModel", normal_val: Sequence[Path], abn
     The normal side cannot be measured at the model's threshold: the held-out normal recordings
     set it, so their share flagged is ``window_fpr`` by construction. Specificity (normal
     recordings decided normal) and the share of normal windows flagged come from 2-fold
-    cross-calibration on the held-out normal recordings (:func:`pipelines.frames.cross_calibration`:
+    cross-calibration on the held-out normal recordings (:func:`medad.evaluation.cross_calibration`:
     threshold at ``window_fpr`` from one half's windows, measured on the other half), and are not
     estimated with fewer than 2 of them. Without a held-out normal recording (a single one in
     training) the AUROC's normal side is the calibration windows. A recording that fails goes to
     ``bad``."""
     from medad.evaluation import auroc
-    from pipelines.frames import cross_calibration
+    from medad.evaluation import cross_calibration
 
     scores: dict[int, list[np.ndarray]] = {0: [], 1: []}
     starts: list[np.ndarray] = []  # of the normal recordings, to re-apply the decision rule
