@@ -271,7 +271,10 @@ class BenchData:
         ``cache_dir`` (as .npy, no pickle) when one is given so reruns skip the registrations."""
         from medad.transforms.brain import register_brain_mask
 
-        cached = None if self.cache_dir is None else self.cache_dir / f"{f.name}.it{iterations}.brainmask.npy"
+        # keyed by the registration code too: a mask cached by an earlier version of it is not reused
+        # (FLAIR rows run in the eighth session reused masks made before 3cee550 changed the head mask)
+        cached = None if self.cache_dir is None else \
+            self.cache_dir / f"{f.name}.it{iterations}.{_registration_code_key()}.brainmask.npy"
         if cached is not None and cached.is_file():
             m = np.load(cached, allow_pickle=False)
             if m.shape == rec.shape:
@@ -335,6 +338,15 @@ class BenchData:
 
 
 # ----------------------------------------------------------------------------------- runs
+
+
+def _registration_code_key() -> str:
+    """Short hash of the code that makes registration brain masks (medad/transforms/brain.py)."""
+    import hashlib
+
+    import medad.transforms.brain as tb
+
+    return hashlib.sha256(Path(tb.__file__).read_bytes()).hexdigest()[:10]
 
 
 def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir: Path, quick: bool) -> dict[str, Any]:
