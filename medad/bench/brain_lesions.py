@@ -100,12 +100,19 @@ def _detector_config(name: str, config_dir: Path, quick: bool, modality: str | N
     ``configs/brain_<name>.yaml``; accepts a full pipeline config or a bare mapping of detector
     parameters. ``name`` labels the run; a config file may name another registered detector
     (e.g. ``brain_dae3d.yaml`` -> ``dae`` on 3D crops)."""
+    from medad.config import CONFIG_DIR
     from pipelines.brain_lesions import BrainLesionConfig, read_brain_config
 
-    path = Path(config_dir) / f"brain_{name}.yaml"
-    if modality is not None and (Path(config_dir) / f"brain_{name}_{modality}.yaml").is_file():
-        path = Path(config_dir) / f"brain_{name}_{modality}.yaml"
+    # the configs that come with medad when the given folder (default: configs/ where the command
+    # runs) does not exist -- a run outside the repository used the detectors' bare defaults
+    config_dir = Path(config_dir) if Path(config_dir).is_dir() or Path(config_dir).is_absolute() else CONFIG_DIR
+    path = config_dir / f"brain_{name}.yaml"
+    if modality is not None and (config_dir / f"brain_{name}_{modality}.yaml").is_file():
+        path = config_dir / f"brain_{name}_{modality}.yaml"
     raw: dict[str, Any] = read_brain_config(path) if path.is_file() else {}
+    if not raw:
+        print(f"[{modality or 'brain'}] {name}: no {path.name} in {config_dir}: the detector's built-in defaults",
+              flush=True)
     if raw and "detector" not in raw and "detector_params" not in raw:
         raw = {"detector": name, "detector_params": raw}
     raw.setdefault("detector", name)
@@ -525,6 +532,13 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     bad = [m for m in modalities if m not in MODALITY_FILES]
     if bad:
         raise ConfigError(f"unknown modality {', '.join(bad)}; choose from {', '.join(MODALITY_FILES)}")
+    for name in detectors:  # a wrong name fails now, not after the reference rows were computed
+        for mod in modalities:
+            cfg, _ = _detector_config(name, Path(config_dir), quick, mod)
+            if cfg.detector != "ensemble":
+                from medad import registry
+
+                registry.get(cfg.detector)  # unknown: a ConfigError listing the known detectors
     root = _root(data_root)
     data = BenchData(root, quick, cache_dir=cache_dir, models_dir=None if models_dir is None else Path(models_dir))
     results, errors = [], []

@@ -77,10 +77,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_brain_lesions(
         data_root: Optional[Path] = typer.Option(None, "--data-root", help="data root (default: $MEDAD_DATA_ROOT or ../shared/data)"),
         out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
-        detectors: str = typer.Option("intensity", "--detectors", help="comma-separated detector names ('none' with --merge: only merge)"),
+        detectors: str = typer.Option("intensity", "--detectors", help="comma-separated row names: NAME reads brain_NAME_<modality>.yaml or brain_NAME.yaml from "
+                                             "--config-dir (e.g. pddpm_overlap, ensemble), else the registered detector NAME with its "
+                                             "defaults ('none' with --merge: only merge)"),
         modalities: str = typer.Option("flair,t1c", "--modalities", help="comma-separated: flair, t1c"),
         quick: bool = typer.Option(False, "--quick", help="few NiChart subjects and short training (smoke run)"),
-        config_dir: Path = typer.Option(Path("configs"), "--config-dir", help="where configs/brain_<detector>.yaml live"),
+        config_dir: Path = typer.Option(Path("configs"), "--config-dir", help="folder of the brain_<name>[_<modality>].yaml configs (default: configs/ here, else "
+                                                  "the configs that come with medad)"),
         copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="also copy the JSON/MD here (e.g. benchmarks/)"),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="keep registration brain masks here for reruns"),
         merge: Optional[List[Path]] = typer.Option(None, "--merge",
