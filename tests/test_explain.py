@@ -372,3 +372,19 @@ def test_gradcam_of_a_spectrogram_cnn_on_signals():
     det.fit(np.concatenate([normal, burst]), y=np.r_[np.zeros(40), np.ones(40)].astype(np.int64))
     m = explain(det, burst[0], "gradcam")
     assert m.shape == (256,) and np.isfinite(m).all() and m.max() > 0
+
+
+@pytest.mark.parametrize("name", ["ae", "dae"])
+def test_reconstruction_detectors_are_explained_through_the_python_api(name, tmp_path):
+    """explain() on an AE/DAE failed with AttributeError '_generator' unless the detector had scored
+    first (the CLI scores first, the documented Python call does not) -- also after load."""
+    from medad import registry
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (12, 1, 16, 16)).astype(np.float32)
+    det = registry.create(name, **registry.get(name).conformance_params)
+    det.fit(x)
+    for d in (det, Detector.load(det.save(tmp_path / name))):
+        m = explain(d, x[0], "ig", n_steps=8)
+        assert m.shape == (16, 16) and np.isfinite(m).all()
+    np.testing.assert_allclose(det.score(x).score, det.score(x).score)  # scoring stays deterministic

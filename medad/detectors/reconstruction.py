@@ -127,10 +127,15 @@ class ReconstructionDetector(TorchDetector):
         # one generator per call, advanced batch by batch: the same input gives the same scores
         # (also after save/load) for detectors that draw noise at inference
         self._generator = torch.Generator().manual_seed(int(self.seed) + 1)
-        return super()._score(x)
+        try:
+            return super()._score(x)
+        finally:
+            self._generator = None
 
     def _score_batch(self, net, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        recon = self._reconstruct(net, xb, self._generator)
+        # called on its own (medad.explain differentiates through it): the same noise every call
+        gen = getattr(self, "_generator", None) or torch.Generator().manual_seed(int(self.seed) + 1)
+        recon = self._reconstruct(net, xb, gen)
         m = residual_map(xb, recon, float(self.ssim_weight), polarity=str(self.polarity))
         return topk_mean(m, float(self.top_frac)), m
 
