@@ -92,7 +92,7 @@ def test_hog_knn_bad_input_and_options():
     with pytest.raises(InputError, match="2D images"):
         registry.create("hog_knn").fit(x[:, 0])
     det = registry.create("hog_knn").fit(x)
-    with pytest.raises(InputError, match="1-channel"):
+    with pytest.raises(InputError, match="fitted on items with 1 channels; got 3"):
         det.score(np.repeat(x, 3, axis=1))
 
 

@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medad.errors import InputError, NotFittedError, ReadError
+from medad.errors import ConfigError, InputError, NotFittedError, ReadError
 from medad.utils import json_default
 
 CONFIG_FILE = "config.json"
@@ -134,6 +134,9 @@ class Detector:
     name: ClassVar[str] = "detector"
     input_kind: ClassVar[str] = "image"
     supervised: ClassVar[bool] = False
+    # items to score must have the rank and channel count of the training items (off for detectors
+    # that also score another layout, e.g. precomputed feature rows)
+    check_layout: ClassVar[bool] = True
     conformance_params: ClassVar[dict[str, Any]] = {}
     #: item shape (without N) used by the conformance suite; None = its default for input_kind
     conformance_shape: ClassVar[tuple[int, ...] | None] = None
@@ -148,6 +151,17 @@ class Detector:
                 continue
             out[p.name] = getattr(self, p.name)
         return out
+
+    def set_params(self, **params: Any) -> "Detector":
+        """Set constructor parameters (scikit-learn style); refit afterwards. Unknown names are a
+        ConfigError listing the known ones."""
+        known = self.get_params()
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ConfigError(f"{type(self).__name__} has no parameter {', '.join(unknown)}; known: "
+                              f"{', '.join(known)}")
+        self._set_params(params)
+        return self
 
     def _set_params(self, params: dict[str, Any]) -> None:
         """Store constructor arguments as same-named attributes: ``self._set_params(locals())``."""
@@ -175,10 +189,15 @@ class Detector:
             y = np.asarray(y)
             if len(y) != len(x):
                 raise InputError(f"{len(x)} training items but {len(y)} labels")
+        if self.supervised and len(np.unique(y)) < 2:
+            raise InputError(f"{type(self).__name__} is supervised: its labels hold one class only "
+                             f"({np.unique(y).tolist()}); it needs normal and abnormal items")
         self._check_input(x)
         if val is not None:
             val = as_array(val, name="validation data")
         self._fit(x, val, y)
+        # what scoring must match: the items' rank and channels (features: their number)
+        self.input_layout_ = {"ndim": int(x.ndim), "channels": int(x.shape[1])}
         self.fitted_ = True
         return self
 
@@ -187,6 +206,7 @@ class Detector:
         self._require_fitted()
         x = as_array(x, name="input")
         self._check_input(x)
+        self._check_layout(x)
         res = self._score(x)
         if res.score.shape != (len(x),):
             raise RuntimeError(f"{type(self).__name__}._score returned {res.score.shape} scores for {len(x)} items")
@@ -238,6 +258,7 @@ class Detector:
             "threshold": getattr(self, "threshold_", None),
             "pixel_threshold": getattr(self, "pixel_threshold_", None),
             "calibration": getattr(self, "calibration_", None),
+            "input_layout": getattr(self, "input_layout_", None),
             "state": extra,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -274,6 +295,7 @@ class Detector:
         det.threshold_ = config.get("threshold")
         det.pixel_threshold_ = config.get("pixel_threshold")
         det.calibration_ = config.get("calibration")
+        det.input_layout_ = config.get("input_layout")  # None for models saved before it was kept
         det.fitted_ = True
         return det
 
@@ -290,6 +312,19 @@ class Detector:
 
     def _set_state(self, arrays: dict[str, Any], extra: dict[str, Any]) -> None:
         return None
+
+    def _check_layout(self, x: np.ndarray) -> None:
+        """Items to score have the rank and channels (features: the number) of the training items."""
+        lay = getattr(self, "input_layout_", None)
+        if not lay or not self.check_layout:
+            return
+        what = "features" if self.input_kind == "features" else "channels"
+        if x.ndim != lay["ndim"]:
+            raise InputError(f"{type(self).__name__} was fitted on items of {lay['ndim'] - 2} spatial/time "
+                             f"dimension(s) (shape (N, C, ...) with {lay['ndim']} axes); got shape {x.shape}")
+        if x.shape[1] != lay["channels"]:
+            raise InputError(f"{type(self).__name__} was fitted on items with {lay['channels']} {what}; got "
+                             f"{x.shape[1]} (shape {x.shape})")
 
     def _check_input(self, x: np.ndarray) -> None:
         need = {"image": 3, "signal": 3, "features": 2}.get(self.input_kind, 2)

@@ -257,6 +257,7 @@ class FeatureDetector(Detector):
     """
 
     input_kind = "signal"
+    check_layout = False  # scores signal windows and, as well, feature rows computed beforehand (site normalisation)
     conformance_params = {"sfreq": 128.0, "model": "mahalanobis"}
 
     def __init__(self, sfreq: float = 256.0, bands: list | None = None, amplitude: bool = True, n_mfcc: int = 0,
