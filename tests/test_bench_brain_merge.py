@@ -132,6 +132,9 @@ def test_region_recall_and_the_core_only_ceiling():
     md = _markdown([row, old], {"date": "d", "cpu_note": "n", "protocol": "p"})
     assert "| 1.000 | 0.500 |" in md and "| – | – |" in md
     assert "pooled Dice 0.400" in md  # the core-only ceiling, said in words
+    assert "Row notes" not in md
+    md = _markdown([row, {**old, "note": "made with stale masks"}], {"date": "d", "cpu_note": "n", "protocol": "p"})
+    assert "Row notes: t1c / old: made with stale masks" in md  # a row's caveat is printed with the table
 
 
 def test_unknown_row_fails_before_any_data_is_read(tmp_path):

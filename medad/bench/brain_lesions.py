@@ -450,6 +450,9 @@ def _markdown(results: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if merged:
         lines += ["Rows kept from an earlier run of the same benchmark (`--merge`): "
                   + "; ".join(f"{r['modality']} / {r['detector']} (run {r.get('run_date')})" for r in merged), ""]
+    noted = [r for r in results if r.get("note")]
+    if noted:
+        lines += ["Row notes: " + "; ".join(f"{r['modality']} / {r['detector']}: {r['note']}" for r in noted), ""]
     elsewhere = [r for r in results if _trained_on_gpu(r)]
     if elsewhere:
         lines += ["Rows whose model was trained on a GPU (their train s were taken there; scoring ran on this CPU): "
