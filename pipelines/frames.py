@@ -212,7 +212,7 @@ class FrameSource:
         from medad.io.images import iter_video_frames
 
         check_int("stride", stride, 1, "--stride")
-        yield from iter_video_frames(self.path, stride, fps=self.fps, on_error=on_error)
+        yield from iter_video_frames(self.path, stride, fps=self.fps, on_error=on_error, files=self.files)
 
 
 def _read_source(src: FrameSource, cfg: FramesConfig, what: str, progress: bool

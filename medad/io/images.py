@@ -13,7 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -206,7 +206,8 @@ def frame_files(folder: str | Path) -> list[Path]:
 
 
 def iter_video_frames(path: str | Path, stride: int = 1, *, fps: float | None = None,
-                      on_error: ErrorCallback | None = None) -> Iterator[VideoFrame]:
+                      on_error: ErrorCallback | None = None,
+                      files: Sequence[Path] | None = None) -> Iterator[VideoFrame]:
     """Yield every ``stride``-th frame of a video file or of a folder of frame images.
 
     Args:
@@ -216,6 +217,8 @@ def iter_video_frames(path: str | Path, stride: int = 1, *, fps: float | None = 
         fps: frame rate for a folder of frames (default 1.0); for video files the file's own.
         on_error: called as ``on_error(frame_index, ReadError)`` for each frame that cannot be
             decoded; the walk goes on. Without it such frames are logged as warnings.
+        files: a folder's :func:`frame_files`, when the caller has listed them already (the
+            folder is then not walked again, and indices match the caller's list).
 
     Yields:
         :class:`VideoFrame` (unpacks as ``index, time_s, rgb``), RGB uint8.
@@ -228,7 +231,7 @@ def iter_video_frames(path: str | Path, stride: int = 1, *, fps: float | None = 
     stride = int(stride)
     p = Path(path)
     if p.is_dir():
-        yield from _iter_folder(p, stride, fps or 1.0, on_error)
+        yield from _iter_folder(p, stride, fps or 1.0, on_error, files)
     else:
         _check_video_path(p)
         yield from _iter_video(p, stride, on_error)
@@ -242,8 +245,9 @@ def frame_rgb(data: np.ndarray) -> np.ndarray:
     return np.clip(data, 0, 255).astype(np.uint8)
 
 
-def _iter_folder(p: Path, stride: int, fps: float, on_error: ErrorCallback | None) -> Iterator[VideoFrame]:
-    files = frame_files(p)
+def _iter_folder(p: Path, stride: int, fps: float, on_error: ErrorCallback | None,
+                 files: Sequence[Path] | None = None) -> Iterator[VideoFrame]:
+    files = frame_files(p) if files is None else list(files)
     for i in range(0, len(files), stride):
         try:
             rgb = read_image(files[i], grey=False).data
