@@ -326,7 +326,8 @@ def require_3d(record: VolumeRecord) -> None:
 
 
 def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int = 100,
-                        seed: int = 0, return_transform: bool = False):
+                        sampling: float = 1.0, seed: int = 0, pitches: tuple[float, ...] = (0.0, 0.2, -0.2),
+                        return_transform: bool = False):
     """Skull-strip by registration: align nilearn's MNI152 template to the scan (rigid, then
     affine; Mattes mutual information, so any contrast works) and carry the template's brain
     mask back onto the scan's grid.
@@ -340,7 +341,15 @@ def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int
         data: the scan on its RAS grid.
         affine: its RAS affine.
         iterations: optimiser iterations per resolution level.
-        seed: seed of the metric's random sampling (reproducible masks).
+        sampling: share of the inner-head voxels the metric samples. 1.0 (the default) takes them
+            all: deterministic and, measured on the 23 NiChart FLAIR scans, clearly tighter than
+            the random 10 % used before (masks of median 1735 ml with scalp in them -- on average
+            4.3 % of the head's outer 6 mm, over 5 % in 8 scans -- and differing by Dice 0.86-0.97
+            between seeds; all voxels with the three starts below: median 1467 ml, 1.3 %, 1 scan
+            over 5 %; about 3x slower: ~13 s per 2 mm scan on one core).
+        seed: seed of the metric's random sampling when ``sampling < 1`` (reproducible masks).
+        pitches: forward/back head tilts (radians) the rigid stage starts from; the start whose
+            result fits best (Mattes mutual information at the finer level) is kept.
 
     Returns:
         bool brain mask on the scan's grid (and the SimpleITK transform when asked).
@@ -362,36 +371,52 @@ def register_brain_mask(data: np.ndarray, affine: np.ndarray, *, iterations: int
     init.SetCenter(tuple(float(v) for v in c_fix[:3] * lps))
     init.SetTranslation(tuple(float(v) for v in (c_mov[:3] - c_fix[:3]) * lps))
 
-    def run(transform):
+    def method(transform, shrink=(4, 2), smooth=(4.0, 2.0)):
         reg = sitk.ImageRegistrationMethod()
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         reg.SetMetricFixedMask(fixed_mask)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        # SimpleITK reads seed 0 as "seed from the wall clock" (sitkWallClock): shift by one
-        reg.SetMetricSamplingPercentage(0.1, int(seed) + 1)
+        if sampling >= 1.0:
+            reg.SetMetricSamplingStrategy(reg.NONE)  # every voxel of the inner head
+        else:
+            reg.SetMetricSamplingStrategy(reg.RANDOM)
+            # SimpleITK reads seed 0 as "seed from the wall clock" (sitkWallClock): shift by one
+            reg.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)
         reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
                                                      numberOfIterations=int(iterations),
                                                      gradientMagnitudeTolerance=1e-6)
         reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([4, 2])
-        reg.SetSmoothingSigmasPerLevel([4.0, 2.0])
+        reg.SetShrinkFactorsPerLevel(list(shrink))
+        reg.SetSmoothingSigmasPerLevel(list(smooth))
         reg.SetSmoothingSigmasAreSpecifiedInPhysicalUnits(True)
         reg.SetInitialTransform(transform, inPlace=True)
-        reg.Execute(fixed, moving)
+        return reg
+
+    def run(transform):
+        method(transform).Execute(fixed, moving)
         return transform
+
+    def fit(pitch):
+        rigid = sitk.Euler3DTransform(init)
+        rigid.SetRotation(float(pitch), 0.0, 0.0)
+        run(rigid)
+        aff = sitk.AffineTransform(3)
+        aff.SetCenter(rigid.GetCenter())
+        aff.SetMatrix(rigid.GetMatrix())
+        aff.SetTranslation(rigid.GetTranslation())
+        run(aff)
+        # how well it fits, on one common footing for every start (the finer level, all voxels)
+        score = float(method(sitk.AffineTransform(aff), (2,), (2.0,)).MetricEvaluate(fixed, moving))
+        return score, aff
 
     # ITK's multi-threaded filters sum in a varying order: with one thread the same scan gives
     # the same mask on every run (measured: up to ~270 voxels differed between runs otherwise)
     threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     try:
-        rigid = run(init)
-        aff = sitk.AffineTransform(3)
-        aff.SetCenter(rigid.GetCenter())
-        aff.SetMatrix(rigid.GetMatrix())
-        aff.SetTranslation(rigid.GetTranslation())
-        full = run(aff)
+        # heads are tilted forward or back by varying amounts and a single start from level can
+        # end in a wrong tilt (measured on NiChart FLAIR): start tilted too, keep the best fit
+        full = min((fit(p) for p in pitches), key=lambda r: r[0])[1]
     except RuntimeError as e:  # ITK reports failures as RuntimeError with a long dump
         from medad.io.volumes import _itk_message
 
