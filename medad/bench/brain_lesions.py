@@ -94,18 +94,24 @@ def _read_lesion(path: Path, like) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return labels > 0, {name: np.isin(labels, values) for name, values in REGIONS.items()}
 
 
+def _config_folder(config_dir: str | Path) -> Path:
+    """The folder of brain configs: the configs that come with medad when the given relative folder
+    (default: configs/ where the command runs) does not exist -- a run outside the repository
+    would otherwise use the detectors' bare defaults."""
+    from medad.config import CONFIG_DIR
+
+    return Path(config_dir) if Path(config_dir).is_dir() or Path(config_dir).is_absolute() else CONFIG_DIR
+
+
 def _detector_config(name: str, config_dir: Path, quick: bool, modality: str | None = None):
     """The detector's brain config: ``configs/brain_<name>_<modality>.yaml`` when there is one
     (settings that depend on the contrast, e.g. the residual polarity), else
     ``configs/brain_<name>.yaml``; accepts a full pipeline config or a bare mapping of detector
     parameters. ``name`` labels the run; a config file may name another registered detector
     (e.g. ``brain_dae3d.yaml`` -> ``dae`` on 3D crops)."""
-    from medad.config import CONFIG_DIR
     from pipelines.brain_lesions import BrainLesionConfig, read_brain_config
 
-    # the configs that come with medad when the given folder (default: configs/ where the command
-    # runs) does not exist -- a run outside the repository used the detectors' bare defaults
-    config_dir = Path(config_dir) if Path(config_dir).is_dir() or Path(config_dir).is_absolute() else CONFIG_DIR
+    config_dir = _config_folder(config_dir)
     path = config_dir / f"brain_{name}.yaml"
     if modality is not None and (config_dir / f"brain_{name}_{modality}.yaml").is_file():
         path = config_dir / f"brain_{name}_{modality}.yaml"
@@ -528,15 +534,18 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     """
     import torch
 
-    from medad.bench.common import environment, write_benchmark
+    from medad.bench.common import environment, run_record, select_rows, stamp_rows, write_benchmark
     from medad.config import data_root as _root
     from medad.errors import MedadError
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
+    record = run_record()
     bad = [m for m in modalities if m not in MODALITY_FILES]
     if bad:
         raise ConfigError(f"unknown modality {', '.join(bad)}; choose from {', '.join(MODALITY_FILES)}")
-    for name in detectors:  # a wrong name fails now, not after the reference rows were computed
+    # a wrong name fails now, not after the reference rows were computed; 'dae*' selects several
+    detectors = select_rows(detectors, known_rows(Path(config_dir)), "detector") if detectors else []
+    for name in detectors:
         for mod in modalities:
             cfg, _ = _detector_config(name, Path(config_dir), quick, mod)
             if cfg.detector != "ensemble":
@@ -557,6 +566,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
             except (MedadError, RuntimeError, ValueError) as e:  # one failing detector does not sink the run
                 errors.append(f"{name} / {mod}: {type(e).__name__}: {e}")
                 print(f"FAILED {name} / {mod}: {e}")
+    stamp_rows(results, record)  # before the merge: earlier rows keep their own record (or none)
     results = _merge_rows(results, merge or [], order=list(modalities))
     protocol = (__doc__ or "").split("Protocol (issue 3, section 4):", 1)[-1].strip()
     meta = {"date": environment()["date"], "quick": quick, "errors": errors, "protocol": protocol,
@@ -564,12 +574,28 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
                          "contention" + (" — QUICK smoke run (few subjects, 1 epoch): not a benchmark figure" if quick else ""))}
     payload = {"protocol": protocol, "quick": quick, "data_root": str(root), "results": results, "errors": errors,
                "note": meta["cpu_note"]}
-    j, m = write_benchmark(out, "brain-lesions", payload, _markdown(results, meta))
+    j, m = write_benchmark(out, "brain-lesions", payload, _markdown(results, meta), record=record,
+                           rows=[(r["modality"], r["detector"], r.get("run")) for r in results])
     if copy_to is not None:
         Path(copy_to).mkdir(parents=True, exist_ok=True)
         shutil.copy(j, Path(copy_to) / j.name)
         shutil.copy(m, Path(copy_to) / m.name)
     return payload
+
+
+def known_rows(config_dir: Path) -> list[str]:
+    """The row names ``--detectors`` accepts: the ``brain_<name>[_<modality>].yaml`` configs of
+    ``config_dir`` (else the configs that come with medad), then the registered detectors (their
+    built-in defaults)."""
+    from medad import registry
+
+    names = []
+    for f in sorted(_config_folder(config_dir).glob("brain_*.yaml")):
+        stem = f.name[len("brain_"):-len(".yaml")]
+        for mod in MODALITY_FILES:  # brain_dae_t1c.yaml is the t1c config of the row 'dae'
+            stem = stem[: -len(mod) - 1] if stem.endswith("_" + mod) else stem
+        names.append(stem)
+    return list(dict.fromkeys(names + registry.available()))
 
 
 def _threads() -> int:

@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from medad.bench.common import markdown_table, write_benchmark
+from medad.bench.common import keep_run, markdown_table, run_record, stamp_rows, write_benchmark
 from medad.errors import ReadError
 
 WIN = 1024
@@ -666,6 +666,7 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
     if part not in ("all",) + PARTS:
         raise InputError(f"part must be all, {', '.join(PARTS)}, got {part!r}")
     torch.set_num_threads(int(threads))
+    record = run_record()
     root = resolve_root(data_root)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -698,6 +699,7 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
     for name in PARTS:
         if part in ("all", name):
             parts[name]["run_info"] = run_info
+    stamp_rows(parts.values(), record)  # kept parts keep the record of the run that made them (or none)
     brats, bonn, ecg = parts["brats"], parts["bonn"], parts["ecg"]
     results = {"quick": quick, "threads": int(threads), "part_run": part, "load_average_before": load_before,
                "load_average_after": run_info["load_average_after"], "total_seconds": time.perf_counter() - t0,
@@ -722,14 +724,15 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
                     r["by_record"][f"clearly_better_than_{ctrl}"] for r in group.values())
     text = render_markdown(results)
     print(text)
-    write_benchmark(out, "explain", results, text)
+    write_benchmark(out, "explain", results, text, record=record,
+                    rows=[("", name, parts[name].get("run")) for name in PARTS if parts[name]])
     return results
 
 
 def _kept(previous: dict[str, Any], name: str) -> dict[str, Any]:
     """A part's results kept from an earlier explain.json, with the date and the conditions
     (threads, load) of the run they came from."""
-    res = {**previous[name]}
+    res = keep_run(previous[name])
     res.setdefault("from_run", previous["environment"]["date"])
     res.setdefault("run_info", {k: previous.get(k) for k in ("threads", "load_average_before", "load_average_after")})
     return res

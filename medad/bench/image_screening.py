@@ -1201,6 +1201,13 @@ def merge_tasks(tasks: dict[str, Any], old: dict[str, Any], source: str) -> None
         if kept and isinstance(ours, dict):  # their order, then methods new in this run
             mine["results"] = {**{k: ours.get(k, v) for k, v in theirs.items()}, **ours}
             _add_origins(mine.setdefault("merged_from", {}), kept, origins)
+            # kept rows keep the record of the run that computed them (None: not recorded)
+            mine["runs"] = {**{k: (r.get("runs") or {}).get(k) for k in kept}, **(mine.get("runs") or {})}
+
+
+def task_row_runs(tasks: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """``(task, row, run record or None)`` per result row, for the "How to reproduce" section."""
+    return [(task, k, (r.get("runs") or {}).get(k)) for task, r in tasks.items() for k in r.get("results", {})]
 
 
 def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | None = None,
@@ -1217,8 +1224,10 @@ def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | 
     """
     import torch
 
-    from medad.bench.common import environment, write_benchmark
+    from medad.bench.common import environment, run_record, write_benchmark
     from medad.utils import peak_rss_mb, seed_everything
+
+    record = run_record()
 
     tasks = list(ALL_TASKS if tasks is None else tasks)
     bad = [t for t in tasks if t not in TASKS]
@@ -1235,6 +1244,8 @@ def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | 
         tt = time.perf_counter()
         results["tasks"][task] = TASKS[task](Path(data_root), quick, detectors)
         results["tasks"][task]["wall_seconds"] = round(time.perf_counter() - tt, 1)
+        # per row (method; organ for ct_tumour): the run that computed it, kept through --merge
+        results["tasks"][task]["runs"] = {k: record for k in results["tasks"][task].get("results", {})}
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     merged_env = None
     for prev in merge or []:
@@ -1252,7 +1263,7 @@ def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | 
     # a pure merge describes the machine the merged runs ran on, not this one
     results["environment"] = merged_env if (not tasks and merged_env) else environment()
     md = _markdown(results)
-    j, m = write_benchmark(out, "image-screening", results, md)
+    j, m = write_benchmark(out, "image-screening", results, md, record=record, rows=task_row_runs(results["tasks"]))
     if copy_to is not None:
         Path(copy_to).mkdir(parents=True, exist_ok=True)
         shutil.copy(j, Path(copy_to) / j.name)

@@ -125,9 +125,11 @@ def run_screening_speed(out: str | Path, *, hours: float = 24.0, n_channels: int
     write ``<out>/screening-speed.{json,md}`` (copied to ``copy_to`` when given)."""
     import torch
 
-    from medad.bench.common import markdown_table, write_benchmark
+    from medad.bench.common import markdown_table, run_record, write_benchmark
     from medad.utils import Timer, peak_rss_mb
     from pipelines.screening import ScreeningConfig, screen_folder, train_screening
+
+    record = run_record(uses_data_root=False)  # generated data: no data root
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     fs = int(sfreq)
@@ -201,7 +203,7 @@ def run_screening_speed(out: str | Path, *, hours: float = 24.0, n_channels: int
          f"{results['load_average_1min']} on {os.cpu_count()} cores.\n"
          f"Protocol: {results['protocol']}.\n")
     print(md)
-    write_benchmark(out, "screening-speed", results, md)
+    write_benchmark(out, "screening-speed", results, md, record=record)
     if copy_to:
-        write_benchmark(copy_to, "screening-speed", results, md)
+        write_benchmark(copy_to, "screening-speed", results, md, record=record)
     return results

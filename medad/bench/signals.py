@@ -31,7 +31,7 @@ from typing import Any, Callable, List, Optional, Sequence  # List/Optional: typ
 
 import numpy as np
 
-from medad.bench.common import markdown_table, write_benchmark
+from medad.bench.common import keep_run, markdown_table, run_record, select_rows, stamp_rows, write_benchmark
 from medad.detectors.base import threshold_at_fpr
 from medad.errors import ConfigError, InputError, MedadError
 from medad.evaluation import auprc, auroc, group_kfold, sensitivity_specificity, split_by_subject
@@ -373,7 +373,13 @@ def _reuse(previous: str | Path | None, task: str) -> tuple[dict[str, Any], str 
     import json
 
     prev = json.loads(Path(previous).read_text(encoding="utf-8"))
-    return prev["results"][task], f"'{task}' results reused from the run of {prev['environment']['date']}"
+    rows = {m: keep_run(r) for m, r in prev["results"][task].items()}  # their own record, not this run's
+    return rows, f"'{task}' results reused from the run of {prev['environment']['date']}"
+
+
+def _row_runs(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """``(task, method, run record)`` of every result row, for the "How to reproduce" section."""
+    return [(t, m, r.get("run") if isinstance(r, dict) else None) for t, ms in results.items() for m, r in ms.items()]
 
 
 def _set_threads(threads: int = 1) -> None:
@@ -807,15 +813,17 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     from medad.datasets.signals import BONN_SFREQ, BONN_SITE, load_bonn
 
     _set_threads(threads)
+    record = run_record()
+    all_m = bonn_methods(quick, epochs)
+    fusion_rows = (BONN_FUSION, BONN_FUSION_FREE, BONN_FUSION_RHYTHM, BONN_FUSION_WHITE)
+    wanted = set(select_rows(methods, list(all_m) + list(fusion_rows), "method"))  # before any data is read
+    chosen = {k: v for k, v in all_m.items() if k in wanted}
+    fusion_wanted = [f for f in fusion_rows if f in wanted]
     root = dataset_root("bonn", data_root=data_root)
     recs = load_bonn(root)
     sets = np.array([r.label for r in recs])
     site_of = np.array([BONN_SITE[s] for s in sets])
     data = [r.data[:, :4096] for r in recs]
-    all_m = bonn_methods(quick, epochs)
-    chosen = {k: v for k, v in all_m.items() if methods is None or k in methods or v[0] in methods}
-    fusion_wanted = [f for f in (BONN_FUSION, BONN_FUSION_FREE, BONN_FUSION_RHYTHM, BONN_FUSION_WHITE)
-                     if methods is None or f in methods or "fusion" in methods]
     want_fusion = bool(fusion_wanted)
 
     def choose_on_wang_chung(candidates: Sequence[str], rows: Sequence[str]) -> dict[str, Any]:
@@ -922,6 +930,7 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     amp_ref = {test: {"auroc": auroc(sp_.y, amp[test]),
                       "robustness": {c: amplitude_reference(sp_, fn) for c, fn in conds.items()}}
                for test, sp_ in tests.items()}
+    stamp_rows((r for ms in results.values() for r in ms.values()), record)  # reused / merged rows keep theirs
     rerun = [f"{t}: {m}" for t, ms in results.items() for m in ms]
     merged = None
     if merge is not None:
@@ -1058,7 +1067,8 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
                     **protocol}
         protocol["merged"] = f"this run: {'; '.join(rerun) or 'nothing'}; every other row is kept from {merged}"
     md = _markdown("Bonn EEG", protocol, results, goals)
-    write_benchmark(out, "bonn", {"protocol": protocol, "results": results, "goals": goals}, md)
+    write_benchmark(out, "bonn", {"protocol": protocol, "results": results, "goals": goals}, md, record=record,
+                    rows=_row_runs(results))
     print(md)
     return results
 
@@ -1165,9 +1175,11 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     from medad import registry
 
     _set_threads(threads)
+    record = run_record()
+    all_m = yaseen_methods(quick, epochs)
+    wanted = set(select_rows(methods, all_m, "method"))  # before any data is read
+    chosen = {k: v for k, v in all_m.items() if k in wanted}
     data, y, classes = _load_yaseen(data_root)
-    chosen = {k: v for k, v in yaseen_methods(quick, epochs).items()
-              if methods is None or k in methods or v[0] in methods}
     results: dict[str, dict[str, Any]] = {}
 
     win, owner = windows_of(data, YASEEN_WINDOW, YASEEN_WINDOW)
@@ -1237,7 +1249,9 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     goals = ["- No numeric goal for Yaseen (the issue treats it as a sanity check: classical 10-fold accuracy "
              "0.998)."]
     md = _markdown("Yaseen heart sounds", protocol, results, goals)
-    write_benchmark(out, "yaseen", {"protocol": protocol, "results": results, "goals": goals}, md)
+    stamp_rows((r for ms in results.values() for r in ms.values()), record)  # reused rows keep theirs
+    write_benchmark(out, "yaseen", {"protocol": protocol, "results": results, "goals": goals}, md, record=record,
+                    rows=_row_runs(results))
     print(md)
     return results
 
@@ -1443,6 +1457,10 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     :data:`SCREENING_CONFIG`); ``merge``: an earlier ``mitbih.json`` whose results (methods,
     per-record AUROCs, pipeline configs) not rerun now are kept beside this run's."""
     _set_threads(threads)
+    record = run_record()
+    all_m = mitbih_methods(quick, epochs)
+    wanted = set(select_rows(methods, list(all_m) + [MITBIH_DEEP_RR] + list(mitbih_fusions(quick, epochs))
+                             + ["isolation_forest", "pipeline"], "method"))  # before any data is read
     d = load_mitbih_beats(data_root)
     x, y, rec, rr = d["x"], d["y"], d["record"], d["rr"]
     if quick:
@@ -1453,8 +1471,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     tests = {"inter-patient normal vs PVC": sub(te)}
     conds = robustness_conditions(d["sfreq"], via=250.0, half_length=False)
     preps = mitbih_preparers()
-    chosen = {k: v for k, v in mitbih_methods(quick, epochs).items()
-              if methods is None or k in methods or v[0] in methods}
+    chosen = {k: v for k, v in all_m.items() if k in wanted}
     task = "inter-patient normal vs PVC, one-class"
     results: dict[str, dict[str, Any]] = {task: {}}
     curves = {}
@@ -1474,7 +1491,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
                                   prepare=preps[inputs]):
             record(lab, one, "one-class, normal beats of the training records")
     deep_selection = None
-    if methods is None or MITBIH_DEEP_RR in methods or "deep selection" in methods:
+    if MITBIH_DEEP_RR in wanted:
         cands = mitbih_deep_candidates(quick, epochs)
         deep_selection = _safe(select_on_training_records, d, cands, max_train, seed, progress=progress)
         if "failed" not in deep_selection:
@@ -1487,20 +1504,20 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
                    "one-class, normal beats of the training records; model, RR channel scale and scoring chosen "
                    "on leave-records-out folds of the training records (deep_selection)")
     for label, members in mitbih_fusions(quick, epochs).items():
-        if methods is not None and label not in methods and "fusion" not in methods:
+        if label not in wanted:
             continue
         print(f"[mitbih] {label}", flush=True)
         record(label, _safe(run_fusion, members, FULL_BLOCKS, preps["full"], sub(fit), sub(cal), tests, conds,
                             progress=progress),
                "one-class fusion, normal beats of the training records; standardised on the calibration beats")
     # the issue's reference figure used an IsolationForest on the same kind of features
-    if methods is None or "isolation_forest" in methods:
+    if "isolation_forest" in wanted:
         results[task]["isolation_forest (beat + RR, raw units; sklearn reference)"] = _safe(
             _isolation_forest, beat_rr_features(x[fit], rr[fit]), beat_rr_features(x[cal], rr[cal]),
             beat_rr_features(x[te], rr[te]), y[te], seed)
     out = Path(out)
     pipelines: dict[str, Any] = {}
-    if methods is None or "pipeline" in methods:
+    if "pipeline" in wanted:
         for c in pipeline_configs or [SCREENING_CONFIG]:
             print(f"[mitbih] screening pipeline, beat mode, {Path(c).name}", flush=True)
             pipelines[Path(c).name] = _safe(mitbih_pipeline_check, data_root, out, seed=seed, config=c)
@@ -1510,6 +1527,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     for label, (yy, s) in curves.items():
         per_record[label] = {r: {"n": int((rec[te] == r).sum()), "n_pvc": int(yy[rec[te] == r].sum()),
                                  "auroc": auroc(yy[rec[te] == r], s[rec[te] == r])} for r in MITBIH_TEST}
+    stamp_rows(list(results[task].values()) + list(pipelines.values()), record)  # merged rows keep theirs
     rerun = list(results[task]) + [f"pipeline {c}" for c in pipelines]
     if merge is not None:
         results[task], per_record, pipelines, merged = _merge_mitbih(merge, quick, results[task], per_record,
@@ -1567,7 +1585,8 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     for name, p in pipelines.items():
         md += "\n" + _pipeline_markdown(p, name)
     write_benchmark(out, "mitbih", {"protocol": protocol, "results": results, "per_record": per_record,
-                                    "goals": goals, "pipelines": pipelines}, md)
+                                    "goals": goals, "pipelines": pipelines}, md, record=record,
+                    rows=_row_runs({**results, "screening pipeline": pipelines}))
     print(md)
     return results
 
@@ -1787,8 +1806,9 @@ def register_bench(bench_app) -> None:
             quick: bool = typer.Option(False, help="fewer folds, epochs and training items (minutes)"),
             folds: int = typer.Option(10, help="cross-validation folds (supervised tasks)"),
             epochs: Optional[int] = typer.Option(None, help="training epochs of the neural models (default per task)"),
-            method: List[str] = typer.Option([], "--method", "-m", help="only these methods (label or registry "
-                                                                         "name); repeatable"),
+            method: List[str] = typer.Option([], "--method", "-m", help="only these rows, by exact label (see the "
+                                                                         "table) or a glob such as 'features*'; "
+                                                                         "repeatable; an unknown label lists them"),
             threads: int = typer.Option(1, help="torch CPU threads (1 avoids oversubscription on a shared CPU)"),
             progress: bool = typer.Option(False, help="progress bars while training"),
             copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
