@@ -193,9 +193,15 @@ class ScreeningConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ScreeningConfig":
-        """From a mapping; unknown keys are a clear error."""
+        """From a mapping; unknown keys are a clear error. ``fpr`` (the name of the option,
+        ``--fpr``, and of the frame-screening key) is accepted for ``window_fpr``."""
         from medad.config import dataclass_from_dict
 
+        d = dict(d or {})
+        if "fpr" in d:
+            if "window_fpr" in d:
+                raise ConfigError("give fpr or window_fpr (the same setting), not both")
+            d["window_fpr"] = d.pop("fpr")
         return dataclass_from_dict(cls, d, "screening")
 
     @classmethod
@@ -999,7 +1005,7 @@ def calibration_warning(n_items: int, val_names: Sequence[str], fpr: float, val_
     else:
         todo = f"add normal recordings and set val_fraction (e.g. 0.2) so that {k} are held out"
     return ("; ".join(problems) + ". The threshold reflects too little normal variation, so normal recordings "
-            f"are likely to be flagged abnormal: {todo}, or raise window_fpr (--window-fpr)")
+            f"are likely to be flagged abnormal: {todo}, or raise window_fpr (--fpr)")
 
 
 def _readable(files: Sequence[Path], text_sfreq: float | None,

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import typer
 
+from medad.commands import AliasedCommand
+
 _MAX_FOLDER_ROWS = 60
 # documentation and tables that share extensions with signals (.txt, .csv): not data
 _DOC_PREFIXES = ("readme", "source", "license", "licence", "participants", "labels", "reference")
@@ -172,11 +174,12 @@ def _format_summary(summary: dict[str, Any]) -> str:
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    @app.command("inspect")
+    @app.command("inspect", cls=AliasedCommand)
     def inspect(
         path: Path = typer.Argument(..., help="File (NIfTI, MGZ, DICOM, PNG/JPG, video, EDF/WFDB/WAV/text) or folder."),
         series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read from a folder."),
-        sfreq: Optional[float] = typer.Option(None, "--sfreq", help="Sampling rate for plain-text signals."),
+        sfreq: Optional[float] = typer.Option(None, "--text-sfreq", "--sfreq",
+                                              help="Sampling rate of a plain-text signal (it carries none)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Print what a file or folder holds: shape, spacing, orientation, sampling rate, channels,

@@ -8,9 +8,27 @@ from typing import List, Optional
 
 import typer
 
+from medad.commands import AliasedCommand
+
+
+def _read_rate(path: Path, text_sfreq: Optional[float], sfreq: Optional[float]) -> Optional[float]:
+    """The one rate a plain detector's recording is read with (``read_signal(sfreq=)``): a
+    plain-text file's own rate (``--text-sfreq``, else ``--sfreq`` as before), or the rate any
+    other recording is resampled to (``--sfreq``). A text file cannot be both read at one rate
+    and resampled to another here, so that is a usage error rather than a silent choice."""
+    from medad.io.signals import TEXT_EXTENSIONS
+
+    if path.suffix.lower() not in TEXT_EXTENSIONS:
+        return sfreq
+    if text_sfreq is not None and sfreq is not None and text_sfreq != sfreq:
+        raise typer.BadParameter(f"a plain-text recording is read at --text-sfreq {text_sfreq:g} Hz and cannot be "
+                                 f"resampled to {sfreq:g} Hz for a plain detector; resample it beforehand",
+                                 param_hint="--sfreq")
+    return text_sfreq if text_sfreq is not None else sfreq
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
-    @app.command("explain")
+    @app.command("explain", cls=AliasedCommand)
     def explain_cmd(
         model: Path = typer.Argument(..., help="folder of a saved medad detector, or of a `medad brain train`, "
                                                "`medad screen train` or `medad images train` model (its own "
@@ -24,8 +42,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         case_id: Optional[str] = typer.Option(None, help="name shown in the report (default: the file name)"),
         include_identity: bool = typer.Option(False, "--include-identity",
                                               help="show patient name/id from the DICOM/EDF header (off by default)"),
-        normalise: str = typer.Option("none", help="none, zscore or minmax (must match training)"),
-        sfreq: Optional[float] = typer.Option(None, help="signals: sampling rate (text files) or resampling rate"),
+        normalize: str = typer.Option("none", "--normalize", "--normalise",
+                                      help="plain detectors: none, zscore or minmax (must match training)"),
+        text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of a plain-text recording (it carries "
+                                                              "none), as in `medad screen train/run` and `medad inspect`"),
+        sfreq: Optional[float] = typer.Option(None, help="plain signal detectors: resample the recording to this "
+                                                         "working rate (as `medad screen train --sfreq`; a screening "
+                                                         "model keeps its own). Older use, still read: a plain-text "
+                                                         "file's rate when --text-sfreq is not given"),
         top_k: int = typer.Option(3, min=1, help="slices/windows explained by perturbation methods (>= 1)"),
         n_samples: Optional[int] = typer.Option(None, min=10, help="KernelSHAP/LIME evaluations, GradientSHAP samples "
                                                                     "(>= 10: fewer leave the map empty)"),
@@ -50,7 +74,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             from pipelines.screening import explain_recording
 
             case = explain_recording(model, input, out, methods=method or None, top_k=top_k, case_id=case_id,
-                                     include_identity=include_identity, text_sfreq=sfreq, **kw)
+                                     include_identity=include_identity,
+                                     text_sfreq=text_sfreq if text_sfreq is not None else sfreq, **kw)
             typer.echo(f"{case.case_id}: {case.decision} (max window or beat score {case.score:.4g}, "
                        f"threshold {case.threshold:.4g})")
             typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")
@@ -60,7 +85,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
             kw["prepare_image"] = frame_preparer(model)
         case = explain_file(model, input, out, methods=method or None, case_id=case_id,
-                            include_identity=include_identity, normalise=normalise, sfreq=sfreq, top_k=top_k, **kw)
+                            include_identity=include_identity, normalise=normalize,
+                            sfreq=_read_rate(input, text_sfreq, sfreq), top_k=top_k, **kw)
         thr = "none" if case.threshold is None else f"{case.threshold:.4g}"
         typer.echo(f"{case.case_id}: {case.decision} (score {case.score:.4g}, threshold {thr})")
         typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")

@@ -12,17 +12,24 @@ from typing import Optional
 
 import typer
 
+from medad.commands import AliasedCommand
+
+
+# setting (config key) -> its option and older alias where the names differ: the error names
+# both, since either may have been typed
+_OPTION_OF = {"window_fpr": ["--fpr", "--window-fpr"]}
+
 
 def _check_options(**values: Optional[float]) -> None:
-    """A bad numeric option is a usage error naming the option (``--window-fpr``), not a
-    failure after the data were read."""
+    """A bad numeric option is a usage error naming the option (``--fpr``), not a failure
+    after the data were read."""
     from pipelines.screening import number_problem
 
     for name, v in values.items():
         problem = number_problem(name, v)
         if problem:
             raise typer.BadParameter(problem.replace(f"{name} must", "must", 1),
-                                     param_hint="--" + name.replace("_", "-"))
+                                     param_hint=_OPTION_OF.get(name, "--" + name.replace("_", "-")))
 
 
 def _channel_list(text: Optional[str]) -> Optional[list[str]]:
@@ -41,17 +48,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                              no_args_is_help=True)
     app.add_typer(screen_app, name="screen")
 
-    @screen_app.command("train")
+    @screen_app.command("train", cls=AliasedCommand)
     def screen_train(
         normals: Path = typer.Argument(..., help="folder (or file) of normal recordings"),
         out: Path = typer.Option(..., "--out", help="model folder to write"),
         detector: Optional[str] = typer.Option(None, help="window detector (registry name); default 'features'"),
         config: Optional[Path] = typer.Option(None, help="screening YAML (see configs/screening_*.yaml; "
                                                          "screening_ecg_beats.yaml: ECG beat mode)"),
-        sfreq: Optional[float] = typer.Option(None, help="working sampling rate (default: the first recording's)"),
-        text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of plain-text recordings"),
-        window_fpr: Optional[float] = typer.Option(None, help="share of held-out normal windows flagged, "
-                                                             "0 < fpr < 1 (e.g. 0.01)"),
+        sfreq: Optional[float] = typer.Option(None, help="working sampling rate: every recording is resampled to "
+                                                         "it (default: the first recording's). Not the rate of "
+                                                         "plain-text files: that is --text-sfreq"),
+        text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of plain-text recordings (they carry "
+                                                              "none); config key text_sfreq"),
+        window_fpr: Optional[float] = typer.Option(None, "--fpr", "--window-fpr",
+                                                   help="share of held-out normal windows (beat mode: beats) flagged, "
+                                                        "0 < fpr < 1 (e.g. 0.01); config key fpr (or window_fpr)"),
         channels: Optional[str] = typer.Option(None, help="comma-separated channel names to use, e.g. "
                                                           "'F7-C3,C3-T5' (default: the config's `channels`, else "
                                                           "those all recordings share; EEG configs keep EEG ones)"),
@@ -79,13 +90,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         path = train_screening(normals, out, cfg, abnormal_folder=abnormal)
         typer.echo(f"screening model written to {path}")
 
-    @screen_app.command("run")
+    @screen_app.command("run", cls=AliasedCommand)
     def screen_run(
         model: Path = typer.Argument(..., help="model folder from `medad screen train`"),
         folder: Path = typer.Argument(..., help="folder (or file) of recordings to screen"),
         out: Path = typer.Option(..., "--out", help="output folder"),
         annotated_copy: str = typer.Option("none", help="also write the EEG with its annotations: fif, edf or none"),
-        plots: bool = typer.Option(True, help="PNG per flagged recording"),
+        overlays: bool = typer.Option(True, "--overlays/--no-overlays", "--plots/--no-plots",
+                                      help="write a PNG per flagged recording (its signal with the flagged spans "
+                                           "overlaid)"),
         site_normalize: Optional[str] = typer.Option(
             None, help="robust z-score the features against the screened folder's own statistics: 'folder' (one "
                        "site), 'subfolder' (each subfolder a site) or 'none' (default: the model's setting). "
@@ -97,7 +110,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from pipelines.screening import screen_folder
 
         _check_options(text_sfreq=text_sfreq)
-        summary = screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=plots,
+        summary = screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=overlays,
                                 site_normalize=site_normalize, text_sfreq=text_sfreq)
         if summary["n_errors"] == summary["n_recordings"]:  # nothing screened: a failure for scripts too
             from medad.errors import ReadError
@@ -106,19 +119,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise ReadError(f"none of the {summary['n_recordings']} recording(s) could be screened (e.g. "
                             f"{Path(first['file']).name}: {first['error']}); see {Path(out) / 'results.csv'}", folder)
 
-    @bench_app.command("screening-speed")
+    @bench_app.command("screening-speed", cls=AliasedCommand)
     def bench_screening_speed(
         out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
         hours: float = typer.Option(24.0, help="length of the generated recording"),
-        channels: int = typer.Option(23, help="channels"),
-        sfreq: float = typer.Option(256.0, help="sampling rate"),
+        n_channels: int = typer.Option(23, "--n-channels", "--channels",
+                                       help="number of channels of the generated recording (a count, not "
+                                            "channel names)"),
+        sfreq: float = typer.Option(256.0, help="sampling rate of the generated recording"),
         cache_dir: Optional[Path] = typer.Option(None, help="where the generated EDF is kept (default: temp dir)"),
         copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
     ) -> None:
         """Screen a generated 24-hour, 23-channel, 256 Hz EDF: seconds and peak memory."""
         from medad.bench.screening_speed import run_screening_speed
 
-        run_screening_speed(out, hours=hours, n_channels=channels, sfreq=sfreq, cache_dir=cache_dir, copy_to=copy_to)
+        run_screening_speed(out, hours=hours, n_channels=n_channels, sfreq=sfreq, cache_dir=cache_dir, copy_to=copy_to)
 
     # ---- C2: Bonn / Yaseen / MIT-BIH benchmarks register themselves here ----
     try:
