@@ -158,3 +158,43 @@ def test_bench_configs_come_from_medad_outside_the_repository(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     cfg, src = _detector_config("intensity", Path("configs"), False, "flair")
     assert Path(src) == CONFIG_DIR / "brain_intensity.yaml"
+
+
+def test_site_calibrated_threshold_uses_only_the_test_sites_held_out_subjects():
+    """The site-calibrated figure thresholds the test maps at a level set on the held-out healthy
+    subjects of the test site alone (NiChart held-out subjects left out), lesion slices excluded."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from medad.bench.brain_lesions import site_calibrated
+
+    class Model:
+        voxel_threshold, info = 0.5, {}
+
+        def calibrate(self, vols, exclude):
+            self.seen = [v.record.subject_id for v in vols]
+            self.excluded = exclude
+            self.voxel_threshold = max(float(v.level) for v in vols)
+            return self
+
+        def segment(self, amap, support):
+            return (amap > self.voxel_threshold) & support
+
+    def vol(sid, level):
+        return SimpleNamespace(record=SimpleNamespace(subject_id=sid), level=level)
+
+    val = [vol("Subj3", 9.0), vol("pat0002", 2.0)]  # a NiChart subject would set a much higher level
+    lesion = np.zeros((4, 4, 2), bool)
+    amap = np.zeros((4, 4, 2))
+    amap[0, :2] = 3.0  # above the site level (2), below the NiChart one (9)
+    truth = np.zeros((4, 4, 2), bool)
+    truth[0, :] = True
+    brain = np.ones((4, 4, 2), bool)
+    model = Model()
+    out = site_calibrated(model, val, [None, lesion], {"pat0002", "pat0006"},
+                          [("pat0010", amap, None, truth, brain)], [brain])["site_calibrated"]
+    assert out["subjects"] == ["pat0002"] and out["voxel_threshold"] == 2.0
+    assert out["dice"] == pytest.approx(2 * 4 / (4 + 8))  # 4 of the 8 lesion voxels found, no false one
+    assert model.voxel_threshold == 0.5  # the protocol's threshold is left as it was
+    assert site_calibrated(model, [vol("Subj3", 9.0)], [None], {"pat0002"}, [], []) == {}
