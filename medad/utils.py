@@ -137,6 +137,24 @@ class Timer:
         return False
 
 
+#: the JSON file that marks each kind of medad model folder, and how such a folder is used (the
+#: more specific kinds first)
+MODEL_FOLDER_KINDS = {
+    "fusion.json": "a score fusion of detectors: medad.detectors.fusion.ScoreFusion.load(folder)",
+    "brain_model.json": "a brain-lesion model: `medad brain score FOLDER SCANS/` "
+                        "(pipelines.brain_lesions.BrainModel.load(folder))",
+    "screening.json": "a recording-screening model: `medad screen run FOLDER RECORDINGS/`",
+    "frames.json": "a frame-screening model: `medad images screen FOLDER FRAMES/`",
+    "config.json": "a saved detector: medad.detectors.base.Detector.load(folder)",  # last: frames models hold one too
+}
+
+
+def _other_model_hint(folder: Path, wanted: str) -> str:
+    """``"; it holds <another kind of model>"`` when ``folder`` is another kind of medad model folder."""
+    kinds = [k for f, k in MODEL_FOLDER_KINDS.items() if f != wanted and (folder / f).is_file()]
+    return f"; it holds {kinds[0]}" if kinds else ""
+
+
 def read_model_json(folder: str | Path, filename: str, what: str) -> dict[str, Any]:
     """Read ``folder/filename`` of a saved model folder, raising a clear :class:`ReadError` when the
     folder is not such a model (``what`` names the kind) or the JSON is corrupt."""
@@ -145,7 +163,7 @@ def read_model_json(folder: str | Path, filename: str, what: str) -> dict[str, A
     folder = Path(folder)
     f = folder / filename
     if not f.is_file():
-        raise ReadError(f"not a {what} (no {filename})", folder)
+        raise ReadError(f"not a {what} (no {filename}){_other_model_hint(folder, filename)}", folder)
     try:
         d = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -42,3 +42,21 @@ def test_a_supervised_detector_needs_both_classes():
     with pytest.raises(InputError, match="one class only"):
         _fitted_sup = registry.create("classifier", **registry.get("classifier").conformance_params)
         _fitted_sup.fit(x, y=np.zeros(8, np.int64))
+
+
+def test_loading_another_kind_of_model_folder_names_what_it_holds(tmp_path):
+    """Detector.load on a score-fusion folder (or a brain model folder) says what the folder is and
+    how to load it, instead of only 'not a saved medad detector'."""
+    from medad.detectors.base import Detector
+    from medad.errors import ReadError
+
+    (tmp_path / "fusion.json").write_text("{}")
+    with pytest.raises(ReadError, match="ScoreFusion.load"):
+        Detector.load(tmp_path)
+    brain = tmp_path / "brain"
+    brain.mkdir()
+    (brain / "brain_model.json").write_text("{}")
+    with pytest.raises(ReadError, match="medad brain score"):
+        Detector.load(brain)
+    with pytest.raises(ReadError, match=r"no config.json\)$"):
+        Detector.load(tmp_path / "brain" / "nothing")
