@@ -13,9 +13,14 @@ Outputs of :func:`screen_frames` in ``out/``:
 
 * ``frames.csv`` -- ``index, time_s, file, score, flagged, status, error`` per screened frame
   (``file``: the image's path below the folder for a folder of frames, empty for a video); an
-  unreadable frame has a row too, with ``status`` ``error``, the reason in ``error`` and no score;
+  unreadable frame has a row too, with ``status`` ``error``, the reason in ``error`` and no score.
+  A model trained on several abnormal classes adds ``abnormal_class, class_probability``: for a
+  flagged frame the most likely abnormal class and its probability ``p(class)`` (the score is
+  ``1 - p(normal)``, the sum over every abnormal class), empty for the others;
 * ``summary.json`` -- source, model, threshold, flagged spans ``(start_s, end_s, n_frames,
-  max_score)``, unreadable frames with the reason;
+  max_score)``, unreadable frames with the reason; with several abnormal classes also
+  ``class_names``, ``flagged_by_class`` and each span's ``classes`` (its flagged frames per
+  most likely class);
 * ``overlays/<image path>.png`` (a folder of images: the image's path below the folder, ``/`` as
   ``__``, without its suffix) or ``overlays/<video stem>_f<index>.png`` (a video) -- image | map |
   blend for each flagged frame, drawn at the source image's resolution (the map upsampled to it);
@@ -35,7 +40,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -51,6 +56,10 @@ PREP_FILE = "frames.json"
 #: smallest working side length: below it no image detector has a patch or a layer to work with
 MIN_IMAGE_SIZE = 16
 FRAME_FIELDS = ("index", "time_s", "file", "score", "flagged", "status", "error")
+#: extra frames.csv columns of a model trained on several abnormal classes
+CLASS_FIELDS = ("abnormal_class", "class_probability")
+#: the name of class 0 (normal frames) in ``frames.json`` ``class_names``
+NORMAL_NAME = "normal"
 
 
 def _is_int(v: Any) -> bool:
@@ -258,12 +267,17 @@ def holdout(n: int, share: float, rng: np.random.Generator, contiguous: bool) ->
 MIN_SPECIFICITY_FRAMES = 10
 
 
-def _validation_metrics(det, normal_val: np.ndarray, abnormal_val: list[np.ndarray], fpr: float) -> dict:
+def _validation_metrics(det, normal_val: np.ndarray, abnormal_val: list[np.ndarray], fpr: float,
+                        names: Sequence[str] | None = None) -> dict:
     """Frame AUROC of held-out normal vs held-out abnormal frames (every abnormal class together;
     none of them was trained on), sensitivity at the model's threshold, and specificity by 2-fold
     cross-calibration on the held-out normal frames (:func:`medad.evaluation.cross_calibration`: the model's
-    threshold was set on all of them, so their own share flagged is ``fpr`` by construction); per
-    abnormal class when there are several."""
+    threshold was set on all of them, so their own share flagged is ``fpr`` by construction).
+
+    With several abnormal classes, ``per_class`` (keys ``"1"``, ``"2"``, ...; ``names``: their
+    names) gives each class's one-vs-normal AUROC and sensitivity at the same threshold, and,
+    for a detector with ``predict_proba``, how its flagged frames were named (the most likely
+    abnormal class: ``flagged_named``) and the share named right (``naming_accuracy``)."""
     from medad.evaluation import auroc, cross_calibration
 
     s_norm = det.score(normal_val).score
@@ -283,11 +297,96 @@ def _validation_metrics(det, normal_val: np.ndarray, abnormal_val: list[np.ndarr
     else:
         out["specificity_note"] = cc["specificity_note"]
     if len(s_abn) > 1:
-        out["per_class"] = {str(k): {"frame_auroc": auroc(np.r_[np.zeros(len(s_norm)), np.ones(len(sk))],
+        names = list(names) if names is not None else [str(k) for k in range(1, len(s_abn) + 1)]
+        out["per_class"] = {str(k): {"name": names[k - 1], "n_val": int(len(sk)),
+                                     "frame_auroc": auroc(np.r_[np.zeros(len(s_norm)), np.ones(len(sk))],
                                                           np.r_[s_norm, sk]),
                                      "sensitivity": float(np.mean(sk > det.threshold_))}
                             for k, sk in enumerate(s_abn, start=1)}
+        if hasattr(det, "predict_proba"):
+            n_right = n_flagged = 0
+            for k, (v, sk) in enumerate(zip(abnormal_val, s_abn), start=1):
+                hit = sk > det.threshold_
+                named = most_likely_abnormal(det.predict_proba(v[hit]))[0] if hit.any() else np.zeros(0, int)
+                rec = out["per_class"][str(k)]
+                rec["flagged_named"] = {n: int(np.sum(named == j)) for j, n in enumerate(names, start=1)}
+                rec["naming_accuracy"] = float(np.mean(named == k)) if len(named) else None
+                n_right, n_flagged = n_right + int(np.sum(named == k)), n_flagged + len(named)
+            out["naming_accuracy"] = n_right / n_flagged if n_flagged else None
+            out["naming_items"] = ("held-out abnormal frames above the threshold, named by their most likely "
+                                   "abnormal class")
     return out
+
+
+def most_likely_abnormal(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities ``(N, K)`` (class 0 normal) -> the most likely abnormal class of each
+    item (``1 .. K-1``) and its probability."""
+    proba = np.asarray(proba, np.float64).reshape(-1, np.shape(proba)[-1])
+    k = np.argmax(proba[:, 1:], axis=1) + 1
+    return k, proba[np.arange(len(k)), k]
+
+
+def abnormal_classes(abnormal: str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None,
+                     normal: str | Path | None = None) -> list[tuple[str, Path]]:
+    """The abnormal classes as ``(name, source)``, in the order given.
+
+    ``abnormal``: one source, several, or a mapping ``{name: source}``. A source given as a string
+    ``NAME=SOURCE`` (and not itself an existing path) is named ``NAME``; otherwise a class is named
+    after its folder (a video: its file name without suffix). Clear :class:`ConfigError` for an
+    unusable name (empty, ``normal``, with a path separator or a control character) and for two
+    classes with the same name (case ignored). ``normal``: the normal source, checked first with
+    :func:`check_sources` (a source given twice, or nested with another)."""
+    if abnormal is None:
+        return []
+    if isinstance(abnormal, Mapping):
+        items = [(str(k), Path(v)) for k, v in abnormal.items()]
+    else:
+        items = []
+        for a in [abnormal] if isinstance(abnormal, (str, Path)) else list(abnormal):
+            name, sep, src = str(a).partition("=")
+            if isinstance(a, str) and sep and not Path(a).exists() and not any(c in name for c in "/\\"):
+                items.append((name.strip(), Path(src)))
+            else:
+                p = Path(a)
+                items.append(((p if p.name else p.resolve()).name if p.is_dir() or not p.suffix else p.stem, p))
+    if normal is not None:  # a source given twice says so, not that two classes share its name
+        check_sources(Path(normal), items)
+    seen: dict[str, Path] = {}
+    for name, src in items:
+        if not name or name != name.strip() or any(c in name for c in "/\\") or not name.isprintable():
+            raise ConfigError(f"abnormal class name {name!r} (for {src}) must be non-empty, without '/', '\\', "
+                              f"surrounding spaces or control characters; name a class with --abnormal NAME=FOLDER")
+        if name.lower() == NORMAL_NAME:
+            raise ConfigError(f"abnormal class name {name!r} (for {src}) is the name of the normal class; "
+                              f"name it otherwise with --abnormal NAME=FOLDER")
+        if name.lower() in seen:
+            raise ConfigError(f"two abnormal classes are named {name!r}: {seen[name.lower()]} and {src}; "
+                              f"name them apart with --abnormal NAME=FOLDER")
+        seen[name.lower()] = src
+    return items
+
+
+def check_sources(normal: Path, classes: list[tuple[str, Path]]) -> None:
+    """Clear :class:`InputError` when a source is given twice, an abnormal source is the normal one,
+    or one folder lies inside another (folders are searched with their subfolders: its frames
+    would be read as both classes)."""
+    named = [(NORMAL_NAME, Path(normal))] + list(classes)
+    real = [p.resolve() for _, p in named]
+    for j in range(1, len(named)):
+        for i in range(j):
+            (ni, pi), (nj, pj), ri, rj = named[i], named[j], real[i], real[j]
+            what = "the normal source" if i == 0 else f"abnormal class {ni!r}"
+            if ri == rj and i:
+                raise InputError(f"abnormal source given twice (classes {ni!r} and {nj!r}): give each source once", pj)
+            if ri == rj:
+                raise InputError(f"abnormal class {nj!r} is the normal source: normal and abnormal frames must come "
+                                 f"from different folders", pj)
+            inner = next(((a, b) for a, b in ((ri, rj), (rj, ri)) if b in a.parents and b.is_dir() and a.is_dir()),
+                         None)
+            if inner is not None:
+                raise InputError(f"abnormal class {nj!r} ({pj}) and {what} ({pi}) are nested folders: folders are "
+                                 f"searched with their subfolders, so {inner[0]}'s frames would be read as both; "
+                                 f"give folders side by side", pj)
 
 
 def _check_detector(det, name: str, abnormal: list) -> None:
@@ -308,15 +407,29 @@ def _check_detector(det, name: str, abnormal: list) -> None:
                           f"sources 1, 2, ...), got {det.normal_class}")
 
 
+def _open_class(name: str, source: Path) -> FrameSource:
+    """:meth:`FrameSource.open` of an abnormal class's source; its error names the class."""
+    try:
+        return FrameSource.open(source)
+    except ReadError as e:
+        raise ReadError(f"abnormal class {name!r}: {e.problem}", e.path if e.path is not None else source) from None
+
+
 def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None = None, *,
-                 abnormal: str | Path | Sequence[str | Path] | None = None, progress: bool = True):
+                 abnormal: str | Path | Sequence[str | Path] | Mapping[str, str | Path] | None = None,
+                 progress: bool = True):
     """Fit ``cfg.detector`` on frames (a folder of images, subfolders included, or a video),
     calibrate its threshold on held-out normal frames and save it to ``out`` (with the
     preprocessing and the training record in ``frames.json``).
 
     Without ``abnormal``: a one-class detector learns the normal frames. With ``abnormal`` (one
-    source, or several: abnormal classes 1, 2, ...): a supervised detector (e.g. ``classifier``)
-    learns normal frames (class 0) against them. Every class keeps ``cfg.val_fraction`` of its
+    source, or several: abnormal classes 1, 2, ..., named as :func:`abnormal_classes` says, e.g.
+    ``"polyp=data/polyps"`` or ``{"polyp": "data/polyps"}``): a supervised detector (e.g.
+    ``classifier``) learns normal frames (class 0) against them; the score is the abnormality
+    ``1 - p(normal)``, and with several classes ``frames.json`` also keeps ``class_names`` and
+    the per-class validation figures (``validation.per_class``). A source given twice, an abnormal
+    source that is (or is nested with) the normal one, and two classes of one name are refused
+    before any frame is read. Every class keeps ``cfg.val_fraction`` of its
     frames out of training (a random share of a folder, one contiguous block of a video); the
     threshold flags ``cfg.fpr`` of the held-out normal frames, and the held-out frames of both
     kinds give the validation frame AUROC and sensitivity (``frames.json``, ``validation``); the
@@ -325,12 +438,13 @@ def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None =
     from medad import registry
 
     cfg = (cfg or FramesConfig()).validate()
-    abnormal = [] if abnormal is None else [abnormal] if isinstance(abnormal, (str, Path)) else list(abnormal)
     # the detector is built before any frame is read: a bad name or parameter fails at once
     det = registry.create(cfg.detector, **cfg.detector_params)
-    _check_detector(det, cfg.detector, abnormal)
-    # every source is opened (and a missing one named) before any frame is read
-    src, abnormal_srcs = FrameSource.open(normal), [FrameSource.open(a) for a in abnormal]
+    _check_detector(det, cfg.detector, [abnormal] if abnormal else [])
+    named = abnormal_classes(abnormal, normal)
+    abnormal = [a for _, a in named]
+    # every source is opened (and a missing or empty one named) before any frame is read
+    src, abnormal_srcs = FrameSource.open(normal), [_open_class(name, a) for name, a in named]
     rng = np.random.default_rng(cfg.seed)
     x, errors, is_video = _read_source(src, cfg, "normal", progress)
     if len(x) < 4:
@@ -345,11 +459,11 @@ def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None =
         xs_tr, ys_tr, abn_val = [train], [np.zeros(len(train), np.int64)], []
         classes = {"0": {"source": str(normal), "n_train": int(len(train)), "n_val": int(len(val))}}
         unreadable = {}
-        for k, (a, src_a) in enumerate(zip(abnormal, abnormal_srcs), start=1):
-            xa, err_a, vid_a = _read_source(src_a, cfg, "abnormal", progress)
+        for k, ((name, a), src_a) in enumerate(zip(named, abnormal_srcs), start=1):
+            xa, err_a, vid_a = _read_source(src_a, cfg, "abnormal" if len(named) == 1 else name, progress)
             if len(xa) < 2:
                 raise InputError(f"{a}: need at least 2 readable abnormal frames (one to train on, one held out), "
-                                 f"found {len(xa)}")
+                                 f"found {len(xa)}" + (f" (abnormal class {name!r})" if len(named) > 1 else ""))
             tr_a, va_a = holdout(len(xa), cfg.val_fraction, rng, vid_a)
             xs_tr.append(xa[tr_a])
             ys_tr.append(np.full(len(tr_a), k, np.int64))
@@ -365,7 +479,9 @@ def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None =
     if abnormal:
         record.update(abnormal=[str(a) for a in abnormal], classes=classes, unreadable_abnormal=unreadable,
                       class_weight=getattr(det, "class_weight", None),
-                      validation=_validation_metrics(det, val, abn_val, cfg.fpr))
+                      validation=_validation_metrics(det, val, abn_val, cfg.fpr, [n for n, _ in named]))
+        if len(named) > 1:  # one abnormal class: frames.json as before (the class needs no name)
+            record["class_names"] = {str(k): n for k, n in enumerate([NORMAL_NAME] + [n for n, _ in named])}
     out = Path(out)
     det.save(out)
     write_json(out / PREP_FILE, {**asdict(cfg), "n_train": int(len(train)), "n_val": int(len(val)),
@@ -373,25 +489,34 @@ def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None =
     return det
 
 
-def flagged_spans(times: np.ndarray, scores: np.ndarray, flagged: np.ndarray, step_s: float) -> list[dict]:
+def flagged_spans(times: np.ndarray, scores: np.ndarray, flagged: np.ndarray, step_s: float,
+                  classes: Sequence[str] | None = None) -> list[dict]:
     """Group consecutive flagged frames (in screening order) into spans.
 
     A span runs from its first flagged frame's time to the last one's time plus ``step_s``
-    (the time between screened frames)."""
+    (the time between screened frames). ``classes``: each frame's most likely abnormal class;
+    each span then counts its flagged frames per class (``classes``, most frequent first)."""
     spans: list[dict] = []
     cur: dict | None = None
-    for t, s, f in zip(times, scores, flagged):
+    for i, (t, s, f) in enumerate(zip(times, scores, flagged)):
         if f:
             if cur is None:
                 cur = {"start_s": float(t), "end_s": 0.0, "n_frames": 0, "max_score": float(s)}
+                if classes is not None:
+                    cur["classes"] = {}
             cur["end_s"] = round(float(t) + step_s, 6)  # 1.4, not 1.4000000000000001, in the JSON
             cur["n_frames"] += 1
             cur["max_score"] = max(cur["max_score"], float(s))
+            if classes is not None:
+                cur["classes"][classes[i]] = cur["classes"].get(classes[i], 0) + 1
         elif cur is not None:
             spans.append(cur)
             cur = None
     if cur is not None:
         spans.append(cur)
+    for sp in spans:
+        if "classes" in sp:
+            sp["classes"] = dict(sorted(sp["classes"].items(), key=lambda kv: -kv[1]))
     return spans
 
 
@@ -408,12 +533,12 @@ def _overlay_views(frame: np.ndarray, amap: np.ndarray, pixel_threshold: float |
     return np.asarray(frame, np.float32) / 255.0, m, mask
 
 
-def _write_frames_csv(rows: list[dict], path: Path) -> None:
+def _write_frames_csv(rows: list[dict], path: Path, fields: Sequence[str] = FRAME_FIELDS) -> None:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=FRAME_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(fields), lineterminator="\n")
     w.writeheader()
     for r in sorted(rows, key=lambda r: r["index"]):
-        w.writerow({k: r.get(k, "") for k in FRAME_FIELDS})
+        w.writerow({k: r.get(k, "") for k in fields})
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")
 
@@ -441,6 +566,10 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     det = Detector.load(model)
     if getattr(det, "threshold_", None) is None:
         raise ReadError("model has no calibrated threshold", model)
+    # several abnormal classes (class 0 normal): flagged frames are named by their most likely class
+    class_names = [prep["class_names"][str(k)] for k in range(1, len(prep.get("class_names") or {}))]
+    if class_names and not hasattr(det, "predict_proba"):
+        raise ReadError("model records abnormal classes but its detector gives no class probabilities", model)
     src = FrameSource.open(source, fps)
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "overlays").glob("*.png"):  # an earlier run's: not this run's flagged frames
@@ -461,6 +590,7 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     times: list[float] = []
     scores: list[float] = []
     flagged: list[bool] = []
+    frame_classes: list[str] = []  # most likely abnormal class of each scored frame ('' unflagged)
     overlay_files: list[str] = []
     used_names: set[str] = set()
     has_map = False
@@ -471,6 +601,10 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         x = prepare_frames([f.image for f in chunk], prep["image_size"], prep["grey"])
         res = det.predict(x)
         has_map = res.map is not None
+        if class_names and np.any(res.label):
+            lab_idx = np.flatnonzero(np.asarray(res.label, bool))
+            named, p_named = most_likely_abnormal(det.predict_proba(x[lab_idx]))
+            named_at = dict(zip(lab_idx.tolist(), zip(named.tolist(), p_named.tolist())))
         for j, f in enumerate(chunk):
             s, lab = float(res.score[j]), bool(res.label[j])
             times.append(float(f.time_s))
@@ -478,6 +612,10 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
             flagged.append(lab)
             rows.append({"index": int(f.index), "time_s": f"{f.time_s:.4f}", "file": f.file or "",
                          "score": f"{s:.6g}", "flagged": int(lab), "status": "ok", "error": ""})
+            if class_names:
+                k, pk = named_at[j] if lab else (0, None)
+                frame_classes.append(class_names[k - 1] if lab else "")
+                rows[-1].update(abnormal_class=frame_classes[-1], class_probability="" if pk is None else f"{pk:.4f}")
             if not (lab and overlays and has_map) or len(overlay_files) >= max_overlays:
                 continue
             name = src.overlay_name(f.index)
@@ -512,8 +650,9 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         raise ReadError(f"no readable frame to screen ({len(errors)} unreadable)", src.path)
     t = np.asarray(times, np.float64)
     step_s = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
-    spans = flagged_spans(t, np.asarray(scores), np.asarray(flagged, bool), step_s)
-    _write_frames_csv(rows, out / "frames.csv")
+    spans = flagged_spans(t, np.asarray(scores), np.asarray(flagged, bool), step_s,
+                          frame_classes if class_names else None)
+    _write_frames_csv(rows, out / "frames.csv", FRAME_FIELDS + CLASS_FIELDS if class_names else FRAME_FIELDS)
     n_flagged = int(sum(flagged))
     summary = {
         "source": str(source), "model": str(model), "detector": det.name, "stride": int(stride),
@@ -524,5 +663,8 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         # flagged frames beyond max_overlays get no PNG (their rows are in frames.csv)
         "overlays_not_written": n_flagged - len(overlay_files) if overlays and has_map else 0,
     }
+    if class_names:
+        summary["class_names"] = class_names
+        summary["flagged_by_class"] = {n: frame_classes.count(n) for n in class_names}
     write_json(out / "summary.json", summary)
     return summary

@@ -24,15 +24,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         grey: Optional[bool] = typer.Option(None, "--grey/--rgb", help="one grey channel or RGB"),
         epochs: Optional[int] = typer.Option(None, help="override the detector's training epochs (>= 1)"),
         fpr: Optional[float] = typer.Option(None, help="share of held-out normal frames flagged, in (0, 1)"),
-        abnormal: Optional[Path] = typer.Option(None, "--abnormal", metavar="SOURCE",
-                                                help="folder (subfolders searched too) or video of abnormal frames: "
-                                                     "train a supervised detector (--detector classifier) on normal "
-                                                     "(0) vs abnormal (1) frames; binary (several abnormal classes: "
-                                                     "pipelines.frames.train_frames in Python)"),
+        # Path like `screen train --abnormal` (one kind of value per option name); NAME=SOURCE is split below
+        abnormal: Optional[List[Path]] = typer.Option(
+            None, "--abnormal", metavar="[NAME=]SOURCE",
+            help="folder (subfolders searched too) or video of abnormal frames: train a supervised detector "
+                 "(--detector classifier) on normal vs abnormal frames. Repeat it for several abnormal classes "
+                 "(--abnormal polyps/ --abnormal bleeding/), each source one class, named after its folder (a "
+                 "video: its file name) or NAME=SOURCE (--abnormal polyp=data/kvasir); names must differ, and "
+                 "'normal' is taken"),
     ) -> None:
         """Learn normal frames (one-class), or normal vs abnormal frames with --abnormal (supervised,
-        e.g. --detector classifier); the frame threshold is always calibrated on held-out normal
-        frames. A folder is searched with its subfolders."""
+        e.g. --detector classifier; repeat --abnormal for several abnormal classes). The abnormality
+        score is 1 - p(normal) and the frame threshold is always calibrated on held-out normal
+        frames; each class keeps a share of its frames for validation (a video as one block). A
+        folder is searched with its subfolders."""
         from pipelines.frames import FramesConfig, check_int, train_frames
 
         cfg = FramesConfig.from_yaml(config) if config else FramesConfig()
@@ -45,10 +50,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             from medad.detectors.fusion import with_epochs
 
             cfg.detector_params = with_epochs(cfg.detector, cfg.detector_params, epochs)
-        det = train_frames(normal, out, cfg, abnormal=abnormal)
+        det = train_frames(normal, out, cfg, abnormal=[str(a) for a in abnormal] if abnormal else None)
         typer.echo(f"{det.name} model written to {out} (frame threshold {det.threshold_:.4g}, "
                    f"from held-out normal frames at fpr={cfg.fpr})")
-        if abnormal is not None:
+        if abnormal:
             import json
 
             rec = json.loads((out / "frames.json").read_text(encoding="utf-8"))
@@ -56,10 +61,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             spec = (f"specificity {v['specificity']:.3f} (2-fold cross-calibration on the {v['n_normal']} held-out "
                     f"normal frames: threshold from one half, measured on the other)"
                     if v.get("specificity") is not None else v["specificity_note"])
-            typer.echo(f"trained on {c['0']['n_train']} normal + {c['1']['n_train']} abnormal frames "
+            n_abn = sum(c[k]["n_train"] for k in c if k != "0")
+            names = rec.get("class_names")
+            kinds = f" in {len(c) - 1} classes ({', '.join(names[k] for k in c if k != '0')})" if names else ""
+            typer.echo(f"trained on {c['0']['n_train']} normal + {n_abn} abnormal frames{kinds} "
                        f"(class weight {rec['class_weight']}); held out {v['n_normal']} normal + "
                        f"{v['n_abnormal']} abnormal: frame AUROC {v['frame_auroc']:.3f}, sensitivity "
                        f"{v['sensitivity']:.3f} at the threshold; {spec}")
+            for pc in (v.get("per_class") or {}).values():  # several abnormal classes: each against normal
+                acc = pc.get("naming_accuracy")
+                typer.echo(f"  {pc['name']}: {pc['n_val']} held out, AUROC vs normal {pc['frame_auroc']:.3f}, "
+                           f"sensitivity {pc['sensitivity']:.3f} at the threshold"
+                           + (f", flagged frames named {pc['name']}: {acc:.3f}" if acc is not None else ""))
 
     @images_app.command("screen")
     def images_screen(
@@ -72,7 +85,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         fps: Optional[float] = typer.Option(None, help="frame rate of a folder of frames, for times in seconds "
                                                        "(default 1: frame numbers); a video's own rate is used"),
     ) -> None:
-        """Score frames; write frames.csv (unreadable frames included, with the reason),
+        """Score frames; write frames.csv (unreadable frames included, with the reason; a model of
+        several abnormal classes names each flagged frame's most likely class and its probability),
         summary.json (flagged spans) and overlays/. A folder is searched with its subfolders; a
         progress bar (stderr) counts the screened frames."""
         from pipelines.frames import screen_frames
@@ -80,6 +94,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         s = screen_frames(model, source, out, stride=stride, overlays=overlays, fps=fps)
         typer.echo(f"screened {s['n_frames_screened']} frames: {s['n_flagged']} flagged in {len(s['spans'])} spans, "
                    f"{len(s['unreadable_frames'])} unreadable; results in {out}")
+        if s.get("flagged_by_class"):
+            typer.echo("flagged frames by most likely class: "
+                       + ", ".join(f"{n} {k}" for n, k in s["flagged_by_class"].items()))
         if overlays and s["n_flagged"] and not s["maps"]:
             typer.echo(f"this model makes no maps (no overlays); draw one for a frame with "
                        f"`medad explain {model} FRAME --out DIR` (Grad-CAM for a classifier)")
