@@ -212,3 +212,59 @@ def test_registration_skull_strip_on_nichart_flair(data_root, subject):
     shell = head & ~ndi.binary_erosion(head, iterations=3)
     assert (shell & brain).sum() / shell.sum() < 0.01
     assert (brain & head).sum() / brain.sum() > 0.97
+
+
+def test_a_slab_cut_from_a_head_is_not_taken_for_a_stripped_brain():
+    """15 slices of a head (brain-sized, zero corners) reach both ends of the axial axis: not a whole
+    skull-stripped brain, so 'auto' does not take its foreground (the audit's crop was scored with
+    its scalp and eyes as brain)."""
+    from medad.transforms.brain import skull_stripped_foreground
+
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    brain = _ellipsoid((60, 70, 60), (20, 25, 20)).astype(np.float32) * 100
+    assert skull_stripped_foreground(brain, aff) is not None
+    slab = brain[:, :, 22:37].copy()
+    assert slab[0, 0, 0] == 0 and (slab > 0).sum() * 8 / 1000 < 2200
+    assert skull_stripped_foreground(slab, aff) is None
+
+
+def test_registration_misfit_and_the_registration_grid():
+    """A mask that leaves the head is named as a failed fit; a fine scan is registered on a ~2 mm
+    grid covering the same field of view (same world position of the brain)."""
+    from medad.transforms.brain import registration_grid, registration_misfit
+
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    head = _ellipsoid((50, 60, 50), (20, 25, 20)).astype(np.float32) * 100
+    inside = _ellipsoid((50, 60, 50), (12, 15, 12))
+    assert registration_misfit(inside, head, aff) is None
+    too_big = _ellipsoid((50, 60, 50), (22, 27, 24))
+    assert "outside the head" in registration_misfit(too_big, head, aff)
+    assert "empty" in registration_misfit(np.zeros_like(inside), head, aff)
+
+    fine = np.diag([0.5, 0.5, 2.0, 1.0])
+    fine[:3, 3] = [-30, -40, 10]
+    vol = _ellipsoid((120, 160, 40), (30, 40, 10), centre=(50, 90, 15)).astype(np.float32)
+    small, small_aff = registration_grid(vol, fine)
+    assert small.shape == (30, 40, 40) and np.allclose(np.diag(small_aff)[:3], [2.0, 2.0, 2.0])
+    centre = lambda v, a: (a @ np.r_[np.argwhere(v > 0.5).mean(0), 1.0])[:3]  # noqa: E731
+    assert np.allclose(centre(small, small_aff), centre(vol, fine), atol=0.6)
+    same, same_aff = registration_grid(head, aff)
+    assert same is head and same_aff is aff
+
+
+def test_registration_refuses_a_partial_head(data_root):
+    """The top half of a NiChart head: the template cannot fit it and the scan is refused by name
+    (it was scored 'normal' with 19.5 % of its brain mask in the air above the head)."""
+    from medad.io.records import VolumeRecord
+    from medad.io.volumes import read_volume
+    from medad.transforms.brain import BrainPrepConfig, brain_mask_for
+
+    f = data_root / "mri" / "nichart_flair" / "fl" / "Subj10_FL.nii.gz"
+    if not f.is_file():
+        pytest.skip(f"{f} not present in the data root")
+    rec = read_volume(f)
+    top = VolumeRecord(data=rec.data[:, :, 43:].copy(), affine=rec.affine, original_affine=rec.affine,
+                       original_shape=rec.data[:, :, 43:].shape, path=f)
+    with pytest.raises(InputError, match="outside the head") as e:
+        brain_mask_for(top, BrainPrepConfig(), None)
+    assert "Subj10_FL" in str(e.value)
