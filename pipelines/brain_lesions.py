@@ -348,9 +348,9 @@ def _unique_ids(scans: list[Scan]) -> list[Scan]:
 
 def _dicom_series_scans(root: Path) -> dict[Path, list[Scan]]:
     """Folders under ``root`` (itself included, links followed) holding DICOM slices (by extension
-    or by the 'DICM' magic) -> one scan per DICOM series of more than one file in them (a series is
-    one volume, not a folder of scans; a single DICOM file is found as a file). A folder SimpleITK
-    cannot scan is left to the file loop."""
+    or by the 'DICM' magic) -> one scan per DICOM series in them (a series is one volume, not a
+    folder of scans; a series of one file is that file). A folder SimpleITK cannot scan is left to
+    the file loop."""
     from medad.io.volumes import is_dicom_slice, list_dicom_series
     from medad.utils import walk_folders
 
@@ -359,13 +359,18 @@ def _dicom_series_scans(root: Path) -> dict[Path, list[Scan]]:
         if not any(f.is_file() and is_dicom_slice(f) for f in sorted(d.iterdir())):
             continue
         try:
-            series = {uid: files for uid, files in list_dicom_series(d).items() if len(files) > 1}
+            listed = list_dicom_series(d)
         except ReadError:
             continue
+        series = {uid: files for uid, files in listed.items() if len(files) > 1}
         name = d.name if d == root else "_".join(d.relative_to(root).parts)
-        if series:
-            out[d] = [Scan(name if len(series) == 1 else f"{name}_{uid[-12:]}", d,
-                           series_uid=None if len(series) == 1 else uid) for uid in series]
+        scans = [Scan(name if len(series) == 1 else f"{name}_{uid[-12:]}", d,
+                      series_uid=None if len(series) == 1 else uid) for uid in series]
+        # a series of one file (an enhanced multi-frame DICOM volume, or a lone slice that will be
+        # refused by name) is a scan of its own, whatever the image pattern: never silently passed over
+        scans += [Scan(_scan_id(Path(files[0]), root), Path(files[0])) for files in listed.values() if len(files) == 1]
+        if scans:
+            out[d] = scans
     return out
 
 

@@ -196,3 +196,21 @@ def test_explain_kept_part_keeps_its_record():
     now = run_record()
     stamp_rows(parts.values(), now)
     assert parts["brats"]["run"] == now and parts["bonn"]["run"] == OLD_RUN and parts["ecg"]["run"] is None
+
+
+@pytest.mark.parametrize("bench, method", [("bonn", "features"), ("mitbih", "features (beat + RR, knn)")])
+def test_signal_benchmarks_write_their_files_with_the_run_record(bench, method, data_root, tmp_path):
+    """A quick real run of bench bonn / mitbih writes its JSON and Markdown with the run record (both
+    crashed at the end with 'not JSON serialisable: function': a local function shadowed the record)."""
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+
+    if not (data_root / ("eeg" if bench == "bonn" else "ecg")).is_dir():
+        pytest.skip("data not present")
+    res = CliRunner().invoke(app, ["bench", bench, "-m", method, "--quick", "--threads", "1", "--no-progress",
+                                   "--data-root", str(data_root), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    d = json.loads((tmp_path / f"{bench}.json").read_text())
+    assert d["run"]["command"] and d["run"]["commit"] and d["run"]["date"]  # in-process: not the medad argv
+    assert "## How to reproduce" in (tmp_path / f"{bench}.md").read_text()

@@ -96,6 +96,26 @@ def test_a_folder_of_extensionless_dicom_slices_is_one_scan(tmp_path):
     assert [s.scan_id for s in find_scans(tmp_path / "study" / "patient3")] == ["patient3"]
 
 
+def test_a_lone_dicom_file_in_a_folder_is_a_scan_whatever_the_pattern(tmp_path):
+    """A single DICOM file beside NIfTI scans (an enhanced multi-frame volume, or a lone slice) is
+    listed as a scan -- to be scored or refused by name -- not passed over because it does not match
+    '*.nii*' (the audit's enh.dcm and MR_small.dcm vanished from summary.csv)."""
+    import shutil
+
+    src = PYDICOM_FILES / "MR_small.dcm"
+    if not src.is_file():
+        pytest.skip("pydicom's test file MR_small.dcm is not installed")
+    (tmp_path / "study").mkdir()
+    _nifti(tmp_path / "study" / "a.nii.gz", _head())
+    shutil.copy(src, tmp_path / "study" / "MR_small.dcm")
+    scans = find_scans(tmp_path / "study", "*.nii*", None, EXCLUDE)
+    assert sorted(s.scan_id for s in scans) == ["MR_small", "a"]
+    only = tmp_path / "only"
+    only.mkdir()
+    shutil.copy(src, only / "MR_small.dcm")
+    assert [s.path.name for s in find_scans(only)] == ["MR_small.dcm"]
+
+
 def test_pydicom_extensionless_ct_series_is_found():
     folder = PYDICOM_FILES / "dicomdirtests" / "77654033" / "CT2"
     if not folder.is_dir():

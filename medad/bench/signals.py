@@ -813,7 +813,7 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     from medad.datasets.signals import BONN_SFREQ, BONN_SITE, load_bonn
 
     _set_threads(threads)
-    record = run_record()
+    run_rec = run_record()
     all_m = bonn_methods(quick, epochs)
     fusion_rows = (BONN_FUSION, BONN_FUSION_FREE, BONN_FUSION_RHYTHM, BONN_FUSION_WHITE)
     wanted = set(select_rows(methods, list(all_m) + list(fusion_rows), "method"))  # before any data is read
@@ -930,7 +930,7 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     amp_ref = {test: {"auroc": auroc(sp_.y, amp[test]),
                       "robustness": {c: amplitude_reference(sp_, fn) for c, fn in conds.items()}}
                for test, sp_ in tests.items()}
-    stamp_rows((r for ms in results.values() for r in ms.values()), record)  # reused / merged rows keep theirs
+    stamp_rows((r for ms in results.values() for r in ms.values()), run_rec)  # reused / merged rows keep theirs
     rerun = [f"{t}: {m}" for t, ms in results.items() for m in ms]
     merged = None
     if merge is not None:
@@ -1067,7 +1067,7 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
                     **protocol}
         protocol["merged"] = f"this run: {'; '.join(rerun) or 'nothing'}; every other row is kept from {merged}"
     md = _markdown("Bonn EEG", protocol, results, goals)
-    write_benchmark(out, "bonn", {"protocol": protocol, "results": results, "goals": goals}, md, record=record,
+    write_benchmark(out, "bonn", {"protocol": protocol, "results": results, "goals": goals}, md, record=run_rec,
                     rows=_row_runs(results))
     print(md)
     return results
@@ -1175,7 +1175,7 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     from medad import registry
 
     _set_threads(threads)
-    record = run_record()
+    run_rec = run_record()
     all_m = yaseen_methods(quick, epochs)
     wanted = set(select_rows(methods, all_m, "method"))  # before any data is read
     chosen = {k: v for k, v in all_m.items() if k in wanted}
@@ -1249,8 +1249,8 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     goals = ["- No numeric goal for Yaseen (the issue treats it as a sanity check: classical 10-fold accuracy "
              "0.998)."]
     md = _markdown("Yaseen heart sounds", protocol, results, goals)
-    stamp_rows((r for ms in results.values() for r in ms.values()), record)  # reused rows keep theirs
-    write_benchmark(out, "yaseen", {"protocol": protocol, "results": results, "goals": goals}, md, record=record,
+    stamp_rows((r for ms in results.values() for r in ms.values()), run_rec)  # reused rows keep theirs
+    write_benchmark(out, "yaseen", {"protocol": protocol, "results": results, "goals": goals}, md, record=run_rec,
                     rows=_row_runs(results))
     print(md)
     return results
@@ -1457,7 +1457,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     :data:`SCREENING_CONFIG`); ``merge``: an earlier ``mitbih.json`` whose results (methods,
     per-record AUROCs, pipeline configs) not rerun now are kept beside this run's."""
     _set_threads(threads)
-    record = run_record()
+    run_rec = run_record()
     all_m = mitbih_methods(quick, epochs)
     wanted = set(select_rows(methods, list(all_m) + [MITBIH_DEEP_RR] + list(mitbih_fusions(quick, epochs))
                              + ["isolation_forest", "pipeline"], "method"))  # before any data is read
@@ -1527,7 +1527,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     for label, (yy, s) in curves.items():
         per_record[label] = {r: {"n": int((rec[te] == r).sum()), "n_pvc": int(yy[rec[te] == r].sum()),
                                  "auroc": auroc(yy[rec[te] == r], s[rec[te] == r])} for r in MITBIH_TEST}
-    stamp_rows(list(results[task].values()) + list(pipelines.values()), record)  # merged rows keep theirs
+    stamp_rows(list(results[task].values()) + list(pipelines.values()), run_rec)  # merged rows keep theirs
     rerun = list(results[task]) + [f"pipeline {c}" for c in pipelines]
     if merge is not None:
         results[task], per_record, pipelines, merged = _merge_mitbih(merge, quick, results[task], per_record,
@@ -1585,7 +1585,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     for name, p in pipelines.items():
         md += "\n" + _pipeline_markdown(p, name)
     write_benchmark(out, "mitbih", {"protocol": protocol, "results": results, "per_record": per_record,
-                                    "goals": goals, "pipelines": pipelines}, md, record=record,
+                                    "goals": goals, "pipelines": pipelines}, md, record=run_rec,
                     rows=_row_runs({**results, "screening pipeline": pipelines}))
     print(md)
     return results
