@@ -772,7 +772,10 @@ def save_scan_overlay(vol: PreparedVolume, amap: np.ndarray, mask: np.ndarray, p
 
     ks = top_slices(amap, n)
     idx = np.argwhere(vol.brain.any(axis=2))
-    (x0, y0), (x1, y1) = idx.min(0), idx.max(0) + 1
+    # cropped to the brain with a margin, so the brain outline (and what lies outside it) shows
+    pad = np.maximum(2, ((idx.max(0) - idx.min(0)) * 0.08).astype(int))
+    (x0, y0) = np.maximum(idx.min(0) - pad, 0)
+    (x1, y1) = np.minimum(idx.max(0) + 1 + pad, vol.brain.shape[:2])
 
     def disp(a: np.ndarray) -> np.ndarray:  # RAS (x, y) slices -> anterior up, side by side
         return np.concatenate([np.rot90(a[x0:x1, y0:y1, k]) for k in ks], axis=1)
@@ -781,7 +784,15 @@ def save_scan_overlay(vol: PreparedVolume, amap: np.ndarray, mask: np.ndarray, p
                         title=f"{title} (axial slices {', '.join(map(str, ks))})", label=label,
                         attribution=attribution, threshold=threshold, orientation=axial_orientation("right"),
                         tiles=len(ks), mask_label="lesion mask (voxels above the voxel threshold, small clusters "
-                                                  "dropped)")
+                                                  "dropped)",
+                        outline=disp(vol.brain), outline_label=f"brain mask the map is computed in "
+                                                               f"({_BRAIN_SOURCES.get(vol.brain_source, vol.brain_source)})")
+
+
+#: how a scan's brain mask was found, in words for the overlay
+_BRAIN_SOURCES = {"given": "given with the scan", "foreground": "the scan's foreground: already skull-stripped",
+                  "registration": "from MNI152 registration: check that it holds the brain and no scalp",
+                  "nonzero": "the scan's non-zero voxels"}
 
 
 def map_units(model: BrainModel) -> str:

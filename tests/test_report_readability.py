@@ -194,3 +194,23 @@ def test_report_on_frame_folder_lists_files_and_says_no_maps(tmp_path):
     assert "no maps" in page and "medad explain" in page and "own anomaly map" not in page
     assert "bleeding/img-0.jpg, bleeding/img-2.jpg" in page and "img-1.jpg" not in page
     assert "flagged spans (s)" not in page and "0.9" in page
+
+
+def test_overlay_draws_the_brain_outline_and_stacks_several_slices(figures, tmp_path):
+    """The brain overlay shows the brain mask the map was computed in (a failed skull-stripping was
+    invisible: only the lesion outline was drawn), and three slices side by side are stacked as
+    image / map / blend rows (a row of nine slices was 2200 x 388 px)."""
+    from medad.errors import InputError
+
+    img = np.random.default_rng(0).random((40, 120)).astype(np.float32)
+    brain = np.zeros((40, 120), bool)
+    brain[5:35, 5:35] = brain[5:35, 45:75] = brain[5:35, 85:115] = True
+    overlay.save_overlay(img, img, tmp_path / "o.png", mask=img > 0.9, tiles=3, outline=brain,
+                         outline_label="brain mask the map is computed in")
+    fig = figures[-1]
+    w, h = fig.get_size_inches()
+    assert h > w  # stacked rows
+    assert "Lime dashed outline (image panel): brain mask the map is computed in" in _texts(fig)
+    assert len(fig.axes[0].collections) >= 1  # the outline's contour on the image panel
+    with pytest.raises(InputError, match="outline shape"):
+        overlay.save_overlay(img, img, tmp_path / "p.png", outline=brain[:, :60])

@@ -137,6 +137,8 @@ def save_overlay(
     orientation: Orientation | None = None,
     tiles: int = 1,
     mask_label: str | None = None,
+    outline: np.ndarray | None = None,
+    outline_label: str | None = None,
 ) -> Path:
     """Write a PNG with three panels: the image, the map (with a labelled colour bar) and the map
     blended over the image. ``mask`` (e.g. the thresholded map or an expert outline) is drawn as a
@@ -157,6 +159,11 @@ def save_overlay(
             blend panels, with the convention stated under the figure.
         tiles: the image is this many equal-width slices side by side (markers on each).
         mask_label: what the cyan outline is (stated under the figure).
+        outline: a second region drawn (lime, dashed) on the image panel, e.g. the brain mask the
+            map was computed in, so a failed skull-stripping shows; ``outline_label`` says what it is.
+
+    With several ``tiles`` (slices side by side) the three panels are stacked, not put in a row
+    (three rows of three slices stay readable; a row of nine did not).
     """
     img, img_cmap = _as_display_image(image2d)
     m = np.asarray(map2d, dtype=np.float32)
@@ -171,10 +178,17 @@ def save_overlay(
     panel = 3.2
     foot = [s for s in (orientation.note if orientation else None,
                         f"Cyan outline: {mask_label}." if mask_label and mask is not None else None,
+                        f"Lime dashed outline (image panel): {outline_label}." if outline_label and outline is not None
+                        else None,
                         (f"Blend: opacity grows with the attribution's magnitude; below {ATTRIBUTION_HIDE_BELOW:.0%} "
                          f"of its largest it is not drawn.") if attribution else None) if s]
-    fig = _figure((3 * panel * max(w / h, 0.3) + 1.2, panel + (0.5 if title else 0.1)))
-    axes = fig.subplots(1, 3)
+    stacked = tiles > 1
+    if stacked:
+        fig = _figure((panel * max(w / h, 0.3) + 1.6, 3 * panel + (0.5 if title else 0.1) + 0.3 * len(foot)))
+        axes = fig.subplots(3, 1)
+    else:
+        fig = _figure((3 * panel * max(w / h, 0.3) + 1.2, panel + (0.5 if title else 0.1)))
+        axes = fig.subplots(1, 3)
     axes[0].imshow(img, cmap=img_cmap, interpolation="nearest")
     axes[0].set_title("image", fontsize=9)
     im = axes[1].imshow(m, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
@@ -192,6 +206,12 @@ def save_overlay(
         if mk.any() and not mk.all():
             for ax in (axes[0], axes[2]):
                 ax.contour(mk.astype(np.float32), levels=[0.5], colors="cyan", linewidths=0.8)
+    if outline is not None:
+        ol = np.squeeze(np.asarray(outline).astype(bool))
+        if ol.shape != img.shape[:2]:
+            raise InputError(f"outline shape {np.shape(outline)} does not match image shape {np.shape(image2d)}")
+        if ol.any() and not ol.all():
+            axes[0].contour(ol.astype(np.float32), levels=[0.5], colors="lime", linewidths=0.8, linestyles="dashed")
     for ax in axes:
         ax.set_axis_off()
     if orientation is not None:
