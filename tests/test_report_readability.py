@@ -209,7 +209,8 @@ def test_overlay_draws_the_brain_outline_and_stacks_several_slices(figures, tmp_
                          outline_label="brain mask the map is computed in")
     fig = figures[-1]
     w, h = fig.get_size_inches()
-    assert h > w  # stacked rows
+    top, mid = fig.axes[0].get_position(), fig.axes[1].get_position()
+    assert top.y0 > mid.y1 and abs(top.x0 - mid.x0) < 1e-6 and w < 2 * h  # stacked rows, not one wide strip
     assert "Lime dashed outline (image panel): brain mask the map is computed in" in _texts(fig)
     assert len(fig.axes[0].collections) >= 1  # the outline's contour on the image panel
     with pytest.raises(InputError, match="outline shape"):
