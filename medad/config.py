@@ -90,8 +90,33 @@ def load_config(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any
     return cfg
 
 
+# training parameters every neural detector takes (TorchDetector): checked when settings are
+# built, so a bad value in a YAML is named with its file before any data are read, not by the
+# training loop minutes later; ``(minimum, integer)``
+TRAINING_PARAMS: dict[str, tuple[float, bool]] = {"epochs": (1, True), "batch_size": (1, True), "lr": (0.0, False)}
+
+
+def check_detector_params(params: Any) -> None:
+    """Raise :class:`ConfigError` (``detector_params.epochs must be >= 1, got -3``) when
+    ``detector_params`` is not a mapping or a common training parameter in it is out of range.
+    Parameters of one detector only are left to that detector."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"detector_params must be a mapping (name: value), got {params!r}")
+    for name, (low, integer) in TRAINING_PARAMS.items():
+        if name not in params:
+            continue
+        v = params[name]
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        if integer and not (number and float(v).is_integer() and v >= low):
+            raise ConfigError(f"detector_params.{name} must be an integer >= {low:g}, got {v!r}")
+        if not integer and not (number and v > low):
+            raise ConfigError(f"detector_params.{name} must be a number > {low:g}, got {v!r}")
+
+
 def dataclass_from_dict(cls, d: dict[str, Any] | None, what: str):
-    """Build a settings dataclass from a mapping, naming unknown keys in a clear error."""
+    """Build a settings dataclass from a mapping, naming unknown keys in a clear error; a
+    ``detector_params`` field is checked (:func:`check_detector_params`). Callers reading a YAML
+    re-raise the :class:`ConfigError` with the file's path."""
     from dataclasses import fields
 
     d = dict(d or {})
@@ -99,4 +124,7 @@ def dataclass_from_dict(cls, d: dict[str, Any] | None, what: str):
     unknown = set(d) - known
     if unknown:
         raise ConfigError(f"unknown {what} settings: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    return cls(**d)
+    out = cls(**d)
+    if "detector_params" in known:
+        check_detector_params(out.detector_params)
+    return out

@@ -13,7 +13,7 @@ import pytest
 from medad.bench import common
 from medad.bench.common import (NOT_RECORDED, command_line, git_commit, reproduce_markdown, run_record, select_rows,
                                 write_benchmark)
-from medad.errors import ConfigError
+from medad.errors import ConfigError, ReadError
 
 REPO = Path(__file__).resolve().parents[1]
 OLD_RUN = {"command": "medad bench brain-lesions --detectors ae", "commit": "abc1234", "date": "2026-01-01T00:00:00+00:00"}
@@ -214,3 +214,212 @@ def test_signal_benchmarks_write_their_files_with_the_run_record(bench, method, 
     d = json.loads((tmp_path / f"{bench}.json").read_text())
     assert d["run"]["command"] and d["run"]["commit"] and d["run"]["date"]  # in-process: not the medad argv
     assert "## How to reproduce" in (tmp_path / f"{bench}.md").read_text()
+
+
+# ----------------------------------------------------------------------------- --merge and options checked first
+
+
+class _Stop(Exception):
+    """Raised by a stand-in for the first data read: reaching it means every check passed."""
+
+
+def _stop(*a, **k):
+    raise _Stop
+
+
+def _write(path: Path, content) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content if isinstance(content, str) else json.dumps(content))
+    return path
+
+
+def test_earlier_run_takes_the_folder_or_the_file_and_checks_it(tmp_path):
+    from medad.bench.common import earlier_run
+    from medad.errors import InputError, ReadError
+
+    good = {"benchmark": "bonn", "protocol": {"quick": False}, "results": {"t": {}}}
+    f = _write(tmp_path / "full" / "bonn.json", good)
+    assert earlier_run(tmp_path / "full", "bonn") == (f, good)  # the folder: <folder>/bonn.json
+    assert earlier_run(f, "bonn", quick=False)[0] == f  # the file itself
+    with pytest.raises(ReadError, match="no mitbih.json here") as e:  # the folder of another benchmark's run
+        earlier_run(tmp_path / "full", "mitbih")
+    assert e.value.path == tmp_path / "full" / "mitbih.json"
+    with pytest.raises(ReadError, match="no such file"):
+        earlier_run(tmp_path / "nowhere.json", "bonn")
+    with pytest.raises(InputError, match="cannot merge a quick run with this full one"):
+        earlier_run(f, "bonn", quick=True)
+    _write(tmp_path / "q" / "bonn.json", {"quick": True, "results": {}})  # top-level flag (image-screening style)
+    with pytest.raises(InputError, match="cannot merge a full run with this quick one.*with --quick"):
+        earlier_run(tmp_path / "q", "bonn", quick=False)
+    other = _write(tmp_path / "m.json", {**good, "benchmark": "mitbih"})
+    with pytest.raises(InputError, match="the mitbih benchmark's file, not bonn's"):
+        earlier_run(other, "bonn")
+    with pytest.raises(ReadError, match="not a readable JSON file"):
+        earlier_run(_write(tmp_path / "bad.json", "{"), "bonn")
+    with pytest.raises(ReadError, match="not a bonn benchmark file"):
+        earlier_run(_write(tmp_path / "list.json", "[1]"), "bonn")
+    with pytest.raises(ReadError, match="KeyError.*'x'"):
+        earlier_run(f, "bonn", check=lambda d: d["results"]["x"])
+
+
+@pytest.mark.parametrize("given", ["folder_without_file", "quick_into_full", "other_benchmark", "folds"])
+def test_bonn_merge_and_options_fail_before_any_data_is_read(given, monkeypatch, tmp_path):
+    """Given a folder, bench bonn computed everything and then failed with 'Is a directory'; a quick
+    run merged into a full file failed only after the whole run. Now: before the data is read."""
+    import medad.bench.signals as sig
+    import medad.datasets
+    from medad.errors import MedadError
+
+    monkeypatch.setattr(medad.datasets, "dataset_root", _stop)  # the first data read
+    full = {"benchmark": "bonn", "environment": {"date": "D0"}, "protocol": {"quick": False},
+            "results": {sig.BONN_CD_TASK: {"features": {"auroc": 0.9}}}}
+    _write(tmp_path / "run" / "bonn.json", full)
+    kw = dict(methods=["features"], merge=tmp_path / "run")
+    if given == "folder_without_file":
+        kw["merge"] = tmp_path
+        match = "no bonn.json here"
+    elif given == "quick_into_full":
+        kw["quick"] = True
+        match = "cannot merge a quick run"
+    elif given == "other_benchmark":
+        kw["merge"] = _write(tmp_path / "mitbih.json", {**full, "benchmark": "mitbih"})
+        match = "mitbih benchmark's file"
+    else:
+        kw["folds"] = 1
+        match = "--folds must be at least 2"
+    with pytest.raises(MedadError, match=match):
+        sig.run_bonn(tmp_path, tmp_path / "out", **kw)
+    # the same folder, a full run: every check passes and the data is read next
+    with pytest.raises(_Stop):
+        sig.run_bonn(tmp_path, tmp_path / "out", methods=["features"], merge=tmp_path / "run")
+
+
+def test_bench_bonn_command_refuses_a_wrong_merge_folder_at_once(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import medad.datasets
+    from medad.cli import app
+
+    monkeypatch.setattr(medad.datasets, "dataset_root", _stop)
+    res = CliRunner().invoke(app, ["bench", "bonn", "-m", "features", "--merge", str(tmp_path), "--data-root",
+                                   str(tmp_path), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 2 and not isinstance(res.exception, _Stop), res.output
+    assert "no bonn.json here" in res.output and "bonn.json" in res.output
+    res = CliRunner().invoke(app, ["bench", "yaseen", "--merge", str(tmp_path), "--data-root", str(tmp_path)])
+    assert res.exit_code == 2 and "not supported by the yaseen benchmark" in res.output
+
+
+def test_mitbih_and_yaseen_options_fail_before_any_data_is_read(monkeypatch, tmp_path):
+    import medad.bench.signals as sig
+    from medad.errors import ConfigError, MedadError, ReadError
+
+    monkeypatch.setattr(sig, "load_mitbih_beats", _stop)
+    monkeypatch.setattr(sig, "_load_yaseen", _stop)
+    mit = {"benchmark": "mitbih", "environment": {"date": "D0"}, "protocol": {"quick": True},
+           "results": {sig.MITBIH_TASK: {"features": {"auroc": 0.9}}}}
+    _write(tmp_path / "q" / "mitbih.json", mit)
+    with pytest.raises(MedadError, match="cannot merge a full run"):
+        sig.run_mitbih(tmp_path, tmp_path, methods=["isolation_forest"], merge=tmp_path / "q")
+    with pytest.raises(ReadError, match="must hold 'inter-patient"):
+        sig.run_mitbih(tmp_path, tmp_path, methods=["isolation_forest"], quick=True,
+                       merge=_write(tmp_path / "x.json", {"protocol": {"quick": True}, "results": {}}))
+    with pytest.raises(ReadError, match="nope.yaml"):  # a missing screening config: not after every method ran
+        sig.run_mitbih(tmp_path, tmp_path, methods=["pipeline"], pipeline_configs=[tmp_path / "nope.yaml"])
+    with pytest.raises(ConfigError, match="only used by the 'pipeline' row"):  # silently ignored before
+        sig.run_mitbih(tmp_path, tmp_path, methods=["isolation_forest"], pipeline_configs=[sig.SCREENING_CONFIG])
+    with pytest.raises(_Stop):
+        sig.run_mitbih(tmp_path, tmp_path, methods=["isolation_forest", "pipeline"], quick=True,
+                       merge=tmp_path / "q")
+    # --reuse-cv: the folder or the file, checked before the recordings are read
+    with pytest.raises(ReadError, match="--reuse-cv: no yaseen.json here"):
+        sig.run_yaseen(tmp_path, tmp_path, methods=["features"], reuse_cv=tmp_path)
+    yas = {"benchmark": "yaseen", "environment": {"date": "D0"}, "protocol": {"quick": False},
+           "results": {"normal vs abnormal, 10-fold CV": {}}}
+    _write(tmp_path / "y" / "yaseen.json", yas)
+    with pytest.raises(ReadError, match="5-fold CV"):  # that file has no 5-fold results to reuse
+        sig.run_yaseen(tmp_path, tmp_path, methods=["features"], reuse_cv=tmp_path / "y", folds=5)
+    with pytest.raises(_Stop):
+        sig.run_yaseen(tmp_path, tmp_path, methods=["features"], reuse_cv=tmp_path / "y")
+
+
+def _image_data(root: Path, tasks) -> Path:
+    from medad.bench.image_screening import TASK_DATA
+
+    for t in tasks:
+        for sub in TASK_DATA[t]:
+            (root / sub).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def test_image_screening_unknown_detector_or_task_fails_before_any_task_runs(monkeypatch, tmp_path):
+    """`--detectors nosuch` used to run and write a benchmark holding only the no-learning cues."""
+    import medad.bench.image_screening as ims
+
+    ran = []
+    monkeypatch.setattr(ims, "TASKS", {t: (lambda root, quick, only, t=t: ran.append((t, only)) or {"results": {}})
+                                       for t in ims.ALL_TASKS})
+    root = _image_data(tmp_path / "data", ims.ALL_TASKS)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="unknown detector 'nosuch'; known detectors.*patchstats_colour"):
+        ims.run_image_screening(root, out, detectors=["nosuch"])
+    with pytest.raises(ConfigError, match="unknown detector 'lung_knn'.*hog_knn"):  # a covid row, not a brain one
+        ims.run_image_screening(root, out, tasks=["brain"], detectors=["lung_knn"])
+    with pytest.raises(ConfigError, match="unknown task 'brian'.*ct_tumour"):
+        ims.run_image_screening(root, out, tasks=["brian"])
+    assert ran == [] and not out.exists()
+    ims.run_image_screening(root, out, tasks=["brain*"], detectors=["hog_knn", "patchstats*"])
+    picked = ["hog_knn", "patchstats", "patchstats_masked"]  # exact names reach the tasks, globs expanded
+    assert ran == [("brain", picked), ("brain_z", picked)]
+    assert json.loads((out / "image-screening.json").read_text())["tasks"].keys() == {"brain", "brain_z"}
+    ran.clear()
+    with pytest.raises(ReadError, match="task wce needs its data folder"):
+        ims.run_image_screening(tmp_path / "empty", out, tasks=["brain", "wce"])
+    assert ran == []
+
+
+def test_image_screening_merge_is_checked_before_any_task_runs(monkeypatch, tmp_path):
+    import medad.bench.image_screening as ims
+    from medad.errors import InputError
+
+    ran = []
+    monkeypatch.setattr(ims, "TASKS", {t: (lambda root, quick, only, t=t: ran.append(t) or {"results": {}})
+                                       for t in ims.ALL_TASKS})
+    root = _image_data(tmp_path / "data", ["brain"])
+    old = {"benchmark": "image-screening", "quick": False, "budget": 1.0, "environment": {"date": "D0"},
+           "tasks": {"wce": {"results": {"pca": {"auroc": 0.7}}}}}
+    _write(tmp_path / "wce_run" / "image-screening.json", old)
+    for merge, err, match in ([tmp_path, ReadError, "no image-screening.json here"],
+                              [tmp_path / "wce_run", InputError, "cannot merge a quick run"],
+                              [_write(tmp_path / "b.json", {**old, "budget": 10.0}), ReadError, "--budget 10.0"],
+                              [_write(tmp_path / "bonn.json", {**old, "benchmark": "bonn"}), InputError, "bonn"]):
+        with pytest.raises(err, match=match):
+            ims.run_image_screening(root, tmp_path / "out", tasks=["brain"], merge=[merge],
+                                    quick=merge == tmp_path / "wce_run")
+    assert ran == []
+    res = ims.run_image_screening(root, tmp_path / "out", tasks=["brain"], merge=[tmp_path / "wce_run"])
+    assert ran == ["brain"] and res["tasks"]["wce"]["results"]["pca"]["auroc"] == 0.7
+
+
+def test_explain_part_and_threads_are_checked_before_any_part_runs(monkeypatch, tmp_path):
+    import medad.bench.explain as ex
+    from medad.errors import InputError
+
+    for name in ("bench_brats", "bench_bonn", "bench_ecg"):
+        monkeypatch.setattr(ex, name, _stop)
+    _write(tmp_path / "out" / "explain.json", {"benchmark": "explain", "quick": False})
+    with pytest.raises(InputError, match="part must be all, brats, bonn, ecg"):
+        ex.run(data_root=tmp_path, out=tmp_path / "out", part="nosuch")
+    with pytest.raises(InputError, match="threads must be at least 1"):
+        ex.run(data_root=tmp_path, out=tmp_path / "out", threads=0)
+    with pytest.raises(InputError, match="would keep the other parts of a full run"):
+        ex.run(data_root=tmp_path, out=tmp_path / "out", part="bonn", quick=True)
+
+
+def test_screening_speed_refuses_settings_before_generating(tmp_path):
+    from medad.bench.screening_speed import run_screening_speed
+
+    for kw, match in ((dict(sfreq=250.5), "whole number"), (dict(hours=0.0), "--hours"),
+                      (dict(n_channels=0), "--n-channels")):
+        with pytest.raises(ConfigError, match=match):
+            run_screening_speed(tmp_path / "out", cache_dir=tmp_path / "cache", **kw)
+    assert not (tmp_path / "cache").exists()

@@ -11,9 +11,9 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from medad.errors import ConfigError
+from medad.errors import ConfigError, InputError, ReadError
 from medad.utils import write_json, write_text
 
 NOT_RECORDED = "not recorded"  # rows computed before benchmarks recorded their command and commit
@@ -131,6 +131,54 @@ def select_rows(requested: Sequence[str] | None, known: Iterable[str], what: str
         raise ConfigError(f"unknown {what}{'s' if len(bad) > 1 else ''} {', '.join(repr(b) for b in bad)}; "
                           f"known {what}s (exact names, or a glob such as 'name*'): {', '.join(known)}")
     return list(dict.fromkeys(picked))
+
+
+def quick_of(results: dict[str, Any]) -> bool | None:
+    """Whether a loaded benchmark file is a ``--quick`` run (top-level ``quick``, or the signal
+    benchmarks' ``protocol.quick``); ``None`` when the file does not say."""
+    q = results.get("quick")
+    if q is None and isinstance(results.get("protocol"), dict):
+        q = results["protocol"].get("quick")
+    return None if q is None else bool(q)
+
+
+def earlier_run(given: str | Path, name: str, *, quick: bool | None = None, what: str = "--merge",
+                check: Callable[[dict[str, Any]], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """An earlier run's ``<name>.json`` given to ``--merge`` (or ``--reuse-cv``) -- its output
+    folder (``<folder>/<name>.json``) or the file itself -- read and checked, so that a wrong file
+    fails BEFORE any data is read: it exists, is a JSON object, is a ``name`` benchmark (its
+    ``benchmark`` field, where it has one), and ``check(results)`` (the benchmark's own test of its
+    content; raise ``KeyError``/``TypeError``/``ValueError`` to refuse it) passes; with ``quick``
+    given, a quick run is never mixed with a full one. Returns the file and its content."""
+    import json
+
+    p = Path(given).expanduser()
+    f = p / f"{name}.json" if p.is_dir() else p
+    if not f.is_file():
+        raise ReadError(f"{what}: no {name}.json here (give an earlier run's output folder or its {name}.json)"
+                        if p.is_dir() else f"{what}: no such file (give an earlier run's output folder or its "
+                        f"{name}.json)", f)
+    try:
+        results = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ReadError(f"{what}: not a readable JSON file ({e})", f) from None
+    if not isinstance(results, dict):
+        raise ReadError(f"{what}: not a {name} benchmark file (not a JSON object)", f)
+    other = results.get("benchmark")
+    if other is not None and other != name:
+        raise InputError(f"{what}: this is the {other} benchmark's file, not {name}'s", f)
+    if check is not None:
+        try:
+            check(results)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ReadError(f"{what}: not a {name} benchmark file this run can use ({type(e).__name__}: {e})",
+                            f) from None
+    was = quick_of(results)
+    if quick is not None and was is not None and was != bool(quick):
+        raise InputError(f"{what}: cannot merge a {'quick' if quick else 'full'} run with this "
+                         f"{'quick' if was else 'full'} one (run with{'' if was else 'out'} --quick, or give "
+                         f"another file)", f)
+    return f, results
 
 
 def reproduce_markdown(record: dict[str, str], rows: Sequence[tuple[str, str, Any]] | None = None) -> str:

@@ -665,6 +665,8 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
 
     if part not in ("all",) + PARTS:
         raise InputError(f"part must be all, {', '.join(PARTS)}, got {part!r}")
+    if int(threads) < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
     torch.set_num_threads(int(threads))
     record = run_record()
     root = resolve_root(data_root)
@@ -676,6 +678,13 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
             previous = json.loads((out / "explain.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             raise ReadError(f"--part {part} needs the other parts' results in an earlier explain.json", out) from None
+        if not isinstance(previous, dict):
+            raise ReadError("not an explain benchmark file", out / "explain.json")
+        if previous.get("quick") is not None and bool(previous["quick"]) != bool(quick):
+            # the file has one 'quick' flag: a quick part beside full ones would be misread
+            raise InputError(f"--part {part}{' --quick' if quick else ''} would keep the other parts of a "
+                             f"{'quick' if previous['quick'] else 'full'} run: run with"
+                             f"{'' if previous['quick'] else 'out'} --quick, or --part all", out / "explain.json")
         for other in ("brats", "bonn"):
             if other == part:
                 continue

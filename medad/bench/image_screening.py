@@ -1210,6 +1210,59 @@ def task_row_runs(tasks: dict[str, Any]) -> list[tuple[str, str, Any]]:
     return [(task, k, (r.get("runs") or {}).get(k)) for task, r in tasks.items() for k in r.get("results", {})]
 
 
+#: each task's data folder under the data root (checked before any task runs)
+TASK_DATA = {"kvasir": ("endoscopy/kvasir_seg",), "wce": ("endoscopy/wce_bleedgen",),
+             "brain": ("mri/brain_tumor_mri_4class",), "brain_z": ("mri/brain_tumor_mri_4class",),
+             "covid": ("ct/covid_ct_256",), "ct_tumour": ("ct/liver_tumor_slices", "ct/lung_tumor_slices")}
+
+
+def detector_names(task: str) -> list[str]:
+    """The row names ``--detectors`` selects in ``task`` (the detectors it trains; not its
+    no-learning cues or probes, which always run)."""
+    names = list(_specs(task, True, 1))
+    if task in ("brain", "brain_z", "covid"):
+        names = ["intensity"] + names
+    if task == "kvasir":
+        names += list(_kvasir_frame_specs(True, 1))
+    if task == "covid":
+        names += list(LUNG_SPECS) + ["classifier"]
+    return list(dict.fromkeys(names))
+
+
+def check_options(data_root: Path | None, tasks: list[str] | None, detectors: list[str] | None, quick: bool,
+                  budget: float, merge: list[str | Path] | None) -> tuple[list[str], list[str] | None,
+                                                                          list[tuple[Path, dict[str, Any]]]]:
+    """Every option checked before any image is read: task and detector names (exact or glob,
+    :func:`medad.bench.common.select_rows`; an unknown one lists the known ones), the budget, the
+    tasks' data folders, and each ``--merge`` file (:func:`medad.bench.common.earlier_run`: same
+    quick setting and budget). Returns the tasks, the detectors (``None``: all) and the loaded
+    earlier runs."""
+    from medad.bench.common import earlier_run, select_rows
+
+    tasks = select_rows(tasks, ALL_TASKS, "task")
+    if detectors is not None:
+        known = [n for t in (tasks or ALL_TASKS) for n in detector_names(t)]
+        detectors = select_rows(detectors, known, "detector")
+    if not budget > 0:
+        raise ConfigError(f"budget must be > 0, got {budget}")
+    if tasks and data_root is not None:
+        for task in tasks:
+            for sub in TASK_DATA[task]:
+                if not (Path(data_root) / sub).is_dir():
+                    raise ReadError(f"task {task} needs its data folder here (leave the task out with --tasks)",
+                                    Path(data_root) / sub)
+
+    def same_budget(old: dict[str, Any]) -> None:
+        if not isinstance(old.get("tasks", {}), dict):
+            raise TypeError("its 'tasks' are not a table")
+        if old.get("budget", 1.0) != budget:
+            raise ValueError(f"it was run with --budget {old.get('budget', 1.0)}, this run with {budget}: "
+                             "not comparable")
+
+    earlier = [earlier_run(prev, "image-screening", quick=quick, check=same_budget) for prev in merge or []]
+    return tasks, detectors, earlier
+
+
 def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | None = None,
                         detectors: list[str] | None = None, quick: bool = False,
                         copy_to: str | Path | None = None, merge: list[str | Path] | None = None,
@@ -1229,14 +1282,9 @@ def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | 
 
     record = run_record()
 
-    tasks = list(ALL_TASKS if tasks is None else tasks)
-    bad = [t for t in tasks if t not in TASKS]
-    if bad:
-        raise ConfigError(f"unknown task(s) {bad}; choose from {', '.join(ALL_TASKS)}")
+    tasks, detectors, earlier = check_options(data_root, tasks, detectors, quick, budget, merge)
     torch.set_num_threads(max(1, int(threads)))
     seed_everything(0)
-    if not budget > 0:
-        raise ConfigError(f"budget must be > 0, got {budget}")
     BUDGET["value"] = float(budget)
     results: dict[str, Any] = {"quick": quick, "budget": float(budget), "torch_threads": int(threads), "tasks": {}}
     t0 = time.perf_counter()
@@ -1248,16 +1296,8 @@ def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | 
         results["tasks"][task]["runs"] = {k: record for k in results["tasks"][task].get("results", {})}
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     merged_env = None
-    for prev in merge or []:
-        import json
-
-        f = Path(prev) / "image-screening.json" if Path(prev).is_dir() else Path(prev)
-        if not f.is_file():
-            raise ReadError("no image-screening.json to merge", f)
-        old = json.loads(f.read_text(encoding="utf-8"))
+    for f, old in earlier:  # read and checked before the tasks ran
         merge_tasks(results["tasks"], old, str(f))
-        if old.get("budget", 1.0) != budget:
-            raise ConfigError(f"{f} was run with budget {old.get('budget', 1.0)}, this run with {budget}: not comparable")
         merged_env = merged_env or old.get("environment")
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
     # a pure merge describes the machine the merged runs ran on, not this one

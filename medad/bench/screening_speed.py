@@ -118,6 +118,21 @@ def make_recording(path: Path, hours: float, n_channels: int, sfreq: int, seed: 
                                n_channels=n_channels, sfreq=sfreq, n_records=seconds)
 
 
+def check_options(*, hours: float, n_channels: int, sfreq: float, train_minutes: float) -> None:
+    """Refuse settings the generated EDF cannot have, before anything is generated (a 24-hour file
+    takes minutes): the EDF holds 1 s records, so the rate must be a whole number of samples."""
+    from medad.errors import ConfigError
+
+    if not hours * 3600 >= 60:
+        raise ConfigError(f"--hours must be at least one minute (1/60), got {hours}")
+    if n_channels < 1:
+        raise ConfigError(f"--n-channels must be at least 1, got {n_channels}")
+    if not (sfreq > 0 and float(sfreq).is_integer()):
+        raise ConfigError(f"--sfreq must be a whole number of Hz > 0 (the EDF has 1 s records), got {sfreq}")
+    if not train_minutes > 0:
+        raise ConfigError(f"train_minutes must be > 0, got {train_minutes}")
+
+
 def run_screening_speed(out: str | Path, *, hours: float = 24.0, n_channels: int = 23, sfreq: float = 256.0,
                         cache_dir: str | Path | None = None, copy_to: str | Path | None = None,
                         train_minutes: float = 15.0) -> dict[str, Any]:
@@ -129,6 +144,7 @@ def run_screening_speed(out: str | Path, *, hours: float = 24.0, n_channels: int
     from medad.utils import Timer, peak_rss_mb
     from pipelines.screening import ScreeningConfig, screen_folder, train_screening
 
+    check_options(hours=hours, n_channels=n_channels, sfreq=sfreq, train_minutes=train_minutes)
     record = run_record(uses_data_root=False)  # generated data: no data root
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -31,9 +31,10 @@ from typing import Any, Callable, List, Optional, Sequence  # List/Optional: typ
 
 import numpy as np
 
-from medad.bench.common import keep_run, markdown_table, run_record, select_rows, stamp_rows, write_benchmark
+from medad.bench.common import (earlier_run, keep_run, markdown_table, run_record, select_rows, stamp_rows,
+                                write_benchmark)
 from medad.detectors.base import threshold_at_fpr
-from medad.errors import ConfigError, InputError, MedadError
+from medad.errors import ConfigError, InputError, MedadError, ReadError
 from medad.evaluation import auprc, auroc, group_kfold, sensitivity_specificity, split_by_subject
 from medad.transforms.signal import beat_feature_blocks, beat_rr_channels
 from medad.utils import Timer, peak_rss_mb
@@ -366,15 +367,23 @@ def _variants(label: str, name: str, params: dict[str, Any], *args, **kwargs) ->
     return [(f"{label} ({sc})", r) for sc, r in res.items()]
 
 
-def _reuse(previous: str | Path | None, task: str) -> tuple[dict[str, Any], str | None]:
-    """The results of ``task`` from an earlier run's JSON (and a note saying so), or nothing."""
+def _reuse(previous: str | Path | None, task: str, bench: str, quick: bool) -> tuple[dict[str, Any], str | None]:
+    """The results of ``task`` from an earlier run's JSON or output folder (and a note saying
+    so), or nothing; checked (:func:`medad.bench.common.earlier_run`) before any data is read."""
     if previous is None:
         return {}, None
-    import json
-
-    prev = json.loads(Path(previous).read_text(encoding="utf-8"))
+    _, prev = earlier_run(previous, bench, quick=quick, what="--reuse-cv",
+                          check=lambda d: (d["results"][task].items(), d["environment"]["date"]))
     rows = {m: keep_run(r) for m, r in prev["results"][task].items()}  # their own record, not this run's
     return rows, f"'{task}' results reused from the run of {prev['environment']['date']}"
+
+
+def _check_counts(folds: int | None = None, epochs: int | None = None) -> None:
+    """Numeric options that would only fail (or be ignored) deep inside a run: refused first."""
+    if folds is not None and folds < 2:
+        raise ConfigError(f"--folds must be at least 2, got {folds}")
+    if epochs is not None and epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {epochs}")
 
 
 def _row_runs(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, Any]]:
@@ -794,10 +803,11 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
              merge: str | Path | None = None) -> dict[str, Any]:
     """Bonn EEG: A,B vs E supervised k-fold CV; one-class on A,B (held-out A,B vs E; C,D vs E).
 
-    ``reuse_cv``: a ``bonn.json`` of an earlier run whose cross-validation results are copied
-    instead of run again (its date is recorded in the protocol); only the one-class task runs.
-    ``merge``: an earlier ``bonn.json`` whose rows not rerun now are kept (every task); the
-    goal lines are then written over the merged rows.
+    ``reuse_cv``: an earlier run (its output folder or its ``bonn.json``) whose cross-validation
+    results are copied instead of run again (its date is recorded in the protocol); only the
+    one-class task runs. ``merge``: an earlier run (folder or ``bonn.json``, same ``quick``)
+    whose rows not rerun now are kept (every task); the goal lines are then written over the
+    merged rows. Both are checked before any data is read.
 
     Per-site methods: the sets were recorded at two sites / electrode types (A, B surface; C, D,
     E intracranial), so a one-class model of A,B meets C, D, E in another domain. Their pipeline
@@ -819,6 +829,11 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     wanted = set(select_rows(methods, list(all_m) + list(fusion_rows), "method"))  # before any data is read
     chosen = {k: v for k, v in all_m.items() if k in wanted}
     fusion_wanted = [f for f in fusion_rows if f in wanted]
+    # every option that names a file or a count is checked before any data is read
+    _check_counts(folds, epochs)
+    task = f"A,B vs E, {folds}-fold CV"
+    reused_rows, reused = _reuse(reuse_cv, task, "bonn", quick)
+    earlier = None if merge is None else _previous_run(merge, quick, BONN_CD_TASK, bench="bonn")
     root = dataset_root("bonn", data_root=data_root)
     recs = load_bonn(root)
     sets = np.array([r.label for r in recs])
@@ -856,8 +871,7 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     idx = np.flatnonzero(np.isin(sets, ["A", "B", "E"]))
     y_rec = (sets[idx] == "E").astype(int)
     win, owner = windows_of([data[i] for i in idx], BONN_WINDOW, BONN_WINDOW)
-    task = f"A,B vs E, {folds}-fold CV"
-    results[task], reused = _reuse(reuse_cv, task)
+    results[task] = reused_rows
     for label, (name, params, inputs) in chosen.items():
         # one-class sequence and per-site models are evaluated in the one-class task only
         if name in ("seq_ae", "seq_predictor") or inputs != "windows" or "all groups" in label or reused:
@@ -933,8 +947,8 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     stamp_rows((r for ms in results.values() for r in ms.values()), run_rec)  # reused / merged rows keep theirs
     rerun = [f"{t}: {m}" for t, ms in results.items() for m in ms]
     merged = None
-    if merge is not None:
-        prev, merged = _previous_run(merge, quick, "one-class on A,B: C,D vs E")
+    if earlier is not None:
+        prev, merged = earlier
         results = {t: {**prev["results"].get(t, {}), **results.get(t, {})}
                    for t in list(prev["results"]) + [t for t in results if t not in prev["results"]]}
 
@@ -1076,6 +1090,7 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
 # 'clearly above' the amplitude-only reference: the paired bootstrap covers the sampling of the 300
 # segments only, not a net's seed-to-seed spread; differences of ~0.002 come and go with either
 BONN_CLEAR_MARGIN = 0.005
+BONN_CD_TASK = "one-class on A,B: C,D vs E"  # every bonn.json holds it: what --merge checks for
 
 
 def _bonn_verdict(cd: dict[str, dict[str, Any]], ref: float, fm: str | None, fv: float | None) -> list[str]:
@@ -1179,12 +1194,13 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     all_m = yaseen_methods(quick, epochs)
     wanted = set(select_rows(methods, all_m, "method"))  # before any data is read
     chosen = {k: v for k, v in all_m.items() if k in wanted}
+    _check_counts(folds, epochs)
+    task = f"normal vs abnormal, {folds}-fold CV"
+    reused_rows, reused = _reuse(reuse_cv, task, "yaseen", quick)
     data, y, classes = _load_yaseen(data_root)
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[str, Any]] = {task: reused_rows}
 
     win, owner = windows_of(data, YASEEN_WINDOW, YASEEN_WINDOW)
-    task = f"normal vs abnormal, {folds}-fold CV"
-    results[task], reused = _reuse(reuse_cv, task)
     for label, (name, params) in chosen.items():
         if name in ("seq_ae", "seq_predictor") or reused:
             continue
@@ -1399,6 +1415,7 @@ def mitbih_preparers(rr_scales: Sequence[float] = ()) -> dict[str, Callable]:
 # model's settings on: each holds out a record with many PVCs (106: 520, 119: 443, 114: 43)
 MITBIH_VAL_FOLDS = (("106", "123"), ("119", "104"), ("114", "100"))
 MITBIH_RR_SCALES = (0.0, 2.0, 5.0, 10.0)
+MITBIH_TASK = "inter-patient normal vs PVC, one-class"
 MITBIH_DEEP_RR = "deep (beat - template + RR channels, chosen on training records)"
 
 
@@ -1454,13 +1471,26 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     half the records, test on every beat of the other half.
 
     ``pipeline_configs``: screening configs run through the pipeline (default
-    :data:`SCREENING_CONFIG`); ``merge``: an earlier ``mitbih.json`` whose results (methods,
-    per-record AUROCs, pipeline configs) not rerun now are kept beside this run's."""
+    :data:`SCREENING_CONFIG`); ``merge``: an earlier run (its output folder or its ``mitbih.json``,
+    same ``quick``) whose results (methods, per-record AUROCs, pipeline configs) not rerun now are
+    kept beside this run's. Options, configs and the merge file are checked before any data is read."""
     _set_threads(threads)
     run_rec = run_record()
     all_m = mitbih_methods(quick, epochs)
     wanted = set(select_rows(methods, list(all_m) + [MITBIH_DEEP_RR] + list(mitbih_fusions(quick, epochs))
                              + ["isolation_forest", "pipeline"], "method"))  # before any data is read
+    _check_counts(epochs=epochs)
+    if max_train < 1:
+        raise ConfigError(f"max_train must be at least 1, got {max_train}")
+    if pipeline_configs and "pipeline" not in wanted:
+        raise ConfigError("--pipeline-config is only used by the 'pipeline' row, which --method leaves out "
+                          "(add -m pipeline)")
+    if "pipeline" in wanted:  # a wrong screening config fails now, not after every method has run
+        from pipelines.screening import ScreeningConfig
+
+        for c in pipeline_configs or [SCREENING_CONFIG]:
+            ScreeningConfig.from_yaml(c)
+    earlier = None if merge is None else _previous_run(merge, quick, MITBIH_TASK, bench="mitbih")
     d = load_mitbih_beats(data_root)
     x, y, rec, rr = d["x"], d["y"], d["record"], d["rr"]
     if quick:
@@ -1472,7 +1502,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     conds = robustness_conditions(d["sfreq"], via=250.0, half_length=False)
     preps = mitbih_preparers()
     chosen = {k: v for k, v in all_m.items() if k in wanted}
-    task = "inter-patient normal vs PVC, one-class"
+    task = MITBIH_TASK
     results: dict[str, dict[str, Any]] = {task: {}}
     curves = {}
     test = "inter-patient normal vs PVC"
@@ -1529,9 +1559,8 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
                                  "auroc": auroc(yy[rec[te] == r], s[rec[te] == r])} for r in MITBIH_TEST}
     stamp_rows(list(results[task].values()) + list(pipelines.values()), run_rec)  # merged rows keep theirs
     rerun = list(results[task]) + [f"pipeline {c}" for c in pipelines]
-    if merge is not None:
-        results[task], per_record, pipelines, merged = _merge_mitbih(merge, quick, results[task], per_record,
-                                                                     pipelines)
+    if earlier is not None:
+        results[task], per_record, pipelines, merged = _merge_mitbih(earlier, results[task], per_record, pipelines)
     goals = [_goal_line("MIT-BIH inter-patient PVC one-class", results[task], 0.98, 0.951)]
     protocol = {
         "data": "MIT-BIH subset (12 records, MLII, 360 Hz); beats from the R-peak lists; PVC = abnormal, every "
@@ -1563,8 +1592,8 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
         "n_test_pvc": int(y[te].sum()),
         "quick": quick,
     }
-    if deep_selection is None and merge is not None:  # not rerun: the earlier run's choice stays with its row
-        deep_selection = _previous_run(merge, quick, task)[0].get("protocol", {}).get("deep_selection")
+    if deep_selection is None and earlier is not None:  # not rerun: the earlier run's choice stays with its row
+        deep_selection = earlier[0].get("protocol", {}).get("deep_selection")
     if deep_selection is not None:
         protocol["deep_selection"] = {
             "method": MITBIH_DEEP_RR,
@@ -1576,7 +1605,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
                    "the highest mean fold AUROC (ties to 4 decimals: the highest lowest fold). No test record is "
                    "read. Then trained on all training records as the other rows",
             **deep_selection}
-    if merge is not None:  # which rows this run made, and where the others come from
+    if earlier is not None:  # which rows this run made, and where the others come from
         protocol["merged"] = (f"this run: {'; '.join(rerun) or 'nothing'}; every other row is kept from {merged}")
     md = _markdown("MIT-BIH PVC beats (inter-patient, one-class)", protocol, results, goals)
     md += "\n## Per test record (AUROC; NaN where a record has no PVC)\n\n" + markdown_table(
@@ -1594,22 +1623,19 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
 SCREENING_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "screening_ecg_beats.yaml"
 
 
-def _previous_run(previous: str | Path, quick: bool, task: str) -> tuple[dict[str, Any], str]:
-    """An earlier benchmark JSON to merge into (it must hold results of ``task``; a quick run is
-    never merged with a full one), and where its rows come from: its run date, and its own
-    merge / reuse notes."""
-    import json
-
-    from medad.errors import ReadError
+def _previous_run(previous: str | Path, quick: bool, task: str, *, bench: str = "bonn") -> tuple[dict[str, Any], str]:
+    """An earlier run of ``bench`` to merge into -- its output folder or its ``<bench>.json``,
+    checked by :func:`medad.bench.common.earlier_run` (it must hold results of ``task``; a quick
+    run is never merged with a full one) -- and where its rows come from: its run date, and its
+    own merge / reuse notes. Called before any data is read."""
+    def check(d: dict[str, Any]) -> None:
+        if not isinstance(d["results"][task], dict):
+            raise TypeError(f"its '{task}' results are not a table")
 
     try:
-        prev = json.loads(Path(previous).read_text(encoding="utf-8"))
-        prev["results"][task].items()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ReadError(f"not a benchmark result with '{task}' to merge into: {e}", previous) from None
-    if bool(prev.get("protocol", {}).get("quick")) != bool(quick):
-        raise InputError(f"cannot merge a {'quick' if quick else 'full'} run into a "
-                         f"{'quick' if not quick else 'full'} one", previous)
+        _, prev = earlier_run(previous, bench, quick=quick, check=check)
+    except ReadError as e:
+        raise ReadError(f"{e.problem} (it must hold '{task}' results to merge into)", e.path) from None
     source = f"the run of {prev.get('environment', {}).get('date', 'an unknown date')}"
     notes = [prev["protocol"][k] for k in ("merged", "reused") if prev.get("protocol", {}).get(k)]
     if notes:
@@ -1617,13 +1643,14 @@ def _previous_run(previous: str | Path, quick: bool, task: str) -> tuple[dict[st
     return prev, source
 
 
-def _merge_mitbih(previous: str | Path, quick: bool, results: dict[str, Any], per_record: dict[str, Any],
+def _merge_mitbih(earlier: tuple[dict[str, Any], str], results: dict[str, Any], per_record: dict[str, Any],
                   pipelines: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
-    """This run's results over those of an earlier ``mitbih.json`` (same split): earlier entries
-    not rerun are kept, in their order. Results of an older file with one ``pipeline`` entry
-    belong to :data:`SCREENING_CONFIG`. Also returns where the kept entries come from."""
-    prev, source = _previous_run(previous, quick, "inter-patient normal vs PVC, one-class")
-    old_results = prev["results"]["inter-patient normal vs PVC, one-class"]
+    """This run's results over those of an earlier ``mitbih.json`` (``earlier``: its
+    :func:`_previous_run`; same split): earlier entries not rerun are kept, in their order.
+    Results of an older file with one ``pipeline`` entry belong to :data:`SCREENING_CONFIG`.
+    Also returns where the kept entries come from."""
+    prev, source = earlier
+    old_results = prev["results"][MITBIH_TASK]
     old_pipes = prev.get("pipelines") or ({SCREENING_CONFIG.name: prev["pipeline"]} if prev.get("pipeline") else {})
     return ({**old_results, **results}, {**prev.get("per_record", {}), **per_record}, {**old_pipes, **pipelines},
             source)
@@ -1813,12 +1840,15 @@ def register_bench(bench_app) -> None:
             progress: bool = typer.Option(False, help="progress bars while training"),
             copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
             reuse_cv: Optional[Path] = typer.Option(None, help="bonn/yaseen: copy the cross-validation results "
-                                                                "of an earlier <name>.json instead of rerunning"),
+                                                                "of an earlier run (its output folder or its "
+                                                                "<name>.json) instead of rerunning"),
             pipeline_config: List[Path] = typer.Option([], "--pipeline-config", help="mitbih: screening config(s) "
                                                        "run through the pipeline (default configs/screening_ecg_"
                                                        "beats.yaml); repeatable"),
-            merge: Optional[Path] = typer.Option(None, help="bonn/mitbih: an earlier <name>.json; its results not "
-                                                            "rerun now are kept beside this run's"),
+            merge: Optional[Path] = typer.Option(None, help="bonn/mitbih: an earlier run's output folder or its "
+                                                            "<name>.json (same --quick setting); its results not "
+                                                            "rerun now are kept beside this run's; checked before "
+                                                            "anything runs"),
         ) -> None:
             kw = dict(quick=quick, epochs=epochs, methods=method or None, threads=threads, progress=progress)
             if has_folds:

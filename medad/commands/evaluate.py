@@ -12,6 +12,7 @@ import typer
 from medad.errors import InputError, ReadError
 
 
+SCORES_COLUMNS = "columns score,label[,subject][,healthy_val]"
 _ABNORMAL = ("1", "true", "yes", "abnormal")
 _NORMAL = ("0", "false", "no", "normal")
 
@@ -46,8 +47,10 @@ def _finite_or_none(x):
 def read_scores_csv(path: Path) -> dict[str, list]:
     """Read a CSV with columns ``score`` and ``label`` (1/true = abnormal) and optionally
     ``subject`` and ``healthy_val`` (1 for rows of healthy validation data used to calibrate)."""
+    if path.is_dir():
+        raise ReadError(f"is a folder; medad evaluate reads one CSV file ({SCORES_COLUMNS})", path)
     if not path.is_file():
-        raise ReadError("scores file not found", path)
+        raise ReadError(f"scores file not found (expected a CSV file: {SCORES_COLUMNS})", path)
     try:
         with path.open(newline="") as f:
             rows = list(csv.DictReader(f))
@@ -119,8 +122,8 @@ def evaluate_scores(data: dict[str, list], *, threshold: float | None = None, fp
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate(
-        scores: Path = typer.Argument(..., help="CSV with columns score,label[,subject][,healthy_val]"),
-        out: Path = typer.Option(Path("evaluation.json"), "--out", help="where the JSON goes"),
+        scores: Path = typer.Argument(..., help=f"CSV with {SCORES_COLUMNS}"),
+        out: Path = typer.Option(Path("evaluation.json"), "--out", help="where the JSON goes (a folder: FOLDER/evaluation.json)"),
         threshold: Optional[float] = typer.Option(None, help="decision threshold (else calibrated on healthy_val rows)"),
         fpr: float = typer.Option(0.05, help="target false-positive rate for calibration"),
         split: str = typer.Option("unspecified", help="name of the evaluated split, recorded in the protocol"),
@@ -129,6 +132,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from healthy validation rows, sensitivity/specificity; write them with the protocol."""
         from medad.utils import write_json
 
+        if not 0.0 <= fpr < 1.0:  # checked before reading, and named as the option (not fpr=)
+            raise typer.BadParameter(f"must be in [0, 1), got {fpr:g}", param_hint="--fpr")
+        if out.is_dir():  # an output folder: the JSON goes inside it rather than failing on the rename
+            out = out / "evaluation.json"
         result = evaluate_scores(read_scores_csv(scores), threshold=threshold, fpr=fpr)
         result["protocol"]["split"] = split
         result["protocol"]["source_file"] = str(scores)

@@ -94,12 +94,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("report")
     def report_cmd(results_dir: Path = typer.Argument(..., help="folder of results (case folders)")) -> None:
         """One self-contained HTML page per case under RESULTS_DIR, and RESULTS_DIR/index.html."""
+        from medad.errors import ReadError
         from medad.report.folder import build_reports
 
         index, done, failed = build_reports(results_dir)
         for name, problem in failed:
             typer.echo(f"skipped {name}: {problem}", err=True)
         typer.echo(f"wrote {len(done)} report(s) and {index}")
+        if not done:  # every case failed: the index lists why, but the run did not do its job
+            raise ReadError(f"no case could be reported ({len(failed)} failed, listed above and in {index.name})",
+                            results_dir)
 
     @bench_app.command("explain")
     def bench_explain_cmd(

@@ -106,12 +106,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         data_root: Optional[Path] = typer.Option(None, "--data-root", help="shared data folder"),
         out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
         tasks: Optional[List[str]] = typer.Option(None, "--tasks",
-                                                  help="kvasir, wce, brain, brain_z, covid, ct_tumour (default all; 'none' only merges)"),
-        detectors: Optional[List[str]] = typer.Option(None, "--detectors", help="subset of detectors"),
+                                                  help="kvasir, wce, brain, brain_z, covid, ct_tumour, or a glob "
+                                                       "such as 'brain*' (default all; 'none' only merges); "
+                                                       "repeatable"),
+        detectors: Optional[List[str]] = typer.Option(None, "--detectors",
+                                                      help="only these detectors, by exact name or a glob such as "
+                                                           "'patchstats*'; repeatable; an unknown name lists them"),
         quick: bool = typer.Option(False, help="small subsets and few epochs (smoke run)"),
         copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
         merge: Optional[List[Path]] = typer.Option(None, "--merge",
-                                                   help="output folder of an earlier run on other tasks to merge in"),
+                                                   help="an earlier run on other tasks to merge in: its output "
+                                                        "folder or its image-screening.json (same --quick and "
+                                                        "--budget); repeatable; checked before anything runs"),
         threads: int = typer.Option(2, help="torch threads (1 is faster on a crowded machine)"),
         budget: float = typer.Option(1.0, help="multiply every learned detector's optimiser steps (10 on a GPU)"),
     ) -> None:

@@ -37,6 +37,8 @@ ANNOT_SUFFIXES = ("-annot.fif", "_annot.fif")  # MNE's names for annotation-only
 WFDB_ANNOTATORS = ("atr", "qrs", "ecg")
 # block size when a whole recording is gathered from chunks (keeps the float64 copy small)
 _BLOCK_SECONDS = 60.0
+# library callers pass sfreq=, CLI users --text-sfreq: the message names both
+TEXT_RATE_MISSING = "plain-text signal has no sampling rate: pass --text-sfreq HZ (medad CLI) or sfreq= (Python)"
 
 
 @dataclass
@@ -442,7 +444,7 @@ def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: 
     if fmt == "text" and whole is None:
         whole = _text_read(p)
     if hdr.sfreq is None:
-        raise ReadError("plain-text signal has no sampling rate: pass sfreq", p)
+        raise ReadError(TEXT_RATE_MISSING, p)
     if hdr.n_times == 0:
         raise ReadError("signal is empty (0 samples)", p)
     idx = _pick_indices(hdr, picks)
@@ -492,7 +494,7 @@ def read_signal(path: str | Path, *, channels: Sequence[str | int] | None = None
     if fmt == "text":
         hdr, whole = _text_header(p, sfreq)
         if sfreq is None:
-            raise ReadError("plain-text signal has no sampling rate: pass sfreq", p)
+            raise ReadError(TEXT_RATE_MISSING, p)
         data = whole[_pick_indices(hdr, channels)]
         _check_finite(data, p, 0.0, sfreq)
     else:
@@ -574,7 +576,7 @@ def describe(path: str | Path, *, sfreq: float | None = None) -> dict[str, Any]:
         "annotations": counts,
         "first_annotations": [vars(a) for a in hdr.annotations[:5]],
         "meta": hdr.meta,
-        **({} if hdr.sfreq else {"note": "plain text has no sampling rate; pass sfreq"}),
+        **({} if hdr.sfreq else {"note": TEXT_RATE_MISSING}),
     }
 
 

@@ -137,6 +137,9 @@ def _screening_cases(folder: Path, d: dict[str, Any]) -> tuple[list[tuple[CaseRe
     return cases, failed
 
 
+# what build_reports looks for, named when a folder holds none of it
+LOOKED_FOR = (f"case folder ({CASE_FILE}, from medad explain), medad screen run output (results.json), "
+              "medad images screen output (summary.json) or PNG figure")
 MAX_LISTED_FILES = 30  # flagged image files named on a frame folder's page (all are in frames.csv)
 
 
@@ -213,10 +216,14 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
 
     A case that fails (unreadable ``case.json``, missing figure) is listed on the index with its
     problem and the others are still reported. Returns (index path, reported, failures).
+    Raises :class:`ReadError` when ``root`` is missing, not a folder, or holds nothing to report.
     """
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise ReadError("results folder not found", root)
+    if not root.is_dir():
+        raise ReadError("is a file, not a results folder (medad report takes the output folder of medad explain, "
+                        "medad screen run, medad images screen or medad brain score)", root)
     pipeline, failed = _pipeline_cases(root)
     # summary.csv of every pipeline output folder under root (a `medad brain score` folder may sit
     # beside others): its rows describe the case folders next to it
@@ -255,5 +262,7 @@ def build_reports(root: str | Path) -> tuple[Path, list[tuple[CaseReport, str]],
             done.append((case, str(page.relative_to(root))))
         except MedadError as e:
             failed.append((str(folder.relative_to(root)) or ".", _why(e)))
+    if not done and not failed:  # nothing to report is a mistake (wrong folder), not an empty success
+        raise ReadError(f"nothing to report: no {LOOKED_FOR} found in this folder or its subfolders", root)
     index = write_index(root / INDEX_FILE, done, failed)
     return index, done, failed
