@@ -132,9 +132,14 @@ def describe_folder(folder: Path, max_depth: int = 3) -> dict[str, Any]:
     for c in rows.values():
         total.update(c)
     labels = sorted({Path(r).name for r in rows if r != "."})
-    return {"kind": "folder", "path": str(folder), "files": dict(total),
-            "folders": {r: dict(c) for r, c in list(rows.items())[:_MAX_FOLDER_ROWS]},
-            "n_folders_with_data": len(rows), "labels_found": labels}
+    out = {"kind": "folder", "path": str(folder), "files": dict(total),
+           "folders": {r: dict(c) for r, c in list(rows.items())[:_MAX_FOLDER_ROWS]},
+           "n_folders_with_data": len(rows), "labels_found": labels}
+    if not rows:  # most often a wrong path: say what was looked for rather than print zeros only
+        out["note"] = (f"no file medad reads here or up to {max_depth} folder levels below (volumes "
+                       f"{', '.join(VOLUME_FILE_SUFFIXES)}; images; videos; signals {', '.join(SIGNAL_EXTENSIONS)}; "
+                       "DICOM series folders)")
+    return out
 
 
 def _print(info: dict[str, Any], as_json: bool) -> None:
@@ -184,6 +189,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Print what a file or folder holds: shape, spacing, orientation, sampling rate, channels,
         duration, frames, labels found."""
+        if sfreq is not None and not sfreq > 0:  # a rate <= 0 would be shown as the file's own
+            raise typer.BadParameter(f"must be a sampling rate > 0 Hz, got {sfreq:g}", param_hint="--text-sfreq")
         _print(describe_path(path, series_uid=series_uid, sfreq=sfreq), as_json)
 
     datasets_app = typer.Typer(help="Dataset adapters: list kinds, count items per label and split.",

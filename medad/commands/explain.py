@@ -27,6 +27,26 @@ def _read_rate(path: Path, text_sfreq: Optional[float], sfreq: Optional[float]) 
     return text_sfreq if text_sfreq is not None else sfreq
 
 
+def _check_explain_args(model: Path, input: Path, text_sfreq: Optional[float], sfreq: Optional[float]) -> None:
+    """The likely mistakes, named before a model is loaded: a rate <= 0, a missing input, a model
+    path that is missing, a file, or a folder holding no medad model of any kind."""
+    from medad.errors import ReadError
+    from medad.utils import MODEL_FOLDER_KINDS
+
+    for option, rate in (("--text-sfreq", text_sfreq), ("--sfreq", sfreq)):
+        if rate is not None and not rate > 0:
+            raise typer.BadParameter(f"must be a sampling rate > 0 Hz, got {rate:g}", param_hint=option)
+    if not model.exists():
+        raise ReadError("model folder not found", model)
+    if not model.is_dir():
+        raise ReadError("is a file; MODEL is the folder a medad model was saved in", model)
+    if not any((model / f).is_file() for f in MODEL_FOLDER_KINDS):
+        raise ReadError(f"not a medad model folder (none of {', '.join(MODEL_FOLDER_KINDS)}): give the --out folder "
+                        "of medad brain train, screen train or images train, or a folder Detector.save wrote", model)
+    if not input.exists():
+        raise ReadError("input file or folder not found", input)
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @app.command("explain", cls=AliasedCommand)
     def explain_cmd(
@@ -61,6 +81,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Explain a detector's decision on one input: maps, overlays, NIfTI maps and report.html."""
         from medad.report.cases import explain_file
 
+        _check_explain_args(model, input, text_sfreq, sfreq)
         kw = {k: v for k, v in dict(n_samples=n_samples, n_segments=n_segments, device=device).items() if v is not None}
         if (model / "brain_model.json").is_file():  # a `medad brain train` model: use its preprocessing
             from pipelines.brain_lesions import explain_scan
