@@ -162,6 +162,10 @@ def read_model_json(folder: str | Path, filename: str, what: str) -> dict[str, A
 
     folder = Path(folder)
     f = folder / filename
+    if not folder.exists():
+        raise ReadError(f"model folder not found (expected a {what})", folder)
+    if not folder.is_dir():
+        raise ReadError(f"is a file, not a model folder (expected a {what})", folder)
     if not f.is_file():
         raise ReadError(f"not a {what} (no {filename}){_other_model_hint(folder, filename)}", folder)
     try:

@@ -129,8 +129,9 @@ class FramesConfig:
         names the setting and its command-line option."""
         if not isinstance(self.detector, str) or not self.detector:
             raise ConfigError(f"detector (--detector) must be a registry name, got {self.detector!r}")
-        if not isinstance(self.detector_params, dict):
-            raise ConfigError(f"detector_params must be a mapping, got {type(self.detector_params).__name__}")
+        from medad.config import check_detector_params
+
+        check_detector_params(self.detector_params)
         check_int("image_size", self.image_size, MIN_IMAGE_SIZE, "--image-size")
         check_share("val_fraction", self.val_fraction)
         check_share("fpr", self.fpr, "--fpr")

@@ -58,5 +58,10 @@ def test_loading_another_kind_of_model_folder_names_what_it_holds(tmp_path):
     (brain / "brain_model.json").write_text("{}")
     with pytest.raises(ReadError, match="medad brain score"):
         Detector.load(brain)
-    with pytest.raises(ReadError, match=r"no config.json\)$"):
+    with pytest.raises(ReadError, match=r"model folder not found \(expected a saved medad detector\)"):
         Detector.load(tmp_path / "brain" / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReadError, match=r"no config.json\)$"):
+        Detector.load(tmp_path / "empty")
+    with pytest.raises(ReadError, match="is a file, not a model folder"):
+        Detector.load(tmp_path / "fusion.json")
