@@ -321,10 +321,10 @@ def test_mitbih_and_yaseen_options_fail_before_any_data_is_read(monkeypatch, tmp
     _write(tmp_path / "q" / "mitbih.json", mit)
     with pytest.raises(MedadError, match="cannot merge a full run"):
         sig.run_mitbih(tmp_path, tmp_path, methods=["isolation_forest"], merge=tmp_path / "q")
-    with pytest.raises(ReadError, match="must hold 'inter-patient"):
+    with pytest.raises(ReadError, match="must hold results of 'inter-patient"):
         sig.run_mitbih(tmp_path, tmp_path, methods=["isolation_forest"], quick=True,
                        merge=_write(tmp_path / "x.json", {"protocol": {"quick": True}, "results": {}}))
-    with pytest.raises(ReadError, match="nope.yaml"):  # a missing screening config: not after every method ran
+    with pytest.raises(ConfigError, match="nope.yaml: config file not found"):  # a missing screening config: not after every method ran
         sig.run_mitbih(tmp_path, tmp_path, methods=["pipeline"], pipeline_configs=[tmp_path / "nope.yaml"])
     with pytest.raises(ConfigError, match="only used by the 'pipeline' row"):  # silently ignored before
         sig.run_mitbih(tmp_path, tmp_path, methods=["isolation_forest"], pipeline_configs=[sig.SCREENING_CONFIG])
@@ -373,8 +373,8 @@ def test_image_screening_unknown_detector_or_task_fails_before_any_task_runs(mon
     assert ran == [("brain", picked), ("brain_z", picked)]
     assert json.loads((out / "image-screening.json").read_text())["tasks"].keys() == {"brain", "brain_z"}
     ran.clear()
-    with pytest.raises(ReadError, match="task wce needs its data folder"):
-        ims.run_image_screening(tmp_path / "empty", out, tasks=["brain", "wce"])
+    with pytest.raises(ReadError, match=r"no data folder for tasks wce \(endoscopy/wce_bleedgen\), ct_tumour"):
+        ims.run_image_screening(_image_data(tmp_path / "part", ["brain"]), out, tasks=["brain", "wce", "ct_tumour"])
     assert ran == []
 
 

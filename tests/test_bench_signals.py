@@ -184,6 +184,10 @@ def test_previous_run_to_merge_into(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ReadError):
         _previous_run(tmp_path / "bad.json", False, "task")
+    # the run's output folder works as well as its file; another benchmark's folder is named
+    assert _previous_run(tmp_path, False, "task", bench="bonn")[0] == prev
+    with pytest.raises(ReadError, match="no mitbih.json here"):
+        _previous_run(tmp_path, False, "task", bench="mitbih")
 
 
 def test_mitbih_rr_channels_and_training_beats():

@@ -1245,12 +1245,11 @@ def check_options(data_root: Path | None, tasks: list[str] | None, detectors: li
         detectors = select_rows(detectors, known, "detector")
     if not budget > 0:
         raise ConfigError(f"budget must be > 0, got {budget}")
-    if tasks and data_root is not None:
-        for task in tasks:
-            for sub in TASK_DATA[task]:
-                if not (Path(data_root) / sub).is_dir():
-                    raise ReadError(f"task {task} needs its data folder here (leave the task out with --tasks)",
-                                    Path(data_root) / sub)
+    missing = [f"{task} ({sub})" for task in tasks if data_root is not None for sub in TASK_DATA[task]
+               if not (Path(data_root) / sub).is_dir()]
+    if missing:
+        raise ReadError(f"no data folder for task{'s' if len(missing) > 1 else ''} {', '.join(missing)} under "
+                        "this data root (leave such tasks out with --tasks)", data_root)
 
     def same_budget(old: dict[str, Any]) -> None:
         if not isinstance(old.get("tasks", {}), dict):

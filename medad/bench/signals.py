@@ -1635,7 +1635,7 @@ def _previous_run(previous: str | Path, quick: bool, task: str, *, bench: str = 
     try:
         _, prev = earlier_run(previous, bench, quick=quick, check=check)
     except ReadError as e:
-        raise ReadError(f"{e.problem} (it must hold '{task}' results to merge into)", e.path) from None
+        raise ReadError(f"{e.problem}; it must hold results of '{task}' to merge into", e.path) from None
     source = f"the run of {prev.get('environment', {}).get('date', 'an unknown date')}"
     notes = [prev["protocol"][k] for k in ("merged", "reused") if prev.get("protocol", {}).get(k)]
     if notes:
