@@ -351,8 +351,9 @@ def check_supervised(cfg: ScreeningConfig, abnormal: bool) -> None:
     if cfg.detector == "features":  # registered on import (see _detector)
         importlib.import_module("medad.detectors.features")
     cls = registry.get(cfg.detector)  # an unknown name is a ConfigError listing the known ones
-    if cls.input_kind != "signal":
-        return  # _detector says what screening needs
+    if cls.input_kind != "signal":  # said now, not after every recording is read
+        raise ConfigError(f"detector {cfg.detector!r} takes {cls.input_kind} input; screening needs a signal "
+                          f"detector: {', '.join(sorted(signal_detectors(False) + signal_detectors(True)))}")
     if abnormal and not cls.supervised:
         raise ConfigError(f"detector {cfg.detector!r} is one-class (it learns normal recordings only) and cannot use "
                           f"abnormal recordings (--abnormal): choose a supervised detector -- "

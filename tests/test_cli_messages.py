@@ -164,3 +164,21 @@ def test_inspect_empty_folder_says_what_it_looked_for(tmp_path):
     r = _cli(["inspect", tmp_path])
     assert r.exit_code == 0, _out(r)
     assert "no file medad reads" in r.output and ".edf" in r.output
+
+
+def test_a_wrong_detector_in_a_config_file_is_named_with_the_file_before_reading(tmp_path):
+    """An image detector in a screening YAML, or an unknown parameter in a brain YAML, fails before
+    any recording/scan is read, naming the config file (it came after reading, without the file)."""
+    from medad.errors import ConfigError
+
+    cfg = tmp_path / "screen.yaml"
+    cfg.write_text("detector: ae\n")
+    empty = tmp_path / "none"  # never read: the config is refused first
+    r = _cli(["screen", "train", empty, "--config", cfg, "--out", tmp_path / "m"])
+    assert isinstance(r.exception, ConfigError), _out(r)
+    assert "screen.yaml" in _out(r) and "takes image input" in _out(r)
+    bcfg = tmp_path / "brain.yaml"
+    bcfg.write_text("detector: intensity\ndetector_params: {no_such_param: 1}\n")
+    r = _cli(["brain", "train", empty, "--config", bcfg, "--out", tmp_path / "b"])
+    assert isinstance(r.exception, ConfigError), _out(r)
+    assert "brain.yaml" in _out(r) and "no_such_param" in _out(r)

@@ -36,8 +36,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 setattr(cfg, k, v)
         if cfg.detector != "ensemble":  # a wrong name or parameter: now, not after the preprocessing
             from medad import registry
+            from medad.errors import ConfigError
 
-            registry.create(cfg.detector, **cfg.detector_params)
+            try:
+                registry.create(cfg.detector, **cfg.detector_params)
+            except ConfigError as e:  # named in a config file: the error names the file
+                raise (ConfigError(e.problem, config) if config and detector is None else e) from None
         train_brain(healthy, out, cfg)
 
     @brain_app.command("score")

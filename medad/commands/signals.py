@@ -87,6 +87,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                      "channels": picked}.items():
             if v is not None:
                 setattr(cfg, k, v)
+        from medad.errors import ConfigError
+        from pipelines.screening import check_supervised
+
+        try:  # the detector named in a config file: the error names the file
+            check_supervised(cfg, abnormal is not None)
+        except ConfigError as e:
+            raise (ConfigError(e.problem, config) if config and detector is None else e) from None
         path = train_screening(normals, out, cfg, abnormal_folder=abnormal)
         typer.echo(f"screening model written to {path}")
 
