@@ -61,23 +61,25 @@ def test_fusion_gives_signal_members_one_channel_and_refuses_image_members():
 
 
 def test_mitbih_merge_keeps_earlier_results_not_rerun(tmp_path):
-    from medad.bench.signals import SCREENING_CONFIG, _merge_mitbih
+    from medad.bench.signals import MITBIH_TASK, SCREENING_CONFIG, _merge_mitbih, _previous_run
 
-    task = "inter-patient normal vs PVC, one-class"
+    task = MITBIH_TASK
     prev = {"environment": {"date": "2026-01-02"}, "protocol": {"quick": False}, "results": {task: {"a": {"auroc": 0.9}, "b": {"auroc": 0.8}}},
             "per_record": {"a": {"100": 1}}, "pipeline": {"auroc": 0.99}}
     f = tmp_path / "mitbih.json"
     f.write_text(json.dumps(prev))
-    res, per, pipes, source = _merge_mitbih(f, False, {"b": {"auroc": 0.85}, "c": {"auroc": 0.7}}, {"c": {}},
-                                    {"x.yaml": {"auroc": 0.5}})
+    earlier = _previous_run(f, False, task, bench="mitbih")
+    res, per, pipes, source = _merge_mitbih(earlier, {"b": {"auroc": 0.85}, "c": {"auroc": 0.7}}, {"c": {}},
+                                            {"x.yaml": {"auroc": 0.5}})
     assert list(res) == ["a", "b", "c"] and res["b"]["auroc"] == 0.85 and res["a"]["auroc"] == 0.9
     assert set(per) == {"a", "c"} and "2026-01-02" in source
     assert pipes == {SCREENING_CONFIG.name: {"auroc": 0.99}, "x.yaml": {"auroc": 0.5}}
+    assert _previous_run(tmp_path, False, task, bench="mitbih")[0] == prev  # the run's folder does as well
     with pytest.raises(InputError, match="quick"):
-        _merge_mitbih(f, True, {}, {}, {})
+        _previous_run(f, True, task, bench="mitbih")
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ReadError):
-        _merge_mitbih(tmp_path / "bad.json", False, {}, {}, {})
+        _previous_run(tmp_path / "bad.json", False, task, bench="mitbih")
 
 
 def test_fusion_keeps_its_training_input_statistics_for_site_normalisation(tmp_path):
