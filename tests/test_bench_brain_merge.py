@@ -198,3 +198,24 @@ def test_site_calibrated_threshold_uses_only_the_test_sites_held_out_subjects():
     assert out["dice"] == pytest.approx(2 * 4 / (4 + 8))  # 4 of the 8 lesion voxels found, no false one
     assert model.voxel_threshold == 0.5  # the protocol's threshold is left as it was
     assert site_calibrated(model, [vol("Subj3", 9.0)], [None], {"pat0002"}, [], []) == {}
+
+
+def test_merge_is_checked_before_anything_runs(tmp_path, monkeypatch):
+    """A --merge that is missing, not a brain-lesions file or a quick run into a full one fails
+    before any data is read (it failed only after every row had run)."""
+    import medad.bench.brain_lesions as bl
+    from medad.errors import InputError
+
+    def never(*a, **k):
+        raise AssertionError("data read before the merge file was checked")
+
+    monkeypatch.setattr(bl, "BenchData", never)
+    with pytest.raises(ReadError, match="no brain-lesions.json here"):
+        bl.run_brain_lesions(data_root=tmp_path, out=tmp_path / "o", detectors=["intensity"], merge=[tmp_path])
+    (tmp_path / "brain-lesions.json").write_text(json.dumps({"benchmark": "bonn", "results": {}}))
+    with pytest.raises(InputError, match="bonn benchmark's file"):
+        bl.run_brain_lesions(data_root=tmp_path, out=tmp_path / "o", detectors=["intensity"], merge=[tmp_path])
+    (tmp_path / "brain-lesions.json").write_text(json.dumps({"benchmark": "brain-lesions", "quick": True,
+                                                               "results": []}))
+    with pytest.raises(InputError, match="cannot merge a full run"):
+        bl.run_brain_lesions(data_root=tmp_path, out=tmp_path / "o", detectors=["intensity"], merge=[tmp_path])
