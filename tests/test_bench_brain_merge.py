@@ -219,3 +219,20 @@ def test_merge_is_checked_before_anything_runs(tmp_path, monkeypatch):
                                                                "results": []}))
     with pytest.raises(InputError, match="cannot merge a full run"):
         bl.run_brain_lesions(data_root=tmp_path, out=tmp_path / "o", detectors=["intensity"], merge=[tmp_path])
+
+
+def test_detectors_option_takes_repeated_and_comma_separated_names(tmp_path, monkeypatch):
+    """`bench brain-lesions --detectors` takes names repeated (as bench image-screening does) or
+    comma-separated (as before), or both."""
+    from typer.testing import CliRunner
+
+    import medad.bench.brain_lesions as bl
+    from medad.cli import app
+
+    seen = []
+    monkeypatch.setattr(bl, "run_brain_lesions", lambda **kw: seen.append(kw["detectors"]))
+    for args in (["--detectors", "intensity,dae"], ["--detectors", "intensity", "--detectors", "dae"],
+                 ["--detectors", "intensity, dae", "--detectors", "none"]):
+        r = CliRunner().invoke(app, ["bench", "brain-lesions", *args, "--out", str(tmp_path)])
+        assert r.exit_code == 0, r.output
+    assert seen == [["intensity", "dae"]] * 3

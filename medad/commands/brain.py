@@ -81,9 +81,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_brain_lesions(
         data_root: Optional[Path] = typer.Option(None, "--data-root", help="data root (default: $MEDAD_DATA_ROOT or ../shared/data)"),
         out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
-        detectors: str = typer.Option("intensity", "--detectors", help="comma-separated row names: NAME reads brain_NAME_<modality>.yaml or brain_NAME.yaml from "
+        detectors: List[str] = typer.Option(["intensity"], "--detectors", help="row names, repeated or comma-separated (as "
+                                             "bench image-screening takes them): NAME reads brain_NAME_<modality>.yaml or brain_NAME.yaml from "
                                              "--config-dir (e.g. pddpm_overlap, ensemble), else the registered detector NAME with its "
-                                             "defaults ('none' with --merge: only merge)"),
+                                             "defaults; globs select several ('none' with --merge: only merge)"),
         modalities: str = typer.Option("flair,t1c", "--modalities", help="comma-separated: flair, t1c"),
         quick: bool = typer.Option(False, "--quick", help="few NiChart subjects and short training (smoke run)"),
         config_dir: Path = typer.Option(Path("configs"), "--config-dir", help="folder of the brain_<name>[_<modality>].yaml configs (default: configs/ here, else "
@@ -99,7 +100,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Train on healthy slices, calibrate on held-out healthy ones, test on 4 BraTS patients."""
         from medad.bench.brain_lesions import run_brain_lesions
 
-        run_brain_lesions(data_root=data_root, out=out, detectors=[d.strip() for d in detectors.split(",") if d.strip() not in ("", "none")],
+        names = [d.strip() for item in detectors for d in item.split(",")]
+        run_brain_lesions(data_root=data_root, out=out, detectors=[d for d in names if d not in ("", "none")],
                           modalities=[m.strip().lower() for m in modalities.split(",") if m.strip()], quick=quick,
                           config_dir=config_dir, copy_to=copy_to, cache_dir=cache_dir, merge=merge or None,
                           models_dir=models_dir)
