@@ -155,17 +155,26 @@ def _other_model_hint(folder: Path, wanted: str) -> str:
     return f"; it holds {kinds[0]}" if kinds else ""
 
 
+def check_model_folder(folder: str | Path, what: str) -> Path:
+    """``folder`` as a :class:`~pathlib.Path`, or a clear :class:`ReadError` when it does not exist
+    or is a file (``what`` names the kind of model expected)."""
+    from medad.errors import ReadError
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise ReadError(f"model folder not found (expected a {what})", folder)
+    if not folder.is_dir():
+        raise ReadError(f"is a file, not a model folder (expected a {what})", folder)
+    return folder
+
+
 def read_model_json(folder: str | Path, filename: str, what: str) -> dict[str, Any]:
     """Read ``folder/filename`` of a saved model folder, raising a clear :class:`ReadError` when the
     folder is not such a model (``what`` names the kind) or the JSON is corrupt."""
     from medad.errors import ReadError
 
-    folder = Path(folder)
+    folder = check_model_folder(folder, what)
     f = folder / filename
-    if not folder.exists():
-        raise ReadError(f"model folder not found (expected a {what})", folder)
-    if not folder.is_dir():
-        raise ReadError(f"is a file, not a model folder (expected a {what})", folder)
     if not f.is_file():
         raise ReadError(f"not a {what} (no {filename}){_other_model_hint(folder, filename)}", folder)
     try:

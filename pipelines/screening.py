@@ -219,8 +219,9 @@ class ScreeningConfig:
         return out
 
     def validate(self) -> None:
-        if not isinstance(self.detector_params, dict):
-            raise ConfigError(f"detector_params must be a mapping (name: value), got {self.detector_params!r}")
+        from medad.config import check_detector_params
+
+        check_detector_params(self.detector_params)
         if self.window_seconds <= 0 or not 0 < self.step_seconds <= self.window_seconds:
             raise ConfigError(f"need 0 < step_seconds <= window_seconds, got {self.step_seconds}, {self.window_seconds}")
         if self.normalize not in ("recording", "window", "none"):

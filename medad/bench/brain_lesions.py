@@ -377,10 +377,11 @@ def run_pipeline_detector(name: str, modality: str, data: BenchData, config_dir:
     for vol, lesion in zip(sets["test"], les["test"]):
         with Timer() as t:
             amap = model.volume_map(vol)
-            pred = model.segment(amap, model.support(vol))
+            sup = model.support(vol)
+            pred = model.segment(amap, sup)
         infer.append(t.seconds)
         rows.append((vol.record.subject_id, amap, pred, lesion, vol.brain))
-        supports.append(model.support(vol))
+        supports.append(sup)  # the site-calibrated mask is cut to the same support
     res = evaluate_maps(rows, d["test_regions"])
     res.update(site_calibrated(model, sets["val"], les["val"], {c.case_id for c in data.cases}, rows, supports))
     res.update({

@@ -31,15 +31,12 @@ def _check_explain_args(model: Path, input: Path, text_sfreq: Optional[float], s
     """The likely mistakes, named before a model is loaded: a rate <= 0, a missing input, a model
     path that is missing, a file, or a folder holding no medad model of any kind."""
     from medad.errors import ReadError
-    from medad.utils import MODEL_FOLDER_KINDS
+    from medad.utils import MODEL_FOLDER_KINDS, check_model_folder
 
     for option, rate in (("--text-sfreq", text_sfreq), ("--sfreq", sfreq)):
         if rate is not None and not rate > 0:
             raise typer.BadParameter(f"must be a sampling rate > 0 Hz, got {rate:g}", param_hint=option)
-    if not model.exists():
-        raise ReadError("model folder not found", model)
-    if not model.is_dir():
-        raise ReadError("is a file; MODEL is the folder a medad model was saved in", model)
+    check_model_folder(model, "medad model: the --out folder of brain, screen or images train")
     if not any((model / f).is_file() for f in MODEL_FOLDER_KINDS):
         raise ReadError(f"not a medad model folder (none of {', '.join(MODEL_FOLDER_KINDS)}): give the --out folder "
                         "of medad brain train, screen train or images train, or a folder Detector.save wrote", model)
