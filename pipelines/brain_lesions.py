@@ -459,6 +459,15 @@ def healthy_items(cfg: "BrainLesionConfig", volumes: Sequence[PreparedVolume],
                           min_brain_fraction=cfg.min_brain_fraction, lesions=lesions)
 
 
+def healthy_support(support: np.ndarray, lesion: np.ndarray | None, voxels: bool = False) -> np.ndarray:
+    """The healthy part of a calibration scan's support: without the axial slices that hold any
+    ``lesion`` voxel (default), or with ``voxels`` without the lesion voxels alone (record grid)."""
+    if lesion is None:
+        return support
+    lesion = np.asarray(lesion, bool)
+    return support & ~(lesion if voxels else lesion.any(axis=(0, 1))[None, None, :])
+
+
 # ----------------------------------------------------------------------------------- model
 
 
@@ -530,24 +539,30 @@ class BrainModel:
         return remove_small_components((amap > self.voxel_threshold) & support, self.config.min_lesion_voxels)
 
     # -- calibration ----------------------------------------------------------------
+    def calibration_maps(self, volumes: Sequence[PreparedVolume], *, progress: bool = False
+                         ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Post-processed map and support (record grid) of each held-out scan: what
+        :meth:`calibrate` reads, computed once where several calibrations share them."""
+        from tqdm.auto import tqdm
+
+        return [(self.volume_map(v), self.support(v))
+                for v in tqdm(volumes, desc="calibrate", disable=not progress, unit="scan")]
+
     def calibrate(self, volumes: Sequence[PreparedVolume], *, exclude: Sequence[np.ndarray | None] | None = None,
+                  exclude_voxels: bool = False, maps: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
                   progress: bool = False) -> "BrainModel":
         """Voxel threshold at ``pixel_fpr`` of held-out healthy brain voxels and the decision
         volume (largest lesion volume found on those healthy scans). ``exclude`` (record grid,
-        per volume) removes whole axial slices that hold lesion voxels, for scans that are only
-        partly healthy."""
-        from tqdm.auto import tqdm
-
+        per volume) marks lesion voxels of scans that are only partly healthy: the whole axial
+        slices that hold them are left out, or with ``exclude_voxels`` only the lesion voxels
+        themselves. ``maps``: the scans' :meth:`calibration_maps` when already computed."""
         from medad.detectors.base import threshold_at_fpr
 
-        maps, sups = [], []
-        for i, v in enumerate(tqdm(volumes, desc="calibrate", disable=not progress, unit="scan")):
-            amap, sup = self.volume_map(v), self.support(v)
-            ex = None if exclude is None else exclude[i]
-            if ex is not None:
-                sup = sup & ~np.asarray(ex, bool).any(axis=(0, 1))[None, None, :]
-            maps.append(amap)
-            sups.append(sup)
+        if maps is None:
+            maps = self.calibration_maps(volumes, progress=progress)
+        sups = [healthy_support(sup, None if exclude is None else exclude[i], exclude_voxels)
+                for i, (_, sup) in enumerate(maps)]
+        maps = [m for m, _ in maps]
         vals = np.concatenate([m[s] for m, s in zip(maps, sups)])
         self.voxel_threshold = threshold_at_fpr(vals, self.config.pixel_fpr)
         vols_ml = [float(self.segment(m, s).sum()) * _voxel_ml(v) for m, s, v in zip(maps, sups, volumes)]
@@ -556,6 +571,8 @@ class BrainModel:
                                     "pixel_fpr": self.config.pixel_fpr,
                                     "healthy_lesion_ml": [round(x, 3) for x in vols_ml],
                                     "source": "held-out healthy subjects"}
+        if exclude is not None:
+            self.info["calibration"]["lesions_left_out_as"] = "voxels" if exclude_voxels else "slices"
         if len(volumes) < MIN_CALIBRATION_SCANS:
             self.info["calibration"]["warning"] = (
                 f"the thresholds come from {len(volumes)} held-out healthy scan(s): the decision volume is the "

@@ -160,44 +160,76 @@ def test_bench_configs_come_from_medad_outside_the_repository(tmp_path, monkeypa
     assert Path(src) == CONFIG_DIR / "brain_intensity.yaml"
 
 
-def test_site_calibrated_threshold_uses_only_the_test_sites_held_out_subjects():
-    """The site-calibrated figure thresholds the test maps at a level set on the held-out healthy
-    subjects of the test site alone (NiChart held-out subjects left out), lesion slices excluded."""
+def _calibration_case():
+    """A real BrainModel whose held-out maps are given: a NiChart subject (high healthy level) and the
+    held-out BraTS train case (its lesion slice and lesion voxels hotter than the rest)."""
     from types import SimpleNamespace
 
     import numpy as np
 
-    from medad.bench.brain_lesions import site_calibrated
+    from pipelines.brain_lesions import BrainLesionConfig, BrainModel
 
-    class Model:
-        voxel_threshold, info = 0.5, {}
+    def vol(sid, brain):
+        return SimpleNamespace(record=SimpleNamespace(subject_id=sid, spacing=(1.0, 1.0, 1.0)), brain=brain)
 
-        def calibrate(self, vols, exclude):
-            self.seen = [v.record.subject_id for v in vols]
-            self.excluded = exclude
-            self.voxel_threshold = max(float(v.level) for v in vols)
-            return self
-
-        def segment(self, amap, support):
-            return (amap > self.voxel_threshold) & support
-
-    def vol(sid, level):
-        return SimpleNamespace(record=SimpleNamespace(subject_id=sid), level=level)
-
-    val = [vol("Subj3", 9.0), vol("pat0002", 2.0)]  # a NiChart subject would set a much higher level
+    brain = np.ones((4, 4, 2), bool)
+    nichart = np.full((4, 4, 2), 9.0)
+    brats = np.zeros((4, 4, 2))
+    brats[:, :, 1] = 2.0  # healthy voxels of the lesion slice: warmer than the lesion-free slice
     lesion = np.zeros((4, 4, 2), bool)
+    lesion[0, 0, 1] = True
+    brats[0, 0, 1] = 20.0
+    val = [vol("Subj3", brain), vol("pat0002", brain)]
+    model = BrainModel(None, BrainLesionConfig(pixel_fpr=0.01, min_lesion_voxels=0, erode=0), voxel_threshold=0.5)
+    maps = {"Subj3": (nichart, brain), "pat0002": (brats, brain)}
+    model.calibration_maps = lambda volumes, progress=False: [maps[v.record.subject_id] for v in volumes]
     amap = np.zeros((4, 4, 2))
-    amap[0, :2] = 3.0  # above the site level (2), below the NiChart one (9)
+    amap[0, :2] = 3.0  # above the BraTS levels (0 and 2), below the NiChart one (9)
+    amap[1, :2] = 1.0  # above the lesion-free slice's level only
     truth = np.zeros((4, 4, 2), bool)
     truth[0, :] = True
-    brain = np.ones((4, 4, 2), bool)
-    model = Model()
-    out = site_calibrated(model, val, [None, lesion], {"pat0002", "pat0006"},
-                          [("pat0010", amap, None, truth, brain)], [brain])["site_calibrated"]
-    assert out["subjects"] == ["pat0002"] and out["voxel_threshold"] == 2.0
-    assert out["dice"] == pytest.approx(2 * 4 / (4 + 8))  # 4 of the 8 lesion voxels found, no false one
-    assert model.voxel_threshold == 0.5  # the protocol's threshold is left as it was
-    assert site_calibrated(model, [vol("Subj3", 9.0)], [None], {"pat0002"}, [], []) == {}
+    return model, val, [None, lesion], [("pat0010", amap, None, truth, brain)], [brain]
+
+
+def test_calibration_checks_set_thresholds_only_on_held_out_healthy_data():
+    """Site-calibrated: the test site's held-out subject alone, lesion slices left out; voxel-calibrated:
+    all held-out subjects, lesion voxels left out; val patient: calibrated on the other site each way,
+    judged on the held-out BraTS case's lesion. The protocol's own threshold is left as it was."""
+    from medad.bench.brain_lesions import calibration_checks
+
+    model, val, lesions, rows, supports = _calibration_case()
+    out = calibration_checks(model, val, lesions, {"pat0002", "pat0006"}, rows, supports)
+    site = out["site_calibrated"]
+    assert site["subjects"] == ["pat0002"] and site["voxel_threshold"] == 0.0  # the lesion slice was left out
+    assert site["dice"] == pytest.approx(2 * 4 / (8 + 8))  # 4 of 8 lesion voxels found, 4 false ones (level 1)
+    vox = out["voxel_calibrated"]
+    assert vox["voxel_threshold"] == 9.0  # NiChart's level sets it: nothing of the test map is above
+    assert vox["dice"] == 0.0
+    vp = out["val_patient"]
+    assert vp["subjects"] == ["pat0002"]
+    assert vp["slices"]["voxel_threshold"] == vp["voxels"]["voxel_threshold"] == 9.0  # NiChart only
+    assert vp["slices"]["dice"] == pytest.approx(1.0)  # the lesion voxel (20) alone is above 9
+    assert model.voxel_threshold == 0.5
+    # without the other site there is nothing to judge the two ways on; without the test site no site figure
+    out = calibration_checks(model, val[1:], lesions[1:], {"pat0002"}, rows, supports)
+    assert "val_patient" not in out and out["voxel_calibrated"]["voxel_threshold"] == 2.0
+    out = calibration_checks(model, val[:1], lesions[:1], {"pat0002"}, rows, supports)
+    assert set(out) == {"voxel_calibrated"}
+
+
+def test_healthy_support_leaves_out_lesion_slices_or_voxels():
+    import numpy as np
+
+    from pipelines.brain_lesions import healthy_support
+
+    sup = np.ones((3, 3, 4), bool)
+    lesion = np.zeros_like(sup)
+    lesion[1, 1, 2] = True
+    assert healthy_support(sup, None) is sup
+    by_slice = healthy_support(sup, lesion)
+    assert not by_slice[:, :, 2].any() and by_slice[:, :, [0, 1, 3]].all()
+    by_voxel = healthy_support(sup, lesion, voxels=True)
+    assert by_voxel.sum() == sup.sum() - 1 and not by_voxel[1, 1, 2]
 
 
 def test_merge_is_checked_before_anything_runs(tmp_path, monkeypatch):
