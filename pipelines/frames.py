@@ -282,7 +282,8 @@ def _validation_metrics(det, normal_val: np.ndarray, abnormal_val: list[np.ndarr
     from medad.evaluation import auroc, cross_calibration
 
     s_norm = det.score(normal_val).score
-    s_abn = [det.score(v).score for v in abnormal_val]
+    r_abn = [det.score(v) for v in abnormal_val]
+    s_abn = [r.score for r in r_abn]
     y = np.concatenate([np.zeros(len(s_norm), bool)] + [np.ones(len(s), bool) for s in s_abn])
     s = np.concatenate([s_norm, *s_abn])
     cc = cross_calibration([np.asarray(v, np.float64).reshape(1) for v in s_norm], fpr,
@@ -306,9 +307,9 @@ def _validation_metrics(det, normal_val: np.ndarray, abnormal_val: list[np.ndarr
                             for k, sk in enumerate(s_abn, start=1)}
         if hasattr(det, "predict_proba"):
             n_right = n_flagged = 0
-            for k, (v, sk) in enumerate(zip(abnormal_val, s_abn), start=1):
-                hit = sk > det.threshold_
-                named = most_likely_abnormal(det.predict_proba(v[hit]))[0] if hit.any() else np.zeros(0, int)
+            for k, r in enumerate(r_abn, start=1):
+                hit = r.score > det.threshold_
+                named = most_likely_abnormal(_scored_proba(det, r)[hit])[0]
                 rec = out["per_class"][str(k)]
                 rec["flagged_named"] = {n: int(np.sum(named == j)) for j, n in enumerate(names, start=1)}
                 rec["naming_accuracy"] = float(np.mean(named == k)) if len(named) else None
@@ -317,6 +318,16 @@ def _validation_metrics(det, normal_val: np.ndarray, abnormal_val: list[np.ndarr
             out["naming_items"] = ("held-out abnormal frames above the threshold, named by their most likely "
                                    "abnormal class")
     return out
+
+
+def _scored_proba(det, res) -> np.ndarray:
+    """The class probabilities ``(N, K)`` a detector with ``predict_proba`` gave with its scores
+    ``res`` (:class:`medad.detectors.classifier.ClassifierResult`: one forward pass makes both, so
+    the flagged items are not run through the network again)."""
+    proba = getattr(res, "proba", None)
+    if proba is None:
+        raise TypeError(f"{type(det).__name__} has predict_proba but gave no class probabilities with its scores")
+    return np.asarray(proba)
 
 
 def most_likely_abnormal(proba: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -604,7 +615,7 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         has_map = res.map is not None
         if class_names and np.any(res.label):
             lab_idx = np.flatnonzero(np.asarray(res.label, bool))
-            named, p_named = most_likely_abnormal(det.predict_proba(x[lab_idx]))
+            named, p_named = most_likely_abnormal(_scored_proba(det, res)[lab_idx])  # from the scoring pass
             named_at = dict(zip(lab_idx.tolist(), zip(named.tolist(), p_named.tolist())))
         for j, f in enumerate(chunk):
             s, lab = float(res.score[j]), bool(res.label[j])

@@ -94,6 +94,50 @@ def test_cli_screen_names_the_class_of_flagged_frames(cli_model, data, tmp_path)
     assert len(named["test_blue"]) >= 4 and named["test_blue"].count("blue") > len(named["test_blue"]) / 2
 
 
+def test_screen_names_classes_from_the_scoring_pass(cli_model, data, tmp_path, monkeypatch):
+    """The flagged frames' classes come from the forward pass that scored them: the network sees
+    each screened frame once, and the class columns are what the classifier's probabilities of
+    those frames say (as a separate predict_proba call on them gives)."""
+    from medad.detectors.base import Detector
+    from medad.detectors.classifier import CNNClassifierDetector
+    from medad.io.images import read_image
+    from pipelines.frames import frame_preparer, screen_frames
+
+    m, _ = cli_model
+    seen: list[int] = []  # items per forward call of a loaded classifier's network
+    load_state = CNNClassifierDetector._set_state
+
+    def counted(self, arrays, extra):
+        load_state(self, arrays, extra)
+        self.net_.register_forward_hook(lambda mod, inp, out: seen.append(len(inp[0])))
+
+    monkeypatch.setattr(CNNClassifierDetector, "_set_state", counted)
+    folder = tmp_path / "mixed"  # yellow, blue and normal frames: some flagged, some not
+    folder.mkdir()
+    for kind in ("test_yellow", "test_blue", "test_normal"):
+        for f in sorted(data[kind].glob("*.png")):
+            (folder / f"{kind}_{f.name}").write_bytes(f.read_bytes())
+    summary = screen_frames(m, folder, tmp_path / "s", batch_size=5, overlays=False, progress=False)
+    assert sum(seen) == summary["n_frames_screened"] == 18 and len(seen) == 4  # batches of 5, 5, 5, 3
+    assert 0 < summary["n_flagged"] < 18
+    monkeypatch.undo()
+
+    with open(tmp_path / "s" / "frames.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    det, prep = Detector.load(m), frame_preparer(m)
+    flagged = [r for r in rows if r["flagged"] == "1"]
+    x = np.concatenate([prep(read_image(folder / r["file"], grey=False).data) for r in flagged])
+    k, p = most_likely_abnormal(det.predict_proba(x))
+    assert [r["abnormal_class"] for r in flagged] == [summary["class_names"][j - 1] for j in k]
+    assert [float(r["class_probability"]) for r in flagged] == pytest.approx(p.tolist(), abs=6e-5)
+    assert all(r["abnormal_class"] == r["class_probability"] == "" for r in rows if r["flagged"] == "0")
+    assert summary["flagged_by_class"] == {n: int(np.sum(k == j)) for j, n in enumerate(summary["class_names"], 1)}
+    assert json.loads((tmp_path / "s" / "summary.json").read_text())["flagged_by_class"] == summary["flagged_by_class"]
+    # the classifier's own result carries them: score = 1 - p(normal) from the same pass
+    res = det.predict(x)
+    assert np.allclose(res.score, 1 - res.proba[:, 0]) and np.allclose(res[1:3].proba, res.proba[1:3])
+
+
 def test_gradcam_explains_the_abnormality_score_of_a_multiclass_model(cli_model, data, tmp_path):
     m, _ = cli_model
     r = _cli(["explain", m, data["test_blue"] / "f000.png", "--out", tmp_path / "e"])
@@ -211,11 +255,10 @@ class _Proba:
     def score(self, x):
         from types import SimpleNamespace
 
-        return SimpleNamespace(score=1.0 - np.asarray(x)[:, 0])
+        return SimpleNamespace(score=1.0 - np.asarray(x)[:, 0], proba=np.asarray(x))
 
     def predict_proba(self, x):
-        assert len(x), "asked for the classes of no frame"
-        return np.asarray(x)
+        raise AssertionError("the flagged frames' classes come with their scores, not from a second pass")
 
 
 def test_validation_names_the_flagged_frames_per_class():

@@ -4,14 +4,19 @@
 and every other label an abnormal class (e.g. Kvasir-style class sets, or tumour types). The
 cross-entropy is class-weighted (inverse frequency) by default, for imbalanced sets. The anomaly
 score is the abnormal probability ``1 - p(normal_class)``; :meth:`predict_proba` gives every
-class. The classifier makes no map of its own: explanation maps (Grad-CAM, SHAP, LIME) come
-from ``medad.explain``.
+class. Scores and class probabilities come from one forward pass: ``score``/``predict`` return a
+:class:`ClassifierResult`, whose ``proba`` holds the class probabilities of the items scored (a
+caller that needs both runs the network once). The classifier makes no map of its own:
+explanation maps (Grad-CAM, SHAP, LIME) come from ``medad.explain``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
 
+from medad.detectors.base import AnomalyResult
 from medad.detectors.torch_base import TorchDetector
 from medad.nets.image_encoders import PrepStatsMixin
 from medad.errors import ConfigError, InputError
@@ -39,6 +44,18 @@ def _build_classifier(arch: str, in_channels: int, n_classes: int, image_size: i
     else:
         raise ConfigError(f"unknown classifier arch {arch!r}; choose one of {ARCHS}")
     return nn.Sequential(ImagePrep(in_channels, image_size), body)
+
+
+@dataclass
+class ClassifierResult(AnomalyResult):
+    """An :class:`~medad.detectors.base.AnomalyResult` with the class probabilities
+    ``proba`` ``(N, n_classes)`` of the items scored, from the forward pass that made ``score``
+    (``score == 1 - proba[:, normal_class]``). Indexing selects the same items of ``proba``."""
+
+    proba: np.ndarray | None = None
+
+    def __getitem__(self, idx) -> "ClassifierResult":
+        return replace(super().__getitem__(idx), proba=None if self.proba is None else self.proba[idx])
 
 
 @register("classifier")
@@ -101,26 +118,37 @@ class CNNClassifierDetector(PrepStatsMixin, TorchDetector):
         return F.cross_entropy(net(xb), yb.long(), weight=self._weights.to(xb.device))
 
     def _score_batch(self, net, xb):
-        import torch
-
-        p = torch.softmax(net(xb).float(), dim=1)
+        # the abnormality score as a differentiable function of the net (medad.explain wraps it)
+        p = _softmax(net(xb))
         return 1.0 - p[:, int(self.normal_class)], None
 
-    def predict_proba(self, x) -> np.ndarray:
-        """Class probabilities ``(N, n_classes)``."""
+    def _score(self, x: np.ndarray) -> ClassifierResult:
+        proba = self._proba(x)
+        return ClassifierResult(score=(1.0 - proba[:, int(self.normal_class)]).astype(np.float64), proba=proba)
+
+    def _proba(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(N, n_classes)`` of checked items, in batches without gradients."""
         import torch
 
-        from medad.detectors.base import as_array
         from medad.utils import get_device
 
-        self._require_fitted()
-        x = as_array(x)
-        self._check_input(x)
         dev = get_device(self.device)
         net = self.net_.to(dev).eval()
+        bs = max(1, int(self.batch_size))
         out = []
         with torch.no_grad():
-            for i in range(0, len(x), int(self.batch_size)):
-                out.append(torch.softmax(net(torch.from_numpy(np.ascontiguousarray(x[i:i + int(self.batch_size)])).to(dev)), 1).cpu())
+            for i in range(0, len(x), bs):
+                out.append(_softmax(net(torch.from_numpy(np.ascontiguousarray(x[i:i + bs])).to(dev))).cpu())
         self.net_.to("cpu")
         return torch.cat(out).numpy()
+
+    def predict_proba(self, x) -> np.ndarray:
+        """Class probabilities ``(N, n_classes)`` (``score(x).proba`` gives them with the scores)."""
+        return self.score(x).proba
+
+
+def _softmax(logits):
+    """Class probabilities from a classifier's logits ``(B, n_classes)``, in float32."""
+    import torch
+
+    return torch.softmax(logits.float(), dim=1)
