@@ -34,7 +34,9 @@ same preprocessing, channels and windowing; class imbalance is left to the detec
 (``val_fraction``); the threshold still comes from the held-out NORMAL windows at
 ``window_fpr``, and the held-out recordings of both classes are screened as ``screen run`` does
 for the validation figures in ``screening.json`` (:func:`validate_supervised`; the specificity by
-2-fold cross-calibration on the held-out normal recordings, as those set the threshold). The
+2-fold cross-calibration on the held-out normal recordings, as those set the threshold). Each
+held-out recording is read once: a normal one gives its calibration windows and its scores in
+one pass after the fit. The
 score is the abnormal probability; ``screen run`` and ``medad explain`` (Grad-CAM by default)
 treat the model like any other. Beat mode is one-class and takes no abnormal recordings.
 
@@ -746,10 +748,20 @@ def _detector(cfg: ScreeningConfig, sfreq: float):
 
 
 def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_bytes: int,
-             skipped: list[dict[str, str]], what: str = "the training recordings") -> np.ndarray:
+             skipped: list[dict[str, str]], what: str = "the training recordings", *,
+             det=None, scored: list[tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
     """Windows of ``files``, evenly subsampled to stay under ``max_windows`` and ``max_bytes``.
     A recording that fails (corrupt samples, missing channels, too short) is added to ``skipped``;
-    none left is an InputError naming ``what``."""
+    none left is an InputError naming ``what``.
+
+    With a fitted ``det``, the same pass also scores every window as ``screen run`` does (by
+    chunk, in the reading threads, :func:`_scores`) and appends ``(starts, scores)`` of each
+    recording that succeeded to ``scored``: the held-out normal recordings of supervised training
+    are read once for both their calibration windows and their validation scores. Only the
+    starts and scores (16 bytes a window) are kept beyond the subsample."""
+    if (det is None) != (scored is None):
+        raise TypeError("_collect: det and scored go together")
+    fn = None if det is None else (lambda st, w: (st, w, _scores(det, w)))
     hdrs = [pre.header(f) for f in files]
     est = sum(max(1, int((h.n_times / h.sfreq - pre.cfg.window_seconds) / pre.cfg.step_seconds) + 1) for h in hdrs)
     n_ch = len(pre.channels) if pre.channels else len(hdrs[0].ch_names)
@@ -758,17 +770,23 @@ def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_byt
     every = max(1, int(math.ceil(est / cap)))
     out, k = [], 0
     for f, h in zip(files, hdrs):
-        mine = []
+        mine, starts, scores = [], [], []
         try:
-            for _, w in pre.windows(f, h):
+            for item in pre.windows(f, h, fn=fn):
+                w = item[1]
                 sel = (np.arange(k, k + len(w)) % every) == 0
                 k += len(w)
                 if sel.any():
                     mine.append(w[sel])
+                if fn is not None:
+                    starts.append(item[0])
+                    scores.append(item[2])
         except MedadError as e:
             skipped.append({"file": str(f), "error": e.problem})
             continue
         out += mine
+        if scored is not None:
+            scored.append((np.concatenate(starts), np.concatenate(scores)))
     if not out:
         raise InputError(f"no windows could be cut from {what}{_failures(skipped, files)}")
     return np.concatenate(out)
@@ -1077,12 +1095,16 @@ def _nan_none(v: float) -> float | None:
     return None if v is None or not math.isfinite(v) else round(float(v), 4)
 
 
-def validate_supervised(model: "ScreeningModel", normal_val: Sequence[Path], abnormal_val: Sequence[Path],
-                        bad: list[dict[str, str]]) -> dict[str, Any]:
+def validate_supervised(model: "ScreeningModel", normal_val: Sequence[tuple[np.ndarray, np.ndarray]],
+                        abnormal_val: Sequence[Path], bad: list[dict[str, str]]) -> dict[str, Any]:
     """Screen the held-out recordings of both classes as ``medad screen run`` does (every window,
-    the model's decision rule): window-level AUROC of held-out normal vs abnormal windows (none
-    was trained on), the share of abnormal windows flagged and the recording-level sensitivity
-    (abnormal recordings decided abnormal) at the model's threshold.
+    the model's decision rule). ``normal_val``: ``(starts, scores)`` of every window of each
+    held-out normal recording, scored as ``screen run`` scores them when they were read for the
+    calibration windows (:func:`_collect` with ``scored``: they are not read again);
+    ``abnormal_val``: the held-out abnormal recordings, read and screened here. Figures:
+    window-level AUROC of held-out normal vs abnormal windows (none was trained on), the share of
+    abnormal windows flagged and the recording-level sensitivity (abnormal recordings decided
+    abnormal) at the model's threshold.
 
     The normal side cannot be measured at the model's threshold: the held-out normal recordings
     set it, so their share flagged is ``window_fpr`` by construction. Specificity (normal
@@ -1090,26 +1112,22 @@ def validate_supervised(model: "ScreeningModel", normal_val: Sequence[Path], abn
     cross-calibration on the held-out normal recordings (:func:`medad.evaluation.cross_calibration`:
     threshold at ``window_fpr`` from one half's windows, measured on the other half), and are not
     estimated with fewer than 2 of them. Without a held-out normal recording (a single one in
-    training) the AUROC's normal side is the calibration windows. A recording that fails goes to
-    ``bad``."""
+    training) the AUROC's normal side is the calibration windows. An abnormal recording that fails
+    goes to ``bad``."""
     from medad.evaluation import auroc
     from medad.evaluation import cross_calibration
 
-    scores: dict[int, list[np.ndarray]] = {0: [], 1: []}
-    starts: list[np.ndarray] = []  # of the normal recordings, to re-apply the decision rule
+    starts = [st for st, _ in normal_val]  # of the normal recordings, to re-apply the decision rule
+    scores: dict[int, list[np.ndarray]] = {0: [sc for _, sc in normal_val], 1: []}
     decisions = []  # abnormal recordings decided abnormal at the model's threshold
-    for label, files in ((0, normal_val), (1, abnormal_val)):
-        for f in files:
-            try:
-                res = screen_recording(model, Path(f))
-            except MedadError as e:
-                bad.append({"file": str(f), "error": e.problem})
-                continue
-            scores[label].append(res["scores"])
-            if label:
-                decisions.append(bool(res["intervals"]))
-            else:
-                starts.append(res["starts"])
+    for f in abnormal_val:
+        try:
+            res = screen_recording(model, Path(f))
+        except MedadError as e:
+            bad.append({"file": str(f), "error": e.problem})
+            continue
+        scores[1].append(res["scores"])
+        decisions.append(bool(res["intervals"]))
     normal = np.concatenate(scores[0]) if scores[0] else model.val_scores
     if not scores[1]:
         return {"note": "no held-out abnormal recording (a single abnormal recording is all used for training): "
@@ -1235,8 +1253,9 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     else:
         if unit == "beats":
             xv = _collect_beats(pre, val_files, bad, "the held-out normal recordings")
-        else:
-            xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
+        elif not a_good:  # supervised: read after the fit (below)
+            xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad,
+                          "the held-out normal recordings")
         val_source = f"{len(val_files)} held-out normal recording(s)"
     x = _evenly(x, cfg.max_train_windows)
     n_train = len(x)  # normal training items
@@ -1247,12 +1266,16 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
                       "the abnormal training recordings")
         x, y, balance = _labelled(det, x, _evenly(xa, cfg.max_train_windows))
         del xa
+
+    def skipped(new: list[dict[str, str]]) -> None:
+        if progress and new:
+            print(f"skipped {len(new)} recording(s) that could not be used: "
+                  + "; ".join(f"{Path(b['file']).name}: {b['error']}" for b in new[:5]))
+
     failed = {b["file"] for b in bad}
     train_files, val_files, a_train, a_val = ([f for f in fs if str(f) not in failed]
                                               for fs in (train_files, val_files, a_train, a_val))
-    if progress and bad:
-        print(f"skipped {len(bad)} recording(s) that could not be used: "
-              + "; ".join(f"{Path(b['file']).name}: {b['error']}" for b in bad[:5]))
+    skipped(bad)
     for m in getattr(det, "members", [det]):  # neural members: their epoch bars follow `progress`
         if hasattr(m, "train_options"):
             m.train_options = {"progress": progress}
@@ -1260,6 +1283,18 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         det.fit(x) if y is None else det.fit(x, y=y)  # beat-mode wrappers take no labels
         bar.update()
     del x, y
+    normal_scored: list[tuple[np.ndarray, np.ndarray]] = []  # (starts, scores) of each held-out normal recording
+    if a_good and val_files:
+        # supervised: the held-out normal recordings are read once, after the fit, for both their
+        # calibration windows (the same subsample as before the fit) and every window's score as
+        # `screen run` gives it (for validate_supervised), instead of once for each. The price:
+        # one of them that cannot be read is only found now, after the fit
+        n_bad = len(bad)
+        xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad,
+                      "the held-out normal recordings", det=det, scored=normal_scored)
+        failed = {b["file"] for b in bad[n_bad:]}
+        val_files = [f for f in val_files if str(f) not in failed]
+        skipped(bad[n_bad:])
     det.calibrate(xv, fpr=cfg.window_fpr)
     val_scores = np.sort(det.score(xv).score.astype(np.float64))
     calibration = {"source": val_source, f"n_{unit}": int(len(xv)), "window_fpr": cfg.window_fpr}
@@ -1292,7 +1327,7 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
             "class_balance": balance,
         })
         model = ScreeningModel(det, cfg, sfreq, channels, float(det.threshold_), ref, info)
-        info["validation"] = validate_supervised(model, val_files, a_val, bad)
+        info["validation"] = validate_supervised(model, normal_scored, a_val, bad)
         if progress:
             print(f"validation on held-out recordings: {validation_text(info['validation'])}")
     out = Path(out)

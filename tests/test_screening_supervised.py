@@ -104,15 +104,16 @@ def test_printed_validation_line_names_the_cross_calibration(trained):
 
 
 def _fake_validation(monkeypatch, normal_scores: list[np.ndarray], threshold: float, min_windows: int = 1):
-    """validate_supervised on recordings whose window scores are given: ``screen_recording``
-    replaced by one returning them (the abnormal recording: every window at 5)."""
+    """validate_supervised on recordings whose window scores are given: the normal ones as
+    training hands them over (starts, scores), the abnormal one through ``screen_recording``
+    replaced by one returning every window at 5."""
     from types import SimpleNamespace
 
     import pipelines.screening as scr
 
     cfg = scr.ScreeningConfig(window_seconds=1.0, step_seconds=1.0, min_windows=min_windows, window_fpr=0.05)
     model = SimpleNamespace(threshold=threshold, cfg=cfg, val_scores=np.concatenate(normal_scores))
-    table = {f"n{k}": s for k, s in enumerate(normal_scores)} | {"a0": np.full(20, 5.0)}
+    table = {"a0": np.full(20, 5.0)}
 
     def fake(m, path):
         s = np.asarray(table[Path(path).name], np.float64)
@@ -120,7 +121,8 @@ def _fake_validation(monkeypatch, normal_scores: list[np.ndarray], threshold: fl
                 "intervals": scr.flagged_intervals(np.arange(len(s)), s, m.threshold, 1.0, m.cfg.min_windows)}
 
     monkeypatch.setattr(scr, "screen_recording", fake)
-    return scr.validate_supervised(model, [Path(f"n{k}") for k in range(len(normal_scores))], [Path("a0")], [])
+    normal = [(np.arange(len(s), dtype=np.float64), np.asarray(s, np.float64)) for s in normal_scores]
+    return scr.validate_supervised(model, normal, [Path("a0")], [])
 
 
 def test_specificity_comes_from_normal_recordings_that_did_not_set_the_threshold(monkeypatch):
