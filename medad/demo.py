@@ -13,6 +13,7 @@ Nothing is downloaded.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -201,16 +202,27 @@ def run_brain_demo(out: Path, *, detector: str = "dae", seed: int = 0) -> dict:
     return {"cases": cases, "outputs": str(out / "brain")}
 
 
-def run_demo(out: str | Path, *, parts: list[str] = ("brain", "eeg"), detector: str = "dae", seed: int = 0) -> dict:
-    """Run the demo parts and write ``<out>/summary.json`` and ``<out>/summary.md``."""
+#: the parts of ``medad demo`` (``--parts``; ``all`` = every one)
+DEMO_PARTS = ("brain", "eeg")
+
+
+def run_demo(out: str | Path, *, parts: Sequence[str] = ("all",), detector: str = "dae", seed: int = 0) -> dict:
+    """Run the demo ``parts`` (brain, eeg; ``all`` = both) and write ``<out>/summary.json`` and
+    ``<out>/summary.md``. The parts are checked before anything is written."""
     from medad.errors import ConfigError
     from medad.utils import Timer, write_json, write_text
 
+    if isinstance(parts, str):
+        raise ConfigError(f"parts must be a list of part names, got the string {parts!r}")
+    unknown = set(parts) - set(DEMO_PARTS) - {"all"}
+    if unknown:
+        raise ConfigError(f"unknown demo part(s) {sorted(unknown)}; choose from {', '.join(DEMO_PARTS)} or all")
+    if not parts:
+        raise ConfigError(f"no demo part given; choose from {', '.join(DEMO_PARTS)} or all")
+    if "all" in parts:
+        parts = DEMO_PARTS
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    unknown = set(parts) - {"brain", "eeg"}
-    if unknown:
-        raise ConfigError(f"unknown demo part(s) {sorted(unknown)}; choose from brain, eeg")
     summary: dict = {"out": str(out.resolve())}
     md = ["# medad demo\n", "Built-in data: nilearn's MNI152 template with inserted lesions; generated EEG with spike-and-wave bursts.\n"]
     if "brain" in parts:

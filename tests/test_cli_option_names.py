@@ -28,6 +28,10 @@ IDEAS = {
     "intensity normalization of the input": ("--normalize", ("--normalise",), ("explain",)),
     "working (resampling) sampling rate": ("--sfreq", (), ("screen train", "explain")),
     "number of generated channels": ("--n-channels", ("--channels",), ("bench screening-speed",)),
+    "which parts of a multi-part run run": ("--parts", ("--part",), ("demo", "bench explain")),
+    "which benchmark rows run (exact name or glob)": (
+        "--detectors", ("--method",),
+        ("bench brain-lesions", "bench image-screening", "bench bonn", "bench yaseen", "bench mitbih")),
 }
 # where an alias is kept, the command that takes it (the other commands never had that spelling
 # for this idea; e.g. `screen train --sfreq` is the working rate, not an alias)
@@ -37,14 +41,17 @@ ALIAS_IN = {
     "--plots": ("screen run",),
     "--normalise": ("explain",),
     "--channels": ("bench screening-speed",),
+    "--part": ("bench explain",),
+    "--method": ("bench bonn", "bench yaseen", "bench mitbih"),  # `explain --method` is the explanation method
 }
 # values to parse each option with (flags take none)
 VALUES = {"--text-sfreq": "100", "--sfreq": "100", "--fpr": "0.02", "--window-fpr": "0.02", "--normalize": "zscore",
-          "--normalise": "zscore", "--n-channels": "4", "--channels": "4"}
+          "--normalise": "zscore", "--n-channels": "4", "--channels": "4", "--parts": "eeg", "--part": "eeg",
+          "--detectors": "pca", "--method": "pca"}
 # British -> American spellings, and synonyms the audit found for one idea
 SPELLING = {"normalise": "normalize", "normalisation": "normalization", "colour": "color", "grey": "gray",
             "centre": "center", "tumour": "tumor", "analyse": "analyze", "visualise": "visualize"}
-SYNONYMS = {"plots": "overlays", "window-fpr": "fpr"}
+SYNONYMS = {"plots": "overlays", "window-fpr": "fpr", "part": "parts"}
 
 
 def _commands() -> dict[str, object]:
@@ -114,8 +121,8 @@ def test_canonical_option_is_accepted_by_every_command_with_the_idea(idea):
         name = _param_of(cmd, canonical).name
         parsed = _parse(path, _args(canonical))
         expected = {"--text-sfreq": 100.0, "--sfreq": 100.0, "--fpr": 0.02, "--normalize": "zscore",
-                    "--n-channels": 4, "--overlays": True}[canonical]
-        assert parsed[name] == expected, (path, canonical, parsed[name])
+                    "--n-channels": 4, "--overlays": True, "--parts": ["eeg"], "--detectors": ["pca"]}[canonical]
+        assert parsed[name] == expected or parsed[name] == tuple(expected), (path, canonical, parsed[name])
 
 
 @pytest.mark.parametrize("alias", sorted(ALIAS_IN))
@@ -250,3 +257,76 @@ def test_explain_text_rate_and_resampling_rate_are_distinct(tmp_path):
     assert _read_rate(edf, None, 128.0) == 128.0
     with pytest.raises(typer.BadParameter):
         _read_rate(txt, 100.0, 128.0)
+
+
+@pytest.mark.parametrize("path,module,func,key", [("demo", "medad.demo", "run_demo", "parts"),
+                                                  ("bench explain", "medad.bench.explain", "run", "part")])
+def test_parts_repeated_comma_separated_or_old_spelling_reach_the_run(monkeypatch, tmp_path, path, module, func, key):
+    """``--parts`` (demo, bench explain) takes names repeated or comma-separated, default all;
+    ``bench explain --part`` (older) still works."""
+    import importlib
+
+    seen = []
+    monkeypatch.setattr(importlib.import_module(module), func, lambda *a, **k: seen.append(k[key]))
+    a, b = ("brain", "eeg") if path == "demo" else ("brats", "ecg")
+    calls = [[], ["--parts", f"{a}, {b}"], ["--parts", a, "--parts", b], ["--parts", a]]
+    if path == "bench explain":
+        calls.append(["--part", a])
+    for args in calls:
+        r = CliRunner().invoke(app, path.split() + ["--out", str(tmp_path)] + args)
+        assert r.exit_code == 0, r.output
+    assert seen[:4] == [["all"], [a, b], [a, b], [a]] and seen[4:] == ([[a]] if path == "bench explain" else [])
+    assert "repeatable or comma-separated" in _help(path)
+
+
+def test_demo_parts_are_checked_before_anything_is_written(monkeypatch, tmp_path):
+    import medad.demo as demo
+    from medad.errors import ConfigError
+
+    ran = []
+    monkeypatch.setattr(demo, "run_brain_demo", lambda out, **k: ran.append("brain") or {"cases": []})
+    monkeypatch.setattr(demo, "run_eeg_demo", lambda out, **k: ran.append("eeg") or {"recordings": []})
+    for parts, match in (([], "no demo part"), (["brain", "ecg"], "unknown demo part"), ("eeg", "list of part names")):
+        with pytest.raises(ConfigError, match=match):
+            demo.run_demo(tmp_path / "d", parts=parts)
+    assert not (tmp_path / "d").exists() and ran == []
+    demo.run_demo(tmp_path / "d", parts=["all"])
+    assert ran == ["brain", "eeg"]
+
+
+def test_bench_explain_runs_several_parts_and_keeps_the_others(monkeypatch, tmp_path):
+    """``bench explain --parts ecg,brats`` runs those two (in the benchmark's order) and keeps Bonn
+    from the earlier explain.json; the error messages name the parts as --parts takes them."""
+    import shutil
+
+    import medad.bench.explain as ex
+    from medad.errors import InputError
+
+    class Stop(Exception):
+        pass
+
+    ran = []
+
+    def fake(name):
+        def bench(*a, **k):
+            ran.append(name)
+            if name == "ecg":
+                raise Stop
+            return {}
+        return bench
+
+    for name in ex.PARTS:
+        monkeypatch.setattr(ex, f"bench_{name}", fake(name))
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "benchmarks" / "explain.json", out / "explain.json")
+    with pytest.raises(Stop):
+        ex.run(data_root=tmp_path, out=out, threads=1, part=["ecg", "brats"])
+    assert ran == ["brats", "ecg"]
+    quick = json.loads((out / "explain.json").read_text())["quick"]
+    with pytest.raises(InputError, match=r"--parts bonn,ecg( --quick)? would keep the other parts"):
+        ex.run(data_root=tmp_path, out=out, threads=1, part=["ecg", "bonn"], quick=not quick)
+    for bad in ([], ["ecg", "nosuch"]):
+        with pytest.raises(InputError, match="part must be all, brats, bonn, ecg"):
+            ex.run(data_root=tmp_path, out=out, part=bad)
+    assert ran == ["brats", "ecg"]

@@ -16,7 +16,7 @@ real data.
   tail from a random point on is replaced by a held-out seizure window -- and report the share
   of attribution in the seizure part beside that part's length share.
 
-* MIT-BIH ECG beats (``ecg/mitbih_subset``, ``--part ecg``): the beat explanations of the ECG
+* MIT-BIH ECG beats (``ecg/mitbih_subset``, ``--parts ecg``): the beat explanations of the ECG
   beat screening models (``configs/screening_ecg_beats.yaml``: kNN on beat-minus-template + RR
   features; ``configs/screening_ecg_beats_predictor.yaml``: seq_predictor fused with an RR
   Mahalanobis model), trained through the pipeline on the normal beats of the MIT-BIH
@@ -39,7 +39,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -651,11 +651,12 @@ PARTS = ("brats", "bonn", "ecg")
 
 
 def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = False, threads: int = 2,
-        device: str = "cpu", part: str = "all") -> dict[str, Any]:
-    """Run the BraTS, Bonn and MIT-BIH ECG parts (``part``: all, brats, bonn or ecg), print the
-    tables and write ``<out>/explain.json`` and ``.md``. Running one part keeps the other parts'
-    results from an existing ``<out>/explain.json`` (marked with the date of the run they came
-    from); an earlier file without the ECG part keeps BraTS and Bonn and says the ECG part was not run."""
+        device: str = "cpu", part: str | Sequence[str] = "all") -> dict[str, Any]:
+    """Run the BraTS, Bonn and MIT-BIH ECG parts (``part``: all, brats, bonn or ecg, or a list of
+    them: ``medad bench explain --parts``), print the tables and write ``<out>/explain.json`` and
+    ``.md``. Running some parts keeps the other parts' results from an existing
+    ``<out>/explain.json`` (marked with the date of the run they came from); an earlier file
+    without the ECG part keeps BraTS and Bonn and says the ECG part was not run."""
     import json
 
     import torch
@@ -663,8 +664,13 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
     from medad.config import data_root as resolve_root
     from medad.errors import InputError
 
-    if part not in ("all",) + PARTS:
-        raise InputError(f"part must be all, {', '.join(PARTS)}, got {part!r}")
+    names = [part] if isinstance(part, str) else list(part)
+    bad = [p for p in names if p not in ("all",) + PARTS]
+    if bad or not names:
+        raise InputError(f"part must be all, {', '.join(PARTS)} (one or several), got "
+                         f"{', '.join(repr(b) for b in bad) if bad else 'none'}")
+    chosen = PARTS if "all" in names else tuple(p for p in PARTS if p in names)
+    label = "all" if chosen == PARTS else ",".join(chosen)  # as --parts takes it
     if int(threads) < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
     torch.set_num_threads(int(threads))
@@ -673,44 +679,43 @@ def run(*, data_root=None, out: Path = Path("outputs/bench"), quick: bool = Fals
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     previous: dict[str, Any] = {}
-    if part != "all":
+    if label != "all":
         try:
             previous = json.loads((out / "explain.json").read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
-            raise ReadError(f"--part {part} needs the other parts' results in an earlier explain.json", out) from None
+            raise ReadError(f"--parts {label} needs the other parts' results in an earlier explain.json", out) from None
         if not isinstance(previous, dict):
             raise ReadError("not an explain benchmark file", out / "explain.json")
         if previous.get("quick") is not None and bool(previous["quick"]) != bool(quick):
             # the file has one 'quick' flag: a quick part beside full ones would be misread
-            raise InputError(f"--part {part}{' --quick' if quick else ''} would keep the other parts of a "
+            raise InputError(f"--parts {label}{' --quick' if quick else ''} would keep the other parts of a "
                              f"{'quick' if previous['quick'] else 'full'} run: run with"
-                             f"{'' if previous['quick'] else 'out'} --quick, or --part all", out / "explain.json")
+                             f"{'' if previous['quick'] else 'out'} --quick, or --parts all", out / "explain.json")
         for other in ("brats", "bonn"):
-            if other == part:
+            if other in chosen:
                 continue
             res = previous.get(other, {})
             first = next(iter((res.get("methods") or res.get("seizure_windows") or {}).values()), {})
             if "clearly_better_than_random" not in first:
-                raise ReadError("the earlier explain.json comes from an older version of this benchmark: run --part all",
+                raise ReadError("the earlier explain.json comes from an older version of this benchmark: run --parts all",
                                 out / "explain.json")
     load_before = _load_avg()
     t0 = time.perf_counter()
     benches = {"brats": bench_brats, "bonn": bench_bonn, "ecg": bench_ecg}
     parts: dict[str, Any] = {}
     for name in PARTS:
-        if part in ("all", name):
+        if name in chosen:
             parts[name] = benches[name](root, out, quick, device)
         elif previous.get(name):
             parts[name] = _kept(previous, name)
         else:
             parts[name] = None  # only the ECG part can be missing (an earlier file made before it existed)
     run_info = {"threads": int(threads), "load_average_before": load_before, "load_average_after": _load_avg()}
-    for name in PARTS:
-        if part in ("all", name):
-            parts[name]["run_info"] = run_info
+    for name in chosen:
+        parts[name]["run_info"] = run_info
     stamp_rows(parts.values(), record)  # kept parts keep the record of the run that made them (or none)
     brats, bonn, ecg = parts["brats"], parts["bonn"], parts["ecg"]
-    results = {"quick": quick, "threads": int(threads), "part_run": part, "load_average_before": load_before,
+    results = {"quick": quick, "threads": int(threads), "part_run": label, "load_average_before": load_before,
                "load_average_after": run_info["load_average_after"], "total_seconds": time.perf_counter() - t0,
                "brats": brats, "bonn": bonn, "ecg": ecg,
                "goals": {"gradcam_ms_per_128_slice": 50, "shap_lime_s_per_slice": 3,
@@ -820,7 +825,7 @@ def _verdict(r: dict[str, Any]) -> str:
 def _ecg_markdown(ecg: dict[str, Any] | None) -> str:
     """The MIT-BIH ECG section (or a line saying it was not run)."""
     if not ecg:
-        return "\n## MIT-BIH ECG beats\n\nNot run in the run that wrote this file (`--part ecg` adds it).\n"
+        return "\n## MIT-BIH ECG beats\n\nNot run in the run that wrote this file (`--parts ecg` adds it).\n"
     md = [f"\n## MIT-BIH ECG beats: {ecg['protocol']}\n", _part_header(ecg)]
     verdicts = {f"{name} {k}": _verdict(r).split(":")[0] for name, m in ecg["models"].items() for k, r in m["shape"].items()}
     md.append("Summary (beat shape; the stricter of the intervals over beats and over records): "

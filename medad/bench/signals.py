@@ -1483,8 +1483,8 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     if max_train < 1:
         raise ConfigError(f"max_train must be at least 1, got {max_train}")
     if pipeline_configs and "pipeline" not in wanted:
-        raise ConfigError("--pipeline-config is only used by the 'pipeline' row, which --method leaves out "
-                          "(add -m pipeline)")
+        raise ConfigError("--pipeline-config is only used by the 'pipeline' row, which --detectors leaves out "
+                          "(add --detectors pipeline)")
     if "pipeline" in wanted:  # a wrong screening config fails now, not after every method has run
         from pipelines.screening import ScreeningConfig
 
@@ -1814,6 +1814,8 @@ def register_bench(bench_app) -> None:
     """Add ``medad bench bonn|yaseen|mitbih`` (called by :mod:`medad.commands.signals`)."""
     import typer
 
+    from medad.commands import AliasedCommand
+
     def _copy(out: Path, name: str, copy_to: Optional[Path]) -> None:
         if copy_to is None:
             return
@@ -1833,9 +1835,10 @@ def register_bench(bench_app) -> None:
             quick: bool = typer.Option(False, help="fewer folds, epochs and training items (minutes)"),
             folds: int = typer.Option(10, help="cross-validation folds (supervised tasks)"),
             epochs: Optional[int] = typer.Option(None, help="training epochs of the neural models (default per task)"),
-            method: List[str] = typer.Option([], "--method", "-m", help="only these rows, by exact label (see the "
-                                                                         "table) or a glob such as 'features*'; "
-                                                                         "repeatable; an unknown label lists them"),
+            method: List[str] = typer.Option([], "--detectors", "--method", "-m",
+                                             help="only these rows, by their exact label in the table's method "
+                                                  "column or a glob such as 'features*'; repeatable (not "
+                                                  "comma-separated: labels hold commas); an unknown label lists them"),
             threads: int = typer.Option(1, help="torch CPU threads (1 avoids oversubscription on a shared CPU)"),
             progress: bool = typer.Option(False, help="progress bars while training"),
             copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
@@ -1863,7 +1866,7 @@ def register_bench(bench_app) -> None:
             _copy(out, name, copy_to)
 
         cmd.__doc__ = doc
-        bench_app.command(name)(cmd)
+        bench_app.command(name, cls=AliasedCommand)(cmd)
 
     _make("bonn", run_bonn, "Bonn EEG: A,B vs E supervised CV; one-class on A,B (held-out A,B vs E, C,D vs E).", True)
     _make("yaseen", run_yaseen, "Yaseen heart sounds: normal vs abnormal supervised CV and one-class on normal.", True)

@@ -9,7 +9,7 @@ An older spelling stays accepted as a *hidden alias*: declare it after the canon
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from typer.core import TyperCommand
 
@@ -38,6 +38,12 @@ def _canonical_only(params: list) -> Iterator[None]:
     finally:
         for p, opts, secondary in saved:
             p.opts, p.secondary_opts = opts, secondary
+
+
+def name_list(values: Iterable[str]) -> list[str]:
+    """Names given repeated and/or comma-separated (``--parts brain --parts eeg`` or
+    ``--parts brain,eeg``), in the order given, stripped, blanks dropped."""
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
 
 
 class AliasedCommand(TyperCommand):

@@ -8,6 +8,8 @@ from typing import List, Optional
 
 import typer
 
+from medad.commands import name_list
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     brain_app = typer.Typer(help="Brain lesions from healthy MRI only: train on healthy scans, score new ones.",
@@ -100,8 +102,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Train on healthy slices, calibrate on held-out healthy ones, test on 4 BraTS patients."""
         from medad.bench.brain_lesions import run_brain_lesions
 
-        names = [d.strip() for item in detectors for d in item.split(",")]
-        run_brain_lesions(data_root=data_root, out=out, detectors=[d for d in names if d not in ("", "none")],
+        run_brain_lesions(data_root=data_root, out=out, detectors=[d for d in name_list(detectors) if d != "none"],
                           modalities=[m.strip().lower() for m in modalities.split(",") if m.strip()], quick=quick,
                           config_dir=config_dir, copy_to=copy_to, cache_dir=cache_dir, merge=merge or None,
                           models_dir=models_dir)

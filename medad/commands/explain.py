@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from medad.commands import AliasedCommand
+from medad.commands import AliasedCommand, name_list
 
 
 def _read_rate(path: Path, text_sfreq: Optional[float], sfreq: Optional[float]) -> Optional[float]:
@@ -123,17 +123,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise ReadError(f"no case could be reported ({len(failed)} failed, listed above and in {index.name})",
                             results_dir)
 
-    @bench_app.command("explain")
+    @bench_app.command("explain", cls=AliasedCommand)
     def bench_explain_cmd(
         data_root: Optional[Path] = typer.Option(None, help="data folder (default: $MEDAD_DATA_ROOT or ../shared/data)"),
         out: Path = typer.Option(Path("outputs/bench"), help="output folder"),
         quick: bool = typer.Option(False, help="fewer slices, windows and epochs (minutes)"),
         threads: int = typer.Option(2, help="torch CPU threads"),
-        part: str = typer.Option("all", help="all, brats, bonn or ecg (one part keeps the others' earlier results)"),
+        parts: List[str] = typer.Option(["all"], "--parts", "--part",
+                                        help="parts to run: brats, bonn, ecg or all; repeatable or comma-separated "
+                                             "(--parts brats,ecg), as demo; the parts not run keep their results "
+                                             "from the earlier explain.json in --out"),
     ) -> None:
         """Deletion/insertion AUC against random maps, share inside lesion masks (BraTS) and
         seizure windows (Bonn), and seconds per map, for every explanation method."""
         from medad.bench.explain import run
 
-        run(data_root=data_root, out=out, quick=quick, threads=threads, part=part)
+        run(data_root=data_root, out=out, quick=quick, threads=threads, part=name_list(parts))
 
