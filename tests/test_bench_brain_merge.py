@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medad.bench.brain_lesions import _merge_rows
+from medad.bench.brain_lesions import _merge_check, _merge_rows
+from medad.bench.common import earlier_run
 from medad.errors import ReadError
+
+
+def _earlier(*folders):
+    return [earlier_run(f, "brain-lesions", check=_merge_check) for f in folders]
 
 
 def test_merge_keeps_order_and_replaces_redone_rows(tmp_path):
@@ -20,7 +25,7 @@ def test_merge_keeps_order_and_replaces_redone_rows(tmp_path):
     (tmp_path / "brain-lesions.json").write_text(json.dumps(old))
     new = [{"modality": "t1c", "detector": "ae", "v": 2}, {"modality": "flair", "detector": "ae", "v": 2},
            {"modality": "flair", "detector": "vae", "v": 2}]
-    rows = _merge_rows(new, [tmp_path], order=["flair", "t1c"])
+    rows = _merge_rows(new, _earlier(tmp_path), order=["flair", "t1c"])
     assert [(r["modality"], r["detector"], r["v"]) for r in rows] == [
         ("flair", "intensity", 1), ("flair", "ae", 2), ("flair", "dae", 1), ("flair", "vae", 2), ("t1c", "ae", 2)]
     assert rows[0]["run_date"] == "2026-01-01" and "merged_from" not in rows[1]
@@ -28,16 +33,19 @@ def test_merge_keeps_order_and_replaces_redone_rows(tmp_path):
     later = tmp_path / "later"
     later.mkdir()
     (later / "brain-lesions.json").write_text(json.dumps({"results": [{"modality": "flair", "detector": "ae", "v": 3}]}))
-    rows = _merge_rows([], [tmp_path, later], order=["flair", "t1c"])
+    rows = _merge_rows([], _earlier(tmp_path, later), order=["flair", "t1c"])
     assert [(r["detector"], r["v"]) for r in rows] == [("intensity", 1), ("ae", 3), ("dae", 1), ("ae", 1)]
 
 
 def test_merge_rejects_a_file_that_is_not_a_benchmark(tmp_path):
     (tmp_path / "brain-lesions.json").write_text("{\"something\": 1}")
     with pytest.raises(ReadError, match="not a brain-lesions benchmark"):
-        _merge_rows([], [tmp_path], order=["flair"])
-    with pytest.raises(ReadError, match="no brain-lesions.json"):
-        _merge_rows([], [tmp_path / "missing"], order=["flair"])
+        _earlier(tmp_path)
+    (tmp_path / "brain-lesions.json").write_text(json.dumps({"results": [{"modality": "flair"}]}))
+    with pytest.raises(ReadError, match="not a brain-lesions benchmark"):
+        _earlier(tmp_path)
+    with pytest.raises(ReadError, match="no such file"):
+        _earlier(tmp_path / "missing")
 
 
 def _case_row(det, cases):

@@ -643,9 +643,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     if bad:
         raise ConfigError(f"unknown modality {', '.join(bad)}; choose from {', '.join(MODALITY_FILES)}")
     # --merge files are read and checked now (folder or JSON, a brain-lesions file, same --quick), not after the run
-    merge = [earlier_run(m, "brain-lesions", quick=quick,
-                         check=lambda d: [(r["modality"], r["detector"]) for r in d["results"]])[0]
-             for m in (merge or [])]
+    merged = [earlier_run(m, "brain-lesions", quick=quick, check=_merge_check) for m in (merge or [])]
     # a wrong name fails now, not after the reference rows were computed; 'dae*' selects several
     detectors = select_rows(detectors, known_rows(Path(config_dir)), "detector") if detectors else []
     for name in detectors:
@@ -670,7 +668,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
                 errors.append(f"{name} / {mod}: {type(e).__name__}: {e}")
                 print(f"FAILED {name} / {mod}: {e}")
     stamp_rows(results, record)  # before the merge: earlier rows keep their own record (or none)
-    results = _merge_rows(results, merge or [], order=list(modalities))
+    results = _merge_rows(results, merged, order=list(modalities))
     protocol = (__doc__ or "").split("Protocol (issue 3, section 4):", 1)[-1].strip()
     meta = {"date": environment()["date"], "quick": quick, "errors": errors, "protocol": protocol,
             "cpu_note": (f"{environment()['cpu_count']} CPU cores shared with other jobs: times are inflated by "
@@ -790,21 +788,22 @@ def _goal_lines(results: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _merge_rows(results: list[dict[str, Any]], merge: Sequence[str | Path], order: list[str]) -> list[dict[str, Any]]:
-    """Rows of earlier runs (in the order given) with this run's rows on top: a later source
-    replaces a (modality, detector) row where it first appeared; new rows come after."""
+def _merge_check(d: dict[str, Any]) -> None:
+    """What a --merge file must hold for :func:`_merge_rows` (raises KeyError/TypeError if not)."""
+    for r in d["results"]:
+        r["modality"], r["detector"]  # noqa: B018 -- the keys rows are merged by
+
+
+def _merge_rows(results: list[dict[str, Any]], merged: Sequence[tuple[Path, dict[str, Any]]],
+                order: list[str]) -> list[dict[str, Any]]:
+    """Rows of earlier runs (``(file, content)`` as :func:`medad.bench.common.earlier_run` read and
+    checked them, in the order given) with this run's rows on top: a later source replaces a
+    (modality, detector) row where it first appeared; new rows come after."""
     rows: dict[tuple[str, str], dict[str, Any]] = {}
-    for prev in merge:
-        f = Path(prev) / "brain-lesions.json" if Path(prev).is_dir() else Path(prev)
-        if not f.is_file():
-            raise ReadError("no brain-lesions.json to merge", f)
-        try:
-            old = json.loads(f.read_text(encoding="utf-8"))
-            old_rows, date = old["results"], old.get("environment", {}).get("date")
-            for r in old_rows:
-                rows[(r["modality"], r["detector"])] = {**r, "merged_from": str(f), "run_date": r.get("run_date", date)}
-        except (ValueError, KeyError, TypeError) as e:
-            raise ReadError(f"not a brain-lesions benchmark file: {e}", f) from None
+    for f, old in merged:
+        date = old.get("environment", {}).get("date")
+        for r in old["results"]:
+            rows[(r["modality"], r["detector"])] = {**r, "merged_from": str(f), "run_date": r.get("run_date", date)}
     for r in results:
         rows[(r["modality"], r["detector"])] = r
     rank = {m: i for i, m in enumerate(order)}
