@@ -307,7 +307,7 @@ def test_bench_bonn_command_refuses_a_wrong_merge_folder_at_once(monkeypatch, tm
     # the medad command prints a MedadError as 'error: ...' (exit 2); the runner hands it back as is
     assert isinstance(res.exception, ReadError) and "no bonn.json here" in str(res.exception), res.output
     res = CliRunner().invoke(app, ["bench", "yaseen", "--merge", str(tmp_path), "--data-root", str(tmp_path)])
-    assert isinstance(res.exception, MedadError) and "not supported by the yaseen" in str(res.exception)
+    assert isinstance(res.exception, MedadError) and "no yaseen.json here" in str(res.exception)
 
 
 def test_mitbih_and_yaseen_options_fail_before_any_data_is_read(monkeypatch, tmp_path):

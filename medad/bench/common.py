@@ -181,6 +181,28 @@ def earlier_run(given: str | Path, name: str, *, quick: bool | None = None, what
     return f, results
 
 
+def earlier_runs(given: str | Path | Iterable[str | Path] | None, name: str, *, quick: bool | None = None,
+                 what: str = "--merge",
+                 check: Callable[[dict[str, Any]], None] | None = None) -> list[tuple[Path, dict[str, Any]]]:
+    """Every earlier run given to a repeatable ``--merge`` (one path, several, or ``None``: none),
+    each read and checked once by :func:`earlier_run` -- all of them before any data is read, so a
+    wrong one fails before the run, naming its file. Returns ``(file, content)`` in the order
+    given; benchmarks merge them in that order with this run last, so a later run's row replaces
+    an earlier run's row of the same name, and this run's rows replace both."""
+    if given is None:
+        return []
+    items = [given] if isinstance(given, (str, Path)) else list(given)
+    return [earlier_run(g, name, quick=quick, what=what, check=check) for g in items]
+
+
+def merge_help(name: str, same: str = "--quick") -> str:
+    """The ``--help`` text of ``--merge`` in every benchmark command that has it (``name``: the
+    benchmark; ``same``: the settings a merged run must share with this one)."""
+    return (f"an earlier run's output folder or its {name}.json (same {same}), whose rows this run does not "
+            "redo are kept; repeatable: a later one's rows replace an earlier one's, this run's replace both; "
+            "each is read and checked before anything runs")
+
+
 def reproduce_markdown(record: dict[str, str], rows: Sequence[tuple[str, str, Any]] | None = None) -> str:
     """The "How to reproduce" section: the command, commit and date of each group of rows.
     ``rows``: ``(group, name, run record or None)`` per result row (``group`` e.g. a task, may be

@@ -1199,6 +1199,11 @@ def merge_tasks(tasks: dict[str, Any], old: dict[str, Any], source: str) -> None
         ours, theirs = mine.get("results"), r.get("results", {})
         kept = [k for k in theirs if k not in (ours or {})]
         if kept and isinstance(ours, dict):  # their order, then methods new in this run
+            if isinstance(mine.get("merged_from"), str):  # taken whole from a later --merge file: name its methods
+                mine_origins = _origins(mine, mine["merged_from"], mine.get("run_date"))
+                mine["merged_from"] = {}
+                mine.pop("run_date", None)
+                _add_origins(mine["merged_from"], list(mine_origins), mine_origins)
             mine["results"] = {**{k: ours.get(k, v) for k, v in theirs.items()}, **ours}
             _add_origins(mine.setdefault("merged_from", {}), kept, origins)
             # kept rows keep the record of the run that computed them (None: not recorded)
@@ -1234,10 +1239,10 @@ def check_options(data_root: Path | None, tasks: list[str] | None, detectors: li
                                                                           list[tuple[Path, dict[str, Any]]]]:
     """Every option checked before any image is read: task and detector names (exact or glob,
     :func:`medad.bench.common.select_rows`; an unknown one lists the known ones), the budget, the
-    tasks' data folders, and each ``--merge`` file (:func:`medad.bench.common.earlier_run`: same
+    tasks' data folders, and each ``--merge`` file (:func:`medad.bench.common.earlier_runs`: same
     quick setting and budget). Returns the tasks, the detectors (``None``: all) and the loaded
-    earlier runs."""
-    from medad.bench.common import earlier_run, select_rows
+    earlier runs, in the order given."""
+    from medad.bench.common import earlier_runs, select_rows
 
     tasks = select_rows(tasks, ALL_TASKS, "task")
     if detectors is not None:
@@ -1258,8 +1263,7 @@ def check_options(data_root: Path | None, tasks: list[str] | None, detectors: li
             raise ValueError(f"it was run with --budget {old.get('budget', 1.0)}, this run with {budget}: "
                              "not comparable")
 
-    earlier = [earlier_run(prev, "image-screening", quick=quick, check=same_budget) for prev in merge or []]
-    return tasks, detectors, earlier
+    return tasks, detectors, earlier_runs(merge, "image-screening", quick=quick, check=same_budget)
 
 
 def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | None = None,
@@ -1271,8 +1275,9 @@ def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | 
     ``budget``: multiplies every learned detector's optimiser steps (the default 1 is sized for
     2 shared CPU cores; 10 is meant for a GPU).
 
-    ``merge``: earlier output folders (or JSON files) of runs on other tasks, e.g. made in
-    parallel; their task results are kept where this run has none.
+    ``merge``: earlier output folders (or JSON files) of runs on other tasks or detectors, e.g.
+    made in parallel; their results are kept where this run has none, and of two of them the
+    later one given wins where both have a result (as in every ``bench ... --merge``).
     """
     import torch
 
@@ -1294,10 +1299,14 @@ def run_image_screening(data_root: Path, out: str | Path, *, tasks: list[str] | 
         # per row (method; organ for ct_tumour): the run that computed it, kept through --merge
         results["tasks"][task]["runs"] = {k: record for k in results["tasks"][task].get("results", {})}
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
-    merged_env = None
-    for f, old in earlier:  # read and checked before the tasks ran
+    # read and checked before the tasks ran; merge_tasks keeps what is already there, so the last
+    # file given goes in first: a later --merge replaces an earlier one's results, this run replaces both
+    for f, old in reversed(earlier):
         merge_tasks(results["tasks"], old, str(f))
-        merged_env = merged_env or old.get("environment")
+    # this run's tasks, then the merged ones in the order the files were given
+    order = dict.fromkeys([*tasks, *(t for _, old in earlier for t in old.get("tasks", {}))])
+    results["tasks"] = {t: results["tasks"][t] for t in order}
+    merged_env = next((old["environment"] for _, old in earlier if old.get("environment")), None)
     results["peak_rss_mb"] = round(peak_rss_mb(), 1)
     # a pure merge describes the machine the merged runs ran on, not this one
     results["environment"] = merged_env if (not tasks and merged_env) else environment()

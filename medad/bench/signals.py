@@ -16,7 +16,8 @@ MIT-BIH also runs the screening pipeline's ECG beat mode end to end on the same 
 (:func:`mitbih_pipeline_check`: ``train_screening`` / ``screen_folder`` with
 ``configs/screening_ecg_beats.yaml`` or the configs given by ``--pipeline-config``, e.g. the deep
 ``configs/screening_ecg_beats_ae.yaml``; the pipeline's own R peaks matched to the reference
-beats). ``--merge`` keeps an earlier run's results that are not rerun.
+beats). ``--merge`` keeps the results of earlier runs (one or several; a later one's rows replace
+an earlier one's) that are not rerun.
 
 Training seconds, inference seconds per item and the process's peak memory so far are recorded
 for every method. The machine these run on may be shared: wall-clock figures are inflated by
@@ -31,8 +32,8 @@ from typing import Any, Callable, List, Optional, Sequence  # List/Optional: typ
 
 import numpy as np
 
-from medad.bench.common import (earlier_run, keep_run, markdown_table, run_record, select_rows, stamp_rows,
-                                write_benchmark)
+from medad.bench.common import (earlier_run, earlier_runs, keep_run, markdown_table, run_record, select_rows,
+                                stamp_rows, write_benchmark)
 from medad.detectors.base import threshold_at_fpr
 from medad.errors import ConfigError, InputError, MedadError, ReadError
 from medad.evaluation import auprc, auroc, group_kfold, sensitivity_specificity, split_by_subject
@@ -800,14 +801,15 @@ def paired_auroc_difference(y: np.ndarray, s: np.ndarray, ref: np.ndarray, *, n_
 def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = False, folds: int = 10,
              epochs: int | None = None, methods: Sequence[str] | None = None, seed: int = 0,
              progress: bool = False, threads: int = 1, reuse_cv: str | Path | None = None,
-             merge: str | Path | None = None) -> dict[str, Any]:
+             merge: str | Path | Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Bonn EEG: A,B vs E supervised k-fold CV; one-class on A,B (held-out A,B vs E; C,D vs E).
 
     ``reuse_cv``: an earlier run (its output folder or its ``bonn.json``) whose cross-validation
     results are copied instead of run again (its date is recorded in the protocol); only the
-    one-class task runs. ``merge``: an earlier run (folder or ``bonn.json``, same ``quick``)
-    whose rows not rerun now are kept (every task); the goal lines are then written over the
-    merged rows. Both are checked before any data is read.
+    one-class task runs. ``merge``: earlier runs (each its folder or ``bonn.json``, same
+    ``quick``) whose rows not rerun now are kept (every task; a later one's row replaces an
+    earlier one's, :func:`_merge_tables`); the goal lines are then written over the merged rows.
+    Both are checked before any data is read.
 
     Per-site methods: the sets were recorded at two sites / electrode types (A, B surface; C, D,
     E intracranial), so a one-class model of A,B meets C, D, E in another domain. Their pipeline
@@ -833,7 +835,7 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     _check_counts(folds, epochs)
     task = f"A,B vs E, {folds}-fold CV"
     reused_rows, reused = _reuse(reuse_cv, task, "bonn", quick)
-    earlier = None if merge is None else _previous_run(merge, quick, BONN_CD_TASK, bench="bonn")
+    earlier = _previous_runs(merge, quick, BONN_CD_TASK, bench="bonn")
     root = dataset_root("bonn", data_root=data_root)
     recs = load_bonn(root)
     sets = np.array([r.label for r in recs])
@@ -946,11 +948,8 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
                for test, sp_ in tests.items()}
     stamp_rows((r for ms in results.values() for r in ms.values()), run_rec)  # reused / merged rows keep theirs
     rerun = [f"{t}: {m}" for t, ms in results.items() for m in ms]
-    merged = None
-    if earlier is not None:
-        prev, merged = earlier
-        results = {t: {**prev["results"].get(t, {}), **results.get(t, {})}
-                   for t in list(prev["results"]) + [t for t in results if t not in prev["results"]]}
+    if earlier:
+        results = _merge_tables([prev["results"] for prev, _ in earlier] + [results])
 
     out = Path(out)
     for test, c in curves.items():
@@ -1075,11 +1074,11 @@ def run_bonn(data_root: str | Path | None, out: str | Path, *, quick: bool = Fal
     }
     if reused:
         protocol["reused"] = reused
-    if merged is not None:  # which rows this run made, and where the others come from
+    if earlier:  # which rows this run made, and where the others come from
         # protocol notes of the kept rows (e.g. their selection record) that this run did not rewrite
-        protocol = {**{k: v for k, v in prev.get("protocol", {}).items() if k not in ("merged", "reused")},
-                    **protocol}
-        protocol["merged"] = f"this run: {'; '.join(rerun) or 'nothing'}; every other row is kept from {merged}"
+        protocol = {**{k: v for prev, _ in earlier for k, v in prev.get("protocol", {}).items()
+                       if k not in ("merged", "reused")}, **protocol}
+        protocol["merged"] = _merged_note(rerun, earlier)
     md = _markdown("Bonn EEG", protocol, results, goals)
     write_benchmark(out, "bonn", {"protocol": protocol, "results": results, "goals": goals}, md, record=run_rec,
                     rows=_row_runs(results))
@@ -1184,9 +1183,11 @@ def _load_yaseen(data_root) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
 
 def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = False, folds: int = 10,
                epochs: int | None = None, methods: Sequence[str] | None = None, seed: int = 0,
-               progress: bool = False, threads: int = 1, reuse_cv: str | Path | None = None) -> dict[str, Any]:
+               progress: bool = False, threads: int = 1, reuse_cv: str | Path | None = None,
+               merge: str | Path | Sequence[str | Path] | None = None) -> dict[str, Any]:
     """Yaseen heart sounds: normal vs abnormal (MR, MS, MVP) supervised k-fold CV, and one-class
-    trained on normal recordings only. ``reuse_cv``: as in :func:`run_bonn`."""
+    trained on normal recordings only. ``reuse_cv``, ``merge``: as in :func:`run_bonn` (a merged
+    ``yaseen.json`` must hold result tables); both checked before any data is read."""
     from medad import registry
 
     _set_threads(threads)
@@ -1197,6 +1198,7 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     _check_counts(folds, epochs)
     task = f"normal vs abnormal, {folds}-fold CV"
     reused_rows, reused = _reuse(reuse_cv, task, "yaseen", quick)
+    earlier = _previous_runs(merge, quick, None, bench="yaseen")
     data, y, classes = _load_yaseen(data_root)
     results: dict[str, dict[str, Any]] = {task: reused_rows}
 
@@ -1262,10 +1264,14 @@ def run_yaseen(data_root: str | Path | None, out: str | Path, *, quick: bool = F
     }
     if reused:
         protocol["reused"] = reused
+    stamp_rows((r for ms in results.values() for r in ms.values()), run_rec)  # reused / merged rows keep theirs
+    if earlier:  # rows not rerun now are kept from the earlier runs, a later one's over an earlier one's
+        rerun = [f"{t}: {m}" for t, ms in results.items() for m in ms]
+        results = _merge_tables([prev["results"] for prev, _ in earlier] + [results])
+        protocol["merged"] = _merged_note(rerun, earlier)
     goals = ["- No numeric goal for Yaseen (the issue treats it as a sanity check: classical 10-fold accuracy "
              "0.998)."]
     md = _markdown("Yaseen heart sounds", protocol, results, goals)
-    stamp_rows((r for ms in results.values() for r in ms.values()), run_rec)  # reused rows keep theirs
     write_benchmark(out, "yaseen", {"protocol": protocol, "results": results, "goals": goals}, md, record=run_rec,
                     rows=_row_runs(results))
     print(md)
@@ -1466,14 +1472,15 @@ def select_on_training_records(d: dict[str, Any], candidates: dict[str, tuple[st
 def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = False, epochs: int | None = None,
                methods: Sequence[str] | None = None, seed: int = 0, max_train: int = 6000,
                progress: bool = False, threads: int = 1, pipeline_configs: Sequence[str | Path] | None = None,
-               merge: str | Path | None = None) -> dict[str, Any]:
+               merge: str | Path | Sequence[str | Path] | None = None) -> dict[str, Any]:
     """MIT-BIH subset, normal vs PVC beats, inter-patient one-class: train on the normal beats of
     half the records, test on every beat of the other half.
 
     ``pipeline_configs``: screening configs run through the pipeline (default
-    :data:`SCREENING_CONFIG`); ``merge``: an earlier run (its output folder or its ``mitbih.json``,
+    :data:`SCREENING_CONFIG`); ``merge``: earlier runs (each its output folder or its ``mitbih.json``,
     same ``quick``) whose results (methods, per-record AUROCs, pipeline configs) not rerun now are
-    kept beside this run's. Options, configs and the merge file are checked before any data is read."""
+    kept beside this run's, a later run's over an earlier one's. Options, configs and the merge
+    files are checked before any data is read."""
     _set_threads(threads)
     run_rec = run_record()
     all_m = mitbih_methods(quick, epochs)
@@ -1490,7 +1497,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
 
         for c in pipeline_configs or [SCREENING_CONFIG]:
             ScreeningConfig.from_yaml(c)
-    earlier = None if merge is None else _previous_run(merge, quick, MITBIH_TASK, bench="mitbih")
+    earlier = _previous_runs(merge, quick, MITBIH_TASK, bench="mitbih")
     d = load_mitbih_beats(data_root)
     x, y, rec, rr = d["x"], d["y"], d["record"], d["rr"]
     if quick:
@@ -1559,8 +1566,7 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
                                  "auroc": auroc(yy[rec[te] == r], s[rec[te] == r])} for r in MITBIH_TEST}
     stamp_rows(list(results[task].values()) + list(pipelines.values()), run_rec)  # merged rows keep theirs
     rerun = list(results[task]) + [f"pipeline {c}" for c in pipelines]
-    if earlier is not None:
-        results[task], per_record, pipelines, merged = _merge_mitbih(earlier, results[task], per_record, pipelines)
+    results[task], per_record, pipelines = _merge_mitbih_runs(earlier, results[task], per_record, pipelines)
     goals = [_goal_line("MIT-BIH inter-patient PVC one-class", results[task], 0.98, 0.951)]
     protocol = {
         "data": "MIT-BIH subset (12 records, MLII, 360 Hz); beats from the R-peak lists; PVC = abnormal, every "
@@ -1592,8 +1598,9 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
         "n_test_pvc": int(y[te].sum()),
         "quick": quick,
     }
-    if deep_selection is None and earlier is not None:  # not rerun: the earlier run's choice stays with its row
-        deep_selection = earlier[0].get("protocol", {}).get("deep_selection")
+    if deep_selection is None:  # not rerun: the latest earlier run's choice stays with its row
+        deep_selection = next((prev["protocol"]["deep_selection"] for prev, _ in reversed(earlier)
+                               if (prev.get("protocol") or {}).get("deep_selection")), None)
     if deep_selection is not None:
         protocol["deep_selection"] = {
             "method": MITBIH_DEEP_RR,
@@ -1605,8 +1612,8 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
                    "the highest mean fold AUROC (ties to 4 decimals: the highest lowest fold). No test record is "
                    "read. Then trained on all training records as the other rows",
             **deep_selection}
-    if earlier is not None:  # which rows this run made, and where the others come from
-        protocol["merged"] = (f"this run: {'; '.join(rerun) or 'nothing'}; every other row is kept from {merged}")
+    if earlier:  # which rows this run made, and where the others come from
+        protocol["merged"] = _merged_note(rerun, earlier)
     md = _markdown("MIT-BIH PVC beats (inter-patient, one-class)", protocol, results, goals)
     md += "\n## Per test record (AUROC; NaN where a record has no PVC)\n\n" + markdown_table(
         ["method"] + list(MITBIH_TEST),
@@ -1623,30 +1630,65 @@ def run_mitbih(data_root: str | Path | None, out: str | Path, *, quick: bool = F
 SCREENING_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "screening_ecg_beats.yaml"
 
 
-def _previous_run(previous: str | Path, quick: bool, task: str, *, bench: str = "bonn") -> tuple[dict[str, Any], str]:
-    """An earlier run of ``bench`` to merge into -- its output folder or its ``<bench>.json``,
-    checked by :func:`medad.bench.common.earlier_run` (it must hold results of ``task``; a quick
-    run is never merged with a full one) -- and where its rows come from: its run date, and its
-    own merge / reuse notes. Called before any data is read."""
+def _previous_runs(given: str | Path | Sequence[str | Path] | None, quick: bool, task: str | None, *,
+                   bench: str) -> list[tuple[dict[str, Any], str]]:
+    """The earlier runs of ``bench`` to merge into (``--merge``, repeatable) -- each its output
+    folder or its ``<bench>.json``, read and checked once by
+    :func:`medad.bench.common.earlier_runs` (it must hold results of ``task``, or with ``task``
+    ``None`` result tables; a quick run is never merged with a full one) -- in the order given,
+    each with where its rows come from: its run date, and its own merge / reuse notes. Called
+    before any data is read."""
     def check(d: dict[str, Any]) -> None:
-        if not isinstance(d["results"][task], dict):
-            raise TypeError(f"its '{task}' results are not a table")
+        tables = d["results"] if task is None else {task: d["results"][task]}
+        if not isinstance(tables, dict) or not tables:
+            raise TypeError("its results are not a table of tasks")
+        for t, rows in tables.items():
+            if not isinstance(rows, dict):
+                raise TypeError(f"its '{t}' results are not a table")
 
     try:
-        _, prev = earlier_run(previous, bench, quick=quick, check=check)
+        runs = earlier_runs(given, bench, quick=quick, check=check)
     except ReadError as e:
-        raise ReadError(f"{e.problem}; it must hold results of '{task}' to merge into", e.path) from None
-    source = f"the run of {prev.get('environment', {}).get('date', 'an unknown date')}"
-    notes = [prev["protocol"][k] for k in ("merged", "reused") if prev.get("protocol", {}).get(k)]
-    if notes:
-        source += f" (itself: {'; '.join(notes)})"
-    return prev, source
+        need = "result tables" if task is None else f"results of '{task}'"
+        raise ReadError(f"{e.problem}; it must hold {need} to merge into", e.path) from None
+    out = []
+    for _, prev in runs:
+        source = f"the run of {(prev.get('environment') or {}).get('date', 'an unknown date')}"
+        notes = [prev["protocol"][k] for k in ("merged", "reused") if (prev.get("protocol") or {}).get(k)]
+        if notes:
+            source += f" (itself: {'; '.join(notes)})"
+        out.append((prev, source))
+    return out
+
+
+def _previous_run(previous: str | Path, quick: bool, task: str, *, bench: str = "bonn") -> tuple[dict[str, Any], str]:
+    """One earlier run to merge into, as :func:`_previous_runs` reads and describes it."""
+    return _previous_runs([previous], quick, task, bench=bench)[0]
+
+
+def _merge_tables(tables: Sequence[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Result tables (task -> row label -> result: earlier runs' in the order given, this run's
+    last) laid over one another: a later table's row replaces an earlier one's of the same task
+    and label, in its place; rows and tasks new in a later table come after."""
+    out: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        for task, rows in table.items():
+            out[task] = {**out.get(task, {}), **rows}
+    return out
+
+
+def _merged_note(rerun: Sequence[str], earlier: Sequence[tuple[dict[str, Any], str]]) -> str:
+    """The protocol's ``merged`` note: the rows this run made and where every other row comes from."""
+    sources = [s for _, s in earlier]
+    kept = (sources[0] if len(sources) == 1 else "the last of these runs (given in this order) that holds it: "
+            + "; ".join(f"({i}) {s}" for i, s in enumerate(sources, 1)))
+    return f"this run: {'; '.join(rerun) or 'nothing'}; every other row is kept from {kept}"
 
 
 def _merge_mitbih(earlier: tuple[dict[str, Any], str], results: dict[str, Any], per_record: dict[str, Any],
                   pipelines: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], str]:
-    """This run's results over those of an earlier ``mitbih.json`` (``earlier``: its
-    :func:`_previous_run`; same split): earlier entries not rerun are kept, in their order.
+    """This run's results over those of an earlier ``mitbih.json`` (``earlier``: one of
+    :func:`_previous_runs`; same split): earlier entries not rerun are kept, in their order.
     Results of an older file with one ``pipeline`` entry belong to :data:`SCREENING_CONFIG`.
     Also returns where the kept entries come from."""
     prev, source = earlier
@@ -1654,6 +1696,17 @@ def _merge_mitbih(earlier: tuple[dict[str, Any], str], results: dict[str, Any], 
     old_pipes = prev.get("pipelines") or ({SCREENING_CONFIG.name: prev["pipeline"]} if prev.get("pipeline") else {})
     return ({**old_results, **results}, {**prev.get("per_record", {}), **per_record}, {**old_pipes, **pipelines},
             source)
+
+
+def _merge_mitbih_runs(earlier: Sequence[tuple[dict[str, Any], str]], results: dict[str, Any],
+                       per_record: dict[str, Any], pipelines: dict[str, Any]
+                       ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """:func:`_merge_mitbih` over every earlier run (:func:`_previous_runs`, in the order given):
+    a later run's entries replace an earlier one's in place, this run's replace both. The last
+    run goes under this run's results first, the first one last (dict overlays associate)."""
+    for one in reversed(earlier):
+        results, per_record, pipelines, _ = _merge_mitbih(one, results, per_record, pipelines)
+    return results, per_record, pipelines
 
 
 def _pipeline_beat_metrics(root: Path, screened: Path, threshold: float) -> dict[str, Any]:
@@ -1810,10 +1863,15 @@ def _isolation_forest(f_fit, f_cal, f_te, y_te, seed) -> dict[str, Any]:
 
 
 # ============================================================================= CLI
+#: a row label holding a comma, per benchmark whose --detectors therefore takes one label per use
+COMMA_LABEL = {"bonn": "features (no amplitude, all groups, knn)", "mitbih": "features (beat + RR, knn)"}
+
+
 def register_bench(bench_app) -> None:
     """Add ``medad bench bonn|yaseen|mitbih`` (called by :mod:`medad.commands.signals`)."""
     import typer
 
+    from medad.bench.common import merge_help
     from medad.commands import AliasedCommand
 
     def _copy(out: Path, name: str, copy_to: Optional[Path]) -> None:
@@ -1837,8 +1895,11 @@ def register_bench(bench_app) -> None:
             epochs: Optional[int] = typer.Option(None, help="training epochs of the neural models (default per task)"),
             method: List[str] = typer.Option([], "--detectors", "--method", "-m",
                                              help="only these rows, by their exact label in the table's method "
-                                                  "column or a glob such as 'features*'; repeatable (not "
-                                                  "comma-separated: labels hold commas); an unknown label lists them"),
+                                                  "column or a glob such as 'features*'; one label per --detectors, "
+                                                  "repeated (not comma-separated: " + (
+                                                      "as in bench bonn and mitbih, whose labels hold commas"
+                                                      if name == "yaseen" else "labels hold commas, e.g. "
+                                                      f"'{COMMA_LABEL[name]}'") + "); an unknown label lists them"),
             threads: int = typer.Option(1, help="torch CPU threads (1 avoids oversubscription on a shared CPU)"),
             progress: bool = typer.Option(False, help="progress bars while training"),
             copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
@@ -1848,20 +1909,14 @@ def register_bench(bench_app) -> None:
             pipeline_config: List[Path] = typer.Option([], "--pipeline-config", help="mitbih: screening config(s) "
                                                        "run through the pipeline (default configs/screening_ecg_"
                                                        "beats.yaml); repeatable"),
-            merge: Optional[Path] = typer.Option(None, help="bonn/mitbih: an earlier run's output folder or its "
-                                                            "<name>.json (same --quick setting); its results not "
-                                                            "rerun now are kept beside this run's; checked before "
-                                                            "anything runs"),
+            merge: List[Path] = typer.Option([], "--merge", help=merge_help(name)),
         ) -> None:
-            kw = dict(quick=quick, epochs=epochs, methods=method or None, threads=threads, progress=progress)
+            kw = dict(quick=quick, epochs=epochs, methods=method or None, threads=threads, progress=progress,
+                      merge=merge or None)
             if has_folds:
                 kw.update(folds=folds, reuse_cv=reuse_cv)
-                if fn is run_bonn:
-                    kw.update(merge=merge)
-                elif merge is not None:
-                    raise InputError(f"--merge is not supported by the {name} benchmark")
             else:
-                kw.update(pipeline_configs=pipeline_config or None, merge=merge)
+                kw.update(pipeline_configs=pipeline_config or None)
             fn(data_root, out, **kw)
             _copy(out, name, copy_to)
 

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 import typer
 
+from medad.bench.common import merge_help
 from medad.commands import name_list
 
 
@@ -83,8 +84,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def bench_brain_lesions(
         data_root: Optional[Path] = typer.Option(None, "--data-root", help="data root (default: $MEDAD_DATA_ROOT or ../shared/data)"),
         out: Path = typer.Option(Path("bench-out"), "--out", help="output folder"),
-        detectors: List[str] = typer.Option(["intensity"], "--detectors", help="row names, repeated or comma-separated (as "
-                                             "bench image-screening takes them): NAME reads brain_NAME_<modality>.yaml or brain_NAME.yaml from "
+        detectors: List[str] = typer.Option(["intensity"], "--detectors", help="row names, repeated or comma-separated "
+                                             "(--detectors ae,dae): NAME reads brain_NAME_<modality>.yaml or brain_NAME.yaml from "
                                              "--config-dir (e.g. pddpm_overlap, ensemble), else the registered detector NAME with its "
                                              "defaults; globs select several ('none' with --merge: only merge)"),
         modalities: str = typer.Option("flair,t1c", "--modalities", help="comma-separated: flair, t1c"),
@@ -93,8 +94,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                   "the configs that come with medad)"),
         copy_to: Optional[Path] = typer.Option(None, "--copy-to", help="also copy the JSON/MD here (e.g. benchmarks/)"),
         cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="keep registration brain masks here for reruns"),
-        merge: Optional[List[Path]] = typer.Option(None, "--merge",
-                                                   help="earlier output folder: keep its rows this run does not redo"),
+        merge: Optional[List[Path]] = typer.Option(None, "--merge", help=merge_help("brain-lesions")),
         models_dir: Optional[Path] = typer.Option(None, "--models-dir",
                                                   help="keep fitted models here; a rerun with the same config reuses them "
                                                        "(e.g. an ensemble of already trained members)"),

@@ -7,6 +7,9 @@ from typing import List, Optional
 
 import typer
 
+from medad.bench.common import merge_help
+from medad.commands import name_list
+
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     images_app = typer.Typer(help="Flag abnormal endoscopy frames / CT / MRI slices and show where.",
@@ -108,16 +111,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         tasks: Optional[List[str]] = typer.Option(None, "--tasks",
                                                   help="kvasir, wce, brain, brain_z, covid, ct_tumour, or a glob "
                                                        "such as 'brain*' (default all; 'none' only merges); "
-                                                       "repeatable"),
+                                                       "repeated or comma-separated (--tasks wce,covid)"),
         detectors: Optional[List[str]] = typer.Option(None, "--detectors",
                                                       help="only these detectors, by exact name or a glob such as "
-                                                           "'patchstats*'; repeatable; an unknown name lists them"),
+                                                           "'patchstats*'; repeated or comma-separated (--detectors "
+                                                           "pca,ae: no name holds a comma); an unknown name lists "
+                                                           "them"),
         quick: bool = typer.Option(False, help="small subsets and few epochs (smoke run)"),
         copy_to: Optional[Path] = typer.Option(None, help="also copy the JSON/MD here (e.g. benchmarks/)"),
         merge: Optional[List[Path]] = typer.Option(None, "--merge",
-                                                   help="an earlier run on other tasks to merge in: its output "
-                                                        "folder or its image-screening.json (same --quick and "
-                                                        "--budget); repeatable; checked before anything runs"),
+                                                   help=merge_help("image-screening", "--quick and --budget")),
         threads: int = typer.Option(2, help="torch threads (1 is faster on a crowded machine)"),
         budget: float = typer.Option(1.0, help="multiply every learned detector's optimiser steps (10 on a GPU)"),
     ) -> None:
@@ -126,7 +129,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from medad.bench.image_screening import run_image_screening
         from medad.config import data_root as _data_root
 
-        chosen = None if not tasks else [t for t in tasks if t != "none"]
-        run_image_screening(_data_root(data_root), out, tasks=chosen, detectors=detectors or None,
+        chosen = None if not tasks else [t for t in name_list(tasks) if t != "none"]
+        run_image_screening(_data_root(data_root), out, tasks=chosen, detectors=name_list(detectors or []) or None,
                             quick=quick, copy_to=copy_to, merge=merge or None, threads=threads,
                             budget=budget)
