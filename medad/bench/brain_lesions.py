@@ -633,7 +633,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     """
     import torch
 
-    from medad.bench.common import earlier_run, environment, run_record, select_rows, stamp_rows, write_benchmark
+    from medad.bench.common import earlier_runs, environment, run_record, select_rows, stamp_rows, write_benchmark
     from medad.config import data_root as _root
     from medad.errors import MedadError
 
@@ -643,7 +643,7 @@ def run_brain_lesions(*, data_root: str | Path | None, out: str | Path, detector
     if bad:
         raise ConfigError(f"unknown modality {', '.join(bad)}; choose from {', '.join(MODALITY_FILES)}")
     # --merge files are read and checked now (folder or JSON, a brain-lesions file, same --quick), not after the run
-    merged = [earlier_run(m, "brain-lesions", quick=quick, check=_merge_check) for m in (merge or [])]
+    merged = earlier_runs(merge, "brain-lesions", quick=quick, check=_merge_check)
     # a wrong name fails now, not after the reference rows were computed; 'dae*' selects several
     detectors = select_rows(detectors, known_rows(Path(config_dir)), "detector") if detectors else []
     for name in detectors:
