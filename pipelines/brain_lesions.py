@@ -43,6 +43,9 @@ DETECTOR_DIR = "detector"
 MEMBERS_DIR = "members"
 ENSEMBLE = "ensemble"
 COMBINE = {"mean": np.mean, "median": np.median}
+#: what calibration leaves out of a partly healthy scan (``lesion_pattern``): the axial slices
+#: holding lesion voxels (the benchmark protocol) or the lesion voxels alone
+CALIBRATION_EXCLUDE = ("slices", "voxels")
 MIN_CALIBRATION_SCANS = 3  # fewer held-out healthy scans than this: training warns about the thresholds
 # BodyPartExamined values (substrings, upper case) of head scans; any other stated body part is refused
 HEAD_PARTS = ("HEAD", "BRAIN", "SKULL", "NEURO", "CRAN", "CEREB")
@@ -69,6 +72,19 @@ class BrainLesionConfig:
             stands for the scan's file name without extension, e.g. ``"{stem}_brainmask.nii.gz"``
             in a flat folder, ``"brainmask*.nii*"`` in case folders); when it is absent the brain
             comes from registration to MNI152.
+        lesion_pattern: glob of a scan's lesion mask, looked up as ``mask_pattern`` is (from
+            the scan's folder, ``{stem}`` the scan's file name without extension; e.g.
+            ``"{stem}_lesion.nii.gz"`` beside it, ``"../wmh/{stem}_DLWMLS.nii.gz"`` in a folder next
+            to it): the training scans may then be only partly healthy. A found mask is read on
+            the scan's grid (voxels above 0.5: any label of a label map is lesion); the axial
+            slices (or crops) holding lesion voxels are left out of training, and calibration
+            leaves out lesions as ``calibration_exclude`` says. A scan without one (a DICOM
+            series has none) is wholly healthy. Files the pattern names are never scans.
+        calibration_exclude: what the voxel threshold and decision volume leave out of a
+            held-out scan with a lesion mask: ``"slices"`` (every axial slice holding a lesion
+            voxel, the benchmark protocol) or ``"voxels"`` (only the lesion voxels, so the
+            healthy tissue around a lesion calibrates too). The detector's own item calibration
+            always leaves out the items holding lesion, as training does.
         exclude_patterns: file-name globs of masks and label maps: a matching file is left out (and
             listed, with the reason) when it holds few distinct values; one holding a scan's
             continuous intensities (``Subj1_FL_skullstripped_masked.nii.gz``) is still a scan.
@@ -102,7 +118,7 @@ class BrainLesionConfig:
     image_pattern: str = "*.nii*"
     mask_pattern: str | None = None
     exclude_patterns: list[str] = field(default_factory=lambda: ["*mask*", "*seg*", "*label*", "*OTMultiClass*",
-                                                                 "*DLWMLS*"])
+                                                                 "*DLWMLS*", "*lesion*"])
     val_fraction: float = 0.2
     pixel_fpr: float = 0.005
     slice_fpr: float = 0.05
@@ -116,8 +132,14 @@ class BrainLesionConfig:
     min_brain_fraction: float = 0.1
     members: list[dict[str, Any]] = field(default_factory=list)
     combine: str = "mean"
+    lesion_pattern: str | None = None
+    calibration_exclude: str = "slices"
 
     def __post_init__(self) -> None:
+        if self.calibration_exclude not in CALIBRATION_EXCLUDE:
+            raise ConfigError(f"calibration_exclude must be one of {', '.join(CALIBRATION_EXCLUDE)}, got "
+                              f"{self.calibration_exclude!r}")
+        self.check_patterns()
         if self.detector == ENSEMBLE or self.members:
             self._check_members()
         if self.combine not in COMBINE:
@@ -140,6 +162,31 @@ class BrainLesionConfig:
                 raise ConfigError(f"{k} must be in (0, 1), got {getattr(self, k)}")
         BrainPrepConfig.from_dict(self.preprocessing)  # validates the preprocessing block early
 
+    def check_patterns(self) -> None:
+        """``mask_pattern`` and ``lesion_pattern`` are relative globs whose only placeholder is
+        ``{stem}``, and not the same (a caller that sets them after construction calls this)."""
+        import string
+
+        for name in ("mask_pattern", "lesion_pattern"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not isinstance(v, str) or not v.strip():
+                raise ConfigError(f"{name} must be a file-name glob such as '{{stem}}_lesion.nii.gz', got {v!r}")
+            if Path(v).is_absolute():
+                raise ConfigError(f"{name} {v!r} is an absolute path: it is looked up from each scan's folder, "
+                                  "e.g. '{stem}_lesion.nii.gz' or '../lesions/{stem}.nii.gz'")
+            try:
+                fields_ = {f for _, f, _, _ in string.Formatter().parse(v) if f is not None}
+            except ValueError as e:
+                raise ConfigError(f"{name} {v!r}: {e} (the only placeholder is {{stem}})") from None
+            if fields_ - {"stem"}:
+                raise ConfigError(f"{name} {v!r}: the only placeholder is {{stem}} (the scan's file name "
+                                  f"without extension), got {{{'}, {'.join(sorted(fields_ - {'stem'}))}}}")
+        if self.lesion_pattern is not None and self.lesion_pattern == self.mask_pattern:
+            raise ConfigError(f"lesion_pattern and mask_pattern are both {self.mask_pattern!r}: a scan's lesion "
+                              "mask and brain mask are different files")
+
     def _check_members(self) -> None:
         if self.detector != ENSEMBLE:
             raise ConfigError(f"'members' is only for detector: {ENSEMBLE}, got detector {self.detector!r}")
@@ -156,6 +203,13 @@ class BrainLesionConfig:
                 raise ConfigError(f"ensemble member {i}: {e.problem}") from None
             if cfgs[-1].detector == ENSEMBLE:
                 raise ConfigError(f"ensemble member {i} is itself an ensemble")
+            if m.get("lesion_pattern") is not None:
+                raise ConfigError(f"ensemble member {i} sets lesion_pattern: set it on the ensemble (its scans are "
+                                  "found once for all members)")
+            if m.get("calibration_exclude", self.calibration_exclude) != self.calibration_exclude:
+                raise ConfigError(f"ensemble member {i} sets calibration_exclude {m['calibration_exclude']!r}, the "
+                                  f"ensemble {self.calibration_exclude!r}: set it on the ensemble (members calibrate "
+                                  "as the ensemble does)")
         if not self.preprocessing:  # the members' preprocessing is the ensemble's
             self.preprocessing = cfgs[0].prep.to_dict()
         for i, c in enumerate(cfgs):
@@ -164,7 +218,8 @@ class BrainLesionConfig:
                                   "members must share one preprocessing")
 
     def member_configs(self) -> list["BrainLesionConfig"]:
-        return [BrainLesionConfig.from_dict(m) for m in self.members]
+        """The members' configs; each calibrates as the ensemble does (``calibration_exclude``)."""
+        return [BrainLesionConfig.from_dict({**m, "calibration_exclude": self.calibration_exclude}) for m in self.members]
 
     @property
     def stride(self) -> int:
@@ -218,12 +273,13 @@ def read_brain_config(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class Scan:
-    """A scan found in a folder: id, image file and (optionally) its brain-mask file."""
+    """A scan found in a folder: id, image file and (optionally) its brain-mask and lesion-mask files."""
 
     scan_id: str
     path: Path
     mask_path: Path | None = None
     series_uid: str | None = None  # a DICOM series folder holding several series: which one
+    lesion_path: Path | None = None
 
 
 def _scan_id(path: Path, root: Path) -> str:
@@ -244,13 +300,28 @@ def output_patterns() -> tuple[str, ...]:
     return ("anomaly_map*.nii*", "mask.nii*", *(f"{m}.nii*" for m in METHODS))
 
 
+def _companion(scan: Path, pattern: str | None) -> Path | None:
+    """The file ``pattern`` names for a scan file (its brain or lesion mask): a glob looked up from
+    the scan's folder, ``{stem}`` standing for the scan's file name without extension; the first
+    match (sorted) that is not the scan itself, or ``None``."""
+    from medad.io.volumes import subject_from_path
+
+    if not pattern:
+        return None
+    pat = pattern.format(stem=subject_from_path(scan)) if "{stem}" in pattern else pattern
+    cands = sorted(q for q in scan.parent.glob(pat) if q != scan)
+    return cands[0] if cands else None
+
+
 def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: str | None = None,
                exclude_patterns: Sequence[str] = (), *,
-               excluded: list[tuple[Path, str]] | None = None) -> list[Scan]:
+               excluded: list[tuple[Path, str]] | None = None, lesion_pattern: str | None = None) -> list[Scan]:
     """Every scan under ``folder`` (recursively, links to folders followed): files matching
-    ``image_pattern``, with their brain mask when ``mask_pattern`` finds one in the same folder,
-    and every DICOM series (a folder of slices, found by extension or by content, so slices with
-    no extension count) as one scan. A single file is a folder of one scan.
+    ``image_pattern``, with their brain mask when ``mask_pattern`` finds one (and their lesion
+    mask when ``lesion_pattern`` finds one) from the same folder (:func:`_companion`), and every
+    DICOM series (a folder of slices, found by extension or by content, so slices with no
+    extension count) as one scan. A single file is a folder of one scan. A file named like the
+    mask or lesion patterns, or found as another file's mask, is not a scan.
 
     A file whose name matches one of ``exclude_patterns`` is left out when it looks like a mask or
     label map (:func:`_label_reason`); one holding a scan's continuous intensities (e.g.
@@ -259,7 +330,7 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
     (:func:`_unique_ids`)."""
     import fnmatch
 
-    from medad.io.volumes import is_dicom_slice, subject_from_path
+    from medad.io.volumes import is_dicom_slice
     from medad.utils import walk_files
 
     root = Path(folder)
@@ -270,27 +341,30 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
     series_dirs = _dicom_series_scans(root)
     out = [s for scans in series_dirs.values() for s in scans]
     left_out: list[tuple[Path, str]] = []
-    mask_glob = mask_pattern.replace("{stem}", "*") if mask_pattern else None
+    # names of brain / lesion masks (a pattern reaching into another folder names no file here)
+    name_globs = [g.replace("{stem}", "*") for g in (mask_pattern, lesion_pattern) if g and "/" not in g]
     outputs = output_patterns()
+    files = []
     for p in dict.fromkeys(walk_files(root, image_pattern)):  # a pattern with '/' may list a file twice
         if any(fnmatch.fnmatch(p.name, o) for o in outputs):
             continue  # a map medad wrote (re-scoring a results folder), never a scan
         if p.parent in series_dirs and is_dicom_slice(p):
             continue  # a slice of a series already found as one scan
-        if mask_glob and fnmatch.fnmatch(p.name, mask_glob):
-            continue  # a brain mask named by the config's mask pattern, not a scan
+        if any(fnmatch.fnmatch(p.name, g) for g in name_globs):
+            continue  # a brain or lesion mask named by the config's patterns, not a scan
+        files.append((p, _companion(p, mask_pattern), _companion(p, lesion_pattern)))
+    # a file found as another file's brain or lesion mask (e.g. in a lesion folder next to the scans)
+    companions = {q.resolve() for _, m, les in files for q in (m, les) if q is not None}
+    for p, mask, lesion in files:
+        if p.resolve() in companions:
+            continue
         hit = next((e for e in exclude_patterns if fnmatch.fnmatch(p.name, e)), None)
         if hit is not None:
             why = _label_reason(p, hit)
             if why is not None:
                 left_out.append((p, why))
                 continue
-        mask = None
-        if mask_pattern:
-            pat = mask_pattern.format(stem=subject_from_path(p)) if "{stem}" in mask_pattern else mask_pattern
-            cands = sorted(q for q in p.parent.glob(pat) if q != p)
-            mask = cands[0] if cands else None
-        out.append(Scan(_scan_id(p, root), p, mask))
+        out.append(Scan(_scan_id(p, root), p, mask, lesion_path=lesion))
     if excluded is not None:
         excluded.extend(left_out)
     if not out:
@@ -385,22 +459,43 @@ def prepare_scan(scan: Scan, prep: BrainPrepConfig) -> PreparedVolume:
         raise InputError(f"the DICOM header says BodyPartExamined {part!r}, not a head: brain scoring needs head "
                          "scans", scan.path)
     record.subject_id = scan.scan_id
-    mask = None
-    if scan.mask_path is not None:
-        m = read_volume(scan.mask_path)
-        if m.shape != record.shape or not np.allclose(m.affine, record.affine, atol=1e-3):
-            raise InputError(f"brain mask {scan.mask_path.name} is not on the scan's grid", scan.path)
-        mask = m.data
+    mask = None if scan.mask_path is None else _read_on_scan_grid(scan.mask_path, record, "brain mask")
     return preprocess_volume(record, prep, brain_mask=mask)
+
+
+def _read_on_scan_grid(path: Path, record, what: str) -> np.ndarray:
+    """The data of a file that belongs to a scan (its brain or lesion mask), checked to lie on the
+    scan's grid (both read in RAS order): an error naming the file and the scan otherwise."""
+    from medad.io.volumes import read_volume
+
+    m = read_volume(path)
+    scan = record.path.name if record.path is not None else record.subject_id
+    if m.shape != record.shape:
+        raise InputError(f"{what} is not on the grid of scan {scan}: shape {tuple(m.original_shape or m.shape)}, "
+                         f"the scan's {tuple(record.original_shape or record.shape)}", path)
+    if not np.allclose(m.affine, record.affine, atol=1e-3):
+        raise InputError(f"{what} is not on the grid of scan {scan}: same shape but another voxel size, position "
+                         "or orientation (affine)", path)
+    return m.data
+
+
+def read_lesion_mask(scan: Scan, record) -> np.ndarray | None:
+    """A scan's lesion mask (``scan.lesion_path``) on its record's RAS grid, as a bool array (voxels
+    above 0.5: any label of a label map); ``None`` when the scan has none."""
+    if scan.lesion_path is None:
+        return None
+    return _read_on_scan_grid(scan.lesion_path, record, "lesion mask") > 0.5
 
 
 # ----------------------------------------------------------------------------------- slices
 
 
 def training_slices(volumes: Sequence[PreparedVolume], *, min_brain_pixels: int = 200,
-                    lesions: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    lesions: Sequence[np.ndarray | None] | None = None,
+                    dropped: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Healthy axial slices of prepared volumes: those with at least ``min_brain_pixels`` brain
     pixels and, when a lesion mask (record grid) is given for a volume, no lesion voxel.
+    ``dropped`` (subject id -> count) gets the slices with enough brain left out for a lesion.
 
     Returns:
         ``(slices (N, 1, S, S), brain (N, 1, S, S) bool, subject id per slice)``.
@@ -410,7 +505,10 @@ def training_slices(volumes: Sequence[PreparedVolume], *, min_brain_pixels: int 
         keep = v.model_brain.sum(axis=(0, 1)) >= min_brain_pixels
         les = None if lesions is None else lesions[i]
         if les is not None:
-            keep &= ~v.labels_to_model_grid(les).any(axis=(0, 1))
+            hit = v.labels_to_model_grid(les).any(axis=(0, 1))
+            if dropped is not None:
+                dropped[v.record.subject_id] = dropped.get(v.record.subject_id, 0) + int((keep & hit).sum())
+            keep &= ~hit
         if keep.any():
             xs.append(v.slices()[keep])
             bs.append(v.slice_brain()[keep])
@@ -427,9 +525,11 @@ def _padded(a: np.ndarray, crop: int) -> np.ndarray:
 
 
 def training_crops(volumes: Sequence[PreparedVolume], crop: int, stride: int, *, min_brain_fraction: float = 0.1,
-                   lesions: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                   lesions: Sequence[np.ndarray | None] | None = None,
+                   dropped: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Healthy cubic crops of prepared volumes (model grid): at least ``min_brain_fraction``
     brain voxels and, when a lesion mask (record grid) is given for a volume, no lesion voxel.
+    ``dropped`` (subject id -> count) gets the crops with enough brain left out for a lesion.
 
     Returns:
         ``(crops (N, 1, c, c, c), brain (N, 1, c, c, c) bool, subject id per crop)``.
@@ -438,8 +538,14 @@ def training_crops(volumes: Sequence[PreparedVolume], crop: int, stride: int, *,
     for i, v in enumerate(volumes):
         img, brain = _padded(v.image, crop), _padded(v.model_brain, crop)
         les = None if lesions is None or lesions[i] is None else _padded(v.labels_to_model_grid(lesions[i]), crop)
+        if les is not None and dropped is not None:
+            dropped.setdefault(v.record.subject_id, 0)
         for sl in _crop_boxes(img.shape, crop, stride):
-            if brain[sl].mean() < min_brain_fraction or (les is not None and les[sl].any()):
+            if brain[sl].mean() < min_brain_fraction:
+                continue
+            if les is not None and les[sl].any():
+                if dropped is not None:
+                    dropped[v.record.subject_id] += 1
                 continue
             xs.append(img[sl])
             bs.append(brain[sl])
@@ -450,13 +556,15 @@ def training_crops(volumes: Sequence[PreparedVolume], crop: int, stride: int, *,
 
 
 def healthy_items(cfg: "BrainLesionConfig", volumes: Sequence[PreparedVolume],
-                  lesions: Sequence[np.ndarray | None] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """What the configured detector trains and calibrates on: axial slices or 3D crops."""
+                  lesions: Sequence[np.ndarray | None] | None = None,
+                  dropped: dict[str, int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What the configured detector trains and calibrates on: axial slices or 3D crops (``dropped``:
+    subject id -> items left out for a lesion, for each volume with a lesion mask)."""
     if cfg.crop_size is None:
-        return training_slices(volumes, min_brain_pixels=cfg.prep.min_brain_pixels, lesions=lesions)
+        return training_slices(volumes, min_brain_pixels=cfg.prep.min_brain_pixels, lesions=lesions, dropped=dropped)
     crop = int(cfg.crop_size)
     return training_crops(volumes, crop, cfg.stride,
-                          min_brain_fraction=cfg.min_brain_fraction, lesions=lesions)
+                          min_brain_fraction=cfg.min_brain_fraction, lesions=lesions, dropped=dropped)
 
 
 def healthy_support(support: np.ndarray, lesion: np.ndarray | None, voxels: bool = False) -> np.ndarray:
@@ -549,19 +657,23 @@ class BrainModel:
                 for v in tqdm(volumes, desc="calibrate", disable=not progress, unit="scan")]
 
     def calibrate(self, volumes: Sequence[PreparedVolume], *, exclude: Sequence[np.ndarray | None] | None = None,
-                  exclude_voxels: bool = False, maps: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+                  exclude_voxels: bool | None = None, maps: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
                   progress: bool = False) -> "BrainModel":
         """Voxel threshold at ``pixel_fpr`` of held-out healthy brain voxels and the decision
         volume (largest lesion volume found on those healthy scans). ``exclude`` (record grid,
         per volume) marks lesion voxels of scans that are only partly healthy: the whole axial
         slices that hold them are left out, or with ``exclude_voxels`` only the lesion voxels
-        themselves. ``maps``: the scans' :meth:`calibration_maps` when already computed."""
+        themselves (default: as the config's ``calibration_exclude`` says). ``maps``: the scans'
+        :meth:`calibration_maps` when already computed."""
         from medad.detectors.base import threshold_at_fpr
 
+        if exclude_voxels is None:
+            exclude_voxels = self.config.calibration_exclude == "voxels"
         if maps is None:
             maps = self.calibration_maps(volumes, progress=progress)
         sups = [healthy_support(sup, None if exclude is None else exclude[i], exclude_voxels)
                 for i, (_, sup) in enumerate(maps)]
+        left_out = [int(sup.sum() - s.sum()) for (_, sup), s in zip(maps, sups)]
         maps = [m for m, _ in maps]
         vals = np.concatenate([m[s] for m, s in zip(maps, sups)])
         self.voxel_threshold = threshold_at_fpr(vals, self.config.pixel_fpr)
@@ -573,6 +685,8 @@ class BrainModel:
                                     "source": "held-out healthy subjects"}
         if exclude is not None:
             self.info["calibration"]["lesions_left_out_as"] = "voxels" if exclude_voxels else "slices"
+            # support voxels of each held-out scan left out for its lesion (the lesion's slices, or its voxels)
+            self.info["calibration"]["voxels_left_out"] = left_out
         if len(volumes) < MIN_CALIBRATION_SCANS:
             self.info["calibration"]["warning"] = (
                 f"the thresholds come from {len(volumes)} held-out healthy scan(s): the decision volume is the "
@@ -672,8 +786,9 @@ def _fit_single(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Se
     from medad import registry
     from medad.utils import Timer, device_description
 
-    x, _, ids = healthy_items(cfg, train, train_lesions)
-    xv, bv, _ = healthy_items(cfg, val, val_lesions)
+    dropped: dict[str, int] = {}  # items (slices or crops) left out for lesions, per scan
+    x, _, ids = healthy_items(cfg, train, train_lesions, dropped)
+    xv, bv, _ = healthy_items(cfg, val, val_lesions, dropped)
     det = registry.create(cfg.detector, **cfg.detector_params)
     if hasattr(det, "train_options"):
         det.train_options = {"progress": progress}
@@ -688,6 +803,8 @@ def _fit_single(cfg: BrainLesionConfig, train: Sequence[PreparedVolume], val: Se
                                        "n_val_slices": int(len(xv)), "item_unit": unit,
                                        "train_seconds": round(t.seconds, 2),
                                        "trained_on": device_description(getattr(det, "device", "cpu"))})
+    if dropped:
+        model.info["items_left_out_for_lesions"] = dropped
     return model.calibrate(val, exclude=val_lesions, progress=progress)
 
 
@@ -715,32 +832,98 @@ def _report_excluded(excluded: Sequence[tuple[Path, str]], n_show: int = 10) -> 
         print(f"left out: {len(excluded) - n_show} more file(s) that look like masks or labels")
 
 
-def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, desc: str
-                 ) -> tuple[list[PreparedVolume], list[dict[str, Any]]]:
+def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, desc: str, *,
+                 lesions: list[np.ndarray | None] | None = None) -> tuple[list[PreparedVolume], list[dict[str, Any]]]:
+    """Prepared scans (one that cannot be read or preprocessed is skipped and listed); with a
+    ``lesions`` list, each prepared scan's lesion mask (or ``None``) is appended to it, read right
+    after the scan -- a lesion mask that cannot be used stops training, naming the file (its scan
+    cannot be told healthy where it is not)."""
     from tqdm.auto import tqdm
 
     vols, failed = [], []
     for s in tqdm(scans, desc=desc, disable=not progress, unit="scan"):
         try:
-            vols.append(prepare_scan(s, prep))
+            vol = prepare_scan(s, prep)
         except Exception as e:  # noqa: BLE001 -- one unreadable healthy scan does not stop training
             msg, err = _failure(s, e)
             failed.append({"scan": s.scan_id, "path": str(s.path), "error": err})
             print(f"skipped: {msg}")
+            continue
+        vols.append(vol)
+        if lesions is not None:
+            lesions.append(read_lesion_mask(s, vol.record))
     return vols, failed
+
+
+def _lesion_report(cfg: BrainLesionConfig, scans: Sequence[Scan], vols: Sequence[PreparedVolume],
+                   lesions: Sequence[np.ndarray | None]) -> list[dict[str, Any]]:
+    """Per prepared scan: its lesion mask (path or ``None``) and lesion volume; prints the summary
+    line (how many scans have a lesion mask, which are taken as wholly healthy)."""
+    by_id = {s.scan_id: s for s in scans}
+    rows = []
+    for v, les in zip(vols, lesions):
+        sid = v.record.subject_id
+        path = by_id[sid].lesion_path
+        rows.append({"scan": sid, "lesion_mask": None if path is None else str(path),
+                     "lesion_ml": round(float(les.sum()) * _voxel_ml(v), 3) if les is not None else 0.0})
+    with_mask = [r for r in rows if r["lesion_mask"] is not None]
+    without = [r["scan"] for r in rows if r["lesion_mask"] is None]
+    what = ("axial slices" if cfg.crop_size is None else f"{cfg.crop_size}-voxel crops")
+    line = (f"lesion masks ({cfg.lesion_pattern}): {len(with_mask)} of {len(rows)} scan(s) have one "
+            f"({sum(r['lesion_ml'] for r in with_mask):.1f} ml of lesion in all; the {what} holding lesion are left out "
+            f"of training, calibration leaves out the lesion {cfg.calibration_exclude})")
+    if without:
+        shown = ", ".join(without[:10]) + (f" and {len(without) - 10} more" if len(without) > 10 else "")
+        line += f"; {len(without)} without one, taken as wholly healthy: {shown}"
+    print(line)
+    if not with_mask:
+        print(f"warning: lesion_pattern {cfg.lesion_pattern!r} found no lesion mask beside any scan: every scan is "
+              "taken as wholly healthy")
+    return rows
+
+
+def _lesions_left_out(model: BrainModel, report: list[dict[str, Any]], tr: Sequence[int], va: Sequence[int]
+                      ) -> dict[str, Any]:
+    """What a model trained with ``lesion_pattern`` left out, for its info: per scan its lesion
+    mask and volume, the training items (slices or crops; per item unit, an ensemble's members may
+    differ) left out for it and, for a held-out scan, the calibration voxels left out; totals."""
+    cfg = model.config
+    fitted = model.members or [model]
+    val_pos = {i: k for k, i in enumerate(va)}
+    cal_left = model.info["calibration"].get("voxels_left_out") or []
+    scans = []
+    for i, r in enumerate(report):
+        row = {**r, "role": "calibration" if i in val_pos else "training"}
+        if r["lesion_mask"] is not None:
+            row["items_left_out"] = {m.info["item_unit"]: int(m.info.get("items_left_out_for_lesions", {})
+                                                              .get(r["scan"], 0)) for m in fitted}
+            if i in val_pos and val_pos[i] < len(cal_left):
+                row["calibration_voxels_left_out"] = cal_left[val_pos[i]]
+        scans.append(row)
+    units = dict.fromkeys(m.info["item_unit"] for m in fitted)
+    return {"pattern": cfg.lesion_pattern, "calibration_exclude": cfg.calibration_exclude, "scans": scans,
+            "without_mask": [r["scan"] for r in report if r["lesion_mask"] is None],
+            "lesion_ml": round(sum(r["lesion_ml"] for r in report), 3),
+            "items_left_out": {u: sum(s.get("items_left_out", {}).get(u, 0) for s in scans) for u in units},
+            "calibration_voxels_left_out": int(sum(cal_left))}
 
 
 def train_brain(healthy: str | Path, out: str | Path, cfg: BrainLesionConfig | None = None, *,
                 progress: bool = True) -> Path:
     """Train and calibrate a brain-lesion model on a folder of healthy scans; writes ``out``
-    (``detector/`` + ``brain_model.json`` with the preprocessing settings and thresholds)."""
+    (``detector/`` + ``brain_model.json`` with the preprocessing settings and thresholds). With
+    ``cfg.lesion_pattern`` the scans may be partly healthy: each one's lesion mask is read on its
+    grid, its lesion slices (or crops) are left out of training, and calibration leaves out its
+    lesion as ``cfg.calibration_exclude`` says; ``info["lesions"]`` records what was left out."""
     from medad.evaluation import split_by_subject
 
     cfg = cfg or BrainLesionConfig()
     excluded: list[tuple[Path, str]] = []
-    scans = find_scans(healthy, cfg.image_pattern, cfg.mask_pattern, cfg.exclude_patterns, excluded=excluded)
+    scans = find_scans(healthy, cfg.image_pattern, cfg.mask_pattern, cfg.exclude_patterns, excluded=excluded,
+                       lesion_pattern=cfg.lesion_pattern)
     _report_excluded(excluded)
-    vols, failed = _prepare_all(scans, cfg.prep, progress, "preprocess healthy")
+    lesions: list[np.ndarray | None] | None = [] if cfg.lesion_pattern else None
+    vols, failed = _prepare_all(scans, cfg.prep, progress, "preprocess healthy", lesions=lesions)
     if len(vols) < 2:
         raise InputError(f"need at least 2 readable healthy scans (one to train, one to calibrate), "
                          f"found {len(vols)}", healthy)
@@ -751,10 +934,21 @@ def train_brain(healthy: str | Path, out: str | Path, cfg: BrainLesionConfig | N
         va = [tr.pop()]
     if not tr:
         tr = [va.pop()]
-    model = fit_brain_model(cfg, [vols[i] for i in tr], [vols[i] for i in va], progress=progress)
+    report = None if lesions is None else _lesion_report(cfg, scans, vols, lesions)
+    model = fit_brain_model(cfg, [vols[i] for i in tr], [vols[i] for i in va],
+                            train_lesions=None if lesions is None else [lesions[i] for i in tr],
+                            val_lesions=None if lesions is None else [lesions[i] for i in va], progress=progress)
+    if report is not None:
+        model.info["lesions"] = _lesions_left_out(model, report, tr, va)
     model.info["skipped"] = failed
     model.info["excluded"] = [{"path": str(p), "reason": why} for p, why in excluded]
     path = model.save(out)
+    if "lesions" in model.info:
+        les = model.info["lesions"]
+        items = ", ".join(f"{n} {u}" for u, n in les["items_left_out"].items())
+        print(f"left out for lesions: {items} of the training and held-out scans; "
+              f"{les['calibration_voxels_left_out']} brain voxels of the held-out scans from the voxel calibration "
+              f"(the lesion {cfg.calibration_exclude})")
     print(f"brain-lesion model ({cfg.detector}) written to {path}: voxel threshold "
           f"{model.voxel_threshold:.4g}, decision above {model.decision_ml:.3g} ml")
     if model.info["calibration"].get("warning"):
@@ -878,8 +1072,9 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     excluded: list[tuple[Path, str]] = []
+    # files named by the model's lesion pattern (lesion masks beside the scans) are not scored
     found = find_scans(scans, image_pattern or cfg.image_pattern, mask_pattern or cfg.mask_pattern,
-                       cfg.exclude_patterns, excluded=excluded)
+                       cfg.exclude_patterns, excluded=excluded, lesion_pattern=cfg.lesion_pattern)
     _report_excluded(excluded)
     earlier = _earlier_paths(out)
     rows = []

@@ -29,14 +29,23 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         detector: Optional[str] = typer.Option(None, help="detector name (overrides the config)"),
         image_pattern: Optional[str] = typer.Option(None, help="glob of the scans, e.g. 'Flair*.nii.gz'"),
         mask_pattern: Optional[str] = typer.Option(None, help="glob of each scan's brain mask in its folder"),
+        lesion_pattern: Optional[str] = typer.Option(
+            None, help="glob of each scan's lesion mask, looked up like --mask-pattern (overrides the config's "
+                       "lesion_pattern), e.g. '{stem}_lesion.nii.gz' or '../wmh/{stem}_DLWMLS.nii.gz': scans may then "
+                       "be partly healthy -- slices holding lesion are left out of training, calibration leaves out "
+                       "the lesion slices (or voxels: the config's calibration_exclude); a scan without one is "
+                       "wholly healthy"),
     ) -> None:
         """Preprocess healthy scans, fit on axial slices, calibrate on held-out healthy subjects."""
         from pipelines.brain_lesions import BrainLesionConfig, train_brain
 
         cfg = BrainLesionConfig.from_yaml(config) if config else BrainLesionConfig()
-        for k, v in {"detector": detector, "image_pattern": image_pattern, "mask_pattern": mask_pattern}.items():
+        overrides = {"detector": detector, "image_pattern": image_pattern, "mask_pattern": mask_pattern,
+                     "lesion_pattern": lesion_pattern}
+        for k, v in overrides.items():
             if v is not None:
                 setattr(cfg, k, v)
+        cfg.check_patterns()  # the glob options, as the config's own are checked
         if cfg.detector != "ensemble":  # a wrong name or parameter: now, not after the preprocessing
             from medad import registry
             from medad.errors import ConfigError
