@@ -94,6 +94,7 @@ import numpy as np
 from medad.detectors.base import Detector
 from medad.detectors.beats import RRChannelModel
 from medad.errors import ConfigError, InputError, MedadError, ReadError
+from medad.evaluation import calibration_warning
 
 MODEL_CONFIG = "screening.json"
 NO_TEXT_RATE = ("plain-text recording has no sampling rate: give it with --text-sfreq HZ (medad screen train / run) "
@@ -990,42 +991,6 @@ def eeg_channels(pre: "Preprocessor", channels: list[str], files: Sequence[Path]
                           + "); name the channels with --channels or `channels`, or set channel_types: all",
                           files[0])
     return keep, dropped
-
-
-def calibration_warning(n_items: int, val_names: Sequence[str], fpr: float, val_fraction: float,
-                        unit: str = "windows", single: bool = False) -> str | None:
-    """What is wrong with a threshold calibrated on ``n_items`` held-out normal items from the
-    recordings ``val_names`` at ``fpr``, and what to do -- or ``None`` when nothing is. Too few
-    items (under ``2 / fpr``: the threshold is then one of the few highest scores, or beyond 1 /
-    fpr simply the highest) or a single recording (its own normal variation only): other normal
-    recordings are then likely to be flagged. ``single``: the items are the last ones of the only
-    training recording."""
-    need = math.ceil(2 / fpr)
-    problems = []
-    if n_items * fpr < 1:  # the threshold is then simply the highest held-out score
-        problems.append(f"{n_items} held-out normal {unit} cannot resolve window_fpr={fpr:g} (needs >= "
-                        f"{math.ceil(1 / fpr)}, and >= {need} for a stable threshold)")
-    elif n_items < need:
-        problems.append(f"only {n_items} held-out normal {unit} calibrate window_fpr={fpr:g} (a stable threshold "
-                        f"needs >= 2 / window_fpr = {need})")
-    if single:
-        problems.append(f"they are the last {unit} of the only training recording ({val_names[0]}), not a "
-                        f"held-out recording")
-    elif len(val_names) == 1:
-        problems.append(f"they all come from one held-out recording ({val_names[0]})")
-    if not problems:
-        return None
-    per = max(n_items / max(len(val_names), 1), 1.0)  # items per held-out recording
-    k = max(2, math.ceil(need / per))  # held-out recordings wanted
-    if val_fraction > 0:
-        n = k + 1
-        while max(int(round(val_fraction * n)), 1) < k:
-            n += 1
-        todo = f"add normal recordings (about {n} in all, so that {k} are held out at val_fraction={val_fraction:g})"
-    else:
-        todo = f"add normal recordings and set val_fraction (e.g. 0.2) so that {k} are held out"
-    return ("; ".join(problems) + ". The threshold reflects too little normal variation, so normal recordings "
-            f"are likely to be flagged abnormal: {todo}, or raise window_fpr (--fpr)")
 
 
 def _readable(files: Sequence[Path], text_sfreq: float | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -174,3 +175,47 @@ def cross_calibration(normal_groups: Sequence[np.ndarray], fpr: float, *, min_gr
             "specificity_method": f"2-fold cross-calibration on held-out normal {what}: threshold at fpr={fpr:g} "
                                   f"from one half, measured on the other half, mean of both folds",
             "folds": folds}
+
+
+def calibration_warning(n_items: int, val_names: Sequence[str], fpr: float, val_fraction: float,
+                        unit: str = "windows", single: bool = False, *, group: str | None = "recording",
+                        fpr_name: str = "window_fpr") -> str | None:
+    """What is wrong with a threshold calibrated on ``n_items`` held-out normal items (``unit``,
+    plural) at ``fpr`` (the setting ``fpr_name``, option ``--fpr``), and what to do -- or ``None``
+    when nothing is. Too few items (under ``2 / fpr``: the threshold is then one of the few highest
+    scores, or beyond 1 / fpr simply the highest): other normal items are then likely to be flagged.
+
+    ``group``: what the items come from and what is held out (``"recording"``: the items are the
+    windows of the held-out recordings ``val_names``; a single one is a problem too, as it shows
+    its own normal variation only; ``single``: the items are the last ones of the only training
+    recording). ``None``: the items themselves are held out (a share ``val_fraction`` of them,
+    e.g. frames); ``val_names`` and ``single`` are then unused."""
+    need = math.ceil(2 / fpr)
+    problems = []
+    if n_items * fpr < 1:  # the threshold is then simply the highest held-out score
+        problems.append(f"{n_items} held-out normal {unit} cannot resolve {fpr_name}={fpr:g} (needs >= "
+                        f"{math.ceil(1 / fpr)}, and >= {need} for a stable threshold)")
+    elif n_items < need:
+        problems.append(f"only {n_items} held-out normal {unit} calibrate {fpr_name}={fpr:g} (a stable threshold "
+                        f"needs >= 2 / {fpr_name} = {need})")
+    if group is not None and single:
+        problems.append(f"they are the last {unit} of the only training {group} ({val_names[0]}), not a "
+                        f"held-out {group}")
+    elif group is not None and len(val_names) == 1:
+        problems.append(f"they all come from one held-out {group} ({val_names[0]})")
+    if not problems:
+        return None
+    if group is None:  # the items are held out themselves: about need / val_fraction of them in all
+        what, k = unit, need
+    else:
+        per = max(n_items / max(len(val_names), 1), 1.0)  # items per held-out group
+        what, k = f"{group}s", max(2, math.ceil(need / per))  # held-out groups wanted
+    if val_fraction > 0:
+        n = k + 1
+        while max(int(round(val_fraction * n)), 1) < k:
+            n += 1
+        todo = f"add normal {what} (about {n} in all, so that {k} are held out at val_fraction={val_fraction:g})"
+    else:
+        todo = f"add normal {what} and set val_fraction (e.g. 0.2) so that {k} are held out"
+    return ("; ".join(problems) + f". The threshold reflects too little normal variation, so normal {what} "
+            f"are likely to be flagged abnormal: {todo}, or raise {fpr_name} (--fpr)")
