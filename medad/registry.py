@@ -68,10 +68,12 @@ def get(name: str) -> type["Detector"]:
     return _REGISTRY[name]
 
 
-def available() -> list[str]:
-    """All registered detector names."""
+def available(input_kind: str | None = None) -> list[str]:
+    """All registered detector names, or those taking ``input_kind`` input (``"image"``,
+    ``"signal"`` or ``"features"``: each class's ``input_kind``)."""
     _import_all()
-    return sorted(_REGISTRY)
+    return sorted(n for n, cls in _REGISTRY.items()
+                  if input_kind is None or getattr(cls, "input_kind", None) == input_kind)
 
 
 def create(name: str, **params) -> "Detector":
