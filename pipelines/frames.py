@@ -18,7 +18,8 @@ Outputs of :func:`screen_frames` in ``out/``:
   flagged frame the most likely abnormal class and its probability ``p(class)`` (the score is
   ``1 - p(normal)``, the sum over every abnormal class), empty for the others;
 * ``summary.json`` -- source, model, threshold, flagged spans ``(start_s, end_s, n_frames,
-  max_score)``, unreadable frames with the reason; with several abnormal classes also
+  max_score)``, unreadable frames with the reason, ``videos_not_screened`` (the video files inside
+  a folder: not read); with several abnormal classes also
   ``class_names``, ``flagged_by_class`` and each span's ``classes`` (its flagged frames per
   most likely class);
 * ``overlays/<image path>.png`` (a folder of images: the image's path below the folder, ``/`` as
@@ -28,8 +29,12 @@ Outputs of :func:`screen_frames` in ``out/``:
   maps ``medad explain`` draws with Grad-CAM).
 
 A folder of frames is searched with its subfolders (links to folders followed), frames in natural
-order of their paths. Frames are read, scored and drawn batch by batch, so a long video is not held
-in memory, and a progress bar counts the screened frames.
+order of their paths. Video files inside a folder are not read: they are named (``summary.json``
+``videos_not_screened``; ``frames.json`` ``videos_not_read`` in training) with a note to give each
+video's own path. Frames are read, scored and drawn batch by batch, so a long video is not held in
+memory, and a progress bar counts the screened frames. With ``progress`` (the command line), the
+first :data:`MAX_NAMED_SKIPS` unreadable frames are named on the terminal (``skipped: PATH:
+REASON``), then how many more; every one is in the outputs with its reason.
 """
 
 from __future__ import annotations
@@ -60,6 +65,26 @@ FRAME_FIELDS = ("index", "time_s", "file", "score", "flagged", "status", "error"
 CLASS_FIELDS = ("abnormal_class", "class_probability")
 #: the name of class 0 (normal frames) in ``frames.json`` ``class_names``
 NORMAL_NAME = "normal"
+#: unreadable frames named one by one on the terminal (per source); the others are counted
+MAX_NAMED_SKIPS = 10
+#: video files in a folder named in a note (the others are counted)
+MAX_NAMED_VIDEOS = 5
+
+
+def _say(message: str, progress: bool) -> None:
+    """A line for the user: on the terminal (above any progress bar) with ``progress``, else a
+    logged warning."""
+    if progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(message)
+    else:
+        log.warning("%s", message)
+
+
+def _listed(names: Sequence[str], k: int) -> str:
+    """The first ``k`` of ``names``, comma-separated, with how many more."""
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
 
 
 def _is_int(v: Any) -> bool:
@@ -118,7 +143,10 @@ class FramesConfig:
         raw = load_config(path)
         unknown = set(raw) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ConfigError(f"{path}: unknown frame-screening settings {sorted(unknown)}")
+            kind = other_config_kind(raw)
+            raise ConfigError(f"unknown frame-screening settings: {', '.join(sorted(map(str, unknown)))}; "
+                              + (f"this looks like {kind}, not a frame-screening config (configs/images_*.yaml)"
+                                 if kind else f"known: {', '.join(cls.__dataclass_fields__)}"), path)
         try:
             return cls(**raw).validate()
         except ConfigError as e:
@@ -139,6 +167,51 @@ class FramesConfig:
             check_share("pixel_fpr", self.pixel_fpr)
         check_int("seed", self.seed, 0)
         return self
+
+
+def other_config_kind(raw: Mapping[str, Any]) -> str | None:
+    """What other medad config the settings ``raw`` (not a frame-screening config) look like, said
+    for an error message: a recording-screening config (its settings under ``screening:``, as
+    :meth:`pipelines.screening.ScreeningConfig.from_yaml` reads them, or at the top level) or a
+    brain-lesion config -- when every setting that is not a frame-screening one is a setting of
+    that kind and of no other; ``None`` when they fit neither or both."""
+    from dataclasses import fields
+
+    if isinstance(raw.get("screening"), Mapping):
+        return "a recording-screening config (for `medad screen train`)"
+    from pipelines.brain_lesions import BrainLesionConfig
+    from pipelines.screening import ScreeningConfig
+
+    unknown = set(raw) - set(FramesConfig.__dataclass_fields__)
+    kinds = [what for c, what in ((ScreeningConfig, "a recording-screening config (for `medad screen train`)"),
+                                  (BrainLesionConfig, "a brain-lesion config (for `medad brain train`)"))
+             if unknown <= {f.name for f in fields(c)}]
+    return kinds[0] if unknown and len(kinds) == 1 else None
+
+
+def image_detectors() -> str:
+    """The registry's image detectors (:func:`medad.registry.available`), one-class and supervised
+    apart, for messages."""
+    from medad import registry
+
+    names = registry.available("image")
+    sup = [n for n in names if registry.get(n).supervised]
+    return (f"one-class: {', '.join(n for n in names if n not in sup)}; supervised (with --abnormal): "
+            f"{', '.join(sup)}")
+
+
+def check_image_detector(name: str) -> None:
+    """Clear :class:`ConfigError` when ``name`` is no registered detector, naming the image
+    detectors only (and the closest name), before anything is built or read."""
+    import difflib
+
+    from medad import registry
+
+    if name in registry.available():
+        return
+    close = difflib.get_close_matches(name, registry.available("image"), n=1)
+    raise ConfigError(f"unknown detector {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                      f"image detectors: {image_detectors()}")
 
 
 def prepare_frames(images: list[np.ndarray], image_size: int, grey: bool) -> np.ndarray:
@@ -179,12 +252,14 @@ class FrameSource:
 
     ``n_frames``: the frames in the source (a video's declared count, 0 if unknown); ``fps``:
     frames per second (a video's own rate, :data:`medad.io.images.DEFAULT_VIDEO_FPS` when it declares
-    none, as :func:`medad.io.images.iter_video_frames` assumes; a folder's ``fps`` argument, default 1)."""
+    none, as :func:`medad.io.images.iter_video_frames` assumes; a folder's ``fps`` argument, default 1).
+    ``videos``: the video files inside a folder, which are not read (see :meth:`videos_note`)."""
 
     path: Path
     n_frames: int
     fps: float
     files: list[Path] | None = None  # a folder's frame images; None for a video
+    videos: list[Path] = field(default_factory=list)
 
     @classmethod
     def open(cls, source: str | Path, fps: float | None = None) -> "FrameSource":
@@ -193,12 +268,31 @@ class FrameSource:
 
         p = Path(source)
         if p.is_dir():
-            files = frame_files(p)
-            return cls(p, len(files), float(fps or 1.0), files)
+            videos = folder_videos(p)
+            try:
+                files = frame_files(p)
+            except ReadError as e:
+                if not videos:
+                    raise
+                raise ReadError(f"{e.problem}, only {len(videos)} video file(s) ("
+                                f"{_listed([v.relative_to(p).as_posix() for v in videos], MAX_NAMED_VIDEOS)}); "
+                                f"videos inside a folder are not read: give a video's own path instead of the "
+                                f"folder (e.g. {videos[0]})", p) from None
+            return cls(p, len(files), float(fps or 1.0), files, videos)
         info = video_info(p)
         rate = float(info.get("fps") or 0.0)
         return cls(p, max(int(info.get("frames") or 0), 0),
                    rate if rate > 0 and math.isfinite(rate) else DEFAULT_VIDEO_FPS)
+
+    def videos_note(self, verb: str) -> str | None:
+        """A note naming the video files of a folder that were not ``verb`` (e.g. "screened") and
+        how to use them, or ``None`` when there is none."""
+        if not self.videos:
+            return None
+        names = [v.relative_to(self.path).as_posix() for v in self.videos]
+        return (f"note: {len(names)} video file(s) in {self.path} not {verb}: {_listed(names, MAX_NAMED_VIDEOS)} "
+                f"(only a folder's frame images are read; give a video's own path as the source to use its "
+                f"frames, e.g. {self.videos[0]})")
 
     def n_read(self, stride: int) -> int | None:
         """How many frames a walk at ``stride`` visits (None when the video declares no count)."""
@@ -225,25 +319,55 @@ class FrameSource:
         yield from iter_video_frames(self.path, stride, fps=self.fps, on_error=on_error, files=self.files)
 
 
-def _read_source(src: FrameSource, cfg: FramesConfig, what: str, progress: bool
-                 ) -> tuple[np.ndarray, list[dict], bool]:
-    """Every readable frame of ``src`` prepared as :func:`screen_frames` prepares it
-    (``(N, C, S, S)``, possibly ``N == 0``), the unreadable ones ``{index, error}`` and whether the
-    source is a video (its frames are consecutive: held out as one block, see :func:`holdout`)."""
-    from tqdm.auto import tqdm
+def folder_videos(folder: Path) -> list[Path]:
+    """The video files in ``folder`` (subfolders included, as frames are searched), sorted."""
+    from medad.io.images import VIDEO_SUFFIXES
+    from medad.utils import walk_files
 
-    errors: list[dict] = []
+    return sorted(f for f in walk_files(folder) if f.suffix.lower() in VIDEO_SUFFIXES)
+
+
+def _skip_reporter(src: FrameSource, errors: list[dict], progress: bool,
+                   on_row: Callable[[int, ReadError], None] | None = None
+                   ) -> tuple[Callable[[int, ReadError], None], Callable[[str, str], None]]:
+    """``on_error`` for :meth:`FrameSource.frames`, which keeps each unreadable frame of ``src`` in
+    ``errors`` (``{index, error}``; ``on_row`` is called too) and names the first
+    :data:`MAX_NAMED_SKIPS` of them on the terminal (``skipped: PATH: REASON``, as ``medad screen
+    run`` names recordings), and ``done(what, where)``, which says how many were skipped and how many
+    not named (``what``: the frames' kind and a space, or ''; ``where``: the output that lists every one)."""
 
     def on_error(index: int, err: ReadError) -> None:
         errors.append({"index": int(index), "error": str(err)})
-        log.warning("skipping %s frame %d: %s", what, index, err)
+        if on_row is not None:
+            on_row(index, err)
+        if len(errors) <= MAX_NAMED_SKIPS:  # a video's frame: its problem says which one
+            _say(f"skipped: {err.path if err.path is not None else src.path}: {err.problem}", progress)
+
+    def done(what: str, where: str) -> None:
+        if errors:
+            more = len(errors) - MAX_NAMED_SKIPS
+            _say(f"{len(errors)} unreadable {what}frame(s) skipped in {src.path}"
+                 f"{f' ({more} not named above)' if more > 0 else ''}; {where} lists each with its reason", progress)
+
+    return on_error, done
+
+
+def _read_source(src: FrameSource, cfg: FramesConfig, what: str, progress: bool
+                 ) -> tuple[np.ndarray, list[dict], bool]:
+    """Every readable frame of ``src`` prepared as :func:`screen_frames` prepares it
+    (``(N, C, S, S)``, possibly ``N == 0``), the unreadable ones ``{index, error}`` (named as
+    :func:`_skip_reporter` says) and whether the source is a video (its frames are consecutive:
+    held out as one block, see :func:`holdout`)."""
+    from tqdm.auto import tqdm
+
+    errors: list[dict] = []
+    on_error, done = _skip_reporter(src, errors, progress)
 
     # frames are shrunk to the working size as they are read: a long video is not held whole
     xs = [prepare_frames([f.image], cfg.image_size, cfg.grey)
           for f in tqdm(src.frames(1, on_error), total=src.n_read(1), desc=f"read {what} frames", unit="frame",
                         disable=not progress)]
-    if errors:
-        log.warning("%d unreadable %s frames skipped in %s", len(errors), what, src.path)
+    done(f"{what} ", "frames.json")
     c = 1 if cfg.grey else 3
     x = np.concatenate(xs) if xs else np.zeros((0, c, cfg.image_size, cfg.image_size), np.float32)
     return x, errors, src.files is None
@@ -406,7 +530,7 @@ def _check_detector(det, name: str, abnormal: list) -> None:
     :class:`ConfigError` saying what to do otherwise)."""
     if getattr(det, "input_kind", None) != "image":
         raise ConfigError(f"detector {name!r} takes {getattr(det, 'input_kind', '?')} input, not images; "
-                          f"choose a 2D image detector")
+                          f"choose an image detector ({image_detectors()})")
     supervised = bool(getattr(det, "supervised", False))
     if supervised and not abnormal:
         raise ConfigError(f"detector {name!r} is supervised: give abnormal frames too (--abnormal FOLDER_OR_VIDEO), "
@@ -446,17 +570,28 @@ def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None =
     threshold flags ``cfg.fpr`` of the held-out normal frames, and the held-out frames of both
     kinds give the validation frame AUROC and sensitivity (``frames.json``, ``validation``); the
     specificity comes from 2-fold cross-calibration on the held-out normal frames
-    (:func:`medad.evaluation.cross_calibration`), as the frames that set the threshold cannot measure it honestly."""
+    (:func:`medad.evaluation.cross_calibration`), as the frames that set the threshold cannot measure it honestly.
+
+    Too few held-out normal frames for ``cfg.fpr`` (:func:`medad.evaluation.calibration_warning`)
+    give a warning, printed with ``progress`` (else logged) and kept in ``frames.json``
+    (``calibration_warning``, ``None`` when there is none); so do video files inside a source
+    folder, which are not read (``videos_not_read``: source -> their paths below it)."""
     from medad import registry
+    from medad.evaluation import calibration_warning
 
     cfg = (cfg or FramesConfig()).validate()
     # the detector is built before any frame is read: a bad name or parameter fails at once
+    check_image_detector(cfg.detector)
     det = registry.create(cfg.detector, **cfg.detector_params)
     _check_detector(det, cfg.detector, [abnormal] if abnormal else [])
     named = abnormal_classes(abnormal, normal)
     abnormal = [a for _, a in named]
     # every source is opened (and a missing or empty one named) before any frame is read
     src, abnormal_srcs = FrameSource.open(normal), [_open_class(name, a) for name, a in named]
+    for s_ in [src, *abnormal_srcs]:
+        note = s_.videos_note("read for training")
+        if note:
+            _say(note, progress)
     rng = np.random.default_rng(cfg.seed)
     x, errors, is_video = _read_source(src, cfg, "normal", progress)
     if len(x) < 4:
@@ -488,16 +623,23 @@ def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None =
     else:
         det.fit(train)
     det.calibrate(val, fpr=cfg.fpr, pixel_fpr=cfg.pixel_fpr)  # normal frames only, supervised or not
+    # the held-out frames themselves are the calibration items (a share of them, not whole sources)
+    warning = calibration_warning(len(val), [], cfg.fpr, cfg.val_fraction, "frames", group=None, fpr_name="fpr")
+    if warning:
+        _say(f"warning: {warning}", progress)
     if abnormal:
         record.update(abnormal=[str(a) for a in abnormal], classes=classes, unreadable_abnormal=unreadable,
                       class_weight=getattr(det, "class_weight", None),
                       validation=_validation_metrics(det, val, abn_val, cfg.fpr, [n for n, _ in named]))
         if len(named) > 1:  # one abnormal class: frames.json as before (the class needs no name)
             record["class_names"] = {str(k): n for k, n in enumerate([NORMAL_NAME] + [n for n, _ in named])}
+    videos_not_read = {str(s_.path): [v.relative_to(s_.path).as_posix() for v in s_.videos]
+                       for s_ in [src, *abnormal_srcs] if s_.videos}
     out = Path(out)
     det.save(out)
     write_json(out / PREP_FILE, {**asdict(cfg), "n_train": int(len(train)), "n_val": int(len(val)),
-                                 "source": str(normal), "unreadable": errors, "split": split, **record})
+                                 "source": str(normal), "unreadable": errors, "split": split,
+                                 "calibration_warning": warning, "videos_not_read": videos_not_read, **record})
     return det
 
 
@@ -583,6 +725,9 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     if class_names and not hasattr(det, "predict_proba"):
         raise ReadError("model records abnormal classes but its detector gives no class probabilities", model)
     src = FrameSource.open(source, fps)
+    note = src.videos_note("screened")
+    if note:
+        _say(note, progress)
     out.mkdir(parents=True, exist_ok=True)
     for old in (out / "overlays").glob("*.png"):  # an earlier run's: not this run's flagged frames
         old.unlink()
@@ -591,13 +736,13 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
     errors: list[dict] = []
     pending_errors = 0  # unreadable frames not yet counted on the bar
 
-    def on_error(index: int, err: ReadError) -> None:
+    def error_row(index: int, err: ReadError) -> None:
         nonlocal pending_errors
-        errors.append({"index": int(index), "error": str(err)})
         rows.append({"index": int(index), "time_s": f"{index / src.fps:.4f}", "file": src.file(index),
                      "status": "error", "error": str(err)})
         pending_errors += 1
-        log.warning("skipping frame %d: %s", index, err)
+
+    on_error, errors_done = _skip_reporter(src, errors, progress, error_row)
 
     times: list[float] = []
     scores: list[float] = []
@@ -660,6 +805,7 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         bar.close()
     if not scores:
         raise ReadError(f"no readable frame to screen ({len(errors)} unreadable)", src.path)
+    errors_done("", "frames.csv")
     t = np.asarray(times, np.float64)
     step_s = float(np.median(np.diff(t))) if len(t) > 1 else 0.0
     spans = flagged_spans(t, np.asarray(scores), np.asarray(flagged, bool), step_s,
@@ -672,6 +818,7 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         "threshold": float(det.threshold_), "threshold_source": (det.calibration_ or {}).get("source"),
         "supervised": bool(prep.get("supervised", False)), "maps": has_map,
         "spans": spans, "unreadable_frames": errors, "overlays": overlay_files,
+        "videos_not_screened": [v.relative_to(src.path).as_posix() for v in src.videos],
         # flagged frames beyond max_overlays get no PNG (their rows are in frames.csv)
         "overlays_not_written": n_flagged - len(overlay_files) if overlays and has_map else 0,
     }
