@@ -301,9 +301,40 @@ def _wfdb_read(hdr: SignalHeader, start: int, stop: int, picks: list[int]) -> np
 
 
 # ---------------------------------------------------------------------------- WAV
+def _check_wav_size(p: Path) -> None:
+    """RIFF/WAVE: every chunk up to and including ``data`` lies inside the file. scipy reports a
+    cut-short file only as "mmap length is greater than file size" (or reads fewer samples
+    without a word, without mmap), which hides that the recording is incomplete."""
+    import struct
+
+    size = p.stat().st_size
+    try:
+        with open(p, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return  # not plain RIFF/WAVE (RIFX, RF64, junk): scipy says what it is
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                cid, n = struct.unpack("<4sI", f.read(8))
+                if cid == b"data" and n == 0xFFFFFFFF:  # length unknown (a stream): nothing to compare
+                    return
+                if pos + 8 + n > size:
+                    what = "audio samples" if cid == b"data" else f"its {cid.decode('latin-1').strip()!r} chunk"
+                    raise ReadError(f"WAV file is truncated (incomplete): the header declares {n} bytes of {what} "
+                                    f"but the file holds only {max(size - pos - 8, 0)} of them; copy or export it "
+                                    f"again", p)
+                if cid == b"data":
+                    return
+                pos += 8 + n + (n & 1)  # chunks are padded to an even length
+    except OSError as e:
+        raise ReadError(f"cannot read: {e.strerror}", p) from None
+
+
 def _wav_read(p: Path, mmap: bool = True) -> tuple[int, np.ndarray]:
     from scipy.io import wavfile
 
+    _check_wav_size(p)
     try:
         with _quiet():  # WavFileWarning on odd chunks
             fs, x = wavfile.read(str(p), mmap=mmap)
