@@ -20,7 +20,8 @@ _MAX_FOLDER_ROWS = 60
 _DOC_PREFIXES = ("readme", "source", "license", "licence", "participants", "labels", "reference")
 
 
-def describe_path(path: Path, *, series_uid: str | None = None, sfreq: float | None = None) -> dict[str, Any]:
+def describe_path(path: Path, *, series_uid: str | None = None, sfreq: float | None = None,
+                  text_layout: str = "auto") -> dict[str, Any]:
     """JSON-able facts about a file or folder (reads it; folders are only listed)."""
     from medad.errors import ConfigError
     from medad.io.dispatch import kind_of
@@ -61,7 +62,7 @@ def describe_path(path: Path, *, series_uid: str | None = None, sfreq: float | N
             from medad.io.signals import describe
         except ImportError:
             raise ConfigError("signal support (medad.io.signals) is not available") from None
-        return describe(path, sfreq=sfreq)
+        return describe(path, sfreq=sfreq, text_layout=text_layout)
     return describe_folder(path)
 
 
@@ -185,13 +186,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         series_uid: Optional[str] = typer.Option(None, "--series-uid", help="DICOM series to read from a folder."),
         sfreq: Optional[float] = typer.Option(None, "--text-sfreq", "--sfreq",
                                               help="Sampling rate of a plain-text signal (it carries none)."),
+        text_layout: str = typer.Option("auto", "--text-layout",
+                                        help="How a plain-text signal lays out its values: auto, columns (one "
+                                             "channel a column) or wrapped (one signal in file order)."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     ) -> None:
         """Print what a file or folder holds: shape, spacing, orientation, sampling rate, channels,
         duration, frames, labels found."""
         if sfreq is not None and not sfreq > 0:  # a rate <= 0 would be shown as the file's own
             raise typer.BadParameter(f"must be a sampling rate > 0 Hz, got {sfreq:g}", param_hint="--text-sfreq")
-        _print(describe_path(path, series_uid=series_uid, sfreq=sfreq), as_json)
+        _print(describe_path(path, series_uid=series_uid, sfreq=sfreq, text_layout=text_layout), as_json)
 
     datasets_app = typer.Typer(help="Dataset adapters: list kinds, count items per label and split.",
                                no_args_is_help=True)

@@ -7,6 +7,10 @@
 * :func:`read_ucr` -- UCR text (label then samples per line) -> beats and labels.
 * :func:`describe` -- a JSON-able summary for ``medad inspect``.
 
+Plain text (``.txt``, ``.asc``) carries no rate and no channel names: a table is read one channel
+a column (one time sample a line), a signal wrapped over lines (several values a line, the last
+one shorter) as one channel; ``text_layout`` says which where the lines cannot (:func:`_text_read`).
+
 Every failure (missing, truncated or corrupt file, unknown extension, empty signal, NaN/inf)
 raises :class:`~medad.errors.ReadError` naming the file; library tracebacks and MNE's log
 output never reach the user.
@@ -24,7 +28,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from medad.errors import ReadError
+from medad.errors import ConfigError, ReadError
 from medad.io.records import Annotation, SignalRecord
 
 MNE_EXTENSIONS = (".edf", ".bdf", ".fif", ".fif.gz")
@@ -39,6 +43,12 @@ WFDB_ANNOTATORS = ("atr", "qrs", "ecg")
 _BLOCK_SECONDS = 60.0
 # library callers pass sfreq=, CLI users --text-sfreq: the message names both
 TEXT_RATE_MISSING = "plain-text signal has no sampling rate: pass --text-sfreq HZ (medad CLI) or sfreq= (Python)"
+#: how a plain-text file's values are laid out (:func:`_text_read`): told apart by the lines'
+#: lengths (``auto``), or a table with one channel a column (``columns``), or one signal in file
+#: order, several values a line (``wrapped``)
+TEXT_LAYOUTS = ("auto", "columns", "wrapped")
+# library callers pass text_layout=, CLI users --text-layout (the screening config: text_layout)
+TEXT_LAYOUT_HOW = "--text-layout {0} (medad CLI; screening config key text_layout; Python: text_layout='{0}')"
 
 
 @dataclass
@@ -362,22 +372,64 @@ def _wav_header(p: Path) -> SignalHeader:
 
 
 # ---------------------------------------------------------------------------- text
-def _text_read(p: Path) -> np.ndarray:
-    """All numbers of a whitespace/comma separated text file, in file order, as one channel
-    (Bonn: one sample a line; Wang-Chung: several samples a line, row by row)."""
+def _text_read(p: Path, layout: str = "auto") -> tuple[np.ndarray, str]:
+    """The numbers of a whitespace/comma separated text file as ``(C, T)`` float32 and the layout
+    read (:data:`TEXT_LAYOUTS`): ``"columns"`` -- a table, one time sample a line and one channel a
+    column (one value a line, as Bonn: one channel) -- or ``"wrapped"`` -- ONE signal, its values
+    in file order, several a line (Wang-Chung: 5 a line, the last line shorter).
+
+    ``layout="auto"`` tells them apart by the number of values a line: the same on every line
+    (more lines than values a line) is a table; the same on every line but a shorter last one is
+    a wrapped signal, and so is a single line. A file that fits neither (lines of different
+    lengths, or no more lines than values a line) is a ReadError saying how to choose
+    (``text_layout``). A wrapped signal whose every line is full cannot be told from a table:
+    it reads as one; ``layout="wrapped"`` reads it as one signal."""
+    if layout not in TEXT_LAYOUTS:
+        raise ConfigError(f"text_layout must be one of {', '.join(TEXT_LAYOUTS)}, got {layout!r}")
     try:
         txt = p.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
         raise ReadError("not a text file (binary content)", p) from None
     except OSError as e:
         raise ReadError(f"cannot read: {e.strerror}", p) from None
-    tokens = txt.replace(",", " ").split()  # comma- or whitespace-separated
+    txt = txt.replace(",", " ")  # comma- or whitespace-separated
+    tokens = txt.split()
     try:
         x = np.asarray(tokens, dtype=np.float64)
     except ValueError:
         bad = next(t for t in tokens if not _is_number(t))
         raise ReadError(f"plain-text signal holds a non-numeric value {bad[:20]!r}", p) from None
-    return x.astype(np.float32)[None, :]
+    del tokens
+    counts = np.array([len(line.split()) for line in txt.splitlines()], dtype=np.int64)
+    lines = np.flatnonzero(counts) + 1  # line numbers (1-based) of the lines holding values
+    counts = counts[counts > 0]
+    width = int(counts[0]) if len(counts) else 1
+    regular = bool((counts == width).all())
+    if width == 1 and regular:  # one value a line: one channel, whatever the layout
+        return x.astype(np.float32)[None, :], "columns"
+    if layout == "wrapped":
+        return x.astype(np.float32)[None, :], "wrapped"
+    if not regular:
+        j = int(np.flatnonzero(counts != width)[0])
+        where = (f"line {lines[0]} holds {width} values, line {lines[j]} {counts[j]}")
+        if layout == "columns":
+            raise ReadError(f"plain-text signal is not a table (text_layout: columns): {where}; a table has the "
+                            f"same number of values (one a channel) on every line", p)
+        if j == len(counts) - 1 and counts[j] < width:  # full lines, a shorter last one: one wrapped signal
+            return x.astype(np.float32)[None, :], "wrapped"
+        raise ReadError(f"plain-text signal has lines of different lengths ({where}): neither a table (one channel a "
+                        f"column, one time sample a line) nor one signal wrapped at a fixed number of values a line. "
+                        f"To read all its values in file order as one signal: {TEXT_LAYOUT_HOW.format('wrapped')}", p)
+    if layout == "auto":
+        if len(counts) == 1:  # one line of values: one signal written on one line
+            return x.astype(np.float32)[None, :], "wrapped"
+        if len(counts) <= width:
+            raise ReadError(f"plain-text signal of {len(counts)} lines of {width} values each is ambiguous (no more "
+                            f"lines than values a line): {width} channels, one a column and one time sample a line, "
+                            f"or one signal wrapped {width} values a line? Say which: "
+                            f"{TEXT_LAYOUT_HOW.format('columns|wrapped')}. A file with one channel a line must be "
+                            f"transposed first", p)
+    return np.ascontiguousarray(x.reshape(len(counts), width).T.astype(np.float32)), "columns"
 
 
 def _is_number(t: str) -> bool:
@@ -388,16 +440,23 @@ def _is_number(t: str) -> bool:
         return False
 
 
-def _text_header(p: Path, sfreq: float | None) -> tuple[SignalHeader, np.ndarray]:
-    x = _text_read(p)
-    return SignalHeader(p, "text", sfreq, [record_id_from_path(p)], int(x.shape[1]), [],
-                        {"file_type": "text", "sfreq_given": sfreq is not None}), x
+def text_channel_names(p: Path, n: int) -> list[str]:
+    """Channel names of a plain-text recording (the file has none): one channel is named after
+    the file (its record id), the columns of a table ``col1``, ``col2``, ..."""
+    return [record_id_from_path(p)] if n == 1 else [f"col{k + 1}" for k in range(n)]
+
+
+def _text_header(p: Path, sfreq: float | None, layout: str = "auto") -> tuple[SignalHeader, np.ndarray]:
+    x, read_as = _text_read(p, layout)
+    return SignalHeader(p, "text", sfreq, text_channel_names(p, x.shape[0]), int(x.shape[1]), [],
+                        {"file_type": "text", "sfreq_given": sfreq is not None, "layout": read_as}), x
 
 
 # ---------------------------------------------------------------------------- public API
-def read_header(path: str | Path, *, sfreq: float | None = None) -> SignalHeader:
+def read_header(path: str | Path, *, sfreq: float | None = None, text_layout: str = "auto") -> SignalHeader:
     """Sampling rate, channels, length and annotations of a recording, without its samples
-    (plain text is parsed, having no header)."""
+    (plain text is parsed, having no header; ``text_layout``: how its values are laid out,
+    :data:`TEXT_LAYOUTS`)."""
     p = Path(path)
     fmt = signal_format(p)
     _check_exists(p, fmt)
@@ -407,7 +466,7 @@ def read_header(path: str | Path, *, sfreq: float | None = None) -> SignalHeader
         return _wfdb_header(p)
     if fmt == "wav":
         return _wav_header(p)
-    return _text_header(p, sfreq)[0]
+    return _text_header(p, sfreq, text_layout)[0]
 
 
 def _pick_indices(hdr: SignalHeader, channels: Sequence[str | int] | None) -> list[int]:
@@ -438,7 +497,7 @@ def _check_finite(x: np.ndarray, p: Path, start_s: float = 0.0, sfreq: float | N
 def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: float = 0.0,
                        picks: Sequence[str | int] | None = None, *, sfreq: float | None = None,
                        header: SignalHeader | None = None, start_seconds: float = 0.0,
-                       stop_seconds: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
+                       stop_seconds: float | None = None, text_layout: str = "auto") -> Iterator[tuple[float, np.ndarray]]:
     """Yield ``(start_seconds, data (C, n) float32)`` pieces of a recording.
 
     Consecutive chunks start ``chunk_seconds - overlap_seconds`` apart; the last one may be
@@ -451,8 +510,10 @@ def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: 
         overlap_seconds: overlap between consecutive chunks (``< chunk_seconds``).
         picks: channel names or indices (default all).
         sfreq: sampling rate for plain text (which has none of its own).
-        header: a header already read with :func:`read_header` (saves re-reading it).
+        header: a header already read with :func:`read_header` (saves re-reading it; plain text is
+            read in the layout that header found).
         start_seconds / stop_seconds: read only this span of the recording.
+        text_layout: plain text without ``header``: how its values are laid out (:data:`TEXT_LAYOUTS`).
     """
     p = Path(path)
     if chunk_seconds <= 0 or not 0 <= overlap_seconds < chunk_seconds:
@@ -469,11 +530,11 @@ def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: 
     elif fmt == "mne":
         hdr, raw = _mne_header(p)
     elif fmt == "text":
-        hdr, whole = _text_header(p, sfreq)
+        hdr, whole = _text_header(p, sfreq, text_layout)
     else:
         hdr = read_header(p)
     if fmt == "text" and whole is None:
-        whole = _text_read(p)
+        whole = _text_read(p, hdr.meta.get("layout", text_layout))[0]
     if hdr.sfreq is None:
         raise ReadError(TEXT_RATE_MISSING, p)
     if hdr.n_times == 0:
@@ -507,7 +568,7 @@ def iter_signal_chunks(path: str | Path, chunk_seconds: float, overlap_seconds: 
 
 def read_signal(path: str | Path, *, channels: Sequence[str | int] | None = None, sfreq: float | None = None,
                 record_id: str | None = None, subject_id: str | None = None,
-                label: str | int | None = None) -> SignalRecord:
+                label: str | int | None = None, text_layout: str = "auto") -> SignalRecord:
     """Read a whole recording into a :class:`SignalRecord` (``(C, T)`` float32).
 
     Args:
@@ -518,12 +579,15 @@ def read_signal(path: str | Path, *, channels: Sequence[str | int] | None = None
         record_id: defaults to the file name without extension.
         subject_id: defaults to the BIDS ``sub-`` entity of the name, else the record id.
         label: recording-level label (from a dataset adapter).
+        text_layout: for plain text, how its values are laid out (:data:`TEXT_LAYOUTS`): ``auto``
+            (a table: one channel a column; a signal wrapped over lines: one channel), ``columns``
+            or ``wrapped``.
     """
     p = Path(path)
     fmt = signal_format(p)
     _check_exists(p, fmt)
     if fmt == "text":
-        hdr, whole = _text_header(p, sfreq)
+        hdr, whole = _text_header(p, sfreq, text_layout)
         if sfreq is None:
             raise ReadError(TEXT_RATE_MISSING, p)
         data = whole[_pick_indices(hdr, channels)]
@@ -585,11 +649,11 @@ def read_ucr(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return x, np.round(labels).astype(int)
 
 
-def describe(path: str | Path, *, sfreq: float | None = None) -> dict[str, Any]:
+def describe(path: str | Path, *, sfreq: float | None = None, text_layout: str = "auto") -> dict[str, Any]:
     """A JSON-able summary of a recording for ``medad inspect``: format, sampling rate, channels,
-    duration and the annotations/labels found."""
+    duration and the annotations/labels found (plain text: read in ``text_layout``)."""
     p = Path(path)
-    hdr = read_header(p, sfreq=sfreq)
+    hdr = read_header(p, sfreq=sfreq, text_layout=text_layout)
     counts: dict[str, int] = {}
     for a in hdr.annotations:
         counts[a.description] = counts.get(a.description, 0) + 1
