@@ -16,8 +16,17 @@ detector. Windows above the threshold (calibrated on held-out normal windows at
 ``window_fpr``) that form runs of at least ``min_windows`` become flagged intervals; a recording
 with any flagged interval is abnormal.
 
-Outputs in ``out/``: ``results.csv`` and ``results.json`` (one row per recording, bad recordings
-reported with their error), and per screened recording ``<id>_window_scores.csv``,
+**Channels**: a model screens the channels it was trained on, found in each recording by name;
+it is never applied silently to another channel (:func:`match_channels`). Where names cannot be
+compared -- plain text has none, a model trained on plain text has none -- channels are matched
+by position when the counts agree, with a warning in the results; beat mode takes another lead
+named like an ECG lead, with a warning. Otherwise (the model's channel missing, several channels
+for a model of unnamed ones) the recording is skipped with the reason, and ``medad screen run
+--channels NAME`` names the channel(s) to screen in the model's place.
+
+Outputs in ``out/``: ``results.csv`` and ``results.json`` (one row per recording with the
+channel(s) screened and any channel warning, bad recordings reported with their error), and per
+screened recording ``<id>_window_scores.csv``,
 BIDS-style ``<id>_events.tsv``; ``<id>-annot.fif`` (MNE annotations) and, if asked, an
 annotated copy of the recording as FIF or EDF+ (any input format); for WFDB records a
 ``<id>.medad`` annotation file (flagged spans, and every detected beat labelled ``N`` or ``Q`` =
@@ -117,8 +126,12 @@ class ScreeningConfig:
         normalize: ``"recording"`` (per-channel robust scale of the whole recording, estimated
             from snippets; keeps "louder than usual" information), ``"window"`` (each window
             on its own: fully amplitude-blind) or ``"none"``.
-        channels: channel names to use (default: those of the first training recording). A
-            single-channel model uses channel 0 of every recording whatever its name.
+        channels: channel names to use (default: those of the first training recording). At
+            screening a recording is screened on the model's channels, found by name
+            (:func:`match_channels`: where names cannot be compared -- plain text, a model trained
+            on unnamed channels -- by position, with a warning unless neither side has names; else
+            it is skipped with the reason; ``medad screen run --channels`` names others to use in
+            their place).
         channel_types: ``"all"``, or ``"eeg"``: when ``channels`` is not set, keep EEG channels
             only -- drop those whose name says ECG/EKG, EMG, EOG, respiration (resp, effort,
             breath, airflow), SpO2, pulse, or trigger/stim/status/event/annotation
@@ -135,6 +148,10 @@ class ScreeningConfig:
             class in supervised training).
         max_window_bytes: memory cap for the collected training windows.
         text_sfreq: sampling rate of plain-text recordings (they carry none).
+        text_layout: how plain-text recordings lay out their values: ``"auto"`` (a table of equal
+            lines: one channel a column, one time sample a line; a signal wrapped over lines with a
+            shorter last one: one channel), ``"columns"`` or ``"wrapped"`` (one signal, all values
+            in file order); see :func:`medad.io.signals._text_read`.
         filter_method: ``"fft"`` (squared-magnitude response applied in the frequency domain,
             fast on long chunks) or ``"sos"`` (``sosfiltfilt``); both zero-phase, same filter.
         workers: threads that read, filter and score chunks in parallel.
@@ -181,6 +198,7 @@ class ScreeningConfig:
     max_train_windows: int = 20000
     max_window_bytes: int = 512 * 2**20
     text_sfreq: float | None = None
+    text_layout: str = "auto"
     filter_method: str = "fft"
     ecg_beats: bool = True
     workers: int = 2
@@ -235,6 +253,10 @@ class ScreeningConfig:
         if self.channels is not None and (isinstance(self.channels, str) or not all(
                 isinstance(c, str) and c for c in self.channels)):
             raise ConfigError(f"channels must be a list of channel names, got {self.channels!r}")
+        from medad.io.signals import TEXT_LAYOUTS
+
+        if self.text_layout not in TEXT_LAYOUTS:
+            raise ConfigError(f"text_layout must be one of {', '.join(TEXT_LAYOUTS)}, got {self.text_layout!r}")
         if self.filter_method not in ("fft", "sos"):
             raise ConfigError(f"filter_method must be 'fft' or 'sos', got {self.filter_method!r}")
         if self.chunk_seconds < 4 * self.window_seconds:
@@ -412,10 +434,13 @@ class Preprocessor:
     edge effects never reach a window, except at the very start and end of the recording.
     """
 
-    def __init__(self, cfg: ScreeningConfig, sfreq: float, channels: list[str] | None):
+    def __init__(self, cfg: ScreeningConfig, sfreq: float, channels: list[str] | None, *,
+                 by_position: bool = False, chosen: Sequence[str] | None = None):
         self.cfg = cfg
         self.sfreq = float(sfreq)
         self.channels = channels
+        self.by_position = bool(by_position)  # the model's channels have no names (see match_channels)
+        self.chosen = list(chosen) if chosen else None  # channels to use in their place (--channels)
         low = cfg.bandpass[0] if cfg.bandpass else None
         self.pad = 4.0 if low is None else float(min(30.0, max(4.0, 3.0 / low)))
         self._sos: dict[float, Any] = {}
@@ -423,23 +448,18 @@ class Preprocessor:
     def header(self, path: Path):
         from medad.io.signals import read_header
 
-        return read_header(path, sfreq=self.cfg.text_sfreq)
+        return read_header(path, sfreq=self.cfg.text_sfreq, text_layout=self.cfg.text_layout)
+
+    def match(self, hdr) -> tuple[list[int], str | None]:
+        """The recording's channels to use (indices, the model's order) and a warning when
+        they were matched without names; a ReadError when they cannot be (:func:`match_channels`)."""
+        if self.channels is None:
+            return list(range(len(hdr.ch_names))), None
+        return match_channels(self.channels, hdr, by_position=self.by_position, chosen=self.chosen,
+                              beats=self.cfg.unit == "beats")
 
     def picks(self, hdr) -> list[int]:
-        if self.channels is None:
-            return list(range(len(hdr.ch_names)))
-        found = [find_channel(c, hdr.ch_names) for c in self.channels]
-        if len(self.channels) == 1:
-            # a single-channel model takes its own channel where the recording has it (an EEG
-            # model of C3 must not read Fp1), else the first channel (text files, renamed leads)
-            return [found[0] if found[0] is not None else 0]
-        missing = [c for c, k in zip(self.channels, found) if k is None]
-        if missing:
-            raise ReadError(f"recording lacks channels the model needs ({len(missing)} of {len(self.channels)}): "
-                            f"{_names(missing, 8)}; it has {len(hdr.ch_names)}: {_names(hdr.ch_names, 8)}"
-                            + (" -- another montage: screen it with a model trained on recordings like it"
-                               if len(missing) == len(self.channels) else ""), hdr.path)
-        return [int(k) for k in found]
+        return self.match(hdr)[0]
 
     def filter(self, x: np.ndarray, fs: float) -> tuple[np.ndarray, float]:
         from medad.transforms.signal import filter_sos, resample, zero_phase
@@ -599,12 +619,12 @@ class Preprocessor:
 
 
     def beat_channel(self, hdr) -> int:
-        """The ECG lead beats are found on: the model's first channel when the recording has it,
-        else the first channel named like an ECG lead, else channel 0."""
-        names = list(hdr.ch_names)
-        if self.channels and self.channels[0] in names:
-            return names.index(self.channels[0])
-        return next((i for i, c in enumerate(names) if looks_like_ecg(c)), 0)
+        """The ECG lead beats are found on: the model's lead as :func:`match_channels` finds it;
+        without a model lead (choosing the first training recording's), the first channel named
+        like an ECG lead, else channel 0."""
+        if self.channels:
+            return self.match(hdr)[0][0]
+        return next((i for i, c in enumerate(hdr.ch_names) if looks_like_ecg(c)), 0)
 
     def beats(self, path: Path, hdr=None, *, channel: int | None = None,
               cut: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -680,15 +700,15 @@ def beat_features(beats: np.ndarray, rr: np.ndarray, step: int) -> np.ndarray:
 
 
 def recording_beat_features(pre: Preprocessor, path: Path, hdr=None,
-                            exclude: str | None = None) -> dict[str, Any]:
+                            exclude: str | None = None, channel: int | None = None) -> dict[str, Any]:
     """R peaks, per-beat features and beat envelope of one recording. ``exclude``: the
     ``train_exclude_beats`` pattern; listed beats are dropped (their RR intervals still count
-    for their neighbours)."""
+    for their neighbours). ``channel``: the ECG lead (default :meth:`Preprocessor.beat_channel`)."""
     from medad.datasets.signals import read_beat_csv, rr_features
     from medad.io.signals import record_id_from_path
 
     hdr = hdr or pre.header(path)
-    peaks, beats = pre.beats(path, hdr)
+    peaks, beats = pre.beats(path, hdr, channel=channel)
     if len(peaks) < 3:
         raise ReadError(f"found {len(peaks)} beat(s); beat mode needs an ECG lead with at least 3", path)
     fs = pre.sfreq
@@ -793,16 +813,77 @@ def _collect(pre: Preprocessor, files: Sequence[Path], max_windows: int, max_byt
     return np.concatenate(out)
 
 
-def _collect_beats(pre: Preprocessor, files: Sequence[Path], skipped: list[dict[str, str]], what: str) -> np.ndarray:
+#: a beat whose distance to its recording's median beat lies more than this many robust SDs above
+#: the recording's median distance is a gross outlier (:func:`outlier_beats`)
+OUTLIER_BEAT_Z = 8.0
+
+
+def outlier_beats(features: np.ndarray) -> int:
+    """How many beats of ONE recording (its beat features, :func:`beat_features`) are gross
+    outliers: the norm of the beat minus the recording's median beat (the shape columns) more
+    than :data:`OUTLIER_BEAT_Z` robust SDs (1.4826 MAD) above the recording's median norm. No
+    label is used; normal beats differ from their median beat by noise and mild variation only
+    (on the clean MIT-BIH records 0.05-0.7 % are counted), while ectopic beats such as PVCs (and
+    stretches of noise) are counted (records 119, 200: about their PVC share)."""
+    d = np.sqrt(np.square(np.asarray(features, np.float64)[:, :-len(RR_FEATURE_NAMES)]).sum(1))
+    if len(d) < 3:
+        return 0
+    med = float(np.median(d))
+    mad = 1.4826 * float(np.median(np.abs(d - med)))
+    return int((d > med + OUTLIER_BEAT_Z * mad).sum()) if mad > 0 else 0
+
+
+def beat_outlier_check(train: Sequence[tuple[str, int, int]], val: Sequence[tuple[str, int, int]],
+                       fpr: float, exclude: str | None) -> dict[str, Any]:
+    """Beat mode, training: the share of gross outlier beats (:func:`outlier_beats`) among the
+    training and the held-out normal beats (``(record, beats, outliers)`` per recording), and a
+    ``warning`` when either reaches half of ``fpr``. Abnormal beats in training are learnt as
+    normal (a kNN model scores beats like them low), and the threshold flags ``fpr`` of the
+    held-out beats: abnormal beats there at a share near ``fpr`` set it among themselves. A beat
+    model trained on "normal" MIT-BIH records holding PVCs without ``train_exclude_beats`` found 3
+    to 11 % of the test PVCs, though its AUROC looked fine."""
+    def share(rows) -> tuple[int, int]:
+        return sum(r[2] for r in rows), sum(r[1] for r in rows)
+
+    (ot, nt), (ov, nv) = share(train), share(val)
+    out: dict[str, Any] = {"rule": f"distance to the recording's median beat > {OUTLIER_BEAT_Z:g} robust SDs above "
+                                   f"its median distance",
+                           "train": {"outliers": ot, "beats": nt}, "held_out": {"outliers": ov, "beats": nv}}
+    limit = fpr / 2
+    if (nt and ot / nt >= limit) or (nv and ov / nv >= limit):
+        worst = sorted((r for r in list(train) + list(val) if r[1] and r[2] / r[1] >= limit),
+                       key=lambda r: -r[2] / r[1])
+        excl = (f"the listed beats are already left out ({exclude}), so these are other ones" if exclude else
+                "if these recordings hold known abnormal beats, list them (a CSV of R-peak samples per recording) "
+                "and set train_exclude_beats (e.g. \"{record}_pvc_beats.csv\"), or train on recordings without them")
+        out["warning"] = (
+            f"{100 * ov / max(nv, 1):.1f} % of the held-out normal beats ({ov} of {nv}) and {100 * ot / max(nt, 1):.1f} % "
+            f"of the training beats ({ot} of {nt}) are far from their recording's median beat (ectopic beats such as "
+            f"PVCs, or noise), most in " + ", ".join(f"{r[0]} ({100 * r[2] / r[1]:.1f} %)" for r in worst[:5])
+            + f". Abnormal beats among the training beats are learnt as normal, and among the held-out beats they "
+            f"raise the threshold (it flags window_fpr={fpr:g} of them): abnormal beats like them will then mostly be "
+            f"missed (low sensitivity, though the AUROC may look fine); {excl}")
+    return out
+
+
+def _collect_beats(pre: Preprocessor, files: Sequence[Path], skipped: list[dict[str, str]], what: str,
+                   outliers: list[tuple[str, int, int]] | None = None) -> np.ndarray:
     """Beat features of every recording in ``files`` (known abnormal beats excluded, see
     ``train_exclude_beats``), stacked; a recording that fails is added to ``skipped``, and none
-    left is an InputError naming ``what`` (e.g. "the training recordings")."""
+    left is an InputError naming ``what`` (e.g. "the training recordings"). ``outliers``: gets
+    ``(record, beats, gross outlier beats)`` of each recording (:func:`outlier_beats`)."""
+    from medad.io.signals import record_id_from_path
+
     out = []
     for f in files:
         try:
-            out.append(recording_beat_features(pre, f, exclude=pre.cfg.train_exclude_beats)["features"])
+            feats = recording_beat_features(pre, f, exclude=pre.cfg.train_exclude_beats)["features"]
         except MedadError as e:
             skipped.append({"file": str(f), "error": e.problem})
+            continue
+        out.append(feats)
+        if outliers is not None:
+            outliers.append((record_id_from_path(f), len(feats), outlier_beats(feats)))
     if not out:
         raise InputError(f"no beats could be found in {what}{_failures(skipped, files)}")
     return np.concatenate(out)
@@ -878,6 +959,93 @@ def channel_problem(requested: Sequence[str], hdr) -> str | None:
         fixed = [guesses[c][0] if c in guesses else names[find_channel(c, names)] for c in requested]
         msg += f". Name them as the recording does: --channels '{','.join(fixed)}' (or `channels` in the config)"
     return msg
+
+
+#: how a recording's channels are chosen at screening, for the README, the docstrings and the errors
+CHANNEL_HINT = "pass --channels NAME to medad screen run (Python: screen_folder(..., channels=[NAME]))"
+
+
+def _did_you_mean(name: str, names: Sequence[str]) -> str:
+    g = channel_suggestions(name, names)
+    return f" (did you mean {' or '.join(map(repr, g))}?)" if g else ""
+
+
+def match_channels(channels: Sequence[str], hdr, *, by_position: bool = False, chosen: Sequence[str] | None = None,
+                   beats: bool = False) -> tuple[list[int], str | None]:
+    """The channels of recording ``hdr`` a model of ``channels`` screens (indices, in the model's
+    order), and a warning where they were matched without names (``None`` otherwise).
+
+    A model is never silently applied to a channel it was not trained on (an EEG model of Fp1 to
+    C3, an ECG model to heart sounds). In order:
+
+    1. by name (:func:`find_channel`: also equal but for case): the model's channels, or ``chosen``
+       (``medad screen run --channels``) in their place -- no warning;
+    2. plain text has no channel names: a file with as many columns as the model has channels is
+       read column by column -- with a warning, unless the model too was trained on unnamed
+       channels (``by_position``: plain text, or single channels of different names);
+    3. a model of one unnamed channel and a recording of one channel: that channel, with a warning;
+    4. beat mode (``beats``) without ``chosen``, a recording whose channels have names: the
+       model's lead missing, the first channel named like an ECG lead (:func:`looks_like_ecg`),
+       with a warning naming both (beat features are relative to the recording's own median beat,
+       so another lead of the same heart is still judged meaningfully; a non-ECG channel is not).
+
+    Anything else -- the model's channel missing from a named recording, a different number of
+    unnamed channels, several channels to choose from for an unnamed model -- is a ReadError
+    saying what the recording has and how to choose (:data:`CHANNEL_HINT`): screening skips that
+    recording and reports it, the others are screened."""
+    names = list(hdr.ch_names)
+    n = len(channels)
+    want = list(chosen) if chosen else list(channels)
+    found = [find_channel(c, names) for c in want]
+    if all(k is not None for k in found):
+        return [int(k) for k in found], None
+    text = getattr(hdr, "format", None) == "text"
+    if text and len(names) == n:
+        if by_position:  # read as the model's own training files were
+            return list(range(n)), None
+        cols = "its only column" if n == 1 else f"its {n} columns"
+        return list(range(n)), (f"plain text has no channel names: {cols} read as "
+                                + (f"the channel(s) chosen with --channels ({_names(want)})" if chosen
+                                   else f"the model's {_names(channels)}") + ", unchecked")
+    if by_position and not chosen and n == 1 and len(names) == 1:
+        return [0], (f"the model's channel has no name (trained on plain text or on single channels of different "
+                     f"names): this recording's only channel, {names[0]!r}, screened unchecked")
+    have = f"it has {len(names)} channel(s): {_names(names, 8)}"
+    if beats and not chosen and not text:
+        ecg = [i for i, c in enumerate(names) if looks_like_ecg(c)]
+        if ecg:
+            lead = "the model's ECG lead has no name" if by_position else f"the model's ECG lead {channels[0]!r} is missing"
+            return [ecg[0]], f"{lead}: beats found on {names[ecg[0]]!r}, the first channel named like an ECG lead"
+    if chosen:
+        missing = [c for c, k in zip(want, found) if k is None]
+        raise ReadError(f"channel(s) chosen with --channels not found: "
+                        f"{', '.join(repr(c) + _did_you_mean(c, names) for c in missing)}; {have}", hdr.path)
+    if text:
+        pick = (f"; choose the column(s) to screen with --channels, e.g. --channels {','.join(names[:n])}"
+                if len(names) > n else "")
+        raise ReadError(f"plain-text recording of {len(names)} column(s) (no channel names), but the model takes {n} "
+                        f"channel(s) ({_names(channels)}): not screened{pick}", hdr.path)
+    if by_position:
+        raise ReadError(f"the model's {'channel has' if n == 1 else f'{n} channels have'} no name (trained on plain "
+                        f"text or on single channels of different names), so which of this recording's channels to "
+                        f"screen is not known ({have}): not screened; "
+                        + (CHANNEL_HINT if n == 1 else f"name {n}, in the model's order, with --channels 'A,B,...'"),
+                        hdr.path)
+    missing = [c for c, k in zip(channels, found) if k is None]
+    if beats:
+        raise ReadError(f"the model's ECG lead {channels[0]!r} is missing{_did_you_mean(channels[0], names)} and no "
+                        f"channel is named like an ECG lead ({have}): not screened, beats found in another kind of "
+                        f"signal mean nothing. To screen one of its channels as the lead anyway: {CHANNEL_HINT}",
+                        hdr.path)
+    if n == 1:
+        raise ReadError(f"the model was trained on channel {channels[0]!r}, which this recording lacks"
+                        f"{_did_you_mean(channels[0], names)}; {have}. Not screened: another channel would be judged "
+                        f"by a model of a different one. To screen one of its channels in its place: {CHANNEL_HINT}",
+                        hdr.path)
+    raise ReadError(f"recording lacks channels the model needs ({len(missing)} of {n}): {_names(missing, 8)}; {have}"
+                    + (" -- another montage: screen it with a model trained on recordings like it, or name its "
+                       f"channels to use in their place, in the model's order, with --channels 'A,B,...'"
+                       if len(missing) == n else ""), hdr.path)
 
 
 def _common_channels(hdrs) -> list[str]:
@@ -994,14 +1162,14 @@ def eeg_channels(pre: "Preprocessor", channels: list[str], files: Sequence[Path]
 
 
 def _readable(files: Sequence[Path], text_sfreq: float | None,
-              bad: list[dict[str, str]]) -> tuple[list[Path], list[Any]]:
+              bad: list[dict[str, str]], text_layout: str = "auto") -> tuple[list[Path], list[Any]]:
     """Those of ``files`` whose header can be read, with their headers; the others go to ``bad``."""
     from medad.io.signals import read_header
 
     good, hdrs = [], []
     for f in files:
         try:
-            hdrs.append(read_header(f, sfreq=text_sfreq))
+            hdrs.append(read_header(f, sfreq=text_sfreq, text_layout=text_layout))
             good.append(f)
         except MedadError as e:
             bad.append({"file": str(f), "error": e.problem})
@@ -1027,6 +1195,18 @@ def _with_channels(cfg: ScreeningConfig, good: list[Path], hdrs: list[Any], a_go
     if not (len(cfg.channels) == 1 and len(names) == 1):
         cfg.channels = [names[find_channel(c, names)] for c in cfg.channels]
     return tuple(kept)
+
+
+def unnamed_channels(channels: Sequence[str], hdrs: Sequence[Any], unit: str = "windows") -> bool:
+    """Whether a model of ``channels`` trained on the recordings ``hdrs`` knows its channels by
+    position only (screening then matches them so, :func:`match_channels`): any plain-text
+    recording (its channel names are the file name or ``col1``...), or, in window mode, one
+    channel that a training recording has under another name (single-channel recordings are
+    pooled whatever their channel is called, :func:`_common_channels`). Beat mode finds another
+    ECG lead by its name and keeps the model's lead name."""
+    if any(getattr(h, "format", None) == "text" for h in hdrs):
+        return True
+    return unit != "beats" and len(channels) == 1 and any(find_channel(channels[0], h.ch_names) is None for h in hdrs)
 
 
 def _hold_out(files: Sequence[Path], val_fraction: float, rng) -> tuple[list[Path], list[Path]]:
@@ -1169,11 +1349,11 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
     files = list_recordings(normal_folder)
     abnormal_files = list_recordings(abnormal_folder) if abnormal_folder is not None else []
     bad: list[dict[str, str]] = []
-    good, hdrs = _readable(files, cfg.text_sfreq, bad)
+    good, hdrs = _readable(files, cfg.text_sfreq, bad, cfg.text_layout)
     if not good:
         raise ReadError(f"no readable normal recordings ({len(bad)} failed: {bad[0]['error'] if bad else ''})",
                         normal_folder)
-    a_good, a_hdrs = _readable(abnormal_files, cfg.text_sfreq, bad)
+    a_good, a_hdrs = _readable(abnormal_files, cfg.text_sfreq, bad, cfg.text_layout)
     if abnormal_folder is not None and not a_good:
         raise ReadError(f"no readable abnormal recordings{_failures(bad, abnormal_files)}", abnormal_folder)
     if hdrs[0].sfreq is None:
@@ -1194,7 +1374,8 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
             print(f"channel_types: eeg -- keeping {len(channels)} EEG channel(s), dropped {len(dropped)}: "
                   + "; ".join(f"{d['channel']} ({d['reason']})" for d in dropped)
                   + " (to choose yourself: --channels 'A,B,...' or `channels` in the config)")
-    pre = Preprocessor(cfg, sfreq, channels)
+    by_position = unnamed_channels(channels, hdrs + a_hdrs, cfg.unit)
+    pre = Preprocessor(cfg, sfreq, channels, by_position=by_position)
     rng = np.random.default_rng(cfg.seed)
     train_files, val_files = _hold_out(good, cfg.val_fraction, rng)
     a_train, a_val = _hold_out(a_good, cfg.val_fraction, rng) if a_good else ([], [])
@@ -1207,8 +1388,10 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
                f"{len(a_val)} more held out for validation)" if a_good else "")
         print(f"training on {len(train_files)} normal recording(s){sup}, {cal}"
               + (f"; {len(bad)} unreadable skipped" if bad else ""))
+    train_out: list[tuple[str, int, int]] = []  # beat mode: gross outlier beats per recording
+    val_out: list[tuple[str, int, int]] = []
     if unit == "beats":
-        x = _collect_beats(pre, train_files, bad, "the training recordings")
+        x = _collect_beats(pre, train_files, bad, "the training recordings", train_out)
     else:
         x = _collect(pre, train_files, cfg.max_train_windows, cfg.max_window_bytes, bad)
     if not val_files:  # one recording: calibrate on its last windows (in time), train on the rest
@@ -1217,7 +1400,7 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         val_source = f"last {n_v} {unit} of the single training recording"
     else:
         if unit == "beats":
-            xv = _collect_beats(pre, val_files, bad, "the held-out normal recordings")
+            xv = _collect_beats(pre, val_files, bad, "the held-out normal recordings", val_out)
         elif not a_good:  # supervised: read after the fit (below)
             xv = _collect(pre, val_files, cfg.max_train_windows, cfg.max_window_bytes, bad,
                           "the held-out normal recordings")
@@ -1269,16 +1452,23 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
         calibration["warning"] = warning
         if progress:
             print(f"warning: {warning}")
+    outlier_check = None
+    if unit == "beats":
+        outlier_check = beat_outlier_check(train_out, val_out, cfg.window_fpr, cfg.train_exclude_beats)
+        if progress and "warning" in outlier_check:
+            print(f"warning: {outlier_check['warning']}")
     # reference distribution of held-out normal window scores (for the per-interval percentile)
     ref = val_scores if len(val_scores) <= 2000 else np.quantile(val_scores, np.linspace(0, 1, 2000))
     info = {
         "config": asdict(cfg), "sfreq": sfreq, "channels": channels, "dropped_channels": dropped,
+        "channel_match": "position" if by_position else "name",
         "threshold": float(det.threshold_),
         "calibration": calibration,
         f"n_train_{unit}": int(n_train),
         "train_recordings": [record_id_from_path(f) for f in train_files],
         "val_recordings": [record_id_from_path(f) for f in val_files],
         "supervised": bool(a_good),
+        **({"outlier_beats": outlier_check} if outlier_check is not None else {}),
     }
     if a_good:
         if getattr(det, "class_weights_", None) is not None:
@@ -1291,7 +1481,7 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
             "abnormal_val_recordings": [record_id_from_path(f) for f in a_val],
             "class_balance": balance,
         })
-        model = ScreeningModel(det, cfg, sfreq, channels, float(det.threshold_), ref, info)
+        model = ScreeningModel(det, cfg, sfreq, channels, float(det.threshold_), ref, info, by_position=by_position)
         info["validation"] = validate_supervised(model, normal_scored, a_val, bad)
         if progress:
             print(f"validation on held-out recordings: {validation_text(info['validation'])}")
@@ -1305,7 +1495,11 @@ def train_screening(normal_folder: str | Path, out: str | Path, cfg: ScreeningCo
 # ---------------------------------------------------------------------------- screening
 @dataclass
 class ScreeningModel:
-    """A trained screening model: detector + preprocessing + threshold."""
+    """A trained screening model: detector + preprocessing + threshold.
+
+    ``by_position``: its channels have no names (``channel_match: position`` in screening.json,
+    :func:`unnamed_channels`); ``chosen``: channels of the screened recordings to use in place of
+    the model's (``medad screen run --channels``), see :func:`match_channels`."""
 
     detector: Any
     cfg: ScreeningConfig
@@ -1314,6 +1508,8 @@ class ScreeningModel:
     threshold: float
     val_scores: np.ndarray
     info: dict[str, Any]
+    by_position: bool = False
+    chosen: list[str] | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> "ScreeningModel":
@@ -1337,8 +1533,35 @@ class ScreeningModel:
             det = RRChannelModel.load(path / DETECTOR_DIR)
         else:
             det = Detector.load(path / DETECTOR_DIR)
-        return cls(det, cfg, float(info["sfreq"]), list(info["channels"]), float(info["threshold"]),
-                   np.asarray(info["val_scores"], dtype=np.float64), info)
+        channels = list(info["channels"])
+        match = info.get("channel_match")
+        if match is None:  # saved before it was recorded: a text-trained model's channel is a record id
+            from medad.io.signals import record_id_from_path
+
+            ids = {*info.get("train_recordings", []), *info.get("val_recordings", []),
+                   *(record_id_from_path(b.get("file", "")) for b in info.get("skipped", []))}
+            match = "position" if len(channels) == 1 and channels[0] in ids else "name"
+        return cls(det, cfg, float(info["sfreq"]), channels, float(info["threshold"]),
+                   np.asarray(info["val_scores"], dtype=np.float64), info, by_position=match == "position")
+
+    def preprocessor(self) -> "Preprocessor":
+        """The :class:`Preprocessor` that screens recordings for this model (its channels matched
+        as :func:`match_channels` says)."""
+        return Preprocessor(self.cfg, self.sfreq, self.channels, by_position=self.by_position, chosen=self.chosen)
+
+    def use_channels(self, chosen: Sequence[str] | None) -> None:
+        """Screen ``chosen`` channels of each recording in place of the model's (``--channels``;
+        ``None``: the model's own). Their number must be the model's: a ConfigError otherwise."""
+        if not chosen:
+            self.chosen = None
+            return
+        chosen = [str(c).strip() for c in chosen]
+        if len(chosen) != len(self.channels) or not all(chosen):
+            raise ConfigError(f"the model takes {len(self.channels)} channel(s) ({_names(self.channels, 8)}"
+                              f"{', unnamed' if self.by_position else ''}); --channels names {len(chosen)}: "
+                              f"{', '.join(map(repr, chosen))}. Give one channel of the recordings for each of the "
+                              f"model's, in its order")
+        self.chosen = chosen
 
     def percentile(self, s: np.ndarray) -> np.ndarray:
         """Share of held-out normal windows scoring below ``s`` (an empirical, not a clinical, probability)."""
@@ -1406,13 +1629,15 @@ def recording_items(model: ScreeningModel, path: Path, *, features: bool = False
 
     if top_k and features:
         raise ConfigError("top_k keeps scored items: not with features (scored after per-site normalisation)")
-    pre = Preprocessor(model.cfg, model.sfreq, model.channels)
+    pre = model.preprocessor()
     hdr = pre.header(path)
+    picks, note = pre.match(hdr)  # which channels (a ReadError when none can be chosen safely)
+    chans = {"picks": picks, "channels": [hdr.ch_names[i] for i in picks], "channel_warning": note}
     if model.cfg.unit == "beats":
-        r = recording_beat_features(pre, path, hdr)
+        r = recording_beat_features(pre, path, hdr, channel=picks[0])
         t = r["peaks"] / pre.sfreq
         res = {"header": hdr, "starts": np.maximum(t - model.cfg.beat_before, 0.0), "times": t,
-               "envelope": r["envelope"], "channels": [hdr.ch_names[pre.beat_channel(hdr)]],
+               "envelope": r["envelope"], **chans,
                "samples": np.round(t * float(hdr.sfreq)).astype(np.int64)}  # in the recording's own rate
         if features:
             res["features"] = r["features"]
@@ -1448,8 +1673,7 @@ def recording_items(model: ScreeningModel, path: Path, *, features: bool = False
     bar.close()
     t = np.concatenate(starts)
     res = {"header": hdr, "starts": t, "times": t + model.cfg.window_seconds / 2, "envelope": np.concatenate(env),
-           "channels": [hdr.ch_names[i] for i in pre.picks(hdr)],
-           ("features" if features else "scores"): np.concatenate(outs)}
+           **chans, ("features" if features else "scores"): np.concatenate(outs)}
     if top_k:  # the best of the chunks' best; chunks come in time order, so a tie keeps the earlier window
         ts, ss, ws = (np.concatenate(a) for a in zip(*tops))
         keep = np.argsort(-ss, kind="stable")[:top_k]
@@ -1811,7 +2035,8 @@ def _whole_edf_records(raw):
 
 
 def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path, rid: str,
-                      annotated_copy: str = "none", *, header=None, sfreq: float | None = None) -> list[Path]:
+                      annotated_copy: str = "none", *, header=None, sfreq: float | None = None,
+                      text_layout: str = "auto") -> list[Path]:
     """``<rid>-annot.fif`` (always) and, with ``annotated_copy`` ``"fif"``/``"edf"``, a copy of
     the recording carrying the annotations (``<rid>_screened_raw.fif`` / ``<rid>_screened.edf``),
     for every input format.
@@ -1820,13 +2045,16 @@ def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path,
     WFDB, WAV and text become an MNE Raw by :func:`recording_as_raw` (units and channel types
     there). The annotations' ``orig_time`` is the recording's measurement date, ``None`` where it
     has none (WAV, text, WFDB without a base date). The copy holds the whole recording in memory
-    (float64, one recording at a time). EDF+ stores whole seconds: a recording of fractional
-    length is padded with edge values and a ``BAD_ACQ_SKIP`` annotation (:func:`_whole_edf_records`
-    for non-integer rates, MNE's export otherwise), and channel names are cut to EDF's 16
-    characters. A FIF copy must fit one file (MNE would split it over files named after the
+    (float64, one recording at a time). EDF+ stores whole data records (1 s; ``floor(sfreq)``
+    samples at a non-integer rate): a recording of another length is padded to the next whole
+    record with edge values and a ``BAD_ACQ_SKIP`` annotation over the padding, so the copy is up
+    to one record longer than the recording (:func:`_whole_edf_records` for non-integer rates,
+    MNE's export otherwise; ``mne.export.export_raw`` has no setting that avoids it, as of MNE
+    1.13), and channel names are cut to EDF's 16 characters. A FIF copy must fit one file (MNE would split it over files named after the
     temporary path): past :data:`FIF_MAX_BYTES` of float32 samples it is refused with a clear
     error (the 16-bit EDF+ copy is half the size). ``header``
-    (:func:`medad.io.signals.read_header`) saves re-reading it; ``sfreq`` is the plain-text rate.
+    (:func:`medad.io.signals.read_header`) saves re-reading it; ``sfreq`` and ``text_layout`` are
+    the plain-text rate and layout (without ``header``).
     """
     import mne
 
@@ -1834,7 +2062,7 @@ def write_mne_outputs(src: Path, intervals: list[dict[str, Any]], out_dir: Path,
     from medad.utils import atomic_path
 
     check_annotated_copy(annotated_copy)
-    hdr = header if header is not None else read_header(src, sfreq=sfreq)
+    hdr = header if header is not None else read_header(src, sfreq=sfreq, text_layout=text_layout)
     raw = mne.io.read_raw(str(src), preload=False, verbose="error") if hdr.format == "mne" else None
     orig = raw.annotations.orig_time if raw is not None else hdr.meas_date
     ann = mne_annotations(intervals, orig_time=orig)
@@ -1962,8 +2190,8 @@ def plot_recording(path: Path, res: dict[str, Any], model: ScreeningModel, title
     t, env, hdr = res["times"], res["envelope"], res["header"]  # env: (n, C<=4, 2)
     n_ch = env.shape[1]
     dur = hdr.n_times / hdr.sfreq
-    pre = Preprocessor(model.cfg, model.sfreq, model.channels)
-    picks = [pre.beat_channel(hdr)] if beats else pre.picks(hdr)[:n_ch]
+    pre = model.preprocessor()
+    picks = (res["picks"] if "picks" in res else pre.picks(hdr))[:1 if beats else n_ch]  # the channels screened
 
     def read(a: float, b: float, max_points: int = 20000) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed trace of [a, b) s (filter edges read and dropped), at most ~max_points."""
@@ -2048,8 +2276,10 @@ def unique_record_ids(files: Sequence[Path]) -> list[str]:
     return rids
 
 
-RESULT_FIELDS = ["file", "record_id", "status", "error", "duration_s", "n_windows", "n_beats", "n_flagged_beats",
-                 "max_score", "decision", "n_intervals", "flagged_seconds", "threshold"]
+#: results.csv columns; ``channels``: the channel(s) screened (beat mode: the ECG lead), ``warning``:
+#: why they may not be the model's (matched without names, another ECG lead; :func:`match_channels`)
+RESULT_FIELDS = ["file", "record_id", "status", "error", "channels", "warning", "duration_s", "n_windows", "n_beats",
+                 "n_flagged_beats", "max_score", "decision", "n_intervals", "flagged_seconds", "threshold"]
 
 
 def _error_row(f: Path, rid: str, e: Exception) -> dict[str, Any]:
@@ -2101,8 +2331,8 @@ def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, An
                                                   scores=s).name)
         elif hdr.format == "wfdb":
             peaks = None
-            pre = Preprocessor(model.cfg, model.sfreq, model.channels)
-            ch = pre.picks(hdr)[0]
+            pre = model.preprocessor()
+            ch = res["picks"][0]
             if model.cfg.ecg_beats and looks_like_ecg(hdr.ch_names[ch]):
                 found, _ = pre.beats(f, hdr, channel=ch, cut=False)
                 peaks = np.round(found / pre.sfreq * fs).astype(np.int64)
@@ -2116,6 +2346,7 @@ def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, An
         outputs.append(f"(output failed: {e.problem})")
     row = {
         "file": str(f), "record_id": rid, "status": "ok", "error": "",
+        "channels": ",".join(res["channels"]), "warning": res.get("channel_warning") or "",
         "duration_s": round(hdr.n_times / fs, 3), "n_windows": "" if beats else int(len(s)),
         "n_beats": int(len(s)) if beats else "", "n_flagged_beats": int(res["flagged"].sum()) if beats else "",
         "max_score": float(s.max()), "decision": "abnormal" if ivs else "normal", "n_intervals": len(ivs),
@@ -2123,7 +2354,8 @@ def _write_recording(model: ScreeningModel, f: Path, rid: str, res: dict[str, An
         "threshold": model.threshold,
     }
     # results.json: fields that do not apply (n_beats in window mode, ...) are null, not ""
-    return row, {**{k: None if v == "" else v for k, v in row.items()}, "intervals": ivs, "outputs": outputs}
+    return row, {**{k: None if v == "" else v for k, v in row.items()}, "channels": list(res["channels"]),
+                 "intervals": ivs, "outputs": outputs}
 
 
 def site_group(path: Path, folder: Path, mode: str) -> str:
@@ -2135,14 +2367,23 @@ def site_group(path: Path, folder: Path, mode: str) -> str:
 
 def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *, annotated_copy: str = "none",
                   plots: bool = True, progress: bool = True, site_normalize: str | None = None,
-                  text_sfreq: float | None = None) -> dict[str, Any]:
+                  text_sfreq: float | None = None, text_layout: str | None = None,
+                  channels: Sequence[str] | None = None) -> dict[str, Any]:
     """Screen every recording in ``folder`` and write the outputs (see module docstring) to ``out``.
 
     A recording that cannot be read or screened is reported (status ``error`` with the reason)
     and skipped; the others are still screened. ``site_normalize`` (``none``, ``folder``,
     ``subfolder``; default: the model's ``site_normalize``) normalises features per site first.
-    ``text_sfreq``: sampling rate of plain-text recordings (default: the model's; a model
-    trained on EDF has none).
+    ``text_sfreq`` / ``text_layout``: rate and layout of plain-text recordings (default: the
+    model's; a model trained on EDF has no rate).
+
+    Each recording is screened on the model's channels, found by name (:func:`match_channels`);
+    ``channels`` names other channels of the recordings to screen in their place (as many as the
+    model has, in its order; ``medad screen run --channels``). A recording whose channels cannot
+    be matched safely (the model's channel missing, or several to choose from for a model of
+    unnamed channels) is skipped with the reason; one matched without names (plain text, another
+    ECG lead in beat mode) is screened with a ``warning``. ``results.csv/json`` give the channels
+    screened per recording.
 
     Returns:
         The ``results.json`` content.
@@ -2170,6 +2411,13 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
             if progress:
                 print(f"warning: {warning_lines[-1]}")
         model.cfg.text_sfreq = float(text_sfreq)
+    if text_layout is not None:
+        from medad.io.signals import TEXT_LAYOUTS
+
+        if text_layout not in TEXT_LAYOUTS:
+            raise ConfigError(f"text_layout must be one of {', '.join(TEXT_LAYOUTS)}, got {text_layout!r}")
+        model.cfg.text_layout = text_layout
+    model.use_channels(channels)
     site = model.cfg.site_normalize if site_normalize is None else site_normalize
     check_site_normalize(site, model.cfg.detector, model.cfg.unit)
     if site != "none" and getattr(model.detector, "center_", None) is None:
@@ -2192,6 +2440,8 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
             if progress:  # one line naming the file, as the brain and frame pipelines do
                 tqdm.write(f"skipped: {f}: {row['error']}")
             continue
+        if progress and res.get("channel_warning"):
+            tqdm.write(f"warning: {f}: {res['channel_warning']}")
         if site == "none":
             done[k] = _write_recording(model, f, rid, decide(model, res), out, annotated_copy, plots)
         else:
@@ -2223,7 +2473,10 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
         "decision_rule": f"abnormal when >= {model.cfg.min_windows} consecutive {unit} score above the threshold",
         "probability_meaning": f"share of held-out normal {unit} scoring below the interval's max score",
         "site_normalize": site,
+        "model_channels": model.channels, "channel_match": "position" if model.by_position else "name",
+        **({"channels_chosen": model.chosen} if model.chosen else {}),
         "n_recordings": len(rows), "n_errors": sum(r["status"] == "error" for r in rows),
+        "n_channel_warnings": sum(bool(r.get("warning")) for r in rows),
         "n_abnormal": sum(r.get("decision") == "abnormal" for r in rows), "recordings": recs,
     }
     if warning_lines:
@@ -2234,5 +2487,8 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
     write_json(out / "results.json", summary)
     if progress:
         print(f"screened {len(rows) - summary['n_errors']} recording(s), {summary['n_abnormal']} abnormal, "
-              f"{summary['n_errors']} could not be read; results in {out / 'results.csv'}")
+              f"{summary['n_errors']} could not be read or screened (see the error column)"
+              + (f", {summary['n_channel_warnings']} screened on channels matched without their names (see the "
+                 f"warning column)" if summary["n_channel_warnings"] else "")
+              + f"; results in {out / 'results.csv'}")
     return summary

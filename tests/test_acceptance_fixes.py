@@ -24,8 +24,9 @@ def test_single_channel_model_reads_its_own_channel():
 
     hdr = SimpleNamespace(ch_names=["Fp1", "C3", "O1"], path=Path("x.edf"))
     assert Preprocessor(ScreeningConfig(), FS, ["C3"]).picks(hdr) == [1]
-    # no channel of that name (a text file, a renamed lead): the first one, as before
-    assert Preprocessor(ScreeningConfig(), FS, ["Z001"]).picks(hdr) == [0]
+    # no channel of that name: not channel 0 silently, a clear refusal (tests/test_screening_audit11.py)
+    with pytest.raises(ReadError, match="lacks"):
+        Preprocessor(ScreeningConfig(), FS, ["Z001"]).picks(hdr)
 
 
 def _write_edf(path: Path, seconds: float, seed: int) -> None:

@@ -196,13 +196,17 @@ def test_wfdb_and_wav_folders_are_screened(tmp_path):
     wfdb.wrsamp("ab", fs=FS, units=["mV"], sig_name=["ECG"], p_signal=_eeg(40, 1, 5, spikes=(10, 16)).T * 1e4,
                 fmt=["16"], write_dir=str(test))
     wav = (_eeg(40, 1, 7)[0] / 2e-4 * 8000).astype(np.int16)
-    wavfile.write(test / "w.wav", FS, wav)  # single-channel model: any single-channel file works
+    wavfile.write(test / "w.wav", FS, wav)
     assert [p.name for p in list_recordings(test)] == ["ab.hea", "w.wav"]
     cfg = ScreeningConfig(notch=None, chunk_seconds=10.0, window_fpr=0.02, min_windows=2)
     model = train_screening(normals, tmp_path / "m", cfg, progress=False)
     s = screen_folder(model, test, tmp_path / "o", progress=False)
     rows = {r["record_id"]: r for r in s["recordings"]}
-    assert rows["ab"]["decision"] == "abnormal" and rows["w"]["status"] == "ok"
+    # a model of the channel 'ECG' does not screen the WAV's 'audio' channel unasked; named, it does
+    assert rows["ab"]["decision"] == "abnormal" and rows["ab"]["channels"] == ["ECG"]
+    assert rows["w"]["status"] == "error" and "'ECG'" in rows["w"]["error"] and "--channels" in rows["w"]["error"]
+    w = screen_folder(model, test / "w.wav", tmp_path / "ow", progress=False, channels=["audio"])["recordings"][0]
+    assert w["status"] == "ok" and w["channels"] == ["audio"]
     a = wfdb.rdann(str(tmp_path / "o" / "ab"), "medad")
     spans = [(smp, note) for smp, sym, note in zip(a.sample, a.symbol, a.aux_note) if sym == "+"]
     assert spans[0][1].startswith("(MEDAD_ABN")

@@ -43,6 +43,18 @@ def _channel_list(text: Optional[str]) -> Optional[list[str]]:
     return names
 
 
+_TEXT_LAYOUT_HELP = ("how plain-text recordings lay out their values: auto (a table of equal lines: one channel a "
+                     "column, one time sample a line; a signal wrapped over lines, the last one shorter: one "
+                     "channel), columns, or wrapped (one signal, all values in file order)")
+
+
+def _check_text_layout(value: Optional[str]) -> None:
+    from medad.io.signals import TEXT_LAYOUTS
+
+    if value is not None and value not in TEXT_LAYOUTS:
+        raise typer.BadParameter(f"must be one of {', '.join(TEXT_LAYOUTS)}, got {value!r}", param_hint="--text-layout")
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     screen_app = typer.Typer(help="Screen folders of recordings (EDF/BDF/FIF, WFDB, WAV, text) for abnormal spans.",
                              no_args_is_help=True)
@@ -60,6 +72,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                          "plain-text files: that is --text-sfreq"),
         text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of plain-text recordings (they carry "
                                                               "none); config key text_sfreq"),
+        text_layout: Optional[str] = typer.Option(None, help=_TEXT_LAYOUT_HELP + "; config key text_layout "
+                                                             "(default auto)"),
         window_fpr: Optional[float] = typer.Option(None, "--fpr", "--window-fpr",
                                                    help="share of held-out normal windows (beat mode: beats) flagged, "
                                                         "0 < fpr < 1 (e.g. 0.01); config key fpr (or window_fpr)"),
@@ -81,10 +95,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         # option values are checked before the config or any recording is read (a bad --window-fpr
         # must not surface as a crash after fitting)
         _check_options(sfreq=sfreq, text_sfreq=text_sfreq, window_fpr=window_fpr)
+        _check_text_layout(text_layout)
         picked = _channel_list(channels)
         cfg = ScreeningConfig.from_yaml(config) if config else ScreeningConfig()
         for k, v in {"detector": detector, "sfreq": sfreq, "text_sfreq": text_sfreq, "window_fpr": window_fpr,
-                     "channels": picked}.items():
+                     "channels": picked, "text_layout": text_layout}.items():
             if v is not None:
                 setattr(cfg, k, v)
         from medad.errors import ConfigError
@@ -112,13 +127,22 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                        "Assumes most recordings of a site are normal; features detector, or any detector in ECG beat mode"),
         text_sfreq: Optional[float] = typer.Option(None, help="sampling rate of plain-text recordings (default: "
                                                               "the model's text_sfreq)"),
+        text_layout: Optional[str] = typer.Option(None, help=_TEXT_LAYOUT_HELP + " (default: the model's)"),
+        channels: Optional[str] = typer.Option(
+            None, help="channel(s) of the recordings to screen in place of the model's, comma-separated, one for each "
+                       "of the model's channels in its order, e.g. 'Fp1' for a model trained on plain text (whose "
+                       "channel has no name) or 'V5' for an ECG model of MLII. Default: the model's channels, found "
+                       "by name; a recording without them is skipped with the reason (results.csv: channels "
+                       "screened, warning)"),
     ) -> None:
         """Screen every recording: results.csv/json, events.tsv, MNE/WFDB annotations, PNGs."""
         from pipelines.screening import screen_folder
 
         _check_options(text_sfreq=text_sfreq)
+        _check_text_layout(text_layout)
         summary = screen_folder(model, folder, out, annotated_copy=annotated_copy, plots=overlays,
-                                site_normalize=site_normalize, text_sfreq=text_sfreq)
+                                site_normalize=site_normalize, text_sfreq=text_sfreq, text_layout=text_layout,
+                                channels=_channel_list(channels))
         if summary["n_errors"] == summary["n_recordings"]:  # nothing screened: a failure for scripts too
             from medad.errors import ReadError
 
