@@ -148,8 +148,10 @@ def load_wang_chung(root: str | Path | None = None) -> SignalRecord:
     from medad.io.records import Annotation
 
     root = _root(root, "wang_chung")
-    # the plain-text reader takes several samples a line (this layout), row by row
-    chans = [read_signal(root / f"{c}.txt", sfreq=WANG_CHUNG_SFREQ).data[0] for c in WANG_CHUNG_CHANNELS]
+    # several samples a line of ONE signal, row by row: said, not guessed (a file whose last line is full would
+    # otherwise look like a table of columns)
+    chans = [read_signal(root / f"{c}.txt", sfreq=WANG_CHUNG_SFREQ, text_layout="wrapped").data[0]
+             for c in WANG_CHUNG_CHANNELS]
     n = {len(v) for v in chans}
     if len(n) != 1:
         raise ReadError(f"channel files differ in length ({sorted(n)} samples)", root)
