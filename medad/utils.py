@@ -150,7 +150,13 @@ MODEL_FOLDER_KINDS = {
 
 
 def _other_model_hint(folder: Path, wanted: str) -> str:
-    """``"; it holds <another kind of model>"`` when ``folder`` is another kind of medad model folder."""
+    """``"; it is the NAME/ subfolder of PARENT, which holds <wanted>: give that folder"`` when
+    ``folder`` lies inside a model folder of the kind wanted (a brain model's ``detector/``), else
+    ``"; it holds <another kind of model>"`` when ``folder`` is another kind of medad model folder."""
+    real = folder.resolve()
+    parent = folder.parent if folder.name and folder.parent.name else real.parent
+    if real.parent != real and (real.parent / wanted).is_file():
+        return f"; it is the {real.name}/ subfolder of {parent}, which holds {wanted}: give that folder"
     kinds = [k for f, k in MODEL_FOLDER_KINDS.items() if f != wanted and (folder / f).is_file()]
     return f"; it holds {kinds[0]}" if kinds else ""
 

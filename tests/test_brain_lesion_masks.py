@@ -249,3 +249,20 @@ def test_cli_lesion_pattern_reaches_the_config(tmp_path, monkeypatch):
                               "--lesion-pattern", "{id}.nii.gz"])
     assert res.exit_code != 0 and isinstance(res.exception, ConfigError) and not seen
     assert "lesion_pattern '{id}.nii.gz': the only placeholder is {stem}" in str(res.exception)
+
+
+def test_a_brain_models_detector_folder_names_the_model(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+    from medad.errors import ReadError
+
+    healthy, _, _ = trained
+    model = healthy.parent / "slices"
+    with pytest.raises(ReadError, match=r"it is the detector/ subfolder of .*slices, which holds brain_model\.json: "
+                                        r"give that folder"):
+        BrainModel.load(model / "detector")
+    res = CliRunner().invoke(app, ["brain", "score", str(model / "detector"), str(healthy), "--out",
+                                   str(tmp_path / "out")])
+    assert res.exit_code != 0 and "give that folder" in str(res.exception) and str(model) in str(res.exception)
+    assert "Detector.load" not in str(res.exception)
