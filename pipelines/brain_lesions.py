@@ -79,7 +79,10 @@ class BrainLesionConfig:
             the scan's grid (voxels above 0.5: any label of a label map is lesion); the axial
             slices (or crops) holding lesion voxels are left out of training, and calibration
             leaves out lesions as ``calibration_exclude`` says. A scan without one (a DICOM
-            series has none) is wholly healthy. Files the pattern names are never scans.
+            series has none) is wholly healthy. Files the pattern names are never scans. Training
+            refuses, before any scan is preprocessed, a pattern that names several files for one
+            scan or one file for two scans (put ``{stem}`` in it), or no file for any scan, and a
+            mask whose header shows another grid than its scan's.
         calibration_exclude: what the voxel threshold and decision volume leave out of a
             held-out scan with a lesion mask: ``"slices"`` (every axial slice holding a lesion
             voxel, the benchmark protocol) or ``"voxels"`` (only the lesion voxels, so the
@@ -300,28 +303,71 @@ def output_patterns() -> tuple[str, ...]:
     return ("anomaly_map*.nii*", "mask.nii*", *(f"{m}.nii*" for m in METHODS))
 
 
-def _companion(scan: Path, pattern: str | None) -> Path | None:
-    """The file ``pattern`` names for a scan file (its brain or lesion mask): a glob looked up from
-    the scan's folder, ``{stem}`` standing for the scan's file name without extension; the first
-    match (sorted) that is not the scan itself, or ``None``."""
+def _lookup(scan: Path, pattern: str) -> Path:
+    """The path ``pattern`` names for a scan file: looked up from the scan's folder, ``{stem}``
+    standing for the scan's file name without extension (still a glob)."""
     from medad.io.volumes import subject_from_path
 
+    return scan.parent / (pattern.format(stem=subject_from_path(scan)) if "{stem}" in pattern else pattern)
+
+
+def _companions(scan: Path, pattern: str | None) -> list[Path]:
+    """Every file ``pattern`` names for a scan file (:func:`_lookup`), sorted: not the scan itself,
+    not a folder."""
     if not pattern:
-        return None
-    pat = pattern.format(stem=subject_from_path(scan)) if "{stem}" in pattern else pattern
-    cands = sorted(q for q in scan.parent.glob(pat) if q != scan)
-    return cands[0] if cands else None
+        return []
+    me = scan.resolve()
+    rel = _lookup(scan, pattern).relative_to(scan.parent)  # may reach into other folders ('../wmh/...')
+    return sorted(q for q in scan.parent.glob(str(rel)) if not q.is_dir() and q.resolve() != me)
+
+
+#: matches listed in the error of a pattern that names several files for one scan
+N_MATCHES_SHOWN = 4
+
+
+def _one_companion(scan: Path, matches: Sequence[Path], pattern: str, option: str, what: str) -> Path | None:
+    """The one file of ``matches`` (what ``pattern`` names for ``scan``), ``None`` when there is
+    none, or an :class:`InputError` listing the first matches when there are several: a scan's
+    brain or lesion mask is one file, and taking the first (sorted) gave every scan the same mask."""
+    from medad.io.volumes import subject_from_path
+
+    if len(matches) <= 1:
+        return matches[0] if matches else None
+    shown = ", ".join(q.name for q in matches[:N_MATCHES_SHOWN])
+    more = f" and {len(matches) - N_MATCHES_SHOWN} more" if len(matches) > N_MATCHES_SHOWN else ""
+    stem = subject_from_path(scan)
+    if "{stem}" in pattern:
+        fix = f"make the pattern name one file (here {{stem}} is {stem!r})"
+    else:
+        fix = f"put {{stem}} in it: it stands for the scan's file name without extension, here {stem!r}"
+        own = next((q.name for q in matches if stem in q.name), None)  # the match named after this scan
+        if own is not None:
+            folder = pattern.rpartition("/")[0]
+            fix += f", e.g. {(folder + '/' if folder else '') + own.replace(stem, '{stem}', 1)!r}"
+    raise InputError(f"{option} {pattern!r} matches {len(matches)} files for this scan ({shown}{more}) in "
+                     f"{matches[0].parent}: a scan's {what} is one file; {fix}", scan)
 
 
 def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: str | None = None,
                exclude_patterns: Sequence[str] = (), *,
-               excluded: list[tuple[Path, str]] | None = None, lesion_pattern: str | None = None) -> list[Scan]:
+               excluded: list[tuple[Path, str]] | None = None, lesion_pattern: str | None = None,
+               pair_lesions: bool = True) -> list[Scan]:
     """Every scan under ``folder`` (recursively, links to folders followed): files matching
     ``image_pattern``, with their brain mask when ``mask_pattern`` finds one (and their lesion
-    mask when ``lesion_pattern`` finds one) from the same folder (:func:`_companion`), and every
+    mask when ``lesion_pattern`` finds one) from the same folder (:func:`_lookup`), and every
     DICOM series (a folder of slices, found by extension or by content, so slices with no
     extension count) as one scan. A single file is a folder of one scan. A file named like the
     mask or lesion patterns, or found as another file's mask, is not a scan.
+
+    A pattern that names more than one file for a scan is an :class:`InputError` listing them (a
+    pattern without ``{stem}`` in a folder of several scans' masks gave every scan the first).
+    Two scans paired with one LESION mask is an error too: a model knows one contrast, so two of
+    its scans sharing a lesion mask means the pattern does not tell the scans apart. Two scans may
+    share one BRAIN mask: two contrasts of one subject in one case folder (BraTS's
+    ``brainmask.nii.gz`` beside its FLAIR and T1c) or scans registered to one template; a brain
+    mask of another scan's grid is refused when the scan is read. ``pair_lesions=False`` (scoring:
+    lesion masks are only kept from being scored) leaves ``lesion_path`` unset and checks nothing
+    about the lesion pattern's matches.
 
     A file whose name matches one of ``exclude_patterns`` is left out when it looks like a mask or
     label map (:func:`_label_reason`); one holding a scan's continuous intensities (e.g.
@@ -352,10 +398,10 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
             continue  # a slice of a series already found as one scan
         if any(fnmatch.fnmatch(p.name, g) for g in name_globs):
             continue  # a brain or lesion mask named by the config's patterns, not a scan
-        files.append((p, _companion(p, mask_pattern), _companion(p, lesion_pattern)))
+        files.append((p, _companions(p, mask_pattern), _companions(p, lesion_pattern)))
     # a file found as another file's brain or lesion mask (e.g. in a lesion folder next to the scans)
-    companions = {q.resolve() for _, m, les in files for q in (m, les) if q is not None}
-    for p, mask, lesion in files:
+    companions = {q.resolve() for _, m, les in files for q in (*m, *les)}
+    for p, masks, lesions in files:
         if p.resolve() in companions:
             continue
         hit = next((e for e in exclude_patterns if fnmatch.fnmatch(p.name, e)), None)
@@ -364,6 +410,9 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
             if why is not None:
                 left_out.append((p, why))
                 continue
+        mask = _one_companion(p, masks, mask_pattern or "", "mask_pattern", "brain mask")
+        lesion = _one_companion(p, lesions, lesion_pattern or "", "lesion_pattern", "lesion mask") if pair_lesions \
+            else None
         out.append(Scan(_scan_id(p, root), p, mask, lesion_path=lesion))
     if excluded is not None:
         excluded.extend(left_out)
@@ -371,7 +420,23 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
         extra = (f" ({len(left_out)} file(s) left out as masks/labels by the exclude patterns, e.g. "
                  f"{left_out[0][0].name}: {left_out[0][1]})") if left_out else ""
         raise ReadError(f"no scans matching {image_pattern!r} found{extra}", root)
+    _check_shared_lesions(out, lesion_pattern)
     return _unique_ids(out)
+
+
+def _check_shared_lesions(scans: Sequence[Scan], pattern: str | None) -> None:
+    """An :class:`InputError` when two scans are paired with one lesion mask (see :func:`find_scans`)."""
+    by_mask: dict[Path, list[Scan]] = {}
+    for s in scans:
+        if s.lesion_path is not None:
+            by_mask.setdefault(s.lesion_path.resolve(), []).append(s)
+    for mask, shared in by_mask.items():
+        if len(shared) > 1:
+            names = ", ".join(str(s.path) for s in shared[:N_MATCHES_SHOWN])
+            more = f" and {len(shared) - N_MATCHES_SHOWN} more" if len(shared) > N_MATCHES_SHOWN else ""
+            raise InputError(f"lesion_pattern {pattern!r} pairs this one lesion mask with {len(shared)} scans "
+                             f"({names}{more}): each scan needs its own; put {{stem}} (the scan's file name without "
+                             "extension) in the pattern", shared[0].lesion_path)
 
 
 #: a file named like a mask is left out when it holds at most this many distinct values (a mask, e.g.
@@ -459,8 +524,36 @@ def prepare_scan(scan: Scan, prep: BrainPrepConfig) -> PreparedVolume:
         raise InputError(f"the DICOM header says BodyPartExamined {part!r}, not a head: brain scoring needs head "
                          "scans", scan.path)
     record.subject_id = scan.scan_id
-    mask = None if scan.mask_path is None else _read_on_scan_grid(scan.mask_path, record, "brain mask")
-    return preprocess_volume(record, prep, brain_mask=mask)
+    if scan.mask_path is not None:
+        return preprocess_volume(record, prep, brain_mask=_read_on_scan_grid(scan.mask_path, record, "brain mask"))
+    try:
+        return preprocess_volume(record, prep)
+    except InputError as e:  # a brain mask that could not be made (a failed registration...): say how to give one
+        if "brain mask" not in e.problem:
+            raise
+        hint = InputError(f"{e.problem} ({MASK_PATTERN_HINT})", e.path)
+        hint.detail = getattr(e, "detail", "")
+        raise hint from None
+
+
+#: how to give a scan's brain mask, added to a brain-mask error of a scan without one (e.g. the
+#: refusal of a registration that did not fit)
+MASK_PATTERN_HINT = ("--mask-pattern, or mask_pattern in the config, names each scan's brain mask: a glob looked up "
+                     "from the scan's folder, e.g. '{stem}_brainmask.nii.gz' beside it or 'brainmask*' in case "
+                     "folders")
+
+
+def _grid_problem(what: str, scan: str, shape: tuple[int, ...], file_shape: tuple[int, ...], affine: np.ndarray,
+                  scan_shape: tuple[int, ...], scan_file_shape: tuple[int, ...], scan_affine: np.ndarray) -> str | None:
+    """Why a file that belongs to a scan (``what``: its brain or lesion mask) is not on the scan's
+    grid, from both RAS shapes and affines (the files' own shapes for the message); ``None`` if it is."""
+    if tuple(shape) != tuple(scan_shape):
+        return (f"{what} is not on the grid of scan {scan}: shape {tuple(file_shape)}, the scan's "
+                f"{tuple(scan_file_shape)}")
+    if not np.allclose(affine, scan_affine, atol=1e-3):
+        return (f"{what} is not on the grid of scan {scan}: same shape but another voxel size, position or "
+                "orientation (affine)")
+    return None
 
 
 def _read_on_scan_grid(path: Path, record, what: str) -> np.ndarray:
@@ -470,13 +563,63 @@ def _read_on_scan_grid(path: Path, record, what: str) -> np.ndarray:
 
     m = read_volume(path)
     scan = record.path.name if record.path is not None else record.subject_id
-    if m.shape != record.shape:
-        raise InputError(f"{what} is not on the grid of scan {scan}: shape {tuple(m.original_shape or m.shape)}, "
-                         f"the scan's {tuple(record.original_shape or record.shape)}", path)
-    if not np.allclose(m.affine, record.affine, atol=1e-3):
-        raise InputError(f"{what} is not on the grid of scan {scan}: same shape but another voxel size, position "
-                         "or orientation (affine)", path)
+    why = _grid_problem(what, scan, m.shape, m.original_shape or m.shape, m.affine,
+                        record.shape, record.original_shape or record.shape, record.affine)
+    if why is not None:
+        raise InputError(why, path)
     return m.data
+
+
+def _header_grid(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray] | None:
+    """``(RAS shape, file shape, RAS affine)`` of a NIfTI/MGH file from its header alone (as
+    :func:`medad.io.volumes.read_volume` would reorient it, without reading the voxels); ``None``
+    for another format or a header this cannot tell (the full read decides). nibabel's own errors
+    pass through."""
+    import nibabel as nib
+
+    from medad.io.volumes import MGH_SUFFIXES, NIFTI_SUFFIXES, volume_suffix
+
+    if path.is_dir() or volume_suffix(path) not in NIFTI_SUFFIXES + MGH_SUFFIXES:
+        return None
+    img = nib.load(str(path))
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 2:
+        shape += (1,)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    affine = None if img.affine is None else np.asarray(img.affine, dtype=np.float64)
+    if len(shape) != 3 or affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        return None
+    ornt = nib.orientations.io_orientation(affine)
+    ras_shape = tuple(shape[i] for i in np.argsort(ornt[:, 0]))
+    return ras_shape, shape, affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+
+
+def check_lesion_grids(scans: Sequence[Scan]) -> None:
+    """Before any scan is preprocessed: each scan's lesion mask (``lesion_path``) exists, can be
+    read and lies on the scan's grid, from the two files' headers (nothing is registered first).
+    A problem is an error naming the mask (training cannot tell such a scan healthy where it is
+    not); a scan whose own header cannot be read is left to the full read, which skips it."""
+    for s in scans:
+        if s.lesion_path is None:
+            continue
+        if not s.lesion_path.exists():
+            raise ReadError(f"lesion mask of scan {s.path.name} not found (a broken link?)", s.lesion_path)
+        try:
+            scan_grid = _header_grid(s.path)
+        except Exception:  # noqa: BLE001 -- an unreadable scan is skipped (and listed) when it is read
+            continue
+        try:
+            mask_grid = _header_grid(s.lesion_path)
+        except Exception as e:  # noqa: BLE001 -- nibabel raises many types for corrupt headers
+            raise ReadError(f"cannot read the header of the lesion mask of scan {s.path.name}: "
+                            f"{type(e).__name__}: {' '.join(str(e).split())[:200]}", s.lesion_path) from None
+        if scan_grid is None or mask_grid is None:
+            continue
+        why = _grid_problem("lesion mask", s.path.name, mask_grid[0], mask_grid[1], mask_grid[2],
+                            scan_grid[0], scan_grid[1], scan_grid[2])
+        if why is not None:
+            raise InputError(why, s.lesion_path)
 
 
 def read_lesion_mask(scan: Scan, record) -> np.ndarray | None:
@@ -674,8 +817,13 @@ class BrainModel:
         sups = [healthy_support(sup, None if exclude is None else exclude[i], exclude_voxels)
                 for i, (_, sup) in enumerate(maps)]
         left_out = [int(sup.sum() - s.sum()) for (_, sup), s in zip(maps, sups)]
+        full = [sup for _, sup in maps]
         maps = [m for m, _ in maps]
         vals = np.concatenate([m[s] for m, s in zip(maps, sups)])
+        if not vals.size:
+            raise InputError(f"no brain voxel of the {len(volumes)} held-out scan(s) is left to calibrate on"
+                             + (" once their lesions are left out (calibration_exclude: voxels leaves out fewer)"
+                                if exclude is not None and any(n for n in left_out) else ""))
         self.voxel_threshold = threshold_at_fpr(vals, self.config.pixel_fpr)
         vols_ml = [float(self.segment(m, s).sum()) * _voxel_ml(v) for m, s, v in zip(maps, sups, volumes)]
         self.decision_ml = max(vols_ml)
@@ -684,9 +832,18 @@ class BrainModel:
                                     "healthy_lesion_ml": [round(x, 3) for x in vols_ml],
                                     "source": "held-out healthy subjects"}
         if exclude is not None:
-            self.info["calibration"]["lesions_left_out_as"] = "voxels" if exclude_voxels else "slices"
+            cal = self.info["calibration"]
+            cal["lesions_left_out_as"] = "voxels" if exclude_voxels else "slices"
             # support voxels of each held-out scan left out for its lesion (the lesion's slices, or its voxels)
-            self.info["calibration"]["voxels_left_out"] = left_out
+            cal["voxels_left_out"] = left_out
+            # of how many: the share of the held-out brain voxels that calibrate, and the axial slices
+            # (record grid, those with brain) left out whole
+            n_brain = int(vals.size) + sum(left_out)
+            cal["n_brain_voxels"] = n_brain
+            cal["share_calibrating"] = round(int(vals.size) / n_brain, 4) if n_brain else 0.0
+            brain_z = [sup.any(axis=(0, 1)) for sup in full]
+            cal["n_brain_slices"] = [int(z.sum()) for z in brain_z]
+            cal["slices_left_out"] = [int((z & ~s.any(axis=(0, 1))).sum()) for z, s in zip(brain_z, sups)]
         if len(volumes) < MIN_CALIBRATION_SCANS:
             self.info["calibration"]["warning"] = (
                 f"the thresholds come from {len(volumes)} held-out healthy scan(s): the decision volume is the "
@@ -855,31 +1012,82 @@ def _prepare_all(scans: Sequence[Scan], prep: BrainPrepConfig, progress: bool, d
     return vols, failed
 
 
-def _lesion_report(cfg: BrainLesionConfig, scans: Sequence[Scan], vols: Sequence[PreparedVolume],
+def _info_path(path: str | Path) -> str:
+    """How a path is stored in a model's info: absolute, its folder resolved (no ``..``, links to
+    folders followed), the file under its own name (a linked scan keeps the name its id comes from)."""
+    path = Path(path)
+    return str(path.parent.resolve() / path.name)
+
+
+def lesion_lookup(cfg: BrainLesionConfig, scans: Sequence[Scan]) -> None:
+    """Before any scan is preprocessed (registration takes minutes): a ``lesion_pattern`` that names
+    no file for any scan is an error showing the path it names for the first scan; each found mask
+    is checked on its scan's grid from the headers (:func:`check_lesion_grids`); the line saying how
+    many scans have a mask, and which are taken as wholly healthy, is printed. (A pattern naming
+    several files for one scan, or one mask for two scans, was refused by :func:`find_scans`.)"""
+    from medad.io.volumes import is_dicom_slice
+
+    pattern = cfg.lesion_pattern
+    with_mask = [s for s in scans if s.lesion_path is not None]
+    if not with_mask:
+        looked = [s for s in scans if s.path.is_file() and not is_dicom_slice(s.path)]
+        if not looked:
+            raise InputError(f"lesion_pattern {pattern!r} is given but every scan found is a DICOM series, which has "
+                             "no lesion mask: give the scans as NIfTI/MGZ files with their masks beside them")
+        first = _lookup(looked[0].path, pattern)
+        where = "" if first.parent.is_dir() else f"; the folder {first.parent.resolve()} does not exist"
+        raise InputError(f"lesion_pattern {pattern!r} names no file for any of the {len(looked)} scan file(s): this "
+                         f"path is what it names for the first, {looked[0].path.name}{where}. The pattern is looked up "
+                         "from each scan's folder, {stem} standing for the scan's file name without extension (e.g. "
+                         "'{stem}_lesion.nii.gz', '../wmh_mask_DLWMLS/{stem}_DLWMLS.nii.gz')", first)
+    check_lesion_grids(scans)
+    without = [s.scan_id for s in scans if s.lesion_path is None]
+    what = "axial slices" if cfg.crop_size is None else f"{cfg.crop_size}-voxel crops"
+    line = (f"lesion masks ({pattern}): {len(with_mask)} of {len(scans)} scan(s) have one (the {what} holding lesion "
+            f"are left out of training; calibration leaves out the held-out scans' lesion {cfg.calibration_exclude})")
+    if without:
+        shown = ", ".join(without[:10]) + (f" and {len(without) - 10} more" if len(without) > 10 else "")
+        line += f"; {len(without)} without one, taken as wholly healthy: {shown}"
+    print(line)
+
+
+def _lesion_report(scans: Sequence[Scan], vols: Sequence[PreparedVolume],
                    lesions: Sequence[np.ndarray | None]) -> list[dict[str, Any]]:
-    """Per prepared scan: its lesion mask (path or ``None``) and lesion volume; prints the summary
-    line (how many scans have a lesion mask, which are taken as wholly healthy)."""
+    """Per prepared scan: its lesion mask (path or ``None``) and lesion volume."""
     by_id = {s.scan_id: s for s in scans}
     rows = []
     for v, les in zip(vols, lesions):
         sid = v.record.subject_id
         path = by_id[sid].lesion_path
-        rows.append({"scan": sid, "lesion_mask": None if path is None else str(path),
+        rows.append({"scan": sid, "lesion_mask": None if path is None else _info_path(path),
                      "lesion_ml": round(float(les.sum()) * _voxel_ml(v), 3) if les is not None else 0.0})
-    with_mask = [r for r in rows if r["lesion_mask"] is not None]
-    without = [r["scan"] for r in rows if r["lesion_mask"] is None]
-    what = ("axial slices" if cfg.crop_size is None else f"{cfg.crop_size}-voxel crops")
-    line = (f"lesion masks ({cfg.lesion_pattern}): {len(with_mask)} of {len(rows)} scan(s) have one "
-            f"({sum(r['lesion_ml'] for r in with_mask):.1f} ml of lesion in all; the {what} holding lesion are left out "
-            f"of training, calibration leaves out the lesion {cfg.calibration_exclude})")
-    if without:
-        shown = ", ".join(without[:10]) + (f" and {len(without) - 10} more" if len(without) > 10 else "")
-        line += f"; {len(without)} without one, taken as wholly healthy: {shown}"
-    print(line)
-    if not with_mask:
-        print(f"warning: lesion_pattern {cfg.lesion_pattern!r} found no lesion mask beside any scan: every scan is "
-              "taken as wholly healthy")
     return rows
+
+
+def _lesion_summary(model: BrainModel) -> str:
+    """The training summary's line of what was left out for lesions: the training items, and the
+    share of the held-out scans' brain voxels that calibrate the voxel threshold (with the axial
+    slices left out whole, in ``slices`` mode)."""
+    les, cal = model.info["lesions"], model.info["calibration"]
+    n_with = sum(r["lesion_mask"] is not None for r in les["scans"])
+    if not n_with:
+        return "left out for lesions: nothing (no scan with a lesion mask could be read: see the skipped scans above)"
+    items = ", ".join(f"{n} {u}" for u, n in les["items_left_out"].items())
+    line = (f"left out for lesions ({les['lesion_ml']:.1f} ml of lesion in {n_with} scan(s)): {items} of the training "
+            "and held-out scans")
+    if not sum(cal.get("voxels_left_out") or []):
+        return line + (f"; the voxel threshold calibrates on all {cal['n_voxels']} brain voxels of the held-out "
+                       "scan(s) (no lesion inside their brain masks)")
+    share = cal["share_calibrating"]
+    if cal["lesions_left_out_as"] == "slices":
+        how = (f"{sum(cal['slices_left_out'])} of their {sum(cal['n_brain_slices'])} axial slices with brain are left "
+               "out whole (the lesion slices)")
+        if share < 0.5:
+            how += "; calibration_exclude: voxels would leave out only the lesion voxels"
+    else:
+        how = f"their {sum(cal['voxels_left_out'])} lesion voxels are left out"
+    return line + (f"; the voxel threshold calibrates on {cal['n_voxels']} of the {cal['n_brain_voxels']} brain voxels "
+                   f"of the held-out scan(s) ({100 * share:.0f} %): {how}")
 
 
 def _lesions_left_out(model: BrainModel, report: list[dict[str, Any]], tr: Sequence[int], va: Sequence[int]
@@ -922,6 +1130,8 @@ def train_brain(healthy: str | Path, out: str | Path, cfg: BrainLesionConfig | N
     scans = find_scans(healthy, cfg.image_pattern, cfg.mask_pattern, cfg.exclude_patterns, excluded=excluded,
                        lesion_pattern=cfg.lesion_pattern)
     _report_excluded(excluded)
+    if cfg.lesion_pattern:  # every lookup and grid check before the first scan is registered
+        lesion_lookup(cfg, scans)
     lesions: list[np.ndarray | None] | None = [] if cfg.lesion_pattern else None
     vols, failed = _prepare_all(scans, cfg.prep, progress, "preprocess healthy", lesions=lesions)
     if len(vols) < 2:
@@ -934,21 +1144,17 @@ def train_brain(healthy: str | Path, out: str | Path, cfg: BrainLesionConfig | N
         va = [tr.pop()]
     if not tr:
         tr = [va.pop()]
-    report = None if lesions is None else _lesion_report(cfg, scans, vols, lesions)
+    report = None if lesions is None else _lesion_report(scans, vols, lesions)
     model = fit_brain_model(cfg, [vols[i] for i in tr], [vols[i] for i in va],
                             train_lesions=None if lesions is None else [lesions[i] for i in tr],
                             val_lesions=None if lesions is None else [lesions[i] for i in va], progress=progress)
     if report is not None:
         model.info["lesions"] = _lesions_left_out(model, report, tr, va)
-    model.info["skipped"] = failed
-    model.info["excluded"] = [{"path": str(p), "reason": why} for p, why in excluded]
+    model.info["skipped"] = [{**f, "path": _info_path(f["path"])} for f in failed]
+    model.info["excluded"] = [{"path": _info_path(p), "reason": why} for p, why in excluded]
     path = model.save(out)
     if "lesions" in model.info:
-        les = model.info["lesions"]
-        items = ", ".join(f"{n} {u}" for u, n in les["items_left_out"].items())
-        print(f"left out for lesions: {items} of the training and held-out scans; "
-              f"{les['calibration_voxels_left_out']} brain voxels of the held-out scans from the voxel calibration "
-              f"(the lesion {cfg.calibration_exclude})")
+        print(_lesion_summary(model))
     print(f"brain-lesion model ({cfg.detector}) written to {path}: voxel threshold "
           f"{model.voxel_threshold:.4g}, decision above {model.decision_ml:.3g} ml")
     if model.info["calibration"].get("warning"):
@@ -1074,7 +1280,7 @@ def score_folder(model_path: str | Path, scans: str | Path, out: str | Path, *, 
     excluded: list[tuple[Path, str]] = []
     # files named by the model's lesion pattern (lesion masks beside the scans) are not scored
     found = find_scans(scans, image_pattern or cfg.image_pattern, mask_pattern or cfg.mask_pattern,
-                       cfg.exclude_patterns, excluded=excluded, lesion_pattern=cfg.lesion_pattern)
+                       cfg.exclude_patterns, excluded=excluded, lesion_pattern=cfg.lesion_pattern, pair_lesions=False)
     _report_excluded(excluded)
     earlier = _earlier_paths(out)
     rows = []

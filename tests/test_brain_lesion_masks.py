@@ -124,28 +124,255 @@ def test_scan_without_mask_is_wholly_healthy(trained, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "lesion masks ({stem}_lesion.nii.gz): 1 of 2 scan(s) have one" in out
     assert "1 without one, taken as wholly healthy: b" in out
-    assert "left out for lesions:" in out
+    assert "left out for lesions (" in out
     assert model.info["lesions"]["without_mask"] == ["b"]
 
 
-def test_lesion_mask_on_another_grid_is_a_named_error(tmp_path):
+@pytest.fixture
+def prepared(monkeypatch):
+    """The scans ``train_brain`` preprocesses (registration takes minutes on a real scan): a lesion
+    pattern's problems must stop training before the first."""
+    import pipelines.brain_lesions as bl
+
+    calls = []
+    real = bl.prepare_scan
+
+    def spy(scan, prep):
+        calls.append(scan.scan_id)
+        return real(scan, prep)
+
+    monkeypatch.setattr(bl, "prepare_scan", spy)
+    return calls
+
+
+def test_lesion_mask_on_another_grid_is_a_named_error(tmp_path, prepared):
     folder = tmp_path / "healthy"
     folder.mkdir()
     for i in range(3):
         _write_scan(folder, f"s{i}", seed=i)
+    _write_lesion(folder, "s0", np.zeros(SHAPE, bool))  # s0, read first, is fine
     bad = folder / "s1_lesion.nii.gz"
     nib.save(nib.Nifti1Image(np.zeros((40, 40, 40), np.uint8), LPS), bad)
     with pytest.raises(InputError, match=r"lesion mask is not on the grid of scan s1\.nii\.gz") as e:
         train_brain(folder, tmp_path / "m", _cfg(lesion_pattern=PATTERN), progress=False)
     assert e.value.path == bad and str(bad) in str(e.value)
     assert not (tmp_path / "m").exists()
+    assert prepared == []  # found from the headers, before any scan was preprocessed
     # same shape, shifted: also refused (a mask of another scan or space)
     shifted = LPS.copy()
     shifted[:3, 3] += 10
     nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.uint8), shifted), bad)
     with pytest.raises(InputError, match="affine") as e:
         train_brain(folder, tmp_path / "m", _cfg(lesion_pattern=PATTERN), progress=False)
+    assert e.value.path == bad and prepared == []
+    # the full read, after preprocessing, gives the same refusal (for a header the check cannot tell)
+    from pipelines.brain_lesions import prepare_scan, read_lesion_mask
+
+    scan = next(s for s in find_scans(folder, lesion_pattern=PATTERN) if s.scan_id == "s1")
+    with pytest.raises(InputError, match="affine") as e:
+        read_lesion_mask(scan, prepare_scan(scan, _cfg().prep).record)
     assert e.value.path == bad
+
+
+def test_lesion_mask_in_another_orientation_of_the_same_grid_is_accepted(tmp_path):
+    from pipelines.brain_lesions import check_lesion_grids, prepare_scan, read_lesion_mask
+
+    les = _write_scan(tmp_path, "s", seed=0, lesion=True)
+    # the same voxels stored in RAS order (the scan is LPS): the same grid once both are read in RAS
+    ras = nib.as_closest_canonical(nib.Nifti1Image(les.astype(np.uint8), LPS))
+    assert not np.allclose(ras.affine, LPS)
+    nib.save(ras, tmp_path / "s_lesion.nii.gz")
+    scan = find_scans(tmp_path, mask_pattern="{stem}_brainmask.nii.gz", lesion_pattern=PATTERN)[0]
+    check_lesion_grids([scan])  # the header check: no error
+    mask = read_lesion_mask(scan, prepare_scan(scan, _cfg().prep).record)
+    assert mask.sum() == les.sum()
+
+
+def _two_folders(tmp_path, names=("pat2", "pat5", "pat6")):
+    """scans/NAME.nii.gz and labels/NAME_tumour.nii.gz (the layout of the audit's BraTS copy)."""
+    (tmp_path / "scans").mkdir()
+    (tmp_path / "labels").mkdir()
+    for i, n in enumerate(names):
+        les = _write_scan(tmp_path / "scans", n, seed=i, lesion=True)
+        nib.save(nib.Nifti1Image(les.astype(np.uint8), LPS), tmp_path / "labels" / f"{n}_tumour.nii.gz")
+    return tmp_path / "scans"
+
+
+def test_a_pattern_naming_several_files_for_a_scan_is_an_error(tmp_path, prepared):
+    scans = _two_folders(tmp_path)
+    # without {stem}, every scan got pat2's mask (the first sorted match)
+    with pytest.raises(InputError, match=r"lesion_pattern '\.\./labels/\*_tumour\.nii\.gz' matches 3 files for this "
+                                         r"scan \(pat2_tumour\.nii\.gz, pat5_tumour\.nii\.gz, pat6_tumour\.nii\.gz\)") as e:
+        train_brain(scans, tmp_path / "m", _cfg(lesion_pattern="../labels/*_tumour.nii.gz"), progress=False)
+    assert e.value.path == scans / "pat2.nii.gz"
+    assert "put {stem} in it" in str(e.value) and "e.g. '../labels/{stem}_tumour.nii.gz'" in str(e.value)
+    assert prepared == [] and not (tmp_path / "m").exists()
+    # with {stem}, one file each: paired with its own scan
+    found = find_scans(scans, mask_pattern="{stem}_brainmask.nii.gz", lesion_pattern="../labels/{stem}_tumour.nii.gz")
+    assert {s.scan_id: s.lesion_path.name for s in found} == {n: f"{n}_tumour.nii.gz" for n in ("pat2", "pat5", "pat6")}
+
+
+def test_many_matches_are_listed_first_few_and_scoring_does_not_pair(tmp_path):
+    scans = _two_folders(tmp_path, names=tuple(f"p{i}" for i in range(6)))
+    with pytest.raises(InputError, match=r"matches 6 files for this scan \(p0_tumour\.nii\.gz, p1_tumour\.nii\.gz, "
+                                         r"p2_tumour\.nii\.gz, p3_tumour\.nii\.gz and 2 more\)"):
+        find_scans(scans, lesion_pattern="../labels/p*.nii.gz")
+    # scoring only keeps lesion masks from being scored: no pairing, no error
+    found = find_scans(scans, mask_pattern="{stem}_brainmask.nii.gz", lesion_pattern="../labels/p*.nii.gz",
+                       pair_lesions=False)
+    assert len(found) == 6 and all(s.lesion_path is None for s in found)
+
+
+def test_two_scans_with_one_lesion_mask_is_an_error(tmp_path, prepared):
+    scans = _two_folders(tmp_path)
+    with pytest.raises(InputError, match=r"pairs this one lesion mask with 3 scans \(.*pat2\.nii\.gz, .*pat5\.nii\.gz, "
+                                         r".*pat6\.nii\.gz\): each scan needs its own") as e:
+        train_brain(scans, tmp_path / "m", _cfg(lesion_pattern="../labels/pat2_tumour.nii.gz"), progress=False)
+    assert e.value.path.name == "pat2_tumour.nii.gz" and prepared == []
+
+
+def test_brain_mask_pattern_with_several_matches_is_an_error_a_shared_mask_is_not(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(2):
+        _write_scan(flat, f"s{i}", seed=i)
+    # '*brainmask*' names both scans' masks for each scan
+    with pytest.raises(InputError, match=r"mask_pattern '\*brainmask\*' matches 2 files for this scan "
+                                         r"\(s0_brainmask\.nii\.gz, s1_brainmask\.nii\.gz\).*brain mask is one file") as e:
+        find_scans(flat, mask_pattern="*brainmask*")
+    assert e.value.path == flat / "s0.nii.gz" and "e.g. '{stem}_brainmask.nii.gz'" in str(e.value)
+    # two contrasts of one subject in a case folder share its brain mask (BraTS): allowed
+    case = tmp_path / "study" / "case1"
+    case.mkdir(parents=True)
+    _write_scan(case, "flair", seed=0)
+    _write_scan(case, "t1c", seed=1)
+    (case / "t1c_brainmask.nii.gz").unlink()
+    (case / "flair_brainmask.nii.gz").rename(case / "brainmask.nii.gz")
+    found = find_scans(tmp_path / "study", mask_pattern="brainmask*")
+    assert [s.scan_id for s in found] == ["case1_flair", "case1_t1c"]
+    assert [s.mask_path for s in found] == [case / "brainmask.nii.gz"] * 2
+
+
+def test_a_pattern_that_finds_no_mask_is_an_error_showing_the_path(tmp_path, prepared):
+    folder = tmp_path / "fl"
+    folder.mkdir()
+    for i in range(3):
+        _write_scan(folder, f"s{i}", seed=i)
+    with pytest.raises(InputError, match=r"names no file for any of the 3 scan file\(s\): this path is what it names "
+                                         r"for the first, s0\.nii\.gz; the folder .*wmh does not exist") as e:
+        train_brain(folder, tmp_path / "m", _cfg(lesion_pattern="../wmh/{stem}_DLWMLS.nii.gz"), progress=False)
+    assert e.value.path == folder / "../wmh/s0_DLWMLS.nii.gz" and str(e.value).startswith(str(e.value.path))
+    assert prepared == []
+    # the folder exists, no name matches
+    (tmp_path / "wmh").mkdir()
+    with pytest.raises(InputError, match="names no file for any of the 3") as e:
+        train_brain(folder, tmp_path / "m", _cfg(lesion_pattern="../wmh/{stem}_DLWMLS.nii.gz"), progress=False)
+    assert "does not exist" not in str(e.value) and prepared == []
+
+
+def test_lesion_summary_line_in_every_case():
+    from pipelines.brain_lesions import _lesion_summary
+
+    def model(cal, scans=({"scan": "a", "lesion_mask": "/x/a_lesion.nii.gz"},)):
+        return BrainModel(None, _cfg(), info={"lesions": {"scans": list(scans), "lesion_ml": 2.5,
+                                                          "items_left_out": {"slices": 7}},
+                                              "calibration": cal})
+
+    sl = {"n_voxels": 300, "n_brain_voxels": 1000, "share_calibrating": 0.3, "voxels_left_out": [700, 0],
+          "lesions_left_out_as": "slices", "slices_left_out": [9, 0], "n_brain_slices": [20, 20]}
+    assert _lesion_summary(model(sl)) == (
+        "left out for lesions (2.5 ml of lesion in 1 scan(s)): 7 slices of the training and held-out scans; the voxel "
+        "threshold calibrates on 300 of the 1000 brain voxels of the held-out scan(s) (30 %): 9 of their 40 axial "
+        "slices with brain are left out whole (the lesion slices); calibration_exclude: voxels would leave out only "
+        "the lesion voxels")
+    assert _lesion_summary(model({**sl, "share_calibrating": 0.7})).endswith(
+        "(70 %): 9 of their 40 axial slices with brain are left out whole (the lesion slices)")
+    vx = {**sl, "n_voxels": 990, "share_calibrating": 0.99, "voxels_left_out": [10, 0], "lesions_left_out_as": "voxels",
+          "slices_left_out": [0, 0]}
+    assert _lesion_summary(model(vx)).endswith("calibrates on 990 of the 1000 brain voxels of the held-out scan(s) "
+                                               "(99 %): their 10 lesion voxels are left out")
+    none_held_out = {**sl, "n_voxels": 1000, "share_calibrating": 1.0, "voxels_left_out": [0, 0]}
+    assert _lesion_summary(model(none_held_out)).endswith("; the voxel threshold calibrates on all 1000 brain voxels "
+                                                          "of the held-out scan(s) (no lesion inside their brain masks)")
+    # the scans with a mask were all skipped (unreadable): nothing is said to be left out
+    assert _lesion_summary(model(none_held_out, scans=({"scan": "b", "lesion_mask": None},))).startswith(
+        "left out for lesions: nothing (no scan with a lesion mask could be read")
+
+
+def test_calibration_share_and_slices_left_out(trained):
+    from pipelines.brain_lesions import prepare_scan
+
+    healthy, lesions, m = trained
+    sl, vx, plain = m["slices"], m["voxels"], m["none"]
+    cal = sl.info["calibration"]
+    assert cal["n_brain_voxels"] == plain.info["calibration"]["n_voxels"] == vx.info["calibration"]["n_brain_voxels"]
+    assert cal["share_calibrating"] == pytest.approx(cal["n_voxels"] / cal["n_brain_voxels"], abs=1e-4)
+    assert cal["share_calibrating"] < vx.info["calibration"]["share_calibrating"] < 1
+    assert "n_brain_voxels" not in plain.info["calibration"]  # no lesion masks, nothing left out
+    # the axial slices left out: the held-out scan's slices with brain (the map's support) holding lesion
+    scans = {s.scan_id: s for s in find_scans(healthy, mask_pattern="{stem}_brainmask.nii.gz", lesion_pattern=PATTERN)}
+    for sid, n_left, n_brain in zip(sl.info["val_subjects"], cal["slices_left_out"], cal["n_brain_slices"]):
+        brain_z = sl.support(prepare_scan(scans[sid], sl.config.prep)).any(axis=(0, 1))
+        les_z = lesions[sid].any(axis=(0, 1)) if sid in lesions else np.zeros_like(brain_z)
+        assert (n_left, n_brain) == (int((brain_z & les_z).sum()), int(brain_z.sum()))
+    assert sum(cal["slices_left_out"]) > 0
+    assert vx.info["calibration"]["slices_left_out"] == [0] * len(cal["slices_left_out"])
+
+
+def test_info_paths_are_absolute_and_tidy(tmp_path, monkeypatch):
+    root = tmp_path / "study"
+    (root / "fl").mkdir(parents=True)
+    (root / "wmh").mkdir()
+    for i in range(3):
+        les = _write_scan(root / "fl", f"s{i}", seed=i, lesion=i < 2)
+        if i < 2:
+            nib.save(nib.Nifti1Image(les.astype(np.uint8), LPS), root / "wmh" / f"s{i}_DLWMLS.nii.gz")
+    (root / "fl" / "broken.nii.gz").write_bytes(b"not a nifti")
+    monkeypatch.chdir(tmp_path)  # the folder given relative to the working folder, as on the command line
+    path = train_brain("study/fl", tmp_path / "m", _cfg(lesion_pattern="../wmh/{stem}_DLWMLS.nii.gz"), progress=False)
+    info = BrainModel.load(path).info
+    real = root.resolve()
+    assert {r["scan"]: r["lesion_mask"] for r in info["lesions"]["scans"]} == {
+        "s0": str(real / "wmh" / "s0_DLWMLS.nii.gz"), "s1": str(real / "wmh" / "s1_DLWMLS.nii.gz"), "s2": None}
+    assert [f["path"] for f in info["skipped"]] == [str(real / "fl" / "broken.nii.gz")]
+
+
+def test_registration_refusal_says_how_to_give_a_brain_mask(tmp_path, monkeypatch):
+    import medad.transforms.brain as tb
+    from medad.io.volumes import read_volume
+    from pipelines.brain_lesions import MASK_PATTERN_HINT, Scan, prepare_scan
+
+    _write_scan(tmp_path, "s", seed=0)
+    # a registration that "fits" the whole volume: most of its mask lies outside the head
+    monkeypatch.setattr(tb, "register_brain_mask", lambda data, affine, **kw: np.ones(data.shape, bool))
+    prep = tb.BrainPrepConfig.from_dict({**_cfg().preprocessing, "skull_strip": "register"})
+    with pytest.raises(InputError) as e:
+        prepare_scan(Scan("s", tmp_path / "s.nii.gz"), prep)
+    rec = read_volume(tmp_path / "s.nii.gz")
+    why = tb.registration_misfit(np.ones(rec.shape, bool), rec.data, rec.affine)
+    assert why and "give a brain mask" in why  # the refusal medad.transforms.brain makes, unchanged ...
+    assert e.value.problem == f"{why} ({MASK_PATTERN_HINT})"  # ... with how to give one
+    assert "--mask-pattern" in e.value.problem and e.value.path == tmp_path / "s.nii.gz"
+    # with its brain mask (skull_strip: auto, the default) the scan is not registered
+    vol = prepare_scan(Scan("s", tmp_path / "s.nii.gz", tmp_path / "s_brainmask.nii.gz"), _cfg().prep)
+    assert vol.brain_source == "given"
+
+
+def test_a_brain_models_detector_folder_names_the_model(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from medad.cli import app
+    from medad.errors import ReadError
+
+    healthy, _, _ = trained
+    model = healthy.parent / "slices"
+    with pytest.raises(ReadError, match=r"it is the detector/ subfolder of .*slices, which holds brain_model\.json: "
+                                        r"give that folder"):
+        BrainModel.load(model / "detector")
+    res = CliRunner().invoke(app, ["brain", "score", str(model / "detector"), str(healthy), "--out",
+                                   str(tmp_path / "out")])
+    assert res.exit_code != 0 and "give that folder" in str(res.exception) and str(model) in str(res.exception)
+    assert "Detector.load" not in str(res.exception)
 
 
 def test_lesion_mask_files_are_not_scans(tmp_path):
@@ -249,20 +476,3 @@ def test_cli_lesion_pattern_reaches_the_config(tmp_path, monkeypatch):
                               "--lesion-pattern", "{id}.nii.gz"])
     assert res.exit_code != 0 and isinstance(res.exception, ConfigError) and not seen
     assert "lesion_pattern '{id}.nii.gz': the only placeholder is {stem}" in str(res.exception)
-
-
-def test_a_brain_models_detector_folder_names_the_model(trained, tmp_path):
-    from typer.testing import CliRunner
-
-    from medad.cli import app
-    from medad.errors import ReadError
-
-    healthy, _, _ = trained
-    model = healthy.parent / "slices"
-    with pytest.raises(ReadError, match=r"it is the detector/ subfolder of .*slices, which holds brain_model\.json: "
-                                        r"give that folder"):
-        BrainModel.load(model / "detector")
-    res = CliRunner().invoke(app, ["brain", "score", str(model / "detector"), str(healthy), "--out",
-                                   str(tmp_path / "out")])
-    assert res.exit_code != 0 and "give that folder" in str(res.exception) and str(model) in str(res.exception)
-    assert "Detector.load" not in str(res.exception)

@@ -28,13 +28,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         config: Optional[Path] = typer.Option(None, "--config", help="YAML, e.g. configs/brain_intensity.yaml"),
         detector: Optional[str] = typer.Option(None, help="detector name (overrides the config)"),
         image_pattern: Optional[str] = typer.Option(None, help="glob of the scans, e.g. 'Flair*.nii.gz'"),
-        mask_pattern: Optional[str] = typer.Option(None, help="glob of each scan's brain mask in its folder"),
+        mask_pattern: Optional[str] = typer.Option(
+            None, help="glob of each scan's brain mask, looked up from its folder ({stem}: the scan's file name "
+                       "without extension), e.g. '{stem}_brainmask.nii.gz' or 'brainmask*' in case folders; a scan "
+                       "without one is skull-stripped by MNI152 registration"),
         lesion_pattern: Optional[str] = typer.Option(
             None, help="glob of each scan's lesion mask, looked up like --mask-pattern (overrides the config's "
                        "lesion_pattern), e.g. '{stem}_lesion.nii.gz' or '../wmh/{stem}_DLWMLS.nii.gz': scans may then "
                        "be partly healthy -- slices holding lesion are left out of training, calibration leaves out "
                        "the lesion slices (or voxels: the config's calibration_exclude); a scan without one is "
-                       "wholly healthy"),
+                       "wholly healthy. A pattern naming several files for a scan, one file for two scans, or no "
+                       "file for any scan stops training before any scan is preprocessed"),
     ) -> None:
         """Preprocess healthy scans, fit on axial slices, calibrate on held-out healthy subjects."""
         from pipelines.brain_lesions import BrainLesionConfig, train_brain
@@ -67,7 +71,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                     "run's map, mask or overlay there is removed, also with "
                                                     "--no-overlays); use a new folder to keep earlier results"),
         image_pattern: Optional[str] = typer.Option(None, help="glob of the scans (default: the model's)"),
-        mask_pattern: Optional[str] = typer.Option(None, help="glob of each scan's brain mask (default: the model's)"),
+        mask_pattern: Optional[str] = typer.Option(None, help="glob of each scan's brain mask, looked up from its "
+                                                              "folder as in `brain train` (default: the model's)"),
         overlays: bool = typer.Option(True, help="write overlay.png per scan"),
     ) -> None:
         """Write anomaly_map.nii.gz, mask.nii.gz (input grid) and overlay.png per scan + summary.csv.
