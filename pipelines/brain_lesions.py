@@ -382,8 +382,11 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
     root = Path(folder)
     if not root.exists():
         raise ReadError("folder not found", root)
-    if root.is_file():
-        return [Scan(_scan_id(root, root.parent), root)]
+    if root.is_file():  # one scan given by its path: its brain (and lesion) mask found as in a folder
+        mask = _one_companion(root, _companions(root, mask_pattern), mask_pattern or "", "mask_pattern", "brain mask")
+        lesion = _one_companion(root, _companions(root, lesion_pattern), lesion_pattern or "", "lesion_pattern",
+                                "lesion mask") if pair_lesions else None
+        return [Scan(_scan_id(root, root.parent), root, mask, lesion_path=lesion)]
     series_dirs = _dicom_series_scans(root)
     out = [s for scans in series_dirs.values() for s in scans]
     left_out: list[tuple[Path, str]] = []

@@ -476,3 +476,15 @@ def test_cli_lesion_pattern_reaches_the_config(tmp_path, monkeypatch):
                               "--lesion-pattern", "{id}.nii.gz"])
     assert res.exit_code != 0 and isinstance(res.exception, ConfigError) and not seen
     assert "lesion_pattern '{id}.nii.gz': the only placeholder is {stem}" in str(res.exception)
+
+
+def test_a_single_scan_given_by_its_path_gets_its_brain_mask(tmp_path):
+    """``medad brain score MODEL scan.nii.gz --mask-pattern ...``: the one file's mask is looked up as
+    in a folder (it was scored without it, so registration ran on an already stripped scan)."""
+    folder = tmp_path / "one"
+    folder.mkdir()
+    _write_scan(folder, "s0", seed=0)
+    (scan,) = find_scans(folder / "s0.nii.gz", mask_pattern="{stem}_brainmask.nii.gz")
+    assert scan.path == folder / "s0.nii.gz" and scan.mask_path == folder / "s0_brainmask.nii.gz"
+    (scan,) = find_scans(folder / "s0.nii.gz")
+    assert scan.mask_path is None
