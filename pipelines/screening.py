@@ -1775,15 +1775,18 @@ def explain_rr(rr_part, rr_x: np.ndarray, **explain_kw: Any) -> np.ndarray:
 
 def explain_recording(model_path: str | Path, path: str | Path, out: str | Path, *,
                       methods: Sequence[str] | None = None, top_k: int = 3, case_id: str | None = None,
-                      include_identity: bool = False, text_sfreq: float | None = None, **explain_kw: Any):
+                      include_identity: bool = False, text_sfreq: float | None = None,
+                      channels: Sequence[str] | None = None, **explain_kw: Any):
     """Explain a screening model's decision on one recording (``medad explain`` on a
     ``medad screen train`` model): the recording is windowed (beat mode: cut into beats),
     preprocessed and scored by :func:`recording_items` and decided by :func:`decide`, as ``medad
     screen run`` does; its ``top_k`` highest-scoring windows (beats) are explained
     (:func:`medad.report.cases.explain_windows`: one signal plot per method and item,
     ``case.json``, ``report.html`` in ``out``). ``text_sfreq``: sampling rate of a plain-text
-    recording (default: the model's). Per-site normalisation needs the whole screened folder and
-    is not applied (the report says so).
+    recording (default: the model's). ``channels``: channels of the recording to explain in place
+    of the model's, matched as ``medad screen run --channels`` matches them
+    (:meth:`ScreeningModel.use_channels`, :func:`match_channels`). Per-site normalisation needs the
+    whole screened folder and is not applied (the report says so).
 
     Beat mode: a beat's score is the mean of two parts' z-scores (:class:`BeatPart`), the beat
     shape (the beat minus the recording's median beat) and the 4 RR features; the report's
@@ -1810,6 +1813,7 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
     model = ScreeningModel.load(model_path)
     if text_sfreq is not None:  # plain-text recordings carry no rate
         model.cfg.text_sfreq = float(text_sfreq)
+    model.use_channels(channels)  # as screen_folder: their number checked before the recording is read
     cfg = model.cfg
     beats = cfg.unit == "beats"
     if beats and not cfg.beat_signal and methods:
@@ -1830,6 +1834,10 @@ def explain_recording(model_path: str | Path, path: str | Path, out: str | Path,
                "flagged spans (s)": ", ".join(f"{iv['start_s']:.1f}-{iv['end_s']:.1f}" for iv in ivs[:20]) or "none",
                "decision rule": f">= {cfg.min_windows} consecutive {unit} above the threshold",
                "case score": f"maximum over {unit}"}
+    details["channels"] = ", ".join(res["channels"]) + (
+        f" (chosen with --channels in place of the model's {_names(model.channels)})" if model.chosen else "")
+    if res.get("channel_warning"):
+        details["channel warning"] = res["channel_warning"]
     det, windows, ch_names, item_thr = model.detector, res.get("top_windows"), res["channels"], model.threshold
     sfreq = model.sfreq
     if beats:

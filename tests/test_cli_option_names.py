@@ -28,6 +28,8 @@ IDEAS = {
     "intensity normalization of the input": ("--normalize", ("--normalise",), ("explain",)),
     "working (resampling) sampling rate": ("--sfreq", (), ("screen train", "explain")),
     "number of generated channels": ("--n-channels", ("--channels",), ("bench screening-speed",)),
+    "recording channels to use, by name (comma-separated)": (
+        "--channels", (), ("screen train", "screen run", "explain")),
     "which parts of a multi-part run run": ("--parts", ("--part",), ("demo", "bench explain")),
     "which benchmark rows run (exact name or glob)": (
         "--detectors", ("--method",),
@@ -121,7 +123,8 @@ def test_canonical_option_is_accepted_by_every_command_with_the_idea(idea):
         name = _param_of(cmd, canonical).name
         parsed = _parse(path, _args(canonical))
         expected = {"--text-sfreq": 100.0, "--sfreq": 100.0, "--fpr": 0.02, "--normalize": "zscore",
-                    "--n-channels": 4, "--overlays": True, "--parts": ["eeg"], "--detectors": ["pca"]}[canonical]
+                    "--n-channels": 4, "--overlays": True, "--parts": ["eeg"], "--detectors": ["pca"],
+                    "--channels": "4"}[canonical]  # names, split later (_channel_list): "4" parses as is
         assert parsed[name] == expected or parsed[name] == tuple(expected), (path, canonical, parsed[name])
 
 

@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from medad.commands import AliasedCommand, name_list
+from medad.commands.signals import CHANNELS_HELP, _channel_list
 
 
 def _read_rate(path: Path, text_sfreq: Optional[float], sfreq: Optional[float]) -> Optional[float]:
@@ -74,11 +75,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)"),
         mask_pattern: Optional[str] = typer.Option(None, help="brain models: glob of the scan's brain mask in its "
                                                               "folder (default: the model's, as `medad brain score`)"),
+        channels: Optional[str] = typer.Option(
+            None, help="recording models (`medad screen train`), as `medad screen run --channels`: " + CHANNELS_HELP
+                       + "; a recording without them is refused with the reason"),
     ) -> None:
         """Explain a detector's decision on one input: maps, overlays, NIfTI maps and report.html."""
         from medad.report.cases import explain_file
 
         _check_explain_args(model, input, text_sfreq, sfreq)
+        chosen = _channel_list(channels)
+        if chosen and not (model / "screening.json").is_file():
+            raise typer.BadParameter("applies to recording models only (the --out folder of `medad screen train`, "
+                                     "holding screening.json); this model has none", param_hint="--channels")
         kw = {k: v for k, v in dict(n_samples=n_samples, n_segments=n_segments, device=device).items() if v is not None}
         if (model / "brain_model.json").is_file():  # a `medad brain train` model: use its preprocessing
             from pipelines.brain_lesions import explain_scan
@@ -93,7 +101,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
             case = explain_recording(model, input, out, methods=method or None, top_k=top_k, case_id=case_id,
                                      include_identity=include_identity,
-                                     text_sfreq=text_sfreq if text_sfreq is not None else sfreq, **kw)
+                                     text_sfreq=text_sfreq if text_sfreq is not None else sfreq,
+                                     channels=chosen, **kw)
             typer.echo(f"{case.case_id}: {case.decision} (max window or beat score {case.score:.4g}, "
                        f"threshold {case.threshold:.4g})")
             typer.echo(f"wrote {out / 'report.html'} and {len(case.figures)} figure(s) in {out}")

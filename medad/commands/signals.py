@@ -32,6 +32,13 @@ def _check_options(**values: Optional[float]) -> None:
                                      param_hint=_OPTION_OF.get(name, "--" + name.replace("_", "-")))
 
 
+#: ``--channels`` of a recording model (``screen run``, ``explain``): each command adds what
+#: becomes of a recording without the model's channels
+CHANNELS_HELP = ("channel(s) of the recordings to screen in place of the model's, comma-separated, one for each of "
+                 "the model's channels in its order, e.g. 'Fp1' for a model trained on plain text (whose channel has "
+                 "no name) or 'V5' for an ECG model of MLII. Default: the model's channels, found by name")
+
+
 def _channel_list(text: Optional[str]) -> Optional[list[str]]:
     """``--channels 'A, B'`` -> ``["A", "B"]`` (names may contain spaces: only commas split)."""
     if text is None:
@@ -129,11 +136,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                                                               "the model's text_sfreq)"),
         text_layout: Optional[str] = typer.Option(None, help=_TEXT_LAYOUT_HELP + " (default: the model's)"),
         channels: Optional[str] = typer.Option(
-            None, help="channel(s) of the recordings to screen in place of the model's, comma-separated, one for each "
-                       "of the model's channels in its order, e.g. 'Fp1' for a model trained on plain text (whose "
-                       "channel has no name) or 'V5' for an ECG model of MLII. Default: the model's channels, found "
-                       "by name; a recording without them is skipped with the reason (results.csv: channels "
-                       "screened, warning)"),
+            None, help=CHANNELS_HELP + "; a recording without them is skipped with the reason (results.csv: "
+                                       "channels screened, warning)"),
     ) -> None:
         """Screen every recording: results.csv/json, events.tsv, MNE/WFDB annotations, PNGs."""
         from pipelines.screening import screen_folder
