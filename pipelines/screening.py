@@ -253,10 +253,9 @@ class ScreeningConfig:
         if self.channels is not None and (isinstance(self.channels, str) or not all(
                 isinstance(c, str) and c for c in self.channels)):
             raise ConfigError(f"channels must be a list of channel names, got {self.channels!r}")
-        from medad.io.signals import TEXT_LAYOUTS
+        from medad.io.signals import check_text_layout
 
-        if self.text_layout not in TEXT_LAYOUTS:
-            raise ConfigError(f"text_layout must be one of {', '.join(TEXT_LAYOUTS)}, got {self.text_layout!r}")
+        check_text_layout(self.text_layout)
         if self.filter_method not in ("fft", "sos"):
             raise ConfigError(f"filter_method must be 'fft' or 'sos', got {self.filter_method!r}")
         if self.chunk_seconds < 4 * self.window_seconds:
@@ -2199,7 +2198,7 @@ def plot_recording(path: Path, res: dict[str, Any], model: ScreeningModel, title
     n_ch = env.shape[1]
     dur = hdr.n_times / hdr.sfreq
     pre = model.preprocessor()
-    picks = (res["picks"] if "picks" in res else pre.picks(hdr))[:1 if beats else n_ch]  # the channels screened
+    picks = res["picks"][:1 if beats else n_ch]  # the channels screened (recording_items)
 
     def read(a: float, b: float, max_points: int = 20000) -> tuple[np.ndarray, np.ndarray]:
         """Preprocessed trace of [a, b) s (filter edges read and dropped), at most ~max_points."""
@@ -2420,10 +2419,9 @@ def screen_folder(model_path: str | Path, folder: str | Path, out: str | Path, *
                 print(f"warning: {warning_lines[-1]}")
         model.cfg.text_sfreq = float(text_sfreq)
     if text_layout is not None:
-        from medad.io.signals import TEXT_LAYOUTS
+        from medad.io.signals import check_text_layout
 
-        if text_layout not in TEXT_LAYOUTS:
-            raise ConfigError(f"text_layout must be one of {', '.join(TEXT_LAYOUTS)}, got {text_layout!r}")
+        check_text_layout(text_layout)
         model.cfg.text_layout = text_layout
     model.use_channels(channels)
     site = model.cfg.site_normalize if site_normalize is None else site_normalize

@@ -51,6 +51,12 @@ TEXT_LAYOUTS = ("auto", "columns", "wrapped")
 TEXT_LAYOUT_HOW = "--text-layout {0} (medad CLI; screening config key text_layout; Python: text_layout='{0}')"
 
 
+def check_text_layout(layout: str) -> None:
+    """A ConfigError unless ``layout`` is one of :data:`TEXT_LAYOUTS`."""
+    if layout not in TEXT_LAYOUTS:
+        raise ConfigError(f"text_layout must be one of {', '.join(TEXT_LAYOUTS)}, got {layout!r}")
+
+
 @dataclass
 class SignalHeader:
     """What a recording holds, read without its samples.
@@ -384,8 +390,7 @@ def _text_read(p: Path, layout: str = "auto") -> tuple[np.ndarray, str]:
     lengths, or no more lines than values a line) is a ReadError saying how to choose
     (``text_layout``). A wrapped signal whose every line is full cannot be told from a table:
     it reads as one; ``layout="wrapped"`` reads it as one signal."""
-    if layout not in TEXT_LAYOUTS:
-        raise ConfigError(f"text_layout must be one of {', '.join(TEXT_LAYOUTS)}, got {layout!r}")
+    check_text_layout(layout)
     try:
         txt = p.read_text(encoding="utf-8", errors="strict")
     except UnicodeDecodeError:
