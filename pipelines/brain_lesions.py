@@ -382,11 +382,17 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
     root = Path(folder)
     if not root.exists():
         raise ReadError("folder not found", root)
+
+    def paired(p: Path, scan_id: str, masks: Sequence[Path], lesions: Sequence[Path]) -> Scan:
+        """The scan with its one brain mask and (``pair_lesions``) its one lesion mask."""
+        mask = _one_companion(p, masks, mask_pattern or "", "mask_pattern", "brain mask")
+        lesion = _one_companion(p, lesions, lesion_pattern or "", "lesion_pattern", "lesion mask") if pair_lesions \
+            else None
+        return Scan(scan_id, p, mask, lesion_path=lesion)
+
     if root.is_file():  # one scan given by its path: its brain (and lesion) mask found as in a folder
-        mask = _one_companion(root, _companions(root, mask_pattern), mask_pattern or "", "mask_pattern", "brain mask")
-        lesion = _one_companion(root, _companions(root, lesion_pattern), lesion_pattern or "", "lesion_pattern",
-                                "lesion mask") if pair_lesions else None
-        return [Scan(_scan_id(root, root.parent), root, mask, lesion_path=lesion)]
+        return [paired(root, _scan_id(root, root.parent), _companions(root, mask_pattern),
+                       _companions(root, lesion_pattern))]
     series_dirs = _dicom_series_scans(root)
     out = [s for scans in series_dirs.values() for s in scans]
     left_out: list[tuple[Path, str]] = []
@@ -413,10 +419,7 @@ def find_scans(folder: str | Path, image_pattern: str = "*.nii*", mask_pattern: 
             if why is not None:
                 left_out.append((p, why))
                 continue
-        mask = _one_companion(p, masks, mask_pattern or "", "mask_pattern", "brain mask")
-        lesion = _one_companion(p, lesions, lesion_pattern or "", "lesion_pattern", "lesion mask") if pair_lesions \
-            else None
-        out.append(Scan(_scan_id(p, root), p, mask, lesion_path=lesion))
+        out.append(paired(p, _scan_id(p, root), masks, lesions))
     if excluded is not None:
         excluded.extend(left_out)
     if not out:
@@ -573,47 +576,24 @@ def _read_on_scan_grid(path: Path, record, what: str) -> np.ndarray:
     return m.data
 
 
-def _header_grid(path: Path) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray] | None:
-    """``(RAS shape, file shape, RAS affine)`` of a NIfTI/MGH file from its header alone (as
-    :func:`medad.io.volumes.read_volume` would reorient it, without reading the voxels); ``None``
-    for another format or a header this cannot tell (the full read decides). nibabel's own errors
-    pass through."""
-    import nibabel as nib
-
-    from medad.io.volumes import MGH_SUFFIXES, NIFTI_SUFFIXES, volume_suffix
-
-    if path.is_dir() or volume_suffix(path) not in NIFTI_SUFFIXES + MGH_SUFFIXES:
-        return None
-    img = nib.load(str(path))
-    shape = tuple(int(n) for n in img.shape)
-    if len(shape) == 2:
-        shape += (1,)
-    while len(shape) > 3 and shape[-1] == 1:
-        shape = shape[:-1]
-    affine = None if img.affine is None else np.asarray(img.affine, dtype=np.float64)
-    if len(shape) != 3 or affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
-        return None
-    ornt = nib.orientations.io_orientation(affine)
-    ras_shape = tuple(shape[i] for i in np.argsort(ornt[:, 0]))
-    return ras_shape, shape, affine @ nib.orientations.inv_ornt_aff(ornt, shape)
-
-
 def check_lesion_grids(scans: Sequence[Scan]) -> None:
     """Before any scan is preprocessed: each scan's lesion mask (``lesion_path``) exists, can be
     read and lies on the scan's grid, from the two files' headers (nothing is registered first).
     A problem is an error naming the mask (training cannot tell such a scan healthy where it is
     not); a scan whose own header cannot be read is left to the full read, which skips it."""
+    from medad.io.volumes import read_grid
+
     for s in scans:
         if s.lesion_path is None:
             continue
         if not s.lesion_path.exists():
             raise ReadError(f"lesion mask of scan {s.path.name} not found (a broken link?)", s.lesion_path)
         try:
-            scan_grid = _header_grid(s.path)
+            scan_grid = read_grid(s.path)
         except Exception:  # noqa: BLE001 -- an unreadable scan is skipped (and listed) when it is read
             continue
         try:
-            mask_grid = _header_grid(s.lesion_path)
+            mask_grid = read_grid(s.lesion_path)
         except Exception as e:  # noqa: BLE001 -- nibabel raises many types for corrupt headers
             raise ReadError(f"cannot read the header of the lesion mask of scan {s.path.name}: "
                             f"{type(e).__name__}: {' '.join(str(e).split())[:200]}", s.lesion_path) from None

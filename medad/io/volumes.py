@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -155,10 +155,7 @@ def _finish(p: Path, data: np.ndarray, affine: np.ndarray, meta: dict, dtype: An
     """Shape checks, finiteness check, RAS reorientation."""
     import nibabel as nib
 
-    if data.ndim == 2:  # a single slice: keep it as a one-slice volume
-        data = data[..., None]
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
+    data = data.reshape(volume_shape(data.shape))
     if data.ndim != 3:
         raise ReadError(f"expected a 3D volume, got {data.ndim}D data of shape {tuple(data.shape)}", p)
     if np.issubdtype(data.dtype, np.complexfloating):
@@ -182,13 +179,54 @@ def _finish(p: Path, data: np.ndarray, affine: np.ndarray, meta: dict, dtype: An
     original_shape = tuple(int(s) for s in data.shape)
     ornt = nib.orientations.io_orientation(affine)
     ras = nib.orientations.apply_orientation(data, ornt)
-    ras_affine = affine @ nib.orientations.inv_ornt_aff(ornt, original_shape)
+    _, ras_affine = _ras_grid(original_shape, affine, ornt)
     meta = dict(meta)
     meta["original_orientation"] = "".join(nib.aff2axcodes(affine))
     return VolumeRecord(
         data=np.ascontiguousarray(ras), affine=ras_affine, path=p, original_affine=affine.copy(),
         original_shape=original_shape, meta=meta, subject_id=subject_from_path(p),
     )
+
+
+def volume_shape(shape: Sequence[int]) -> tuple[int, ...]:
+    """A file's array shape as medad reads it: a single slice as a one-slice volume, trailing
+    unit axes dropped (any other shape than 3D is refused by the reader)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) == 2:
+        shape += (1,)
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape
+
+
+def _ras_grid(shape: tuple[int, ...], affine: np.ndarray, ornt: np.ndarray | None = None
+              ) -> tuple[tuple[int, ...], np.ndarray]:
+    """The RAS shape and affine of a file grid (what :func:`read_volume` reorients it to)."""
+    import nibabel as nib
+
+    if ornt is None:
+        ornt = nib.orientations.io_orientation(affine)
+    ras_shape = tuple(shape[i] for i in np.argsort(ornt[:, 0]))
+    return ras_shape, affine @ nib.orientations.inv_ornt_aff(ornt, shape)
+
+
+def read_grid(path: str | Path) -> tuple[tuple[int, ...], tuple[int, ...], np.ndarray] | None:
+    """``(RAS shape, file shape, RAS affine)`` of a NIfTI/MGH file from its header alone (as
+    :func:`read_volume` would reorient it, without reading the voxels); ``None`` for another
+    format or a header this cannot tell (the full read decides). nibabel's own errors pass
+    through."""
+    import nibabel as nib
+
+    path = Path(path)
+    if path.is_dir() or volume_suffix(path) not in NIFTI_SUFFIXES + MGH_SUFFIXES:
+        return None
+    img = nib.load(str(path))
+    shape = volume_shape(img.shape)
+    affine = None if img.affine is None else np.asarray(img.affine, dtype=np.float64)
+    if len(shape) != 3 or affine is None or not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        return None
+    ras_shape, ras_affine = _ras_grid(shape, affine)
+    return ras_shape, shape, ras_affine
 
 
 def _read_nibabel(p: Path, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray, dict]:
