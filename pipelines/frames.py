@@ -284,12 +284,17 @@ class FrameSource:
         return cls(p, max(int(info.get("frames") or 0), 0),
                    rate if rate > 0 and math.isfinite(rate) else DEFAULT_VIDEO_FPS)
 
+    @property
+    def video_names(self) -> list[str]:
+        """:attr:`videos` as their paths below the folder (``/`` separated), as the outputs name them."""
+        return [v.relative_to(self.path).as_posix() for v in self.videos]
+
     def videos_note(self, verb: str) -> str | None:
         """A note naming the video files of a folder that were not ``verb`` (e.g. "screened") and
         how to use them, or ``None`` when there is none."""
         if not self.videos:
             return None
-        names = [v.relative_to(self.path).as_posix() for v in self.videos]
+        names = self.video_names
         return (f"note: {len(names)} video file(s) in {self.path} not {verb}: {_listed(names, MAX_NAMED_VIDEOS)} "
                 f"(only a folder's frame images are read; give a video's own path as the source to use its "
                 f"frames, e.g. {self.videos[0]})")
@@ -633,8 +638,7 @@ def train_frames(normal: str | Path, out: str | Path, cfg: FramesConfig | None =
                       validation=_validation_metrics(det, val, abn_val, cfg.fpr, [n for n, _ in named]))
         if len(named) > 1:  # one abnormal class: frames.json as before (the class needs no name)
             record["class_names"] = {str(k): n for k, n in enumerate([NORMAL_NAME] + [n for n, _ in named])}
-    videos_not_read = {str(s_.path): [v.relative_to(s_.path).as_posix() for v in s_.videos]
-                       for s_ in [src, *abnormal_srcs] if s_.videos}
+    videos_not_read = {str(s_.path): s_.video_names for s_ in [src, *abnormal_srcs] if s_.videos}
     out = Path(out)
     det.save(out)
     write_json(out / PREP_FILE, {**asdict(cfg), "n_train": int(len(train)), "n_val": int(len(val)),
@@ -818,7 +822,7 @@ def screen_frames(model: str | Path, source: str | Path, out: str | Path, *, str
         "threshold": float(det.threshold_), "threshold_source": (det.calibration_ or {}).get("source"),
         "supervised": bool(prep.get("supervised", False)), "maps": has_map,
         "spans": spans, "unreadable_frames": errors, "overlays": overlay_files,
-        "videos_not_screened": [v.relative_to(src.path).as_posix() for v in src.videos],
+        "videos_not_screened": src.video_names,
         # flagged frames beyond max_overlays get no PNG (their rows are in frames.csv)
         "overlays_not_written": n_flagged - len(overlay_files) if overlays and has_map else 0,
     }
